@@ -1,0 +1,52 @@
+# chainlens-ops: install, test, lint, bench.
+#
+# The venv is made from Debian's /usr/bin/python3 in a world-traversable folder, and the
+# project is installed into it non-editably: PostgreSQL runs archive_command as the
+# `postgres` OS user, who can neither run root's pyenv Python nor enter this clone.
+
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV ?= /opt/chainlens-ops/venv
+PIP := $(VENV)/bin/pip
+PIP_FLAGS := --disable-pip-version-check -q
+PYTEST_ARGS ?=
+JOBS ?= 2
+
+.PHONY: install deps test lint format bench clean
+
+$(VENV)/bin/python:
+	umask 022; mkdir -p $(dir $(VENV)) && $(PYTHON) -m venv $(VENV)
+	chmod -R a+rX $(dir $(VENV))
+
+# Dependencies are reinstalled only when pyproject.toml changes.
+$(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
+	umask 022; $(PIP) install $(PIP_FLAGS) --upgrade pip
+	umask 022; $(PIP) install $(PIP_FLAGS) "$$(sed -n 's/^\s*"\(hatchling[^"]*\)".*/\1/p' pyproject.toml | head -1)"
+	umask 022; $(PIP) install $(PIP_FLAGS) --no-build-isolation ".[dev]"
+	touch $@
+
+deps: $(VENV)/.deps
+
+# Reinstall the project itself every time: it is what the postgres user runs.
+install: deps
+	umask 022; $(PIP) install $(PIP_FLAGS) --no-deps --no-build-isolation --force-reinstall .
+	rm -rf build
+	chmod -R a+rX $(dir $(VENV))
+
+test: install
+	$(VENV)/bin/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check chainlens_ops tests bench scripts
+	$(VENV)/bin/ruff format --check chainlens_ops tests bench scripts
+	$(VENV)/bin/mypy
+
+format: deps
+	$(VENV)/bin/ruff format chainlens_ops tests bench scripts
+	$(VENV)/bin/ruff check --fix chainlens_ops tests bench scripts
+
+bench: install
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

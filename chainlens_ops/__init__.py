@@ -1,0 +1,3 @@
+"""chainlens-ops: operations toolkit for the ChainLens PostgreSQL databases."""
+
+__version__ = "0.1.0"

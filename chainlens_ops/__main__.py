@@ -1,0 +1,3 @@
+from chainlens_ops.entry import main
+
+main()

@@ -1,0 +1,88 @@
+"""What every command group shares: global state, common options, output helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from chainlens_ops.config import Settings, load_settings
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class DbChoice(str, Enum):
+    supabase = "supabase"
+    microservices = "microservices"
+
+
+class DbOrAll(str, Enum):
+    supabase = "supabase"
+    microservices = "microservices"
+    all = "all"
+
+
+DbOption = Annotated[
+    DbChoice | None,
+    typer.Option("--db", help="Database to act on (default: default_db, microservices)."),
+]
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        help="One-off libpq connection string. Prefer CHAINLENS_<DB>_DSN or the config "
+        "file for anything holding a password.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+@dataclasses.dataclass
+class GlobalState:
+    config_file: Path | None = None
+    verbose: bool = False
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+
+def state(ctx: typer.Context) -> GlobalState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, GlobalState):
+        obj = GlobalState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths, datetimes and enums as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def print_json(value: Any) -> None:
+    # Plain print, not rich: scripts want exactly one JSON document, unwrapped.
+    print(json.dumps(to_jsonable(value), indent=2, sort_keys=False))

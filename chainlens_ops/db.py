@@ -1,0 +1,49 @@
+"""Connections to the platform's databases, with connection failures translated once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.errors import ConfigError, ConnectionFailed
+
+APPLICATION_NAME = "chainlens-ops"
+CONNECT_TIMEOUT_S = 10
+
+Connection = psycopg.Connection[Any]
+
+
+def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
+    """Open a connection to `target` or raise ConnectionFailed with one readable line."""
+    extra: dict[str, Any] = {"application_name": APPLICATION_NAME}
+    if "connect_timeout" not in target.conninfo:
+        extra["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        return psycopg.connect(target.conninfo, autocommit=autocommit, **extra)
+    except psycopg.ProgrammingError:
+        # psycopg's message can quote the string, password included: do not repeat it.
+        raise ConfigError(
+            f"the connection string for the {target.name} database is not valid libpq syntax",
+            hint="use key=value pairs or a postgresql:// URI",
+        ) from None
+    except psycopg.OperationalError as exc:
+        raise ConnectionFailed(
+            f"cannot connect to the {target.name} database ({target.display}): "
+            f"{first_line(exc)}",
+            hint=f"check --dsn, CHAINLENS_{target.name.upper()}_DSN or the config file",
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (libpq messages run to several)."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("connection failed: ")
+    return type(exc).__name__
+
+
+def server_version_num(conn: Connection) -> int:
+    return int(conn.info.server_version)

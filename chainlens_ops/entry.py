@@ -1,0 +1,58 @@
+"""The console script. It imports nothing that can fail before it knows the command.
+
+`wal push` and `wal fetch` run once per WAL segment, so they take a lean path that skips
+Typer and rich (a measured reason to leave the thin-CLI habit; see the WAL issue).
+`wal fetch` must exit 255 on any failure but a confirmed missing segment, even if an
+import fails: PostgreSQL treats 255 as fatal and stops recovery instead of promoting a
+server that is missing data. So the guard wraps the imports too.
+"""
+
+import sys
+
+# Global options that may stand before the command group, and whether they take a value.
+_GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
+FETCH_FATAL = 255
+
+
+def _command(args: list[str]) -> tuple[str, ...]:
+    """The first two words of the command, skipping global options."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--config="):
+            i += 1
+        elif arg in _GLOBAL_OPTIONS:
+            i += 2 if _GLOBAL_OPTIONS[arg] else 1
+        else:
+            break
+    return tuple(args[i : i + 2])
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    command = _command(args)
+    if command == ("wal", "fetch"):
+        try:
+            from chainlens_ops.wal.lean import fetch_main
+
+            code = fetch_main(args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else FETCH_FATAL
+        except BaseException as exc:  # noqa: BLE001 - any failure must stop recovery
+            try:
+                sys.stderr.write(f"chainlens-ops: wal fetch: fatal: {exc!r}\n")
+            finally:
+                code = FETCH_FATAL
+        sys.exit(code if code in (0, 1) else FETCH_FATAL)
+    if command == ("wal", "push"):
+        from chainlens_ops.wal.lean import push_main
+
+        sys.exit(push_main(args))
+
+    from chainlens_ops.cli import run
+
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()
