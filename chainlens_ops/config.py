@@ -106,7 +106,9 @@ class Settings:
         """`all` expands to both databases; anything else is one target."""
         if name == "all":
             if dsn:
-                raise UsageError("--dsn names one database: use it with --db supabase|microservices")
+                raise UsageError(
+                    "--dsn names one database: use it with --db supabase|microservices"
+                )
             return [self.databases[n] for n in DATABASES]
         return [self.target(name, dsn=dsn)]
 

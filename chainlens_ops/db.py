@@ -30,8 +30,7 @@ def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
         ) from None
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(
-            f"cannot connect to the {target.name} database ({target.display}): "
-            f"{first_line(exc)}",
+            f"cannot connect to the {target.name} database ({target.display}): {first_line(exc)}",
             hint=f"check --dsn, CHAINLENS_{target.name.upper()}_DSN or the config file",
         ) from None
 

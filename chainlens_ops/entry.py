@@ -38,7 +38,7 @@ def main() -> None:
             code = fetch_main(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else FETCH_FATAL
-        except BaseException as exc:  # noqa: BLE001 - any failure must stop recovery
+        except BaseException as exc:
             try:
                 sys.stderr.write(f"chainlens-ops: wal fetch: fatal: {exc!r}\n")
             finally:

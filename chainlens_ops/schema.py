@@ -173,9 +173,7 @@ def apply_schema(
                     result.applied.append(_apply_file(conn, target, file))
         finally:
             if not conn.closed and not conn.broken:
-                conn.execute(
-                    "SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, LOCK_SCHEMA_APPLY)
-                )
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_CLASS, LOCK_SCHEMA_APPLY))
     return result
 
 

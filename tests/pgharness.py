@@ -98,8 +98,10 @@ def create_template(base: Path) -> Path:
         as_postgres(
             [
                 str(PG_BIN / "initdb"),
-                "-D", str(data),
-                "-U", PG_USER,
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pgharness import SCRAM_PASSWORD, SCRAM_USER, PgCluster, run_cli
-
 import psycopg
 import pytest
+from pgharness import SCRAM_PASSWORD, SCRAM_USER, PgCluster, run_cli
 
 
 def test_cluster_runs_as_postgres_with_scram_role(pg: PgCluster) -> None:

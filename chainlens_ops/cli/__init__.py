@@ -87,7 +87,7 @@ def run(args: list[str]) -> int:
     except click_exc.ClickException as exc:
         err_console.print(f"chainlens-ops: error: {exc.format_message()}", markup=False)
         return exc.exit_code
-    except (click_exc.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("chainlens-ops: interrupted", markup=False)
         return 130
     return result if isinstance(result, int) else 0

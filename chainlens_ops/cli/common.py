@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,12 +18,12 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class DbChoice(str, Enum):
+class DbChoice(StrEnum):
     supabase = "supabase"
     microservices = "microservices"
 
 
-class DbOrAll(str, Enum):
+class DbOrAll(StrEnum):
     supabase = "supabase"
     microservices = "microservices"
     all = "all"

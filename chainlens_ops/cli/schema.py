@@ -22,9 +22,7 @@ from chainlens_ops.schema import apply_schema, schema_status
 
 app = typer.Typer(help="Apply the platform schema and show its state.", no_args_is_help=True)
 
-SchemaDbOption = Annotated[
-    DbOrAll, typer.Option("--db", help="supabase, microservices or all.")
-]
+SchemaDbOption = Annotated[DbOrAll, typer.Option("--db", help="supabase, microservices or all.")]
 SqlDirOption = Annotated[
     Path | None,
     typer.Option(
