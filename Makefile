@@ -34,7 +34,7 @@ install: deps
 	chmod -R a+rX $(dir $(VENV))
 
 test: install
-	$(VENV)/bin/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
+	CHAINLENS_TEST_VENV=$(VENV) $(VENV)/bin/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check chainlens_ops tests bench scripts
