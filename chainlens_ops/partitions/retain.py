@@ -1,0 +1,121 @@
+"""Retention: detach or drop partitions wholly older than N months."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from chainlens_ops.config import Settings
+from chainlens_ops.db import Connection, first_line
+from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.months import Month
+from chainlens_ops.partitions.catalog import (
+    ManagedTable,
+    check_dsn,
+    check_parent,
+    open_table,
+    partitions_of,
+    retrying,
+    select_tables,
+)
+
+
+@dataclass(frozen=True)
+class RetainAction:
+    partition: str
+    lower: datetime
+    upper: datetime
+    action: str  # detach | drop
+    done: bool
+    lock_attempts: int = 0
+
+
+@dataclass
+class RetainResult:
+    table: str
+    database: str
+    keep_months: int
+    cutoff: datetime
+    dry_run: bool
+    actions: list[RetainAction] = field(default_factory=list)
+
+
+def retain_partitions(
+    settings: Settings,
+    keep_months: int,
+    *,
+    table: str | None = None,
+    drop: bool = False,
+    dry_run: bool = False,
+    dsn: str | None = None,
+    now: datetime | None = None,
+) -> list[RetainResult]:
+    """Detach (or drop) partitions wholly older than `keep_months` months.
+
+    With keep_months=3 in May, partitions ending on or before February 1st go; the
+    current month and the default partition are never touched.
+    """
+    if keep_months < 1:
+        raise UsageError(f"--keep-months must be 1 or more, not {keep_months}")
+    tables = select_tables(table)
+    check_dsn(tables, dsn)
+    cutoff = Month.current(now).plus(-keep_months).start
+    action = "drop" if drop else "detach"
+    results = []
+    for t in tables:
+        with open_table(settings, t, dsn) as conn:
+            check_parent(conn, t)
+            result = RetainResult(t.qualified, t.database, keep_months, cutoff, dry_run)
+            old = [
+                p
+                for p in partitions_of(conn, t, details=False)
+                if not p.is_default and p.upper is not None and p.upper <= cutoff
+            ]
+            for p in old:
+                assert p.lower is not None and p.upper is not None
+                attempts = 0 if dry_run else _retire(conn, settings, t, p.name, drop)
+                result.actions.append(
+                    RetainAction(p.name, p.lower, p.upper, action, not dry_run, attempts)
+                )
+            results.append(result)
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Retention
+
+
+def _retire(
+    conn: Connection, settings: Settings, table: ManagedTable, name: str, drop: bool
+) -> int:
+    default = check_parent(conn, table)
+
+    def run() -> None:
+        # Both DETACH and DROP take ACCESS EXCLUSIVE on the parent and on the default
+        # (DETACH CONCURRENTLY is refused while a default exists): take them in order.
+        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident()))
+        if default is not None:
+            conn.execute(
+                sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident(default))
+            )
+        if drop:
+            conn.execute(sql.SQL("DROP TABLE {}").format(table.ident(name)))
+        else:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                    table.ident(), table.ident(name)
+                )
+            )
+
+    try:
+        with conn.transaction():
+            attempts, _ = retrying(conn, settings, f"{table.qualified} ({name})", run)
+    except psycopg.Error as exc:
+        verb = "dropping" if drop else "detaching"
+        raise OperationFailed(
+            f"{table.qualified}: {verb} {name} failed and was rolled back: {first_line(exc)}"
+        ) from None
+    return attempts
