@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 from chainlens_ops.config import S3Settings
-from chainlens_ops.errors import ConfigError, OperationFailed
+from chainlens_ops.errors import EXIT_USAGE, ConfigError, OperationFailed
 
 
 class StorageError(OperationFailed):
@@ -28,6 +28,12 @@ class NotFound(StorageError):
 
 class AlreadyExists(StorageError):
     """A conditional put (`if_absent=True`) found the key already there."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """A key or prefix that is not a relative '/'-separated path (a caller's mistake)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,341 @@
+"""The local-folder backend: one file per key under the repository folder.
+
+This module is on the `wal push` hot path (one process per WAL segment), so it imports
+only the standard library's cheapest modules: no boto3, psycopg or Typer.
+
+Writes follow the crash-safe recipe: a dot-named temp file in the destination folder,
+written in chunks, fsynced, then published with `os.replace` (or `os.link` for
+`if_absent`, which fails atomically if the name exists), and the folder fsynced. A
+process killed at any point leaves at most a `.NAME.<random>.tmp` file, which `list`
+never shows and `remove_stale_temp` removes; never a partial object under its key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as st
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from chainlens_ops.errors import ConfigError
+from chainlens_ops.storage import AlreadyExists, NotFound, ObjectInfo, StorageError
+from chainlens_ops.storage.keys import check_key, check_prefix
+
+CHUNK = 1024 * 1024
+TEMP_SUFFIX = ".tmp"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+class LocalStorage:
+    """A repository in a local (or mounted) folder.
+
+    The constructor touches nothing on disk. The first write (`put`, `delete`) calls
+    `check_writable()`, which refuses a root-run tool on a folder owned by another user
+    and creates the folder (0700) if it does not exist. Reads need no check. Safe to use
+    from several threads: each call works on its own file descriptors.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.root = _path_from_url(url)
+        self._writable = False
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({self.url!r})"
+
+    # -- the protocol -----------------------------------------------------------------
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        """Errors raised by `stream` itself propagate unchanged (after the cleanup)."""
+        check_key(key)
+        self.check_writable()
+        final = self._path(key)
+        folder, name = os.path.split(final)
+        self._make_dirs(folder)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise self._error("write", key, exc) from exc
+        try:
+            try:
+                self._copy_to_fd(key, stream, fd)
+                os.fsync(fd)
+                info = os.fstat(fd)
+            except OSError as exc:
+                if isinstance(exc, _SourceError):
+                    raise exc.original from None
+                raise self._error("write", key, exc) from exc
+            finally:
+                os.close(fd)
+            try:
+                if if_absent:
+                    try:
+                        os.link(tmp, final)
+                    except FileExistsError:
+                        raise AlreadyExists(
+                            f"{key} already exists in repository {self.root}"
+                        ) from None
+                else:
+                    os.replace(tmp, final)
+                    tmp = ""
+                _fsync_dir(folder)
+            except OSError as exc:
+                raise self._error("write", key, exc) from exc
+        finally:
+            if tmp:
+                _unlink_quietly(tmp)
+        return ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
+
+    def open(self, key: str) -> BinaryIO:
+        check_key(key)
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"{key} not found in repository {self.root}") from None
+        except OSError as exc:
+            raise self._error("read", key, exc) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(key)
+        try:
+            info = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in repository {self.root}") from None
+        except OSError as exc:
+            raise self._error("stat", key, exc) from exc
+        if not st.S_ISREG(info.st_mode):
+            raise NotFound(f"{key} not found in repository {self.root} (not a file)")
+        return ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
+        folder_key, _, rest = prefix.rpartition("/")
+        folder = self._path(folder_key) if folder_key else self.root
+        base = f"{folder_key}/" if folder_key else ""
+        try:
+            yield from self._walk(folder, base, rest)
+        except OSError as exc:
+            raise self._error("list", prefix or "/", exc) from exc
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self.check_writable()
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            return  # a folder is not an object: nothing to delete
+        except OSError as exc:
+            raise self._error("delete", key, exc) from exc
+        try:
+            _fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise self._error("delete", key, exc) from exc
+
+    # -- beyond the protocol ----------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Make sure this process may write the repository; create it (0700) if missing.
+
+        Running as root on a folder that belongs to another user is refused: the files we
+        would create (0600, root's) could not be read by the database's OS user, whose
+        `archive_command`/`restore_command` use the same repository.
+        """
+        if self._writable:
+            return
+        try:
+            info = os.stat(self.root)
+        except FileNotFoundError:
+            self._make_dirs(self.root)
+            self._writable = True
+            return
+        except OSError as exc:
+            raise StorageError(f"repository {self.root}: cannot stat: {_why(exc)}") from exc
+        if not st.S_ISDIR(info.st_mode):
+            raise StorageError(f"repository {self.root} exists and is not a folder")
+        euid = os.geteuid()
+        if euid == 0 and info.st_uid != 0:
+            owner = _user_name(info.st_uid)
+            raise StorageError(
+                f"repository {self.root} is owned by {owner}; run chainlens-ops as that user "
+                f"(e.g. sudo -u {owner} chainlens-ops ...)"
+            )
+        if euid != 0 and not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(
+                f"repository {self.root} is not writable by {_user_name(euid)} "
+                f"(owned by {_user_name(info.st_uid)}); run chainlens-ops as its owner"
+            )
+        self._writable = True
+
+    def remove_stale_temp(self, older_than_s: float = 3600.0) -> int:
+        """Remove temp files left by killed writers, older than `older_than_s` seconds.
+
+        The age guard keeps a concurrent writer's live temp file. Returns how many were
+        removed. Not part of the protocol: S3 has no such leftovers (abandoned multipart
+        uploads are a bucket lifecycle rule's job).
+        """
+        if not os.path.isdir(self.root):
+            return 0
+        self.check_writable()
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.lstat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
+        return removed
+
+    # -- internals --------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _walk(self, folder: str, base: str, rest: str) -> Iterator[ObjectInfo]:
+        """Objects under `folder` (whose keys start with `base`) in key order.
+
+        Sorting each folder's entries by name, with '/' appended to sub-folders, yields
+        keys in plain string order (what S3 returns), as every key below a sub-folder
+        shares that sub-folder's 'name/' prefix. Only names starting with `rest` are kept.
+        """
+        try:
+            with os.scandir(folder) as it:
+                entries = []
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue  # temp files (and anything else hidden) are not objects
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    sort_name = entry.name + "/" if is_dir else entry.name
+                    if sort_name.startswith(rest):
+                        entries.append((sort_name, is_dir, entry))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        entries.sort(key=lambda item: item[0])
+        for sort_name, is_dir, entry in entries:
+            if is_dir:
+                yield from self._walk(entry.path, base + sort_name, "")
+                continue
+            try:
+                info = entry.stat()
+            except FileNotFoundError:
+                continue  # deleted while we listed
+            if st.S_ISREG(info.st_mode):
+                yield ObjectInfo(key=base + entry.name, size=info.st_size, mtime=info.st_mtime)
+
+    @staticmethod
+    def _copy_to_fd(key: str, stream: BinaryIO, fd: int) -> None:
+        """Copy in fixed chunks, so memory stays flat whatever the object's size. A failing
+        source is told apart from a failing disk (wrapped in _SourceError)."""
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        readinto = getattr(stream, "readinto", None)
+        while True:
+            try:
+                if readinto is not None:
+                    n = readinto(view)
+                    chunk: bytes | memoryview = view[: n or 0]
+                else:
+                    chunk = stream.read(CHUNK)
+            except NotImplementedError:
+                readinto = None  # a RawIOBase that only overrides read()
+                continue
+            except OSError as exc:
+                raise _SourceError(exc) from exc
+            if not chunk:
+                return
+            while chunk:
+                written = os.write(fd, chunk)
+                chunk = chunk[written:]
+
+    def _make_dirs(self, folder: str) -> None:
+        """Create `folder` and missing parents (0700), fsyncing each new entry's parent."""
+        missing: list[str] = []
+        path = folder
+        while not os.path.isdir(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise StorageError(
+                        f"cannot create folder {path}: a file has that name"
+                    ) from None
+                continue  # a concurrent writer made it
+            except OSError as exc:
+                raise StorageError(f"cannot create folder {path}: {_why(exc)}") from exc
+            try:
+                _fsync_dir(os.path.dirname(path))
+            except OSError as exc:
+                raise StorageError(f"cannot sync folder of {path}: {_why(exc)}") from exc
+
+    def _error(self, action: str, key: str, exc: OSError) -> StorageError:
+        return StorageError(f"cannot {action} {key} in repository {self.root}: {_why(exc)}")
+
+
+class _SourceError(OSError):
+    """The stream being stored failed (not the repository)."""
+
+    def __init__(self, original: OSError) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _path_from_url(url: str) -> str:
+    path = url
+    if url.startswith("file://"):
+        path = url[len("file://") :]
+        if path.startswith("localhost/"):
+            path = path[len("localhost") :]
+        if "%" in path:
+            from urllib.parse import unquote
+
+            path = unquote(path)
+    if not path.startswith("/"):
+        raise ConfigError(f"repository {url!r} is not an absolute path (file:///abs/path)")
+    return os.path.normpath(path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)

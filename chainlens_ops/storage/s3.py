@@ -1,0 +1,421 @@
+"""The S3 backend (boto3), for `s3://bucket/prefix` repositories.
+
+Endpoint, region and credentials come the standard AWS ways (AWS_ENDPOINT_URL,
+AWS_DEFAULT_REGION, the credentials chain), which boto3 reads itself; S3Settings'
+endpoint_url/region override them when set. Every call has connect/read timeouts and
+bounded retries, so a stalled S3 fails with a StorageError instead of hanging.
+
+Uploads are verified end to end: each request carries the SHA-256 of its bytes, which
+S3 checks before accepting them, and we compare the checksum S3 returns with ours.
+Objects up to `part_size` go in one PutObject; larger ones stream through a multipart
+upload, one part in memory at a time. `if_absent` is a conditional write
+(`If-None-Match: *` on PutObject / CompleteMultipartUpload): S3 decides atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import boto3
+import botocore.config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chainlens_ops.config import S3Settings
+from chainlens_ops.errors import ConfigError
+from chainlens_ops.storage import AlreadyExists, InvalidKey, NotFound, ObjectInfo, StorageError
+from chainlens_ops.storage.keys import check_key, check_prefix
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+MiB = 1024 * 1024
+PART_SIZE = 8 * MiB
+MAX_PARTS = 10_000
+READ_BUFFER = 1 * MiB
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_CONFLICT_RETRIES = 3  # S3 answers 409 while a concurrent conditional write is in flight
+
+
+class S3RequestFailed(StorageError):
+    """S3 refused a request; `code` is S3's error code (e.g. AccessDenied)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class S3Storage:
+    """A repository in an S3 bucket, under an optional key prefix.
+
+    One boto3 client per instance, made in the constructor (no network call there).
+    boto3 clients are thread-safe, so one S3Storage may serve several threads (e.g.
+    parallel WAL uploads; up to 16 pooled connections).
+    """
+
+    part_size = PART_SIZE  # objects larger than this use a multipart upload
+    list_page_size = 1000  # S3's maximum; tests lower it to cover pagination cheaply
+
+    def __init__(self, url: str, settings: S3Settings | None = None) -> None:
+        self.url = url
+        self.bucket, self.prefix = _parse_url(url)
+        self.settings = settings or S3Settings()
+        config = botocore.config.Config(
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
+            max_pool_connections=16,
+            tcp_keepalive=True,
+        )
+        # A session of our own: the default session is not safe to share across threads.
+        session = boto3.session.Session()
+        try:
+            self._client: S3Client = session.client(
+                "s3",
+                endpoint_url=self.settings.endpoint_url,
+                region_name=self.settings.region,
+                config=config,
+            )
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"S3 client for {url}: {exc}") from exc
+        self._bucket_seen = False
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.url!r})"
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url)
+
+    # -- the protocol -----------------------------------------------------------------
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        check_key(key)
+        first = _read_full(stream, self.part_size)
+        if len(first) < self.part_size:
+            return self._put_single(key, first, if_absent)
+        return self._put_multipart(key, first, stream, if_absent)
+
+    def open(self, key: str) -> BinaryIO:
+        check_key(key)
+        response = self._call(
+            "read",
+            key,
+            self._client.get_object,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            ChecksumMode="ENABLED",  # botocore then checks the body's checksum as it streams
+        )
+        raw = _BodyReader(response["Body"], self._where(key))
+        return io.BufferedReader(raw, buffer_size=READ_BUFFER)
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(key)
+        response = self._call(
+            "stat", key, self._client.head_object, Bucket=self.bucket, Key=self._full(key)
+        )
+        return ObjectInfo(
+            key=key, size=response["ContentLength"], mtime=response["LastModified"].timestamp()
+        )
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=self.prefix + prefix,
+            PaginationConfig={"PageSize": self.list_page_size},
+        )
+        skip = len(self.prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][skip:]
+                    try:
+                        check_key(key)
+                    except InvalidKey:
+                        continue  # folder markers ("x/") and the like are not our objects
+                    yield ObjectInfo(
+                        key=key, size=obj["Size"], mtime=obj["LastModified"].timestamp()
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate("list", prefix or "/", exc) from exc
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        self._call(
+            "delete", key, self._client.delete_object, Bucket=self.bucket, Key=self._full(key)
+        )
+
+    # -- uploads ----------------------------------------------------------------------
+
+    def _put_single(self, key: str, body: bytes, if_absent: bool) -> ObjectInfo:
+        checksum = _sha256_b64(body)
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._full(key),
+            "Body": body,
+            "ChecksumAlgorithm": "SHA256",
+            "ChecksumSHA256": checksum,
+            **self._sse_args(),
+        }
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        response = self._retry_conflict("write", key, self._client.put_object, args)
+        self._confirm_checksum(key, response.get("ChecksumSHA256"), checksum)
+        return ObjectInfo(key=key, size=len(body), mtime=_server_time(response))
+
+    def _put_multipart(
+        self, key: str, first: bytes, stream: BinaryIO, if_absent: bool
+    ) -> ObjectInfo:
+        full = self._full(key)
+        created = self._call(
+            "write",
+            key,
+            self._client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=full,
+            ChecksumAlgorithm="SHA256",
+            **self._sse_args(),
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            digests: list[bytes] = []
+            size = 0
+            chunk = first
+            while chunk:
+                number = len(parts) + 1
+                if number > MAX_PARTS:
+                    raise StorageError(f"{self._where(key)}: object too large for one upload")
+                digest = hashlib.sha256(chunk).digest()
+                checksum = base64.b64encode(digest).decode()
+                response = self._call(
+                    "write",
+                    key,
+                    self._client.upload_part,
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=chunk,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                )
+                self._confirm_checksum(key, response.get("ChecksumSHA256"), checksum)
+                parts.append(
+                    {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+                )
+                digests.append(digest)
+                size += len(chunk)
+                chunk = b""  # let the part go before reading the next one
+                chunk = _read_full(stream, _part_size(self.part_size, number + 1))
+            args: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": full,
+                "UploadId": upload_id,
+                "MultipartUpload": {"Parts": parts},
+            }
+            if if_absent:
+                args["IfNoneMatch"] = "*"
+            response = self._retry_conflict(
+                "write", key, self._client.complete_multipart_upload, args
+            )
+        except BaseException:
+            self._abort(full, upload_id)
+            raise
+        # S3's multipart checksum: SHA-256 of the parts' digests, suffixed with the count.
+        composite = f"{_sha256_b64(b''.join(digests))}-{len(digests)}"
+        returned = response.get("ChecksumSHA256")
+        if returned is None:
+            # Some S3-compatible servers (moto among them) leave it out of this answer: read
+            # it back, unless a concurrent writer has replaced the object since (other
+            # ETag). Every part's checksum was confirmed already, so that case is fine.
+            stored = self._call(
+                "write",
+                key,
+                self._client.head_object,
+                Bucket=self.bucket,
+                Key=full,
+                ChecksumMode="ENABLED",
+            )
+            if stored.get("ETag") != response.get("ETag"):
+                return ObjectInfo(key=key, size=size, mtime=_server_time(response))
+            returned = stored.get("ChecksumSHA256")
+        if returned is not None and "-" not in returned:
+            returned = f"{returned}-{len(digests)}"
+        self._confirm_checksum(key, returned, composite)
+        return ObjectInfo(key=key, size=size, mtime=_server_time(response))
+
+    def _abort(self, full: str, upload_id: str) -> None:
+        # Best effort: a bucket lifecycle rule cleans up uploads abandoned even so.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+
+    def _retry_conflict(
+        self, action: str, key: str, method: Callable[..., Any], args: dict[str, Any]
+    ) -> Any:
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            try:
+                return self._call(action, key, method, **args)
+            except StorageError as exc:
+                conflict = (
+                    isinstance(exc, S3RequestFailed) and exc.code == "ConditionalRequestConflict"
+                )
+                if not conflict or attempt == _CONFLICT_RETRIES:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _confirm_checksum(self, key: str, returned: str | None, expected: str) -> None:
+        if returned != expected:
+            raise StorageError(
+                f"{self._where(key)}: S3 did not confirm the upload's SHA-256 "
+                f"(sent {expected}, got {returned})"
+            )
+
+    def _sse_args(self) -> dict[str, str]:
+        args: dict[str, str] = {}
+        if self.settings.sse:
+            args["ServerSideEncryption"] = self.settings.sse
+            if self.settings.sse == "aws:kms" and self.settings.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self.settings.sse_kms_key_id
+        return args
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _call(self, action: str, key: str, method: Callable[..., Any], **args: Any) -> Any:
+        try:
+            return method(**args)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(action, key, exc) from exc
+
+    def _translate(self, action: str, key: str, exc: ClientError | BotoCoreError) -> StorageError:
+        where = self._where(key)
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"S3 {action} {where} failed: {exc}")
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = str(error.get("Message", "")) or code
+        if code == "NoSuchBucket":
+            return StorageError(f"S3 bucket {self.bucket} does not exist (at {self.endpoint})")
+        if code == "PreconditionFailed" or status == 412:
+            return AlreadyExists(f"{where} already exists")
+        if action in ("read", "stat") and (code in _NOT_FOUND_CODES or status == 404):
+            # HEAD answers a bare 404 for a missing bucket too: ask which it is.
+            if code != "NoSuchKey" and not self._bucket_exists():
+                return StorageError(f"S3 bucket {self.bucket} does not exist (at {self.endpoint})")
+            return NotFound(f"{where} not found")
+        return S3RequestFailed(f"S3 {action} {where} failed: {code or status}: {message}", code)
+
+    def _bucket_exists(self) -> bool:
+        if self._bucket_seen:
+            return True
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return False
+            raise self._translate("stat", "", exc) from exc
+        except BotoCoreError as exc:
+            raise self._translate("stat", "", exc) from exc
+        self._bucket_seen = True
+        return True
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+
+class _BodyReader(io.RawIOBase):
+    """S3's streaming body as a raw stream whose failures are StorageErrors."""
+
+    def __init__(self, body: Any, where: str) -> None:
+        super().__init__()
+        self._body = body
+        self._where = where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._body.read(len(view))
+        except (BotoCoreError, OSError) as exc:
+            raise StorageError(f"S3 read {self._where} failed: {exc}") from exc
+        except Exception as exc:  # urllib3's own errors, not all OSErrors
+            if type(exc).__module__.startswith("urllib3"):
+                raise StorageError(f"S3 read {self._where} failed: {exc}") from exc
+            raise
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+def _parse_url(url: str) -> tuple[str, str]:
+    rest = url[len("s3://") :] if url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"repository {url!r} names no bucket (s3://bucket/prefix)")
+    prefix = prefix.strip("/")
+    if prefix:
+        try:
+            check_key(prefix)
+        except InvalidKey as exc:
+            raise ConfigError(f"repository {url!r}: bad prefix: {exc}") from None
+        prefix += "/"
+    return bucket, prefix
+
+
+def _part_size(base: int, number: int) -> int:
+    """Grow parts by `base` every 1000 parts: up to ~55x10^3 x base per object (440 GiB
+    at 8 MiB) within S3's 10,000-part limit, without buffering big parts for WAL."""
+    return base * (1 + (number - 1) // 1000)
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes; fewer only at the end of the stream (pipes return short reads)."""
+    data = stream.read(size)
+    if not data or len(data) == size:
+        return data or b""
+    pieces = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            break
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces)
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _server_time(response: Any) -> float:
+    """The server's Date header (S3 returns no LastModified on uploads); else our clock."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            pass
+    return time.time()

@@ -1,0 +1,290 @@
+"""The local backend beyond the contract: crash safety, modes, ownership, start-up cost."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import stat
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pgharness import VENV, as_postgres, make_shared_dir, pg_uid_gid
+from storage_support import MiB, PatternStream, pattern_digest, stream_digest
+
+from chainlens_ops.errors import ConfigError
+from chainlens_ops.storage import AlreadyExists, NotFound, StorageError, open_storage
+from chainlens_ops.storage.local import LocalStorage
+from chainlens_ops.storage.s3 import S3Storage
+
+TESTS = Path(__file__).parent
+PYTHON = str(VENV / "bin" / "python")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*") if p.is_file()]
+
+
+# -- URLs ------------------------------------------------------------------------------
+
+
+def test_open_storage_picks_the_backend_by_url(tmp_path: Path) -> None:
+    for url in (f"file://{tmp_path}/r", f"{tmp_path}/r", f"file://{tmp_path}/r/"):
+        backend = open_storage(url)
+        assert isinstance(backend, LocalStorage)
+        assert backend.root == f"{tmp_path}/r"
+        assert backend.url == url
+    assert isinstance(open_storage("s3://bucket/prefix"), S3Storage)
+    for bad in ("relative/path", "ftp://x/y", "file://relative", "s3://"):
+        with pytest.raises(ConfigError):
+            open_storage(bad)
+
+
+def test_constructor_touches_nothing(tmp_path: Path) -> None:
+    LocalStorage(str(tmp_path / "repo"))
+    assert not (tmp_path / "repo").exists()
+
+
+# -- files and folders -----------------------------------------------------------------
+
+
+def test_files_are_owner_only_and_folders_are_made(tmp_path: Path) -> None:
+    old = os.umask(0)  # the modes must not depend on a permissive umask
+    try:
+        storage = LocalStorage(str(tmp_path / "a" / "repo"))
+        storage.put("wal/0001/seg", io.BytesIO(b"x"))
+    finally:
+        os.umask(old)
+    for folder in ("a", "a/repo", "a/repo/wal", "a/repo/wal/0001"):
+        assert mode(tmp_path / folder) == 0o700, folder
+    assert mode(tmp_path / "a/repo/wal/0001/seg") == 0o600
+    assert temp_files(tmp_path) == []
+
+
+def test_repository_path_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "repo").write_text("not a folder")
+    with pytest.raises(StorageError, match="not a folder"):
+        LocalStorage(str(tmp_path / "repo")).put("k", io.BytesIO(b"x"))
+
+
+def test_key_below_an_object_is_a_storage_error(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path))
+    storage.put("a", io.BytesIO(b"x"))
+    with pytest.raises(StorageError, match="a file has that name"):
+        storage.put("a/b", io.BytesIO(b"y"))
+
+
+def test_remove_stale_temp_keeps_fresh_ones(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path))
+    storage.put("wal/seg", io.BytesIO(b"x"))
+    old = tmp_path / "wal" / ".seg.1-dead.tmp"
+    fresh = tmp_path / "wal" / ".seg.2-live.tmp"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert storage.remove_stale_temp(older_than_s=3600) == 1
+    assert not old.exists() and fresh.exists()
+    assert storage.remove_stale_temp(older_than_s=0) == 1
+    assert temp_files(tmp_path) == []
+    assert [i.key for i in storage.list("")] == ["wal/seg"]
+
+
+keys_strategy = st.lists(
+    st.lists(
+        st.sampled_from(["a", "b", "a-b", "a.b", "a!", "ab", "b0", "~"]), min_size=1, max_size=3
+    ).map("/".join),
+    max_size=12,
+    unique=True,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(keys=keys_strategy)
+def test_list_order_is_plain_string_order(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str]
+) -> None:
+    # A key cannot also be a folder on disk: keep only keys that are nobody's folder.
+    keys = [k for k in keys if not any(other.startswith(k + "/") for other in keys)]
+    storage = LocalStorage(str(tmp_path_factory.mktemp("order")))
+    for key in keys:
+        storage.put(key, io.BytesIO(key.encode()))
+    for prefix in ("", "a", "a/", "a-", "a/b", "b"):
+        assert [i.key for i in storage.list(prefix)] == sorted(
+            k for k in keys if k.startswith(prefix)
+        )
+
+
+# -- crash safety ----------------------------------------------------------------------
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from storage_support import PatternStream
+from chainlens_ops.storage.local import LocalStorage
+stream = PatternStream({size}, seed=7, max_read=64 * 1024, pause=0.0005)
+LocalStorage({root!r}).put("wal/seg", stream)
+"""
+
+
+def test_sigkill_during_put_never_leaves_a_partial_object(tmp_path: Path) -> None:
+    size = 16 * MiB  # 256 slow reads: the write takes ~0.2 s, then fsync and publish
+    full = pattern_digest(size, seed=7)
+    storage = LocalStorage(str(tmp_path / "repo"))
+    storage.put("wal/old", io.BytesIO(b"unrelated"))
+    folder = tmp_path / "repo" / "wal"
+    killed_mid_write = 0
+    for round_, delay in enumerate([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.8]):
+        if round_ % 2:  # half the rounds overwrite an existing object
+            storage.put("wal/seg", io.BytesIO(b"previous"))
+        previous = b"previous" if round_ % 2 else None
+        child = subprocess.Popen(
+            [PYTHON, "-c", CHILD.format(tests=str(TESTS), root=storage.root, size=size)],
+            cwd="/",  # the installed copy, as PostgreSQL runs it
+        )
+        deadline = time.monotonic() + 20
+        while not list(folder.glob(".seg.*.tmp")) and child.poll() is None:
+            assert time.monotonic() < deadline, "the child never wrote its temp file"
+            time.sleep(0.001)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.returncode == -signal.SIGKILL and list(folder.glob(".seg.*.tmp")):
+            killed_mid_write += 1
+        # Whatever the timing: the old object, nothing, or the whole new one.
+        try:
+            with storage.open("wal/seg") as fh:
+                data_digest = stream_digest(fh)
+        except NotFound:
+            data_digest = None
+        accepted = {full, None} if previous is None else {full, pattern_digest_of(previous)}
+        assert data_digest in accepted, f"round {round_}: partial object visible"
+        assert [i.key for i in storage.list("wal/")] in (["wal/old"], ["wal/old", "wal/seg"])
+        storage.remove_stale_temp(older_than_s=0)
+        assert temp_files(tmp_path) == []
+        storage.delete("wal/seg")
+    assert killed_mid_write >= 3, "the kills all came too late to test anything"
+    # A later put of the same key succeeds, conditionally too.
+    storage.put("wal/seg", PatternStream(MiB), if_absent=True)
+    assert storage.stat("wal/seg").size == MiB
+
+
+def pattern_digest_of(data: bytes) -> str:
+    return stream_digest(io.BytesIO(data))
+
+
+def test_concurrent_if_absent_processes_have_one_winner(tmp_path: Path) -> None:
+    """Big objects from separate processes: os.link publishes exactly one of them."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        sys.path.insert(0, {tests!r})
+        from storage_support import PatternStream
+        from chainlens_ops.storage import AlreadyExists
+        from chainlens_ops.storage.local import LocalStorage
+        storage = LocalStorage({root!r})
+        while time.time() < {start}:
+            time.sleep(0.001)
+        try:
+            storage.put("wal/seg", PatternStream(8 * 1024 * 1024, seed=int(sys.argv[1])),
+                        if_absent=True)
+        except AlreadyExists:
+            sys.exit(3)
+        """
+    )
+    root = tmp_path / "repo"
+    code = script.format(tests=str(TESTS), root=str(root), start=time.time() + 1.0)
+    children = [subprocess.Popen([PYTHON, "-c", code, str(n)], cwd="/") for n in range(4)]
+    codes = sorted(child.wait() for child in children)
+    assert codes == [0, 3, 3, 3]
+    with LocalStorage(str(root)).open("wal/seg") as fh:
+        digest = stream_digest(fh)
+    assert digest in {pattern_digest(8 * MiB, seed=n) for n in range(4)}
+    assert temp_files(root) == []
+
+
+# -- ownership ---------------------------------------------------------------------------
+
+
+def test_root_refuses_to_write_a_repository_owned_by_postgres(scratch: Path) -> None:
+    repo = make_shared_dir(scratch / f"owned-{time.monotonic_ns()}", mode=0o700)
+    storage = LocalStorage(str(repo))
+    with pytest.raises(StorageError) as caught:
+        storage.put("wal/seg", io.BytesIO(b"x"))
+    message = caught.value.one_line()
+    assert f"repository {repo} is owned by postgres" in message
+    assert "sudo -u postgres" in message
+    with pytest.raises(StorageError, match="owned by postgres"):
+        storage.delete("wal/seg")
+    with pytest.raises(StorageError, match="owned by postgres"):
+        storage.check_writable()
+    assert list(repo.iterdir()) == []  # nothing created
+
+    # The database's OS user writes it; root may still read it.
+    code = (
+        "import io\n"
+        "from chainlens_ops.storage.local import LocalStorage\n"
+        f"LocalStorage({str(repo)!r}).put('wal/seg', io.BytesIO(b'from postgres'))\n"
+    )
+    subprocess.run(as_postgres([PYTHON, "-c", code]), check=True, cwd="/")
+    uid, _gid = pg_uid_gid()
+    assert (repo / "wal" / "seg").stat().st_uid == uid
+    assert mode(repo / "wal") == 0o700 and mode(repo / "wal" / "seg") == 0o600
+    assert storage.stat("wal/seg").size == len(b"from postgres")
+    with storage.open("wal/seg") as fh:
+        assert fh.read() == b"from postgres"
+    assert [i.key for i in storage.list("")] == ["wal/seg"]
+
+
+def test_other_user_cannot_write_a_root_repository(scratch: Path) -> None:
+    repo = make_shared_dir(scratch / f"rootrepo-{time.monotonic_ns()}", owner_postgres=False)
+    code = (
+        "import io, sys\n"
+        "from chainlens_ops.storage import StorageError\n"
+        "from chainlens_ops.storage.local import LocalStorage\n"
+        "try:\n"
+        f"    LocalStorage({str(repo)!r}).put('k', io.BytesIO(b'x'))\n"
+        "except StorageError as exc:\n"
+        "    print(exc.one_line()); sys.exit(1)\n"
+    )
+    result = subprocess.run(
+        as_postgres([PYTHON, "-c", code]), capture_output=True, text=True, cwd="/"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "not writable by postgres (owned by root)" in result.stdout
+
+
+def test_root_may_create_a_missing_repository(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path / "new" / "repo"))
+    storage.check_writable()
+    assert mode(tmp_path / "new" / "repo") == 0o700
+    storage.put("k", io.BytesIO(b"x"), if_absent=True)
+    with pytest.raises(AlreadyExists):
+        storage.put("k", io.BytesIO(b"y"), if_absent=True)
+
+
+# -- start-up cost -----------------------------------------------------------------------
+
+
+def test_local_backend_imports_no_heavy_modules() -> None:
+    code = (
+        "import sys\n"
+        "from chainlens_ops.storage import open_storage\n"
+        "open_storage('/nonexistent/repo')\n"
+        "heavy = {'boto3', 'botocore', 'psycopg', 'typer', 'rich', 'click', 'urllib3'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    result = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert result.stdout.strip() == "[]"
