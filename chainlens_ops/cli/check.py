@@ -1,8 +1,63 @@
-"""`chainlens-ops check`: placeholder until the WAL issue lands."""
+"""`chainlens-ops check`: is archiving wired end to end? One table, or --json."""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from chainlens_ops.cli.common import (
+    DbOption,
+    DsnOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    state,
+    to_jsonable,
+)
+from chainlens_ops.health import check_archiving
+from chainlens_ops.repository import Repository, repo_url
 
 
-def check_command() -> None:
-    """End-to-end archive health check (not built yet)."""
-    raise typer.Exit(1)
+def check_command(
+    ctx: typer.Context,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Repository (default: the database's configured one)."),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="Seconds to wait for the switched segment to arrive."),
+    ] = 60.0,
+    json_output: JsonOption = False,
+) -> None:
+    """End-to-end archive check: settings, a WAL switch, and the segment in the repository.
+
+    Exit 1 naming the first broken step.
+    """
+    settings = state(ctx).settings
+    target = settings.target(db.value if db else None, dsn=dsn)
+    repository = Repository(repo_url(settings, db=target.name, repo=repo), settings.s3)
+    report = check_archiving(target, repository, timeout_s=timeout)
+    if json_output:
+        data = to_jsonable(report)
+        data["ok"] = report.ok
+        for step, shown in zip(report.steps, data["steps"], strict=True):
+            shown["status"] = step.status
+        print_json(data)
+    else:
+        table = Table("step", "status", "detail")
+        for step in report.steps:
+            colour = {"ok": "green", "skipped": "dim"}.get(step.status, "red")
+            table.add_row(step.name, f"[{colour}]{step.status}[/]", step.detail)
+        console.print(table)
+    failed = report.failed
+    if failed is not None:
+        err_console.print(
+            f"chainlens-ops: check failed at {failed.name}: {failed.detail}", markup=False
+        )
+        raise typer.Exit(1)

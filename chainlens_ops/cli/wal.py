@@ -1,5 +1,203 @@
-"""`chainlens-ops wal`: placeholder until the wal issue lands."""
+"""`chainlens-ops wal`: archive and restore WAL segments, list and check the archive.
+
+`wal push` and `wal fetch` run once per segment, so the console script hands them to
+`chainlens_ops.wal.lean` before Typer is even imported; the commands below exist for
+`--help` and for callers that go through this app, and delegate to the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="(wal: not built yet)", no_args_is_help=True)
+from chainlens_ops.cli.common import DbOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.wal.catalog import check_wal, list_wal
+
+app = typer.Typer(
+    help="Archive WAL into the repository (archive_command/restore_command), list and check it.",
+    no_args_is_help=True,
+)
+
+RepoOption = Annotated[
+    str | None,
+    typer.Option(
+        "--repo",
+        help="Repository: file:///abs/path, /abs/path or s3://bucket/prefix "
+        "(default: CHAINLENS_<DB>_REPO, CHAINLENS_REPO or the config file).",
+        show_default=False,
+    ),
+]
+SpoolOption = Annotated[
+    str | None,
+    typer.Option("--spool", help="Spool folder (default: spool_dir, or next to the data folder)."),
+]
+
+
+def _repository(ctx: typer.Context, db: DbOption, repo: str | None) -> Repository:
+    settings = state(ctx).settings
+    url = repo_url(settings, db=db.value if db else None, repo=repo)
+    return Repository(url, settings.s3)
+
+
+def _lean_args(ctx: typer.Context, command: str, options: dict[str, object]) -> list[str]:
+    """Rebuild the argv the lean path parses (global options, then `wal <command>`)."""
+    gs = state(ctx)
+    args = ["--config", str(gs.config_file)] if gs.config_file else []
+    args += ["-v"] if gs.verbose else []
+    args += ["wal", command]
+    for option, value in options.items():
+        if value is not None:
+            args += [option, str(value)]
+    return args
+
+
+@app.command("push")
+def push_command(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(help="The WAL file (PostgreSQL's %p).")],
+    repo: RepoOption = None,
+    db: DbOption = None,
+    spool: SpoolOption = None,
+    look_ahead: Annotated[
+        int | None,
+        typer.Option(
+            "--look-ahead", help="Also upload up to N other .ready files (default: 16 for S3)."
+        ),
+    ] = None,
+) -> None:
+    """Archive one WAL file: archive_command = 'chainlens-ops wal push %p'.
+
+    Exit 0 only once the file is durable in the repository; 1 failed; 2 usage; 3 config.
+    """
+    from chainlens_ops.wal.lean import push_main
+
+    options: dict[str, object] = {"--repo": repo, "--db": db.value if db else None}
+    options |= {"--spool": spool, "--look-ahead": look_ahead}
+    raise typer.Exit(push_main([*_lean_args(ctx, "push", options), "--", path]))
+
+
+@app.command("fetch")
+def fetch_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The WAL file name (PostgreSQL's %f).")],
+    dest: Annotated[str, typer.Argument(help="Where to write it (PostgreSQL's %p).")],
+    repo: RepoOption = None,
+    db: DbOption = None,
+    spool: SpoolOption = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option("--prefetch", help="Download the next N segments ahead (default: 8 for S3)."),
+    ] = None,
+) -> None:
+    """Restore one WAL file: restore_command = 'chainlens-ops wal fetch %f %p'.
+
+    Exit 0 restored; 1 not in the repository; 255 any other failure (stops recovery).
+    """
+    from chainlens_ops.wal.lean import fetch_main
+
+    options: dict[str, object] = {"--repo": repo, "--db": db.value if db else None}
+    options |= {"--spool": spool, "--prefetch": prefetch}
+    code = fetch_main([*_lean_args(ctx, "fetch", options), "--", name, dest])
+    raise typer.Exit(code if code in (0, 1) else 255)
+
+
+@app.command("list")
+def list_command(
+    ctx: typer.Context,
+    repo: RepoOption = None,
+    db: DbOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Segments per timeline: contiguous ranges, partial segments, stored sizes."""
+    listing = list_wal(_repository(ctx, db, repo))
+    if json_output:
+        print_json(listing)
+        return
+    if not listing.timelines:
+        console.print(f"{listing.repo}: no WAL archived yet", markup=False)
+        return
+    table = Table("timeline", "first", "last", "segments", "stored", "notes")
+    for tl in listing.timelines:
+        notes = []
+        if tl.history_file:
+            notes.append("history")
+        notes += [f"{p}" for p in tl.partial]
+        if tl.backup_files:
+            notes.append(f"{len(tl.backup_files)} backup file(s)")
+        rows = tl.ranges or []
+        if not rows:
+            table.add_row(str(tl.timeline), "", "", "0", "", ", ".join(notes))
+        for i, r in enumerate(rows):
+            table.add_row(
+                str(tl.timeline),
+                r.first,
+                r.last,
+                str(r.count),
+                _size(r.stored_bytes),
+                ", ".join(notes) if i == 0 else "",
+            )
+    console.print(table)
+    console.print(
+        f"{listing.repo}: {listing.objects} objects, {_size(listing.stored_bytes)} stored",
+        markup=False,
+    )
+
+
+@app.command("check")
+def check_command(
+    ctx: typer.Context,
+    repo: RepoOption = None,
+    db: DbOption = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="First segment needed (default: the oldest archived)."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Gaps in the archive from the oldest segment to the newest, across timeline switches.
+
+    Exit 1 when a segment is missing (each gap is named).
+    """
+    result = check_wal(_repository(ctx, db, repo), start=start)
+    if json_output:
+        print_json({**_plain(result), "ok": result.ok})
+    elif result.first:
+        console.print(
+            f"{result.repo}: checked {result.segments_checked} segments "
+            f"{result.first} .. {result.last} on timeline(s) "
+            f"{', '.join(str(s.timeline) for s in result.path)}",
+            markup=False,
+        )
+    if result.ok:
+        if not json_output:
+            console.print("no gaps", markup=False)
+        return
+    for gap in result.gaps:
+        err_console.print(
+            f"chainlens-ops: gap on timeline {gap.timeline}: {gap.first} .. {gap.last} "
+            f"({gap.count} segment{'s' if gap.count != 1 else ''} missing)",
+            markup=False,
+        )
+    for problem in result.problems:
+        err_console.print(f"chainlens-ops: {problem}", markup=False)
+    raise typer.Exit(1)
+
+
+def _plain(value: object) -> dict[str, object]:
+    from chainlens_ops.cli.common import to_jsonable
+
+    data = to_jsonable(value)
+    assert isinstance(data, dict)
+    return data
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,203 @@
+"""The repository: where one PostgreSQL cluster's WAL, backups and restore points live.
+
+A repository serves exactly one cluster (like a pgBackRest stanza), identified by the
+system identifier that `pg_controldata` shows and every WAL segment header carries.
+It is a storage URL (`file:///abs/path`, `/abs/path` or `s3://bucket/prefix`); the
+layout below is the same on every backend (keys are '/'-separated):
+
+    chainlens-repo.json                 the format marker, written once on first use:
+                                        {"format": 1, "system_identifier": "7712...",
+                                         "wal_segment_size": 16777216, "pg_version": 15,
+                                         "created_at": "2025-...Z", "created_by": "..."}
+    wal/<TTTTTTTTXXXXXXXX>/<segment>    WAL segments, `.partial` segments and `.backup`
+                                        files, grouped by timeline + log id (256 files
+                                        per folder at 16 MB segments)
+    wal/history/<TTTTTTTT>.history      timeline history files (never overwritten)
+    backups/                            reserved: base backups and their catalog
+    restore-points/                     reserved: the restore-point catalog
+
+Every WAL object is stored under its bare file name in the envelope format of
+`chainlens_ops.wal.objfmt` (zstd, with the sha256 of the original file inside).
+
+The system identifier is kept as a string: it does not fit a JSON number's safe range.
+A marker with a higher `format` than this tool knows is refused, so an old tool never
+writes into a repository laid out by a newer one.
+
+This module is on the `wal push` hot path: it imports no boto3, psycopg or Typer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chainlens_ops import __version__
+from chainlens_ops.errors import ConfigError, OperationFailed
+from chainlens_ops.storage import AlreadyExists, NotFound, Storage, open_storage
+from chainlens_ops.wal.names import HISTORY, WalName
+
+if TYPE_CHECKING:
+    from chainlens_ops.config import S3Settings, Settings
+
+FORMAT = 1
+MARKER_KEY = "chainlens-repo.json"
+WAL_PREFIX = "wal/"
+HISTORY_PREFIX = "wal/history/"
+BACKUPS_PREFIX = "backups/"
+RESTORE_POINTS_PREFIX = "restore-points/"
+
+
+class WrongCluster(OperationFailed):
+    """A WAL file or database belongs to another cluster than the repository."""
+
+
+@dataclass(frozen=True)
+class RepoMarker:
+    format: int
+    system_identifier: int
+    wal_segment_size: int
+    pg_version: int
+    created_at: str
+    created_by: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format": self.format,
+                "system_identifier": str(self.system_identifier),
+                "wal_segment_size": self.wal_segment_size,
+                "pg_version": self.pg_version,
+                "created_at": self.created_at,
+                "created_by": self.created_by,
+            },
+            indent=2,
+        ).encode()
+
+
+class Repository:
+    """One repository. The storage backend is opened on first use, so a caller that
+    needs only the URL (e.g. `wal push`'s look-ahead fast path) never imports boto3."""
+
+    def __init__(self, url: str, s3: S3Settings | None = None) -> None:
+        self.url = url
+        self._s3 = s3
+        self._storage: Storage | None = None
+        self._marker: RepoMarker | None = None
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.url, self._s3)
+        return self._storage
+
+    @property
+    def display(self) -> str:
+        return self.url
+
+    # -- the marker -------------------------------------------------------------------
+
+    def marker(self) -> RepoMarker | None:
+        """The marker, or None for a repository nothing has been written to yet."""
+        if self._marker is None:
+            try:
+                with self.storage.open(MARKER_KEY) as fh:
+                    raw = fh.read(1024 * 1024)
+            except NotFound:
+                return None
+            self._marker = _parse_marker(raw, self.url)
+        return self._marker
+
+    def ensure_marker(
+        self, system_identifier: int, wal_segment_size: int, pg_version: int
+    ) -> RepoMarker:
+        """The marker, written now if missing; WrongCluster if it names another cluster.
+
+        Two first pushers may race: the conditional put lets exactly one marker win and
+        the loser re-reads it, so both check against the same cluster.
+        """
+        marker = self.marker()
+        if marker is None:
+            import datetime as dt  # only here: the hot path rarely creates a marker
+
+            fresh = RepoMarker(
+                format=FORMAT,
+                system_identifier=system_identifier,
+                wal_segment_size=wal_segment_size,
+                pg_version=pg_version,
+                created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                created_by=f"chainlens-ops {__version__}",
+            )
+            try:
+                self.storage.put(MARKER_KEY, io.BytesIO(fresh.to_json()), if_absent=True)
+                self._marker = marker = fresh
+            except AlreadyExists:
+                marker = self.marker()
+                if marker is None:  # pragma: no cover - deleted between put and read
+                    raise OperationFailed(f"repository {self.url}: marker vanished") from None
+        self.check_cluster(system_identifier, what="this WAL", marker=marker)
+        if marker.wal_segment_size != wal_segment_size:
+            raise WrongCluster(
+                f"WAL segment size {wal_segment_size} differs from the repository's "
+                f"{marker.wal_segment_size} ({self.url})"
+            )
+        return marker
+
+    def check_cluster(
+        self, system_identifier: int, *, what: str, marker: RepoMarker | None = None
+    ) -> None:
+        marker = marker or self.marker()
+        if marker is not None and marker.system_identifier != system_identifier:
+            raise WrongCluster(
+                f"{what} belongs to database system {system_identifier}, but repository "
+                f"{self.url} belongs to database system {marker.system_identifier}",
+                hint="each cluster needs its own repository",
+            )
+
+    # -- keys -------------------------------------------------------------------------
+
+    @staticmethod
+    def wal_key(name: WalName) -> str:
+        if name.kind == HISTORY:
+            return HISTORY_PREFIX + name.name
+        return f"{WAL_PREFIX}{name.name[:16]}/{name.name}"
+
+
+def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = None) -> str:
+    """The repository for `db`: `--repo`, else CHAINLENS_<DB>_REPO / CHAINLENS_REPO /
+    the config file (resolved in config.py)."""
+    if repo:
+        return repo
+    target = settings.target(db)
+    if not target.repo:
+        raise ConfigError(
+            f"no repository for the {target.name} database",
+            hint=f"pass --repo, set CHAINLENS_REPO or CHAINLENS_{target.name.upper()}_REPO, "
+            "or `repo` in the config file",
+        )
+    return target.repo
+
+
+def _parse_marker(raw: bytes, url: str) -> RepoMarker:
+    try:
+        data = json.loads(raw)
+        marker = RepoMarker(
+            format=int(data["format"]),
+            system_identifier=int(data["system_identifier"]),
+            wal_segment_size=int(data["wal_segment_size"]),
+            pg_version=int(data.get("pg_version", 0)),
+            created_at=str(data.get("created_at", "")),
+            created_by=str(data.get("created_by", "")),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise OperationFailed(
+            f"repository {url}: {MARKER_KEY} is damaged or not a chainlens-ops marker"
+        ) from None
+    if marker.format > FORMAT:
+        raise OperationFailed(
+            f"repository {url} has format {marker.format}; this chainlens-ops understands "
+            f"up to {FORMAT}",
+            hint="upgrade chainlens-ops",
+        )
+    return marker

@@ -1,0 +1,150 @@
+"""`wal fetch`: restore one WAL file from the repository for PostgreSQL's recovery.
+
+`restore_command` semantics: a confirmed missing object is an ordinary answer
+(`found=False`; PostgreSQL probes for files that may not exist, e.g. the next timeline's
+history file); everything else that is not success raises, and the caller exits with a
+status PostgreSQL treats as fatal. DEST is written to a temp file in its folder and
+renamed into place only after the object's checksum has been verified.
+
+Prefetch: a fetch that has to go to the repository also downloads the next N segments
+of the timeline, in parallel, into the spool (outside `pg_wal`); PostgreSQL's next calls
+are then served from there. Spooled objects keep the repository format and are verified
+like any other before use; a damaged one is dropped and fetched again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from chainlens_ops.errors import UsageError
+from chainlens_ops.repository import Repository
+from chainlens_ops.storage import NotFound
+from chainlens_ops.wal.names import SEGMENT, WalName, next_segment_names, parse_wal_name
+from chainlens_ops.wal.objfmt import CorruptObject, decode
+from chainlens_ops.wal.spool import FILE_MODE, Spool
+
+PREFETCH_THREADS = 4
+REPOSITORY = "repository"
+SPOOL = "spool"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    name: str
+    found: bool
+    source: str = ""  # REPOSITORY or SPOOL when found
+    size: int = 0
+    prefetched: tuple[str, ...] = field(default=())
+
+
+def fetch_wal(
+    repo: Repository,
+    name: str,
+    dest: str,
+    *,
+    spool: Spool | None = None,
+    prefetch: int = 0,
+) -> FetchResult:
+    """Restore `name` (PostgreSQL's %f) from `repo` to `dest` (%p)."""
+    wal = parse_wal_name(name)
+    dest = os.path.abspath(dest)
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise UsageError(f"cannot write {dest}: its folder does not exist")
+
+    if spool is not None:
+        spooled = spool.prefetched(name)
+        if spooled is not None:
+            try:
+                with open(spooled, "rb") as src:
+                    size = write_verified(src, dest, name, where=f"spooled {spooled}")
+                return FetchResult(name, True, SPOOL, size)
+            except (CorruptObject, OSError):
+                pass  # fetch it from the repository instead
+            finally:
+                _unlink(spooled)
+
+    ahead = _prefetch_names(repo, wal, spool, prefetch)
+    if not ahead:
+        return _fetch_direct(repo, wal, dest, spool)
+    assert spool is not None
+    from concurrent.futures import ThreadPoolExecutor  # only when there is work ahead
+
+    with ThreadPoolExecutor(max_workers=min(PREFETCH_THREADS, len(ahead))) as pool:
+        futures = [pool.submit(_download, repo, spool, other) for other in ahead]
+        try:
+            result = _fetch_direct(repo, wal, dest, spool)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        if not result.found:
+            pool.shutdown(wait=True, cancel_futures=True)
+            spool.clear_prefetch()
+            return result
+        fetched = tuple(other for other, f in zip(ahead, futures, strict=True) if f.result())
+    return FetchResult(result.name, True, REPOSITORY, result.size, fetched)
+
+
+def write_verified(src: BinaryIO, dest: str, name: str, *, where: str) -> int:
+    """Decode `src` into a temp file next to `dest`, verify, then rename it into place."""
+    folder, base = os.path.split(dest)
+    tmp = os.path.join(folder, f".{base}.chainlens-{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = decode(src, out, name=name, where=where)
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink(Path(tmp))
+        raise
+    return digest.size
+
+
+def _fetch_direct(repo: Repository, wal: WalName, dest: str, spool: Spool | None) -> FetchResult:
+    key = repo.wal_key(wal)
+    try:
+        with repo.storage.open(key) as src:
+            size = write_verified(src, dest, wal.name, where=f"{repo.url}: {key}")
+    except NotFound:
+        if spool is not None and wal.kind == SEGMENT:
+            # Past the end of the archive: what was prefetched will not be asked for.
+            spool.clear_prefetch()
+        return FetchResult(wal.name, False)
+    return FetchResult(wal.name, True, REPOSITORY, size)
+
+
+def _prefetch_names(repo: Repository, wal: WalName, spool: Spool | None, count: int) -> list[str]:
+    if count <= 0 or spool is None or wal.kind != SEGMENT or not spool.ready(spool.prefetch):
+        return []
+    marker = repo.marker()
+    if marker is None:
+        return []
+    names = next_segment_names(wal, count, marker.wal_segment_size)
+    spool.clear_prefetch(keep=set(names))
+    return [n for n in names if spool.prefetched(n) is None]
+
+
+def _download(repo: Repository, spool: Spool, name: str) -> bool:
+    """Copy one object into the spool as it is (verified when used). False if absent
+    or on any failure: PostgreSQL's own call for it goes to the repository."""
+    final = spool.prefetch / name
+    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
+    try:
+        with repo.storage.open(repo.wal_key(parse_wal_name(name))) as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1024 * 1024):
+                    out.write(chunk)
+        os.replace(tmp, final)
+    except Exception:
+        _unlink(tmp)
+        return False
+    return True
+
+
+def _unlink(path: Path | str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -1,0 +1,224 @@
+"""`wal push`: archive one WAL file into the repository, durably, never overwriting.
+
+The rules PostgreSQL's `archive_command` relies on:
+
+- success only once the object is durable (the storage backend's `put` contract);
+- the same name again with the same bytes succeeds; with other bytes it fails and the
+  original stays (`put(if_absent=True)` decides atomically, so two concurrent pushers
+  cannot both win); `.history` files are thereby never overwritten;
+- a segment whose header names another database system than the repository's is
+  refused, naming both.
+
+Look-ahead (for slow repositories such as S3): a push also uploads up to N other files
+PostgreSQL has marked `.ready` in `pg_wal/archive_status`, in parallel, and records each
+one in the spool once it is durable. PostgreSQL's later call for such a file then only
+re-hashes the local file and compares it with the record: no storage call, no boto3.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import BinaryIO, cast
+
+from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.repository import Repository
+from chainlens_ops.storage import AlreadyExists, NotFound
+from chainlens_ops.wal.names import (
+    HISTORY,
+    LONG_HEADER_SIZE,
+    WalName,
+    check_header_matches_name,
+    parse_wal_header,
+    parse_wal_name,
+)
+from chainlens_ops.wal.objfmt import (
+    DEFAULT_LEVEL,
+    CorruptObject,
+    Digest,
+    EncodingReader,
+    decode,
+    file_digest,
+)
+from chainlens_ops.wal.spool import Spool
+
+ARCHIVED = "archived"  # stored by this call
+IDENTICAL = "already-archived"  # the repository already held the same bytes
+AHEAD = "archived-ahead"  # stored earlier by a look-ahead upload, local file unchanged
+LOOK_AHEAD_THREADS = 2  # boto3 alone is ~80 MB RSS; each upload in flight adds a part
+
+
+class DifferentContent(OperationFailed):
+    """The repository already holds this name with other bytes; the original is kept."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    key: str
+    outcome: str  # ARCHIVED, IDENTICAL or AHEAD
+    size: int
+    sha256: str
+    stored_size: int | None = None  # bytes in the repository, when this call stored them
+    look_ahead: tuple[str, ...] = field(default=())  # other files stored ahead by this call
+
+
+def push_wal(
+    repo: Repository,
+    path: str,
+    *,
+    spool: Spool | None = None,
+    look_ahead: int = 0,
+    level: int = DEFAULT_LEVEL,
+) -> PushResult:
+    """Archive the WAL file at `path` (PostgreSQL's %p) into `repo`."""
+    name = parse_wal_name(os.path.basename(path))
+    if spool is not None:
+        ahead = _take_look_ahead_record(repo, spool, path, name)
+        if ahead is not None:
+            return ahead
+
+    candidates: list[str] = []
+    if look_ahead > 0 and spool is not None and spool.ready(spool.pushed):
+        candidates = ready_files(path, look_ahead, skip={name.name, *spool.pushed_names()})
+    if not candidates:
+        return push_file(repo, path, name, level=level)
+
+    assert spool is not None  # candidates come from the spool's folder
+    folder = os.path.dirname(path)
+    from concurrent.futures import ThreadPoolExecutor  # only when there is work ahead
+
+    with ThreadPoolExecutor(max_workers=min(LOOK_AHEAD_THREADS, len(candidates))) as pool:
+        futures = [
+            pool.submit(_push_ahead, repo, spool, os.path.join(folder, other), level)
+            for other in candidates
+        ]
+        try:
+            result = push_file(repo, path, name, level=level)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        done = tuple(f.result() for f in futures)
+    stored = tuple(n for n in done if n)
+    return PushResult(
+        result.name,
+        result.key,
+        result.outcome,
+        result.size,
+        result.sha256,
+        result.stored_size,
+        stored,
+    )
+
+
+def push_file(
+    repo: Repository, path: str, name: WalName, *, level: int = DEFAULT_LEVEL
+) -> PushResult:
+    """Store one file under its name, with the duplicate and cluster rules."""
+    try:
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a WAL file") from None
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        if name.has_header:
+            header = parse_wal_header(os.pread(fh.fileno(), LONG_HEADER_SIZE, 0), what=path)
+            check_header_matches_name(header, name, size=size)
+            repo.ensure_marker(header.system_identifier, header.seg_size, header.pg_version)
+        # History and backup files carry no system identifier; a marker, if any, was
+        # checked against the segments that came before them.
+        key = repo.wal_key(name)
+        reader = EncodingReader(fh, name.name, size, level=level)
+        try:
+            info = repo.storage.put(key, cast(BinaryIO, reader), if_absent=True)
+        except AlreadyExists:
+            local = reader.digest or file_digest(path)
+            _check_same_as_stored(repo, key, name, local)
+            return PushResult(name.name, key, IDENTICAL, local.size, local.sha256)
+    digest = reader.digest
+    if digest is None:  # pragma: no cover - put returned without reading the stream
+        raise OperationFailed(f"{key}: the storage backend did not read the whole file")
+    return PushResult(name.name, key, ARCHIVED, digest.size, digest.sha256, info.size)
+
+
+def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
+    """Up to `limit` WAL files PostgreSQL has marked ready, in the order it archives
+    them (history files first, then oldest first)."""
+    status = os.path.join(os.path.dirname(path), "archive_status")
+    try:
+        entries = os.listdir(status)
+    except OSError:
+        return []
+    names = []
+    for entry in entries:
+        if not entry.endswith(".ready"):
+            continue
+        wal = entry[: -len(".ready")]
+        if wal in skip:
+            continue
+        try:
+            parsed = parse_wal_name(wal)
+        except UsageError:
+            continue
+        names.append((parsed.kind != HISTORY, wal))
+    return [wal for _, wal in sorted(names)[:limit]]
+
+
+def _push_ahead(repo: Repository, spool: Spool, path: str, level: int) -> str | None:
+    """Upload one ready file ahead of PostgreSQL's call; record it once durable.
+
+    Any failure is left for PostgreSQL's own call for that file, which reports it.
+    """
+    try:
+        result = push_file(repo, path, parse_wal_name(os.path.basename(path)), level=level)
+        spool.record_pushed(result.name, result.key, Digest(result.size, result.sha256))
+    except Exception:
+        return None
+    return result.name
+
+
+def _take_look_ahead_record(
+    repo: Repository, spool: Spool, path: str, name: WalName
+) -> PushResult | None:
+    record = spool.pushed_record(name.name)
+    if record is None:
+        return None
+    # One use only: whatever happens next, this record has served its purpose.
+    spool.forget_pushed(name.name)
+    key, stored = record
+    if key != repo.wal_key(name):
+        return None
+    try:
+        local = file_digest(path)
+    except OSError:
+        return None  # the normal path reports the problem with the file
+    if local != stored:
+        return None  # changed since the upload: the normal path applies the rules
+    return PushResult(name.name, key, AHEAD, local.size, local.sha256)
+
+
+def _check_same_as_stored(repo: Repository, key: str, name: WalName, local: Digest) -> None:
+    try:
+        with repo.storage.open(key) as src:
+            stored = decode(src, None, name=name.name, where=f"{repo.url}: {key}")
+    except NotFound:
+        raise OperationFailed(
+            f"{key} was reported as existing in {repo.url} but cannot be read; try again"
+        ) from None
+    except CorruptObject as exc:
+        raise OperationFailed(
+            f"{exc.message}; the stored object is kept, not overwritten",
+            hint="inspect it and remove it by hand if it is damaged",
+        ) from None
+    if stored != local:
+        never = " (history files are never overwritten)" if name.kind == HISTORY else ""
+        raise DifferentContent(
+            f"{name.name} is already in repository {repo.url} with different content "
+            f"(stored {stored.size} bytes sha256 {stored.sha256[:16]}..., local "
+            f"{local.size} bytes sha256 {local.sha256[:16]}...); the original is kept{never}",
+            hint="is another cluster archiving into this repository?",
+        )

@@ -1,0 +1,181 @@
+"""WAL names, the segment header, the object envelope, the lean argument parser and the
+gap logic: the pure parts of the WAL archive, against real segments where it matters."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from chainlens_ops.errors import UsageError
+from chainlens_ops.repository import Repository
+from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
+from chainlens_ops.wal.lean import parse_args
+from chainlens_ops.wal.names import (
+    BACKUP,
+    HISTORY,
+    PARTIAL,
+    SEGMENT,
+    NotAWalSegment,
+    check_header_matches_name,
+    next_segment_names,
+    parse_lsn,
+    parse_wal_header,
+    parse_wal_name,
+    segment_name,
+)
+from chainlens_ops.wal.objfmt import CorruptObject, EncodingReader, decode
+
+MB = 1024 * 1024
+
+
+def fake_segment(name: str, *, sysid: int = 7, seg_size: int = MB, body: bytes = b"") -> bytes:
+    """A file that starts with a valid long page header for `name`."""
+    wal = parse_wal_name(name)
+    pageaddr = wal.segno(seg_size) * seg_size
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, wal.tli, pageaddr, 0, sysid, seg_size, 8192)
+    data = header + body
+    return data + bytes(seg_size - len(data))
+
+
+def test_names_parse_every_kind() -> None:
+    assert parse_wal_name("000000010000000A000000FF").kind == SEGMENT
+    partial = parse_wal_name("000000020000000000000003.partial")
+    assert (partial.kind, partial.tli, partial.segment_name) == (
+        PARTIAL,
+        2,
+        "000000020000000000000003",
+    )
+    assert parse_wal_name("000000010000000000000002.00000028.backup").kind == BACKUP
+    assert parse_wal_name("00000002.history").kind == HISTORY
+    for bad in ("RECOVERYXLOG", "000000010000000000000001.gz", "00000001000000000000001", ""):
+        with pytest.raises(UsageError):
+            parse_wal_name(bad)
+
+
+def test_segment_arithmetic_depends_on_segment_size() -> None:
+    # 16 MB: 256 segments per log id; 1 MB: 4096.
+    assert next_segment_names(parse_wal_name("0000000100000000000000FF"), 2, 16 * MB) == [
+        "000000010000000100000000",
+        "000000010000000100000001",
+    ]
+    assert next_segment_names(parse_wal_name("0000000100000000000000FF"), 1, MB) == [
+        "000000010000000000000100"
+    ]
+    assert segment_name(3, 4096, MB) == "000000030000000100000000"
+    assert parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
+
+
+def test_header_of_a_real_segment_matches_pg_controldata(pg_template: Path) -> None:
+    control = (pg_template / "global" / "pg_control").read_bytes()
+    sysid = struct.unpack_from("<Q", control, 0)[0]
+    segment = sorted((pg_template / "pg_wal").glob("0000000*"))[0]
+    header = parse_wal_header(segment.read_bytes()[:40])
+    assert header.system_identifier == sysid
+    assert header.seg_size == MB  # the template is made with --wal-segsize=1
+    assert header.pg_version == 15
+    check_header_matches_name(header, parse_wal_name(segment.name), size=segment.stat().st_size)
+
+
+def test_header_must_match_the_name() -> None:
+    data = fake_segment("000000010000000000000005")
+    header = parse_wal_header(data)
+    with pytest.raises(NotAWalSegment, match="does not match its name"):
+        check_header_matches_name(header, parse_wal_name("000000010000000000000006"), size=MB)
+    with pytest.raises(NotAWalSegment, match="WAL page header"):
+        parse_wal_header(b"x" * 40)
+
+
+@pytest.mark.parametrize("content", [b"", b"a" * 10, os.urandom(3 * MB + 17), bytes(5 * MB)])
+def test_envelope_round_trip_and_checksum(content: bytes) -> None:
+    reader = EncodingReader(io.BytesIO(content), "000000010000000000000001", len(content))
+    encoded = b"".join(iter(lambda: reader.read(64 * 1024), b""))
+    assert reader.digest is not None and reader.digest.size == len(content)
+    out = io.BytesIO()
+    digest = decode(io.BytesIO(encoded), out, name="000000010000000000000001")
+    assert out.getvalue() == content and digest == reader.digest
+
+    for position in (len(encoded) // 2, len(encoded) - 5):
+        damaged = bytearray(encoded)
+        damaged[position] ^= 0x40
+        with pytest.raises(CorruptObject):
+            decode(io.BytesIO(bytes(damaged)), None, name="000000010000000000000001")
+    with pytest.raises(CorruptObject):
+        decode(io.BytesIO(encoded[:-1]), None, name="000000010000000000000001")
+    with pytest.raises(CorruptObject, match="holds"):
+        decode(io.BytesIO(encoded), None, name="000000010000000000000002")
+
+
+def test_lean_parser_reads_global_and_command_options() -> None:
+    parsed = parse_args(
+        ["--config", "f.toml", "-v", "wal", "push", "--repo=file:///r", "--", "pg_wal/x"],
+        "push",
+        ("--repo",),
+    )
+    assert (parsed.config, parsed.verbose, parsed.options, parsed.positional) == (
+        "f.toml",
+        True,
+        {"--repo": "file:///r"},
+        ["pg_wal/x"],
+    )
+    with pytest.raises(UsageError, match="unknown option"):
+        parse_args(["wal", "push", "--bogus", "x"], "push", ("--repo",))
+    with pytest.raises(UsageError, match="needs a value"):
+        parse_args(["wal", "push", "--repo"], "push", ("--repo",))
+
+
+def test_history_parsing() -> None:
+    text = "1\t0/3000060\tno recovery target specified\n\n2\t0/5000000\tat restore point\n"
+    assert parse_history(text) == [(1, 0x3000060), (2, 0x5000000)]
+
+
+def _store(repo: Repository, name: str, content: bytes) -> None:
+    wal = parse_wal_name(name)
+    reader = EncodingReader(io.BytesIO(content), name, len(content))
+    repo.storage.put(repo.wal_key(wal), reader)  # type: ignore[arg-type]
+
+
+def test_gap_check_follows_timeline_switches(tmp_path: Path) -> None:
+    repo = Repository(f"file://{tmp_path}/repo")
+    repo.ensure_marker(7, MB, 15)
+    for n in (1, 2, 3):
+        _store(repo, segment_name(1, n, MB), b"x")
+    # Timeline 2 branched off inside segment 4: the old one's last segment is .partial.
+    _store(repo, segment_name(1, 4, MB) + ".partial", b"x")
+    _store(repo, "00000002.history", b"1\t0/40A0B0\tno recovery target specified\n")
+    for n in (4, 5, 7):
+        _store(repo, segment_name(2, n, MB), b"x")
+    # Segments the old timeline wrote after the switch are not on the path.
+    _store(repo, segment_name(1, 5, MB), b"x")
+
+    result = check_wal(repo)
+    assert not result.ok
+    assert [(g.timeline, g.first, g.count) for g in result.gaps] == [
+        (2, "000000020000000000000006", 1)
+    ]
+    assert (result.first, result.last) == ("000000010000000000000001", "000000020000000000000007")
+    assert [s.timeline for s in result.path] == [1, 2]
+
+    _store(repo, segment_name(2, 6, MB), b"x")
+    assert check_wal(repo).ok
+    listing = list_wal(repo)
+    assert [(t.timeline, t.segments, t.history_file) for t in listing.timelines] == [
+        (1, 4, False),
+        (2, 4, True),
+    ]
+    assert listing.timelines[0].partial == ["000000010000000000000004.partial"]
+    assert [(r.first, r.last) for r in listing.timelines[0].ranges] == [
+        ("000000010000000000000001", "000000010000000000000003"),
+        ("000000010000000000000005", "000000010000000000000005"),
+    ]
+
+
+def test_gap_check_reports_a_missing_history_file(tmp_path: Path) -> None:
+    repo = Repository(f"file://{tmp_path}/repo")
+    repo.ensure_marker(7, MB, 15)
+    _store(repo, segment_name(3, 9, MB), b"x")
+    result = check_wal(repo)
+    assert result.problems and "00000003.history is missing" in result.problems[0]
