@@ -33,17 +33,19 @@ mode 0600, never on the command line. Whatever the source, they are never printe
 from __future__ import annotations
 
 import os
-import re
-import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 from chainlens_ops.errors import ConfigError, UsageError
+from chainlens_ops.record import record, replace
+
+# This module is on the `wal push` path, which starts once per WAL segment: no
+# dataclasses, typing, pathlib or re at import time (see chainlens_ops.record).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 DATABASES = ("supabase", "microservices")
-SYSTEM_CONFIG = Path("/etc/chainlens-ops/config.toml")
+SYSTEM_CONFIG = "/etc/chainlens-ops/config.toml"
 
 # The seed's own connection settings (section 1.3), used when no DSN is configured.
 _SEED_DEFAULTS: dict[str, dict[str, str]] = {
@@ -57,12 +59,13 @@ _SEED_ENV: dict[str, dict[str, str]] = {
 _CONNINFO_KEYS = ("host", "port", "dbname", "user", "password", "sslmode", "passfile")
 
 
-@dataclass(frozen=True)
+@record
 class DatabaseTarget:
     """One database the tool acts on. `conninfo` may hold a password: never print it."""
 
+    _hidden_ = ("conninfo",)
     name: str
-    conninfo: str = field(repr=False)
+    conninfo: str
     repo: str | None = None
 
     @property
@@ -71,7 +74,7 @@ class DatabaseTarget:
         return redact_conninfo(self.conninfo)
 
 
-@dataclass(frozen=True)
+@record
 class S3Settings:
     endpoint_url: str | None = None
     region: str | None = None
@@ -82,15 +85,18 @@ class S3Settings:
     max_attempts: int = 4
 
 
-@dataclass(frozen=True)
+_DEFAULT_S3 = S3Settings()
+
+
+@record
 class Settings:
     databases: Mapping[str, DatabaseTarget]
     default_db: str = "microservices"
     lock_timeout_ms: int = 2000
     lock_retries: int = 5
-    s3: S3Settings = S3Settings()
+    s3: S3Settings = _DEFAULT_S3
     spool_dir: str | None = None
-    config_file: Path | None = None
+    config_file: str | None = None
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -114,7 +120,7 @@ class Settings:
 
 
 def load_settings(
-    config_file: str | Path | None = None,
+    config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings from the file, the environment and the defaults."""
@@ -174,6 +180,8 @@ def parse_duration_ms(value: object, what: str) -> int:
     """`2000`, `"2000ms"`, `"2s"`, `"1min"` -> milliseconds."""
     if isinstance(value, int) and value >= 0:
         return value
+    import re
+
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*", str(value))
     if not match:
         raise ConfigError(f"{what}: cannot read {value!r} as a duration (e.g. 500ms, 2s, 1min)")
@@ -194,19 +202,20 @@ def redact_conninfo(conninfo: str) -> str:
     return make_conninfo("", **shown) or "<libpq defaults>"
 
 
-def _config_path(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:
-    chosen = explicit or env.get("CHAINLENS_CONFIG")
+def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | None:
+    chosen = os.fspath(explicit) if explicit else env.get("CHAINLENS_CONFIG")
     if chosen:
-        path = Path(chosen)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist or is not a file")
-        return path
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+        if not os.path.isfile(chosen):
+            raise ConfigError(f"config file {chosen} does not exist or is not a file")
+        return chosen
+    return SYSTEM_CONFIG if os.path.isfile(SYSTEM_CONFIG) else None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: str) -> dict[str, Any]:
+    import tomllib  # only when there is a file: it imports re
+
     try:
-        with path.open("rb") as fh:
+        with open(path, "rb") as fh:
             return tomllib.load(fh)
     except PermissionError:
         raise ConfigError(f"config file {path} is not readable by this user") from None
@@ -219,7 +228,7 @@ def make_conninfo(base: str = "", **params: str) -> str:
     this runs on the `wal push` path, which must start fast)."""
 
     def quote(value: str) -> str:
-        if value and not re.search(r"[\s'\\]", value):
+        if value and not any(c.isspace() or c in "'\\" for c in value):
             return value
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -229,7 +238,7 @@ def make_conninfo(base: str = "", **params: str) -> str:
 
 
 def _resolve_conninfo(
-    name: str, table: Mapping[str, Any], env: Mapping[str, str], path: Path | None
+    name: str, table: Mapping[str, Any], env: Mapping[str, str], path: str | None
 ) -> str:
     env_dsn = env.get(f"CHAINLENS_{name.upper()}_DSN")
     if env_dsn:

@@ -5,10 +5,15 @@ system identifier that `pg_controldata` shows and every WAL segment header carri
 It is a storage URL (`file:///abs/path`, `/abs/path` or `s3://bucket/prefix`); the
 layout below is the same on every backend (keys are '/'-separated):
 
-    chainlens-repo.json                 the format marker, written once on first use:
-                                        {"format": 1, "system_identifier": "7712...",
-                                         "wal_segment_size": 16777216, "pg_version": 15,
-                                         "created_at": "2025-...Z", "created_by": "..."}
+    chainlens-repo.toml                 the format marker, written once on first use,
+                                        flat TOML (read without a TOML parser: it is on
+                                        the `wal push` path, see chainlens_ops.record):
+                                            format = 1
+                                            system_identifier = "7712..."
+                                            wal_segment_size = 16777216
+                                            pg_version = 15
+                                            created_at = "2026-...Z"
+                                            created_by = "chainlens-ops 0.1.0"
     wal/<TTTTTTTTXXXXXXXX>/<segment>    WAL segments, `.partial` segments and `.backup`
                                         files, grouped by timeline + log id (256 files
                                         per folder at 16 MB segments)
@@ -19,7 +24,7 @@ layout below is the same on every backend (keys are '/'-separated):
 Every WAL object is stored under its bare file name in the envelope format of
 `chainlens_ops.wal.objfmt` (zstd, with the sha256 of the original file inside).
 
-The system identifier is kept as a string: it does not fit a JSON number's safe range.
+The system identifier is kept as a string: it is an unsigned 64-bit number.
 A marker with a higher `format` than this tool knows is refused, so an old tool never
 writes into a repository laid out by a newer one.
 
@@ -29,20 +34,20 @@ This module is on the `wal push` hot path: it imports no boto3, psycopg or Typer
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from chainlens_ops import __version__
 from chainlens_ops.errors import ConfigError, OperationFailed
-from chainlens_ops.storage import AlreadyExists, NotFound, Storage, open_storage
+from chainlens_ops.record import record
+from chainlens_ops.storage import AlreadyExists, NotFound, open_storage
 from chainlens_ops.wal.names import HISTORY, WalName
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.config import S3Settings, Settings
+    from chainlens_ops.storage.protocol import Storage
 
 FORMAT = 1
-MARKER_KEY = "chainlens-repo.json"
+MARKER_KEY = "chainlens-repo.toml"
 WAL_PREFIX = "wal/"
 HISTORY_PREFIX = "wal/history/"
 BACKUPS_PREFIX = "backups/"
@@ -53,7 +58,7 @@ class WrongCluster(OperationFailed):
     """A WAL file or database belongs to another cluster than the repository."""
 
 
-@dataclass(frozen=True)
+@record
 class RepoMarker:
     format: int
     system_identifier: int
@@ -62,17 +67,15 @@ class RepoMarker:
     created_at: str
     created_by: str
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "format": self.format,
-                "system_identifier": str(self.system_identifier),
-                "wal_segment_size": self.wal_segment_size,
-                "pg_version": self.pg_version,
-                "created_at": self.created_at,
-                "created_by": self.created_by,
-            },
-            indent=2,
+    def to_bytes(self) -> bytes:
+        return (
+            "# chainlens-ops repository: one PostgreSQL cluster's WAL, backups, restore points\n"
+            f"format = {self.format}\n"
+            f'system_identifier = "{self.system_identifier}"\n'
+            f"wal_segment_size = {self.wal_segment_size}\n"
+            f"pg_version = {self.pg_version}\n"
+            f'created_at = "{self.created_at}"\n'
+            f'created_by = "{self.created_by}"\n'
         ).encode()
 
 
@@ -130,7 +133,7 @@ class Repository:
                 created_by=f"chainlens-ops {__version__}",
             )
             try:
-                self.storage.put(MARKER_KEY, io.BytesIO(fresh.to_json()), if_absent=True)
+                self.storage.put(MARKER_KEY, io.BytesIO(fresh.to_bytes()), if_absent=True)
                 self._marker = marker = fresh
             except AlreadyExists:
                 marker = self.marker()
@@ -180,17 +183,24 @@ def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = No
 
 
 def _parse_marker(raw: bytes, url: str) -> RepoMarker:
+    fields: dict[str, str] = {}
     try:
-        data = json.loads(raw)
+        for line in raw.decode("utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, sep, value = line.partition("=")
+                if not sep:
+                    raise ValueError(line)
+                fields[key.strip()] = value.strip().strip('"')
         marker = RepoMarker(
-            format=int(data["format"]),
-            system_identifier=int(data["system_identifier"]),
-            wal_segment_size=int(data["wal_segment_size"]),
-            pg_version=int(data.get("pg_version", 0)),
-            created_at=str(data.get("created_at", "")),
-            created_by=str(data.get("created_by", "")),
+            format=int(fields["format"]),
+            system_identifier=int(fields["system_identifier"]),
+            wal_segment_size=int(fields["wal_segment_size"]),
+            pg_version=int(fields.get("pg_version", 0)),
+            created_at=fields.get("created_at", ""),
+            created_by=fields.get("created_by", ""),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError):
         raise OperationFailed(
             f"repository {url}: {MARKER_KEY} is damaged or not a chainlens-ops marker"
         ) from None

@@ -60,7 +60,7 @@ def test_environment_beats_toml_and_cli_beats_environment(config_file: Path) -> 
 
 def test_config_file_from_environment_variable(config_file: Path) -> None:
     s = load_settings(None, env={"CHAINLENS_CONFIG": str(config_file)})
-    assert s.config_file == config_file
+    assert s.config_file == str(config_file)
 
 
 def test_seed_variables_are_the_fallback() -> None:

@@ -3,6 +3,7 @@ gap logic: the pure parts of the WAL archive, against real segments where it mat
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -91,12 +92,18 @@ def test_header_must_match_the_name() -> None:
 
 @pytest.mark.parametrize("content", [b"", b"a" * 10, os.urandom(3 * MB + 17), bytes(5 * MB)])
 def test_envelope_round_trip_and_checksum(content: bytes) -> None:
-    reader = EncodingReader(io.BytesIO(content), "000000010000000000000001", len(content))
+    name = "000000010000000000000001"
+    reader = EncodingReader(io.BytesIO(content), name, len(content), with_digest=True)
     encoded = b"".join(iter(lambda: reader.read(64 * 1024), b""))
     assert reader.digest is not None and reader.digest.size == len(content)
+    assert reader.digest.sha256 == hashlib.sha256(content).hexdigest()
     out = io.BytesIO()
-    digest = decode(io.BytesIO(encoded), out, name="000000010000000000000001")
+    digest = decode(io.BytesIO(encoded), out, name=name)
     assert out.getvalue() == content and digest == reader.digest
+    # The plain push path computes no sha256, and writes the very same bytes.
+    plain = EncodingReader(io.BytesIO(content), name, len(content))
+    assert b"".join(iter(lambda: plain.read(64 * 1024), b"")) == encoded
+    assert plain.digest is None
 
     for position in (len(encoded) // 2, len(encoded) - 5):
         damaged = bytearray(encoded)
@@ -107,6 +114,21 @@ def test_envelope_round_trip_and_checksum(content: bytes) -> None:
         decode(io.BytesIO(encoded[:-1]), None, name="000000010000000000000001")
     with pytest.raises(CorruptObject, match="holds"):
         decode(io.BytesIO(encoded), None, name="000000010000000000000002")
+
+
+def test_a_frame_without_its_checksum_is_refused() -> None:
+    name = "000000010000000000000001"
+    content = os.urandom(100_000)
+    encoded = b"".join(EncodingReader(io.BytesIO(content), name, len(content)))
+    frame_at = encoded.index(b"\x28\xb5\x2f\xfd")
+    stripped = bytearray(encoded)
+    stripped[frame_at + 4] &= ~0x04  # clear Content_Checksum_flag
+    with pytest.raises(CorruptObject, match="no content checksum"):
+        decode(io.BytesIO(bytes(stripped)), None, name=name)
+    flipped = bytearray(encoded)
+    flipped[frame_at + 5000] ^= 0x01  # one bit inside incompressible data
+    with pytest.raises(CorruptObject):
+        decode(io.BytesIO(bytes(flipped)), None, name=name)
 
 
 def test_lean_parser_reads_global_and_command_options() -> None:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from chainlens_ops.config import Settings, load_settings
+from chainlens_ops.record import as_dict
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -70,6 +71,9 @@ def to_jsonable(value: Any) -> Any:
     """Dataclasses, paths, datetimes and enums as plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    fields = as_dict(value)
+    if fields is not None:
+        return {name: to_jsonable(v) for name, v in fields.items()}
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

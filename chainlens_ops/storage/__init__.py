@@ -10,12 +10,15 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
-
-from chainlens_ops.config import S3Settings
 from chainlens_ops.errors import EXIT_USAGE, ConfigError, OperationFailed
+from chainlens_ops.record import record
+
+# On the `wal push` path: the protocol (which needs `typing`, ~13 ms to import) lives in
+# chainlens_ops.storage.protocol and is loaded here only when someone asks for it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chainlens_ops.config import S3Settings
+    from chainlens_ops.storage.protocol import Storage
 
 
 class StorageError(OperationFailed):
@@ -36,31 +39,11 @@ class InvalidKey(StorageError, ValueError):
     exit_code = EXIT_USAGE
 
 
-@dataclass(frozen=True)
+@record
 class ObjectInfo:
     key: str
     size: int
     mtime: float  # seconds since the epoch
-
-
-class Storage(Protocol):
-    url: str
-
-    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
-        """Store `stream` under `key`; durable on return. Readers never see a partial
-        object. With `if_absent`, raise AlreadyExists (atomically) if `key` exists."""
-
-    def open(self, key: str) -> BinaryIO:
-        """A readable stream of the object (use as a context manager). NotFound if absent."""
-
-    def stat(self, key: str) -> ObjectInfo:
-        """Size and mtime of `key`. NotFound if absent."""
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, in key order."""
-
-    def delete(self, key: str) -> None:
-        """Remove `key`; deleting a missing key is not an error."""
 
 
 def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
@@ -68,7 +51,7 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
     if url.startswith("s3://"):
         from chainlens_ops.storage.s3 import S3Storage
 
-        return S3Storage(url, s3 or S3Settings())
+        return S3Storage(url, s3)
     if url.startswith("file://") or url.startswith("/"):
         from chainlens_ops.storage.local import LocalStorage
 
@@ -76,3 +59,11 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
     raise ConfigError(
         f"repository {url!r} is not a file:///absolute/path, /absolute/path or s3://bucket/prefix"
     )
+
+
+def __getattr__(name: str) -> object:
+    if name == "Storage":
+        from chainlens_ops.storage.protocol import Storage
+
+        return Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

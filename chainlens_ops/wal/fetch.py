@@ -14,31 +14,32 @@ like any other before use; a damaged one is dropped and fetched again.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 from chainlens_ops.errors import UsageError
+from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.names import SEGMENT, WalName, next_segment_names, parse_wal_name
 from chainlens_ops.wal.objfmt import CorruptObject, decode
 from chainlens_ops.wal.spool import FILE_MODE, Spool
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 PREFETCH_THREADS = 4
 REPOSITORY = "repository"
 SPOOL = "spool"
 
 
-@dataclass(frozen=True)
+@record
 class FetchResult:
     name: str
     found: bool
     source: str = ""  # REPOSITORY or SPOOL when found
     size: int = 0
-    prefetched: tuple[str, ...] = field(default=())
+    prefetched: tuple[str, ...] = ()
 
 
 def fetch_wal(
@@ -98,7 +99,7 @@ def write_verified(src: BinaryIO, dest: str, name: str, *, where: str) -> int:
             digest = decode(src, out, name=name, where=where)
         os.replace(tmp, dest)
     except BaseException:
-        _unlink(Path(tmp))
+        _unlink(tmp)
         raise
     return digest.size
 
@@ -130,8 +131,8 @@ def _prefetch_names(repo: Repository, wal: WalName, spool: Spool | None, count: 
 def _download(repo: Repository, spool: Spool, name: str) -> bool:
     """Copy one object into the spool as it is (verified when used). False if absent
     or on any failure: PostgreSQL's own call for it goes to the repository."""
-    final = spool.prefetch / name
-    tmp = final.with_name(f".{name}.{os.getpid()}.tmp")
+    final = os.path.join(spool.prefetch, name)
+    tmp = os.path.join(spool.prefetch, f".{name}.{os.getpid()}.tmp")
     try:
         with repo.storage.open(repo.wal_key(parse_wal_name(name))) as src:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
@@ -145,6 +146,9 @@ def _download(repo: Repository, spool: Spool, name: str) -> bool:
     return True
 
 
-def _unlink(path: Path | str) -> None:
-    with contextlib.suppress(OSError):
+def _unlink(path: str) -> None:
+    # A plain try: suppress() would import contextlib on the `wal push` path.
+    try:  # noqa: SIM105
         os.unlink(path)
+    except OSError:
+        pass

@@ -15,12 +15,11 @@ Exit codes:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chainlens_ops.errors import EXIT_FAILED, EXIT_OK, ChainlensError, UsageError
 
+# No dataclasses, typing or pathlib here or below on this path (chainlens_ops.record).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.repository import Repository
     from chainlens_ops.wal.spool import Spool
@@ -65,13 +64,13 @@ Options:
 """
 
 
-@dataclass
 class LeanArgs:
-    config: str | None = None
-    verbose: bool = False
-    help: bool = False
-    options: dict[str, str] = field(default_factory=dict)
-    positional: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.verbose = False
+        self.help = False
+        self.options: dict[str, str] = {}
+        self.positional: list[str] = []
 
     def count(self, option: str, default: int) -> int:
         value = self.options.get(option)
@@ -204,7 +203,7 @@ def _open(parsed: LeanArgs, wal_path: str) -> tuple[Repository, Spool | None]:
             "s3://bucket/prefix"
         )
     spool_dir = parsed.options.get("--spool") or settings.spool_dir
-    root = Path(spool_dir) if spool_dir else default_spool_root(wal_path)
+    root = spool_dir or default_spool_root(wal_path)
     return Repository(url, settings.s3), (Spool(root, url) if root else None)
 
 

@@ -15,21 +15,17 @@ This module is on the `wal push`/`wal fetch` hot path: standard library only.
 
 from __future__ import annotations
 
-import re
 import struct
-from dataclasses import dataclass
 
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.record import record
 
 SEGMENT = "segment"
 PARTIAL = "partial"
 BACKUP = "backup"
 HISTORY = "history"
 
-_NAME = re.compile(
-    r"(?P<tli>[0-9A-F]{8})(?:(?P<log>[0-9A-F]{8})(?P<seg>[0-9A-F]{8})"
-    r"(?P<suffix>\.partial|\.[0-9A-F]{8}\.backup)?|(?P<history>\.history))"
-)
+_HEX = frozenset("0123456789ABCDEF")  # PostgreSQL writes names in upper-case hex
 
 # XLogLongPageHeaderData (access/xlog_internal.h), little-endian on every platform we run:
 # xlp_magic u16, xlp_info u16, xlp_tli u32, xlp_pageaddr u64, xlp_rem_len u32, 4 pad,
@@ -57,7 +53,7 @@ class NotAWalSegment(OperationFailed):
     """A file that is named like a WAL segment but does not start with a WAL header."""
 
 
-@dataclass(frozen=True)
+@record
 class WalName:
     """A parsed WAL file name. `log`/`seg` are 0 for history files."""
 
@@ -83,18 +79,27 @@ class WalName:
 
 def parse_wal_name(name: str) -> WalName:
     """Parse an archivable WAL file name; UsageError for anything else."""
-    match = _NAME.fullmatch(name)
-    if not match:
-        raise UsageError(
-            f"{name!r} is not a WAL file name (e.g. 000000010000000000000001, "
-            "00000002.history, ...partial, ...backup)"
-        )
-    tli = int(match["tli"], 16)
-    if match["history"]:
-        return WalName(name, HISTORY, tli)
-    suffix = match["suffix"] or ""
-    kind = PARTIAL if suffix == ".partial" else BACKUP if suffix else SEGMENT
-    return WalName(name, kind, tli, int(match["log"], 16), int(match["seg"], 16))
+    if _is_hex(name[:8], 8):
+        tli = int(name[:8], 16)
+        if name[8:] == ".history":
+            return WalName(name, HISTORY, tli)
+        if _is_hex(name[8:24], 16):
+            log, seg = int(name[8:16], 16), int(name[16:24], 16)
+            suffix = name[24:]
+            if not suffix:
+                return WalName(name, SEGMENT, tli, log, seg)
+            if suffix == ".partial":
+                return WalName(name, PARTIAL, tli, log, seg)
+            if suffix[:1] == "." and suffix[9:] == ".backup" and _is_hex(suffix[1:9], 8):
+                return WalName(name, BACKUP, tli, log, seg)
+    raise UsageError(
+        f"{name!r} is not a WAL file name (e.g. 000000010000000000000001, "
+        "00000002.history, ...partial, ...backup)"
+    )
+
+
+def _is_hex(text: str, length: int) -> bool:
+    return len(text) == length and _HEX.issuperset(text)
 
 
 def segments_per_log(seg_size: int) -> int:
@@ -124,7 +129,7 @@ def parse_lsn(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-@dataclass(frozen=True)
+@record
 class WalHeader:
     """The long page header of a segment's first page."""
 

@@ -18,10 +18,9 @@ re-hashes the local file and compares it with the record: no storage call, no bo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import BinaryIO, cast
 
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import AlreadyExists, NotFound
 from chainlens_ops.wal.names import (
@@ -52,15 +51,15 @@ class DifferentContent(OperationFailed):
     """The repository already holds this name with other bytes; the original is kept."""
 
 
-@dataclass(frozen=True)
+@record
 class PushResult:
     name: str
     key: str
     outcome: str  # ARCHIVED, IDENTICAL or AHEAD
     size: int
-    sha256: str
+    sha256: str | None  # of the file, when this call had to know it (else None)
     stored_size: int | None = None  # bytes in the repository, when this call stored them
-    look_ahead: tuple[str, ...] = field(default=())  # other files stored ahead by this call
+    look_ahead: tuple[str, ...] = ()  # other files stored ahead by this call
 
 
 def push_wal(
@@ -112,9 +111,17 @@ def push_wal(
 
 
 def push_file(
-    repo: Repository, path: str, name: WalName, *, level: int = DEFAULT_LEVEL
+    repo: Repository,
+    path: str,
+    name: WalName,
+    *,
+    level: int = DEFAULT_LEVEL,
+    with_digest: bool = False,
 ) -> PushResult:
-    """Store one file under its name, with the duplicate and cluster rules."""
+    """Store one file under its name, with the duplicate and cluster rules.
+
+    `with_digest`: also hash the file as it is read (look-ahead records need it).
+    """
     try:
         fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -132,17 +139,18 @@ def push_file(
         # History and backup files carry no system identifier; a marker, if any, was
         # checked against the segments that came before them.
         key = repo.wal_key(name)
-        reader = EncodingReader(fh, name.name, size, level=level)
+        reader = EncodingReader(fh, name.name, size, level=level, with_digest=with_digest)
         try:
-            info = repo.storage.put(key, cast(BinaryIO, reader), if_absent=True)
+            info = repo.storage.put(key, reader, if_absent=True)  # type: ignore[arg-type]
         except AlreadyExists:
             local = reader.digest or file_digest(path)
             _check_same_as_stored(repo, key, name, local)
             return PushResult(name.name, key, IDENTICAL, local.size, local.sha256)
     digest = reader.digest
-    if digest is None:  # pragma: no cover - put returned without reading the stream
+    if with_digest and digest is None:  # pragma: no cover - put did not read it all
         raise OperationFailed(f"{key}: the storage backend did not read the whole file")
-    return PushResult(name.name, key, ARCHIVED, digest.size, digest.sha256, info.size)
+    sha256 = digest.sha256 if digest is not None else None
+    return PushResult(name.name, key, ARCHIVED, size, sha256, info.size)
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
@@ -174,7 +182,11 @@ def _push_ahead(repo: Repository, spool: Spool, path: str, level: int) -> str | 
     Any failure is left for PostgreSQL's own call for that file, which reports it.
     """
     try:
-        result = push_file(repo, path, parse_wal_name(os.path.basename(path)), level=level)
+        result = push_file(
+            repo, path, parse_wal_name(os.path.basename(path)), level=level, with_digest=True
+        )
+        if result.sha256 is None:
+            return None
         spool.record_pushed(result.name, result.key, Digest(result.size, result.sha256))
     except Exception:
         return None

@@ -1,12 +1,15 @@
 """The spool: a local folder outside `pg_wal` for work done ahead of PostgreSQL's calls.
 
     <spool>/<repo id>/pushed/<name>     look-ahead record: this file (size, sha256) is
-                                        durable in the repository under this key
+                                        durable in the repository under this key; three
+                                        lines: key, size, sha256 (plain text: parsing
+                                        it must not import json, see record.py)
     <spool>/<repo id>/prefetch/<name>   an object downloaded ahead of `wal fetch`,
                                         still in the repository format (verified on use)
 
-`<repo id>` is a hash of the repository URL, so a spool never serves one repository's
-work to another. Everything here is a cache: losing it costs a re-upload (an identical
+`<repo id>` is the repository URL made safe for a file name plus its CRC-32, so a spool
+never serves one repository's work to another (not sha256: hashlib costs ~6 ms to import
+on the `wal push` path). Everything here is a cache: losing it costs a re-upload (an identical
 duplicate, which succeeds) or a re-download, never data. Files are written to a temp
 name and renamed, so a reader sees whole files or none.
 
@@ -17,11 +20,8 @@ derived from the `pg_wal/...` path PostgreSQL passes; `--spool` or `spool_dir`
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-from pathlib import Path
+import zlib
 
 from chainlens_ops.wal.objfmt import Digest
 
@@ -29,7 +29,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def default_spool_root(wal_path: str) -> Path | None:
+def default_spool_root(wal_path: str) -> str | None:
     """`<data>/../chainlens-ops-spool-<data>` for a path inside `<data>/pg_wal`, else None.
 
     The path is made absolute without resolving symlinks: a `pg_wal` symlinked to
@@ -39,20 +39,20 @@ def default_spool_root(wal_path: str) -> Path | None:
     if os.path.basename(folder) != "pg_wal":
         return None
     data = os.path.dirname(folder)
-    return Path(os.path.dirname(data)) / f"chainlens-ops-spool-{os.path.basename(data)}"
+    return os.path.join(os.path.dirname(data), f"chainlens-ops-spool-{os.path.basename(data)}")
 
 
 class Spool:
-    def __init__(self, root: Path, repo_url: str) -> None:
+    def __init__(self, root: str, repo_url: str) -> None:
         self.root = root
-        self.base = root / hashlib.sha256(repo_url.encode()).hexdigest()[:16]
-        self.pushed = self.base / "pushed"
-        self.prefetch = self.base / "prefetch"
+        self.base = os.path.join(root, repo_id(repo_url))
+        self.pushed = os.path.join(self.base, "pushed")
+        self.prefetch = os.path.join(self.base, "prefetch")
 
-    def ready(self, folder: Path) -> bool:
+    def ready(self, folder: str) -> bool:
         """Create `folder` (0700) if needed; False if this user cannot use it."""
         try:
-            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            os.makedirs(folder, mode=DIR_MODE, exist_ok=True)
         except OSError:
             return False
         return os.access(folder, os.W_OK | os.X_OK)
@@ -60,46 +60,55 @@ class Spool:
     # -- look-ahead records -----------------------------------------------------------
 
     def record_pushed(self, name: str, key: str, digest: Digest) -> None:
-        body = json.dumps({"key": key, "size": digest.size, "sha256": digest.sha256})
-        write_atomic(self.pushed / name, body.encode())
+        body = f"{key}\n{digest.size}\n{digest.sha256}\n"
+        write_atomic(os.path.join(self.pushed, name), body.encode())
 
     def pushed_record(self, name: str) -> tuple[str, Digest] | None:
         try:
-            data = json.loads((self.pushed / name).read_bytes())
-            return str(data["key"]), Digest(int(data["size"]), str(data["sha256"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            with open(os.path.join(self.pushed, name), "rb") as fh:
+                key, size, sha256 = fh.read(4096).decode().split("\n")[:3]
+            if len(sha256) != 64:
+                return None
+            return key, Digest(int(size), sha256)
+        except (OSError, ValueError):
             return None
 
     def forget_pushed(self, name: str) -> None:
-        _unlink(self.pushed / name)
+        _unlink(os.path.join(self.pushed, name))
 
     def pushed_names(self) -> set[str]:
         try:
-            return {p.name for p in self.pushed.iterdir() if not p.name.startswith(".")}
+            return {n for n in os.listdir(self.pushed) if not n.startswith(".")}
         except OSError:
             return set()
 
     # -- prefetched objects -----------------------------------------------------------
 
-    def prefetched(self, name: str) -> Path | None:
-        path = self.prefetch / name
-        return path if path.is_file() else None
+    def prefetched(self, name: str) -> str | None:
+        path = os.path.join(self.prefetch, name)
+        return path if os.path.isfile(path) else None
 
     def clear_prefetch(self, keep: frozenset[str] | set[str] = frozenset()) -> None:
         """Remove prefetched objects (and dead temp files) not in `keep`."""
         try:
-            entries = list(self.prefetch.iterdir())
+            entries = os.listdir(self.prefetch)
         except OSError:
             return
-        for path in entries:
-            if path.name not in keep:
-                _unlink(path)
+        for entry in entries:
+            if entry not in keep:
+                _unlink(os.path.join(self.prefetch, entry))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def repo_id(url: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-." else "_" for c in url)[:80]
+    return f"{safe}-{zlib.crc32(url.encode()):08x}"
+
+
+def write_atomic(path: str, data: bytes) -> None:
     """Small file, temp + rename: a reader sees the whole file or none (no fsync: a
     spool entry lost in a crash costs only repeated work)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -110,6 +119,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
+def _unlink(path: str) -> None:
+    # A plain try: suppress() would import contextlib on the `wal push` path.
+    try:  # noqa: SIM105
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,28 @@
+"""The storage protocol every backend implements (see chainlens_ops.storage)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+from chainlens_ops.storage import ObjectInfo
+
+
+class Storage(Protocol):
+    url: str
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        """Store `stream` under `key`; durable on return. Readers never see a partial
+        object. With `if_absent`, raise AlreadyExists (atomically) if `key` exists."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the object (use as a context manager). NotFound if absent."""
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and mtime of `key`. NotFound if absent."""
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; deleting a missing key is not an error."""
