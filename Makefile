@@ -23,6 +23,9 @@ $(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
 	umask 022; $(PIP) install $(PIP_FLAGS) --upgrade pip
 	umask 022; $(PIP) install $(PIP_FLAGS) "$$(sed -n 's/^\s*"\(hatchling[^"]*\)".*/\1/p' pyproject.toml | head -1)"
 	umask 022; $(PIP) install $(PIP_FLAGS) --no-build-isolation ".[dev]"
+	# Nothing here needs setuptools at run time, and its .pth file costs every start of
+	# the interpreter (~0.6 ms of a `wal push` that PostgreSQL runs once per segment).
+	$(PIP) uninstall $(PIP_FLAGS) -y setuptools || true
 	touch $@
 
 deps: $(VENV)/.deps

@@ -43,15 +43,30 @@ def main() -> None:
                 sys.stderr.write(f"chainlens-ops: wal fetch: fatal: {exc!r}\n")
             finally:
                 code = FETCH_FATAL
-        sys.exit(code if code in (0, 1) else FETCH_FATAL)
+        _exit_now(code if code in (0, 1) else FETCH_FATAL)
     if command == ("wal", "push"):
         from chainlens_ops.wal.lean import push_main
 
-        sys.exit(push_main(args))
+        _exit_now(push_main(args))
 
     from chainlens_ops.cli import run
 
     sys.exit(run(args))
+
+
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown (~2-3 ms of a ~40 ms `wal push`).
+
+    Safe here: push and fetch have closed and fsynced what they wrote and joined their
+    threads before returning; only the standard streams need flushing.
+    """
+    import os
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ Decoding refuses a frame without it, and zstd verifies it as it decompresses; th
 in header, frame and trailer guard against truncation, the name in the header against
 an object stored (or spooled) under the wrong name.
 
-No sha256 is computed on the plain push path: hashlib alone costs ~6 ms to import and
+No sha256 is computed while pushing: hashlib alone costs ~6 ms to import and
 hashing a 16 MB segment ~10 ms, a third of pgBackRest's whole push. Where an exact
 content identity is needed (is a pushed-again file the same as the stored one? is a
-look-ahead upload still the file on disk?) `decode`, `file_digest` and
-`EncodingReader(with_digest=True)` compute sha256 of the uncompressed bytes.
+look-ahead upload still the file on disk?) `decode` and `file_digest` compute sha256 of
+the uncompressed bytes.
 
 Decoding streams, holding back the last bytes of the object as the trailer, so memory
 stays flat whatever the segment size.
@@ -36,7 +36,7 @@ from chainlens_ops.record import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from types import ModuleType
     from typing import Any, BinaryIO
 
@@ -110,29 +110,13 @@ class Digest:
 
 
 class EncodingReader(io.RawIOBase):
-    """A readable stream of the encoded object for `src`, produced as it is read.
+    """A readable stream of the encoded object for `src`, produced as it is read."""
 
-    With `with_digest`, `digest` (size and sha256 of `src`) is available once the
-    stream has been read to the end; otherwise it stays None.
-    """
-
-    def __init__(
-        self,
-        src: BinaryIO,
-        name: str,
-        size: int,
-        *,
-        level: int = DEFAULT_LEVEL,
-        with_digest: bool = False,
-    ) -> None:
+    def __init__(self, src: BinaryIO, name: str, size: int, *, level: int = DEFAULT_LEVEL) -> None:
         super().__init__()
-        self._chunks = _encode(src, name, size, level, self._finish, with_digest)
+        self._chunks = _encode(src, name, size, level)
         self._pending = b""
         self._offset = 0
-        self.digest: Digest | None = None
-
-    def _finish(self, digest: Digest) -> None:
-        self.digest = digest
 
     def readable(self) -> bool:
         return True
@@ -168,100 +152,32 @@ class EncodingReader(io.RawIOBase):
         return chunk
 
 
-def _encode(
-    src: BinaryIO,
-    name: str,
-    size: int,
-    level: int,
-    finish: Callable[[Digest], None],
-    with_digest: bool,
-) -> Iterator[bytes]:
+def _encode(src: BinaryIO, name: str, size: int, level: int) -> Iterator[bytes]:
     raw_name = name.encode("ascii")
     yield _HEADER.pack(MAGIC, VERSION, ZSTD, len(raw_name), size) + raw_name
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
     stream = compressor.compressobj(size=size)
-    hasher = _Hasher(src, size) if with_digest else None
     # One reused buffer: a fresh bytes object per chunk costs ~3 ms per 16 MB segment.
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     readinto = getattr(src, "readinto", None)
     total = 0
-    try:
-        while True:
-            if readinto is not None:
-                chunk = view[: readinto(buffer) or 0]
-            else:
-                chunk = memoryview(src.read(CHUNK))
-            if not chunk:
-                break
-            total += len(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
-            out = stream.compress(chunk)
-            if out:
-                yield out
-    finally:
-        digest = hasher.digest() if hasher is not None else None
+    while True:
+        if readinto is not None:
+            chunk = view[: readinto(buffer) or 0]
+        else:
+            chunk = memoryview(src.read(CHUNK))
+        if not chunk:
+            break
+        total += len(chunk)
+        out = stream.compress(chunk)
+        if out:
+            yield out
     if total != size:
         # zstd would also refuse the frame; say what happened in our words.
         raise OperationFailed(f"{name} changed size while it was read ({size} -> {total} bytes)")
     yield stream.flush()
-    if digest is not None:
-        finish(Digest(total, digest.hex()))
     yield _TRAILER.pack(total, END_MAGIC)
-
-
-class _Hasher:
-    """sha256 of the source, computed while the caller compresses it.
-
-    For a real file, a second thread hashes it with `pread` (its own offsets, no
-    handoff): hashing and compressing both release the GIL, so on two cores the pass
-    costs max(hash, compress) instead of their sum. It uses `_thread`, not `threading`
-    and `queue`, whose imports (~4 ms) are a noticeable share of a `wal push`. Other
-    sources are hashed chunk by chunk in the caller's thread.
-    """
-
-    def __init__(self, src: BinaryIO, size: int) -> None:
-        import hashlib
-
-        self._sha = hashlib.sha256()
-        self._error: BaseException | None = None
-        self._done: Any = None
-        try:
-            fd = src.fileno()
-            os.fstat(fd)
-        except (AttributeError, OSError, ValueError):
-            return  # not a file: update() hashes inline
-        import _thread
-
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        _thread.start_new_thread(self._run, (fd, size))
-
-    def _run(self, fd: int, size: int) -> None:
-        try:
-            offset = 0
-            while offset < size:
-                chunk = os.pread(fd, CHUNK, offset)
-                if not chunk:
-                    break
-                self._sha.update(chunk)
-                offset += len(chunk)
-        except BaseException as exc:  # reported by digest()
-            self._error = exc
-        finally:
-            self._done.release()
-
-    def update(self, chunk: bytes | memoryview) -> None:
-        if self._done is None:
-            self._sha.update(chunk)
-
-    def digest(self) -> bytes:
-        if self._done is not None:
-            self._done.acquire()
-            if self._error is not None:
-                raise OperationFailed(f"cannot read the file to hash it: {self._error}")
-        return self._sha.digest()
 
 
 def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -> Digest:

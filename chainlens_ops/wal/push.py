@@ -12,7 +12,8 @@ The rules PostgreSQL's `archive_command` relies on:
 Look-ahead (for slow repositories such as S3): a push also uploads up to N other files
 PostgreSQL has marked `.ready` in `pg_wal/archive_status`, in parallel, and records each
 one in the spool once it is durable. PostgreSQL's later call for such a file then only
-re-hashes the local file and compares it with the record: no storage call, no boto3.
+checks that the file on disk is still the one uploaded (same inode, size, mtime, ctime)
+and returns: no storage call, no boto3.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from chainlens_ops.wal.spool import Spool
 ARCHIVED = "archived"  # stored by this call
 IDENTICAL = "already-archived"  # the repository already held the same bytes
 AHEAD = "archived-ahead"  # stored earlier by a look-ahead upload, local file unchanged
-LOOK_AHEAD_THREADS = 2  # boto3 alone is ~80 MB RSS; each upload in flight adds a part
+LOOK_AHEAD_THREADS = 2  # beside the own segment; each upload in flight may hold an 8 MiB part
 
 
 class DifferentContent(OperationFailed):
@@ -85,6 +86,9 @@ def push_wal(
 
     assert spool is not None  # candidates come from the spool's folder
     folder = os.path.dirname(path)
+    # Open the storage (one boto3 client, ~15 MB and ~0.3 s) before the threads start,
+    # or each of them would make its own.
+    repo.storage  # noqa: B018
     from concurrent.futures import ThreadPoolExecutor  # only when there is work ahead
 
     with ThreadPoolExecutor(max_workers=min(LOOK_AHEAD_THREADS, len(candidates))) as pool:
@@ -111,17 +115,9 @@ def push_wal(
 
 
 def push_file(
-    repo: Repository,
-    path: str,
-    name: WalName,
-    *,
-    level: int = DEFAULT_LEVEL,
-    with_digest: bool = False,
+    repo: Repository, path: str, name: WalName, *, level: int = DEFAULT_LEVEL
 ) -> PushResult:
-    """Store one file under its name, with the duplicate and cluster rules.
-
-    `with_digest`: also hash the file as it is read (look-ahead records need it).
-    """
+    """Store one file under its name, with the duplicate and cluster rules."""
     try:
         fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
@@ -139,18 +135,14 @@ def push_file(
         # History and backup files carry no system identifier; a marker, if any, was
         # checked against the segments that came before them.
         key = repo.wal_key(name)
-        reader = EncodingReader(fh, name.name, size, level=level, with_digest=with_digest)
+        reader = EncodingReader(fh, name.name, size, level=level)
         try:
             info = repo.storage.put(key, reader, if_absent=True)  # type: ignore[arg-type]
         except AlreadyExists:
-            local = reader.digest or file_digest(path)
+            local = file_digest(path)
             _check_same_as_stored(repo, key, name, local)
             return PushResult(name.name, key, IDENTICAL, local.size, local.sha256)
-    digest = reader.digest
-    if with_digest and digest is None:  # pragma: no cover - put did not read it all
-        raise OperationFailed(f"{key}: the storage backend did not read the whole file")
-    sha256 = digest.sha256 if digest is not None else None
-    return PushResult(name.name, key, ARCHIVED, size, sha256, info.size)
+    return PushResult(name.name, key, ARCHIVED, size, None, info.size)
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
@@ -179,38 +171,50 @@ def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
 def _push_ahead(repo: Repository, spool: Spool, path: str, level: int) -> str | None:
     """Upload one ready file ahead of PostgreSQL's call; record it once durable.
 
-    Any failure is left for PostgreSQL's own call for that file, which reports it.
+    The record holds the file's identity (device, inode, size, mtime, ctime) as it was
+    before and after the upload: PostgreSQL never writes to a segment it has marked
+    ready, and any write, rename or replacement changes ctime or the inode. A file that
+    changed during the upload gets no record. Any failure is left for PostgreSQL's own
+    call for that file, which reports it.
     """
     try:
-        result = push_file(
-            repo, path, parse_wal_name(os.path.basename(path)), level=level, with_digest=True
-        )
-        if result.sha256 is None:
+        before = file_identity(path)
+        result = push_file(repo, path, parse_wal_name(os.path.basename(path)), level=level)
+        if file_identity(path) != before:
             return None
-        spool.record_pushed(result.name, result.key, Digest(result.size, result.sha256))
+        spool.record_pushed(result.name, result.key, before)
     except Exception:
         return None
     return result.name
 
 
+def file_identity(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _take_look_ahead_record(
     repo: Repository, spool: Spool, path: str, name: WalName
 ) -> PushResult | None:
+    """The answer for a file a look-ahead upload stored, if it is still that file.
+
+    A stat, not a re-hash: this is the call PostgreSQL makes for every segment of a
+    backlog, and it must return at once (no hashlib, no boto3, no reading 16 MB).
+    """
     record = spool.pushed_record(name.name)
     if record is None:
         return None
     # One use only: whatever happens next, this record has served its purpose.
     spool.forget_pushed(name.name)
-    key, stored = record
+    key, identity = record
     if key != repo.wal_key(name):
         return None
     try:
-        local = file_digest(path)
+        if file_identity(path) != identity:
+            return None  # changed since the upload: the normal path applies the rules
     except OSError:
         return None  # the normal path reports the problem with the file
-    if local != stored:
-        return None  # changed since the upload: the normal path applies the rules
-    return PushResult(name.name, key, AHEAD, local.size, local.sha256)
+    return PushResult(name.name, key, AHEAD, identity[2], None)
 
 
 def _check_same_as_stored(repo: Repository, key: str, name: WalName, local: Digest) -> None:

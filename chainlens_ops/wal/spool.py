@@ -1,9 +1,10 @@
 """The spool: a local folder outside `pg_wal` for work done ahead of PostgreSQL's calls.
 
-    <spool>/<repo id>/pushed/<name>     look-ahead record: this file (size, sha256) is
-                                        durable in the repository under this key; three
-                                        lines: key, size, sha256 (plain text: parsing
-                                        it must not import json, see record.py)
+    <spool>/<repo id>/pushed/<name>     look-ahead record: this file, as identified by
+                                        (device, inode, size, mtime_ns, ctime_ns), is
+                                        durable in the repository under this key; two
+                                        lines: the key, then the five numbers (plain
+                                        text: parsing it must not import json)
     <spool>/<repo id>/prefetch/<name>   an object downloaded ahead of `wal fetch`,
                                         still in the repository format (verified on use)
 
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import os
 import zlib
-
-from chainlens_ops.wal.objfmt import Digest
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -59,19 +58,18 @@ class Spool:
 
     # -- look-ahead records -----------------------------------------------------------
 
-    def record_pushed(self, name: str, key: str, digest: Digest) -> None:
-        body = f"{key}\n{digest.size}\n{digest.sha256}\n"
+    def record_pushed(self, name: str, key: str, identity: tuple[int, ...]) -> None:
+        body = f"{key}\n{' '.join(map(str, identity))}\n"
         write_atomic(os.path.join(self.pushed, name), body.encode())
 
-    def pushed_record(self, name: str) -> tuple[str, Digest] | None:
+    def pushed_record(self, name: str) -> tuple[str, tuple[int, ...]] | None:
         try:
             with open(os.path.join(self.pushed, name), "rb") as fh:
-                key, size, sha256 = fh.read(4096).decode().split("\n")[:3]
-            if len(sha256) != 64:
-                return None
-            return key, Digest(int(size), sha256)
+                key, numbers = fh.read(4096).decode().split("\n")[:2]
+            identity = tuple(int(n) for n in numbers.split())
         except (OSError, ValueError):
             return None
+        return (key, identity) if len(identity) == 5 else None
 
     def forget_pushed(self, name: str) -> None:
         _unlink(os.path.join(self.pushed, name))
