@@ -12,7 +12,14 @@ PIP_FLAGS := --disable-pip-version-check -q
 PYTEST_ARGS ?=
 JOBS ?= 2
 
-.PHONY: install deps test lint format bench clean
+.PHONY: system-deps bench-deps install deps test lint format bench clean
+
+# Debian packages (PostgreSQL 15, python3-venv); bench-deps adds the benchmark anchors.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+bench-deps:
+	bash scripts/install-system-deps.sh --bench
 
 $(VENV)/bin/python:
 	umask 022; mkdir -p $(dir $(VENV)) && $(PYTHON) -m venv $(VENV)
@@ -48,7 +55,7 @@ format: deps
 	$(VENV)/bin/ruff format chainlens_ops tests bench scripts
 	$(VENV)/bin/ruff check --fix chainlens_ops tests bench scripts
 
-bench: install
+bench: bench-deps install
 	$(VENV)/bin/python bench/run.py
 
 clean:
