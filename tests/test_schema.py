@@ -374,31 +374,14 @@ def test_dry_run_prints_the_plan_and_changes_nothing(module_pg: PgCluster) -> No
     )
 
 
-def test_concurrent_applies_run_each_file_exactly_once(
-    module_pg: PgCluster, make_cluster: object, scratch: Path
-) -> None:
-    env = fresh_dbs(module_pg)
-    sql_dir = copy_sql(scratch / f"sql-{uuid.uuid4().hex[:6]}")
+def test_concurrent_applies_run_each_file_exactly_once(module_pg: PgCluster, scratch: Path) -> None:
     # A test migration that holds the first run inside its transaction, and counts its runs.
-    (sql_dir / "supabase" / "900_slow.sql").write_text(
+    env, sql_dir, first = start_held_apply(
+        module_pg,
+        scratch,
         "CREATE TABLE IF NOT EXISTS public.applied_runs (n int);\n"
         "INSERT INTO public.applied_runs VALUES (1);\n"
-        "SELECT pg_sleep(3);\n"
-    )
-    env = env | {"CHAINLENS_SQL_DIR": str(sql_dir)}
-    first = subprocess.Popen(
-        [*_cli_argv(), "schema", "apply", "--db", "supabase"],
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # Wait until the first run really sits inside the sleeping migration.
-    wait_for(
-        lambda: module_pg.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'"
-        ),
-        timeout=30,
+        "SELECT pg_sleep(3);\n",
     )
     started_second = time.monotonic()
     second = run_cli("schema", "apply", "--db", "supabase", env=env)
@@ -416,22 +399,7 @@ def test_concurrent_applies_run_each_file_exactly_once(
 
 
 def test_second_apply_gives_up_after_lock_wait(module_pg: PgCluster, scratch: Path) -> None:
-    env = fresh_dbs(module_pg)
-    sql_dir = copy_sql(scratch / f"sql-{uuid.uuid4().hex[:6]}")
-    (sql_dir / "supabase" / "900_slow.sql").write_text("SELECT pg_sleep(4);\n")
-    env = env | {"CHAINLENS_SQL_DIR": str(sql_dir)}
-    first = subprocess.Popen(
-        [*_cli_argv(), "schema", "apply", "--db", "supabase"],
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(
-        lambda: module_pg.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(4)%'"
-        )
-    )
+    env, _, first = start_held_apply(module_pg, scratch, "SELECT pg_sleep(4);\n")
     second = run_cli("schema", "apply", "--db", "supabase", "--lock-wait", "300ms", env=env)
     first.communicate(timeout=60)
     assert second.returncode == 1
@@ -547,6 +515,33 @@ def test_unknown_db_is_a_usage_error() -> None:
     proc = run_cli("schema", "apply", "--db", "nope")
     assert proc.returncode == 2
     assert "--db" in one_line_error(proc)
+
+
+def start_held_apply(
+    pg: PgCluster, scratch: Path, slow_sql: str
+) -> tuple[dict[str, str], Path, subprocess.Popen[str]]:
+    """Fresh databases, the shipped SQL plus `900_slow.sql` (which must end in a
+    `SELECT pg_sleep(N)`), and a first `schema apply` that is sitting inside it."""
+    env = fresh_dbs(pg)
+    sql_dir = copy_sql(scratch / f"sql-{uuid.uuid4().hex[:6]}")
+    (sql_dir / "supabase" / "900_slow.sql").write_text(slow_sql)
+    env = env | {"CHAINLENS_SQL_DIR": str(sql_dir)}
+    first = subprocess.Popen(
+        [*_cli_argv(), "schema", "apply", "--db", "supabase"],
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sleep = slow_sql.strip().splitlines()[-1].rstrip(";")
+    wait_for(
+        lambda: pg.scalar(
+            f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '{sleep}%' "
+            "AND application_name = 'chainlens-ops'"
+        ),
+        timeout=30,
+    )
+    return env, sql_dir, first
 
 
 def _cli_argv() -> list[str]:

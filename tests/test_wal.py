@@ -94,6 +94,17 @@ def pgbench(cluster: PgCluster, *args: str) -> None:
     )  # fmt: skip
 
 
+def archive_under_load(cluster: PgCluster) -> list[Path]:
+    """pgbench writes, then a switch: every segment archived, none failed."""
+    pgbench(cluster, "-i", "-s", "2", "-q")
+    pgbench(cluster, "-T", "2", "-c", "2")
+    switch_and_wait(cluster)
+    assert cluster.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
+    segments = archived_segments(cluster)
+    assert len(segments) >= 10
+    return segments
+
+
 def fetch(
     repo: Path, name: str, dest: Path, *extra: str, user: str | None = "postgres"
 ) -> subprocess.CompletedProcess[str]:
@@ -104,12 +115,7 @@ def test_archive_command_archives_every_segment_and_fetch_returns_them(
     archiving: tuple[PgCluster, Path], make_cluster: ClusterFactory
 ) -> None:
     cluster, repo = archiving
-    pgbench(cluster, "-i", "-s", "2", "-q")
-    pgbench(cluster, "-T", "2", "-c", "2")
-    switch_and_wait(cluster)
-    assert cluster.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
-    segments = archived_segments(cluster)
-    assert len(segments) >= 10
+    segments = archive_under_load(cluster)
 
     out = make_cluster.dir("restore")
     for segment in segments:

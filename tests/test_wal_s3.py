@@ -17,7 +17,7 @@ import boto3
 import pytest
 from conftest import ClusterFactory, MotoServer
 from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
-from test_wal import archived_segments, fake_segment, pgbench, switch_and_wait, write
+from test_wal import archive_under_load, fake_segment, switch_and_wait, write
 
 MB = 1024 * 1024
 
@@ -100,12 +100,7 @@ def test_archive_command_to_s3_and_fetch_back_byte_identical(
     s3_archiving: tuple[PgCluster, str, S3Setup], make_cluster: ClusterFactory
 ) -> None:
     cluster, repo, setup = s3_archiving
-    pgbench(cluster, "-i", "-s", "2", "-q")
-    pgbench(cluster, "-T", "2", "-c", "2")
-    switch_and_wait(cluster)
-    assert cluster.scalar("SELECT failed_count FROM pg_stat_archiver") == 0
-    segments = archived_segments(cluster)
-    assert len(segments) >= 10
+    segments = archive_under_load(cluster)
 
     # Fetch them all back as recovery would, prefetching ahead through the spool.
     out = make_cluster.dir("restore")

@@ -30,6 +30,7 @@ from chainlens_ops.config import S3Settings
 from chainlens_ops.errors import ConfigError
 from chainlens_ops.storage import AlreadyExists, InvalidKey, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
+from chainlens_ops.streams import read_full
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -97,7 +98,7 @@ class S3Storage:
 
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
         check_key(key)
-        first = _read_full(stream, self.part_size)
+        first = read_full(stream, self.part_size)
         if len(first) < self.part_size:
             return self._put_single(key, first, if_absent)
         return self._put_multipart(key, first, stream, if_absent)
@@ -215,7 +216,7 @@ class S3Storage:
                 digests.append(digest)
                 size += len(chunk)
                 chunk = b""  # let the part go before reading the next one
-                chunk = _read_full(stream, _part_size(self.part_size, number + 1))
+                chunk = read_full(stream, _part_size(self.part_size, number + 1))
             args: dict[str, Any] = {
                 "Bucket": self.bucket,
                 "Key": full,
@@ -386,22 +387,6 @@ def _part_size(base: int, number: int) -> int:
     """Grow parts by `base` every 1000 parts: up to ~55x10^3 x base per object (440 GiB
     at 8 MiB) within S3's 10,000-part limit, without buffering big parts for WAL."""
     return base * (1 + (number - 1) // 1000)
-
-
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Up to `size` bytes; fewer only at the end of the stream (pipes return short reads)."""
-    data = stream.read(size)
-    if not data or len(data) == size:
-        return data or b""
-    pieces = [data]
-    got = len(data)
-    while got < size:
-        more = stream.read(size - got)
-        if not more:
-            break
-        pieces.append(more)
-        got += len(more)
-    return b"".join(pieces)
 
 
 def _sha256_b64(data: bytes) -> str:

@@ -33,6 +33,7 @@ import sys
 
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.record import record
+from chainlens_ops.streams import read_full
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -
     import hashlib
 
     label = where or name
-    head = _read_exact(src, _HEADER.size)
+    head = read_full(src, _HEADER.size)
     if len(head) < _HEADER.size:
         raise CorruptObject(f"{label}: object is truncated ({len(head)} bytes)")
     magic, version, compression, name_len, size = _HEADER.unpack(head)
@@ -198,10 +199,10 @@ def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -
         raise CorruptObject(f"{label}: not a chainlens-ops WAL object")
     if version != VERSION or compression != ZSTD:
         raise CorruptObject(f"{label}: unsupported object format {version}/{compression}")
-    stored_name = _read_exact(src, name_len).decode("ascii", "replace")
+    stored_name = read_full(src, name_len).decode("ascii", "replace")
     if stored_name != name:
         raise CorruptObject(f"{label}: object holds {stored_name!r}, not {name!r}")
-    frame_start = _read_exact(src, 5)
+    frame_start = read_full(src, 5)
     if frame_start[:4] != _ZSTD_MAGIC or len(frame_start) < 5:
         raise CorruptObject(f"{label}: compressed data is damaged (no zstd frame)")
     if not frame_start[4] & _ZSTD_CHECKSUM_FLAG:
@@ -296,15 +297,3 @@ class _HoldBack(io.RawIOBase):
         data = self.read(len(view))
         view[: len(data)] = data
         return len(data)
-
-
-def _read_exact(src: BinaryIO, size: int) -> bytes:
-    pieces = []
-    got = 0
-    while got < size:
-        more = src.read(size - got)
-        if not more:
-            break
-        pieces.append(more)
-        got += len(more)
-    return b"".join(pieces)
