@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import sys
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,10 @@ from rich.console import Console
 from chainlens_ops.config import Settings, load_settings
 from chainlens_ops.record import as_dict
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped or in a cron log there is no terminal width: rich would assume 80 columns and cut
+# file and partition names short with an ellipsis. Give tables room instead.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

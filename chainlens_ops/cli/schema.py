@@ -96,13 +96,12 @@ def status_command(
     if json_output:
         print_json(statuses)
     else:
-        table = Table("database", "version", "file", "state", "applied at", "ms")
+        table = Table("database", "file", "state", "applied at", "ms")
         for st in statuses:
             for f in st.files:
                 colour = {"applied": "green", "pending": "yellow"}.get(f.state, "red")
                 table.add_row(
                     st.database,
-                    f.version,
                     f"{f.version}_{f.name}.sql",
                     f"[{colour}]{f.state}[/]",
                     f.applied_at.isoformat(timespec="seconds") if f.applied_at else "",
