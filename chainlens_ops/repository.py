@@ -33,6 +33,7 @@ This module is on the `wal push` hot path: it imports no boto3, psycopg or Typer
 
 from __future__ import annotations
 
+import _thread
 import io
 
 from chainlens_ops import __version__
@@ -87,12 +88,18 @@ class Repository:
         self.url = url
         self._s3 = s3
         self._storage: Storage | None = None
+        # Look-ahead and prefetch threads share one repository: one backend (one boto3
+        # client, ~15 MB and ~0.3 s) for all of them. `_thread`: the hot path avoids
+        # importing `threading`.
+        self._storage_lock = _thread.allocate_lock()
         self._marker: RepoMarker | None = None
 
     @property
     def storage(self) -> Storage:
         if self._storage is None:
-            self._storage = open_storage(self.url, self._s3)
+            with self._storage_lock:
+                if self._storage is None:
+                    self._storage = open_storage(self.url, self._s3)
         return self._storage
 
     @property

@@ -188,7 +188,6 @@ def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -
     checksum or fails it. Returns the size and sha256 of the decoded file. `dst`
     receives unverified bytes: write to a temp file and publish it only on success.
     """
-    import hashlib
 
     label = where or name
     head = read_full(src, _HEADER.size)
@@ -208,21 +207,13 @@ def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -
     if not frame_start[4] & _ZSTD_CHECKSUM_FLAG:
         raise CorruptObject(f"{label}: zstd frame carries no content checksum")
     body = _HoldBack(src, TRAILER_SIZE, prefix=frame_start)
-    sha = hashlib.sha256()
-    total = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(
             body,  # type: ignore[arg-type]
             read_size=CHUNK // 4,
         )
-        while True:
-            chunk = reader.read(CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            sha.update(chunk)
-            if dst is not None:
-                dst.write(chunk)
+        digest = _copy_hashing(reader, dst)
+        total = digest.size
         # Reach the end so the trailer is known; anything between frame and trailer
         # means the object was not written by us.
         extra = 0
@@ -243,22 +234,26 @@ def decode(src: BinaryIO, dst: BinaryIO | None, *, name: str, where: str = "") -
             f"{label}: size mismatch (header {size}, trailer {trailer_size}, "
             f"decompressed {total} bytes)"
         )
-    return Digest(total, sha.hexdigest())
+    return digest
 
 
 def file_digest(path: str) -> Digest:
     """The size and sha256 of a local file, read in chunks."""
-    import hashlib
+    with open(path, "rb", buffering=0) as fh:
+        return _copy_hashing(fh, None)
+
+
+def _copy_hashing(src: Any, dst: BinaryIO | None) -> Digest:
+    """Read `src` to its end in chunks, hashing (and copying to `dst`) as it goes."""
+    import hashlib  # here, not at the top: pushing never hashes
 
     sha = hashlib.sha256()
     total = 0
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            chunk = fh.read(CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            sha.update(chunk)
+    while chunk := src.read(CHUNK):
+        total += len(chunk)
+        sha.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
     return Digest(total, sha.hexdigest())
 
 

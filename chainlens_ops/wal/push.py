@@ -86,9 +86,6 @@ def push_wal(
 
     assert spool is not None  # candidates come from the spool's folder
     folder = os.path.dirname(path)
-    # Open the storage (one boto3 client, ~15 MB and ~0.3 s) before the threads start,
-    # or each of them would make its own.
-    repo.storage  # noqa: B018
     from concurrent.futures import ThreadPoolExecutor  # only when there is work ahead
 
     with ThreadPoolExecutor(max_workers=min(LOOK_AHEAD_THREADS, len(candidates))) as pool:
