@@ -143,14 +143,25 @@ def prune(target: DatabaseTarget, history_days: int) -> int:
         return cur.rowcount
 
 
-def last_runs(target: DatabaseTarget) -> tuple[dict[str, JobRun], dict[str, JobRun]]:
-    """Per job: the latest run, and the latest succeeded run (empty if no table yet)."""
+@dataclass(frozen=True)
+class LastRuns:
+    """Per job name: the latest run, the latest finished run, the latest succeeded run."""
+
+    latest: dict[str, JobRun]
+    finished: dict[str, JobRun]
+    succeeded: dict[str, JobRun]
+
+
+def last_runs(target: DatabaseTarget) -> LastRuns:
+    """The latest runs of every job (all empty if the daemon never ran here)."""
     with connect(target) as conn:
         if not _table_exists(conn):
-            return {}, {}
-        latest = _runs(conn, "")
-        succeeded = _runs(conn, "WHERE status = 'succeeded'")
-    return latest, succeeded
+            return LastRuns({}, {}, {})
+        return LastRuns(
+            _runs(conn, ""),
+            _runs(conn, "WHERE status <> 'running'"),
+            _runs(conn, "WHERE status = 'succeeded'"),
+        )
 
 
 def _runs(conn: Connection, where: str) -> dict[str, JobRun]:

@@ -8,7 +8,7 @@ server's `pg_stat_archiver`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from chainlens_ops.atomic import write_file_atomic
@@ -40,27 +40,23 @@ def newest_backup_age_s(settings: Settings) -> dict[str, float]:
 
 
 def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
-    latest, succeeded = last_runs(settings.target("microservices"))
+    runs = last_runs(settings.target("microservices"))
     names = sorted(job_names)
     metrics = [
         Metric(
             "chainlens_ops_job_last_success_timestamp_seconds",
             "When the job's last successful run finished (Unix time).",
-            _per_job(names, succeeded, lambda r: _epoch(r)),
+            _per_job(names, runs.succeeded, _finished_epoch),
         ),
         Metric(
             "chainlens_ops_job_last_success_duration_seconds",
             "How long the job's last successful run took.",
-            _per_job(names, succeeded, lambda r: r.duration_s),
+            _per_job(names, runs.succeeded, lambda r: r.duration_s),
         ),
         Metric(
             "chainlens_ops_job_last_run_succeeded",
             "1 if the job's latest finished run succeeded, 0 if it failed.",
-            _per_job(
-                names,
-                {n: r for n, r in latest.items() if r.status != "running"},
-                lambda r: 1.0 if r.status == "succeeded" else 0.0,
-            ),
+            _per_job(names, runs.finished, lambda r: 1.0 if r.status == "succeeded" else 0.0),
         ),
     ]
     wal_age: list[tuple[dict[str, str], float]] = []
@@ -118,9 +114,8 @@ def write_metrics(path: str, settings: Settings, job_names: Iterable[str]) -> No
 
 
 def _per_job(
-    names: list[str], runs: dict[str, JobRun], value: object
+    names: list[str], runs: dict[str, JobRun], value: Callable[[JobRun], float | None]
 ) -> list[tuple[dict[str, str], float]]:
-    assert callable(value)
     out: list[tuple[dict[str, str], float]] = []
     for name in names:
         run = runs.get(name)
@@ -130,7 +125,7 @@ def _per_job(
     return out
 
 
-def _epoch(run: JobRun) -> float | None:
+def _finished_epoch(run: JobRun) -> float | None:
     return run.finished_at.timestamp() if run.finished_at else None
 
 

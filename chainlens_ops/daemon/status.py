@@ -27,7 +27,7 @@ class JobStatus:
 
 
 def daemon_status(settings: Settings, config: DaemonConfig) -> list[JobStatus]:
-    latest, succeeded = last_runs(settings.target("microservices"))
+    runs = last_runs(settings.target("microservices"))
     now = datetime.now(UTC)
     return [
         JobStatus(
@@ -36,8 +36,8 @@ def daemon_status(settings: Settings, config: DaemonConfig) -> list[JobStatus]:
             schedule=job.schedule,
             timeout_s=job.timeout_s,
             next_fire=job.next_fire(now),
-            last_run=latest.get(job.name),
-            last_success=succeeded.get(job.name),
+            last_run=runs.latest.get(job.name),
+            last_success=runs.succeeded.get(job.name),
         )
         for job in config.jobs
     ]

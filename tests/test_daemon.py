@@ -1,0 +1,265 @@
+"""`chainlens-ops daemon` against a real microservices database: runs, history, failures,
+timeouts, two replicas, SIGTERM, bad configs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
+from test_cache import add_cache_rows, micro_db
+
+from chainlens_ops.daemon.jobs import parse_daemon_config
+
+RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
+FAILS_FAST = "cache stats --dsn 'host=127.0.0.1 port=1 dbname=x connect_timeout=2'"
+
+
+class DaemonProc:
+    """A daemon started in the background, its stderr in a file."""
+
+    def __init__(self, config: Path, *extra: str, name: str = "daemon") -> None:
+        self.log = config.parent / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.out = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [str(CLI), "--config", str(config), "daemon", *extra],
+            env=cli_env(),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 15) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.out.close()
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
+
+
+def write_config(folder: Path, dsn: str, body: str) -> Path:
+    path = folder / f"config-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(f'[databases.microservices]\ndsn = "{dsn}"\n\n{body}')
+    return path
+
+
+@pytest.fixture
+def micro(module_pg: PgCluster) -> dict[str, str]:
+    return micro_db(module_pg)
+
+
+@pytest.fixture
+def folder(make_cluster: object) -> Path:
+    return make_cluster.dir("daemon")  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProc]]:
+    started: list[DaemonProc] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers: a job connecting there hangs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_daemon_runs_jobs_records_history_and_survives_failures_and_hangs(
+    module_pg: PgCluster,
+    micro: dict[str, str],
+    folder: Path,
+    daemons: list[DaemonProc],
+    silent_server: int,
+) -> None:
+    db = micro["micro"]
+    metrics = folder / "chainlens.prom"
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        f"""
+[[jobs]]
+name = "cache-cleanup"
+command = "cache cleanup --batch-size 50"
+every = "2s"
+
+[[jobs]]
+name = "always-fails"
+command = "{FAILS_FAST}"
+every = "2s"
+
+[[jobs]]
+name = "hangs"
+command = "cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout=60'"
+every = "2s"
+timeout = "1s"
+""",
+    )
+    daemon = DaemonProc(config, "--metrics-file", str(metrics))
+    daemons.append(daemon)
+
+    def runs(job: str, status: str) -> list[tuple[object, ...]]:
+        if module_pg.scalar("SELECT to_regclass('chainlens_ops.job_runs')", db) is None:
+            return []
+        return [
+            r
+            for r in module_pg.execute(RUNS, db)
+            if r[0] == job and r[2] == status
+        ]
+
+    wait_for(lambda: runs("cache-cleanup", "succeeded"), timeout=20)
+    add_cache_rows(module_pg, db, 300, "-1 minute")  # expired rows arrive while it runs
+    add_cache_rows(module_pg, db, 5, "1 hour")
+    wait_for(
+        lambda: module_pg.scalar("SELECT count(*) FROM shared_cache.analysis_cache", db) == 5,
+        timeout=15,
+    )
+    wait_for(lambda: len(runs("always-fails", "failed")) >= 3, timeout=15)
+    wait_for(lambda: len(runs("hangs", "failed")) >= 2, timeout=15)
+    wait_for(lambda: len(runs("cache-cleanup", "succeeded")) >= 3, timeout=15)
+    assert daemon.proc.poll() is None, daemon.text()
+
+    all_runs = module_pg.execute(RUNS + " ORDER BY scheduled_for", db)
+    by_job: dict[str, list[tuple[object, ...]]] = {}
+    for row in all_runs:
+        by_job.setdefault(str(row[0]), []).append(row)
+    # every run of the failing job is recorded failed, with the child's one-line error
+    done = [r for r in by_job["always-fails"] if r[2] != "running"]
+    assert done and all(r[2] == "failed" for r in done)
+    assert all("exit code 3" in str(r[3]) and "cannot connect" in str(r[3]) for r in done)
+    hung = [r for r in by_job["hangs"] if r[2] != "running"]
+    assert all(r[2] == "failed" and r[3] == "timed out after 1s" for r in hung)
+    # ... while the cleanup job kept succeeding, on clock-aligned 2 s slots
+    cleanup = [r for r in by_job["cache-cleanup"] if r[2] != "running"]
+    assert len(cleanup) >= 3 and all(r[2] == "succeeded" for r in cleanup)
+    for row in all_runs:
+        slot = row[1]
+        assert isinstance(slot, datetime)
+        assert slot.timestamp() % 2 == 0 and row[4] == socket.gethostname()
+
+    status = run_cli("--config", str(config), "daemon", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    jobs = {j["name"]: j for j in json.loads(status.stdout)}
+    assert jobs["always-fails"]["last_status"] in ("failed", "running")
+    assert jobs["cache-cleanup"]["last_success"]["status"] == "succeeded"
+    next_fire = datetime.fromisoformat(jobs["cache-cleanup"]["next_fire"])
+    assert next_fire.timestamp() % 2 == 0
+    assert abs(next_fire - datetime.now(UTC)) <= timedelta(seconds=2)
+
+    prom = metrics.read_text()
+    assert 'chainlens_ops_job_last_success_timestamp_seconds{job="cache-cleanup"}' in prom
+    assert 'chainlens_ops_job_last_run_succeeded{job="always-fails"} 0' in prom
+    assert 'chainlens_ops_wal_archive_failed_total{db="microservices"}' in prom
+
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 15, daemon.text()
+    assert "Traceback" not in daemon.text()
+
+
+def test_two_daemons_run_each_slot_exactly_once(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    daemons += [DaemonProc(config, name="a"), DaemonProc(config, name="b")]
+    time.sleep(10)
+    for d in daemons:
+        code, _ = d.stop()
+        assert code == 0, d.text()
+    rows = module_pg.execute(RUNS, micro["micro"])
+    started = sum(d.text().count(" started on ")
+                  for d in daemons)
+    slots = {r[1] for r in rows}
+    assert len(rows) >= 4, rows  # the job did run
+    # runs started (both replicas) == rows == distinct slots: no slot ran twice
+    assert started == len(rows) == len(slots)
+    assert all(r[2] == "succeeded" for r in rows), rows
+    # both replicas competed for the same slots: the losers said so
+    assert sum(d.text().count("taken by another replica") for d in daemons) >= 1
+
+
+BAD_CONFIGS = {
+    "unknown command": ('command = "cache sweep"\nevery = "1m"', "unknown command 'sweep'"),
+    "bad option": ('command = "cache cleanup --bogus"\nevery = "1m"', "--bogus"),
+    "bad cron": ('command = "cache cleanup"\ncron = "61 * * * *"', "cron"),
+    "six-field cron": ('command = "cache cleanup"\ncron = "0 0 * * * *"', "5-field"),
+    "both": ('command = "cache cleanup"\ncron = "0 * * * *"\nevery = "1h"', "exactly one"),
+    "neither": ('command = "cache cleanup"', "exactly one"),
+    "bad duration": ('command = "cache cleanup"\nevery = "5 minutes"', "every"),
+    "bad timeout": ('command = "cache cleanup"\nevery = "1h"\ntimeout = "0s"', "timeout"),
+    "unknown key": ('command = "cache cleanup"\nevery = "1h"\nretries = 3', "retries"),
+    "bad timezone": ('command = "cache cleanup"\ncron = "0 2 * * *"\ntimezone = "Mars/Base"',
+                     "Mars/Base"),
+    "runs the daemon": ('command = "daemon"\nevery = "1h"', "daemon"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_refused_before_anything_runs(
+    module_pg: PgCluster, folder: Path, case: str
+) -> None:
+    name = f"bad_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    body, expected = BAD_CONFIGS[case]
+    job = f'[[jobs]]\nname = "good"\ncommand = "cache stats"\nevery = "1s"\n\n' \
+          f'[[jobs]]\nname = "broken"\n{body}\n'
+    config = write_config(folder, module_pg.conninfo(name), job)
+    proc = run_cli("--config", str(config), "daemon", timeout=30)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "job 'broken'" in lines[0] and expected in lines[0], lines
+    # refused before anything ran: not even the history table was made
+    assert module_pg.scalar("SELECT to_regclass('chainlens_ops.job_runs')", name) is None
+
+
+def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
+    job = '[[jobs]]\nname = "twice"\ncommand = "cache stats"\nevery = "1h"\n'
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job + "\n" + job)
+    proc = run_cli("--config", str(config), "daemon")
+    assert proc.returncode == 3 and "job 'twice': the name is used by another job" in proc.stderr
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x connect_timeout=3", job)
+    proc = run_cli("--config", str(config), "daemon")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1 and "cannot connect" in lines[0], lines
+
+
+def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
+    config = parse_daemon_config(
+        {"jobs": [{"name": "i", "command": "cache stats", "every": "15m"},
+                  {"name": "c", "command": "cache stats", "cron": "30 2 * * *",
+                   "timezone": "Europe/Berlin"}]},
+        "test.toml",
+        lambda argv: None,
+    )
+    interval, cron = config.jobs
+    now = datetime(2026, 3, 1, 10, 7, 12, tzinfo=UTC)
+    assert interval.next_fire(now) == datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
+    # three missed slots, one run: the latest one
+    assert interval.latest_due(datetime(2026, 3, 1, 9, 15, tzinfo=UTC), now) == datetime(
+        2026, 3, 1, 10, 0, tzinfo=UTC
+    )
+    assert cron.next_fire(now) == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)  # 02:30 CET
