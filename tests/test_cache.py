@@ -75,8 +75,12 @@ def test_stats_counts_rows_expired_rows_and_hits_by_type(
     assert (stats["rows"], stats["expired_rows"]) == (42, 30)
     by_type = {t["analysis_type"]: t for t in stats["by_type"]}
     # hit_count = g % 3 over g = 1..n
-    assert by_type["onchain"] == {"analysis_type": "onchain", "rows": 30, "expired_rows": 30,
-                                  "hits": 30}
+    assert by_type["onchain"] == {
+        "analysis_type": "onchain",
+        "rows": 30,
+        "expired_rows": 30,
+        "hits": 30,
+    }
     assert by_type["team"]["hits"] == 12 and by_type["team"]["expired_rows"] == 0
     assert stats["hits"] == 42 and stats["total_bytes"] > 0
     table = run_cli("cache", "stats", env=micro)
@@ -95,6 +99,8 @@ def test_wrong_dsn_is_one_line_exit_3() -> None:
 def test_cleanup_without_the_schema_says_what_to_do(module_pg: PgCluster) -> None:
     name = f"empty_{uuid.uuid4().hex[:8]}"
     module_pg.createdb(name)
-    proc = run_cli("cache", "cleanup", env={"CHAINLENS_MICROSERVICES_DSN": module_pg.conninfo(name)})
+    proc = run_cli(
+        "cache", "cleanup", env={"CHAINLENS_MICROSERVICES_DSN": module_pg.conninfo(name)}
+    )
     assert proc.returncode == 1
     assert "schema apply" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -26,12 +26,18 @@ FAILS_FAST = "cache stats --dsn 'host=127.0.0.1 port=1 dbname=x connect_timeout=
 class DaemonProc:
     """A daemon started in the background, its stderr in a file."""
 
-    def __init__(self, config: Path, *extra: str, name: str = "daemon") -> None:
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        name: str = "daemon",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = config.parent / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self.out = self.log.open("w")
         self.proc = subprocess.Popen(
             [str(CLI), "--config", str(config), "daemon", *extra],
-            env=cli_env(),
+            env=cli_env(env),
             stdout=self.out,
             stderr=subprocess.STDOUT,
         )
@@ -122,11 +128,7 @@ timeout = "1s"
     def runs(job: str, status: str) -> list[tuple[object, ...]]:
         if module_pg.scalar("SELECT to_regclass('chainlens_ops.job_runs')", db) is None:
             return []
-        return [
-            r
-            for r in module_pg.execute(RUNS, db)
-            if r[0] == job and r[2] == status
-        ]
+        return [r for r in module_pg.execute(RUNS, db) if r[0] == job and r[2] == status]
 
     wait_for(lambda: runs("cache-cleanup", "succeeded"), timeout=20)
     add_cache_rows(module_pg, db, 300, "-1 minute")  # expired rows arrive while it runs
@@ -191,8 +193,7 @@ def test_two_daemons_run_each_slot_exactly_once(
         code, _ = d.stop()
         assert code == 0, d.text()
     rows = module_pg.execute(RUNS, micro["micro"])
-    started = sum(d.text().count(" started on ")
-                  for d in daemons)
+    started = sum(d.text().count(" started on ") for d in daemons)
     slots = {r[1] for r in rows}
     assert len(rows) >= 4, rows  # the job did run
     # runs started (both replicas) == rows == distinct slots: no slot ran twice
@@ -212,8 +213,10 @@ BAD_CONFIGS = {
     "bad duration": ('command = "cache cleanup"\nevery = "5 minutes"', "every"),
     "bad timeout": ('command = "cache cleanup"\nevery = "1h"\ntimeout = "0s"', "timeout"),
     "unknown key": ('command = "cache cleanup"\nevery = "1h"\nretries = 3', "retries"),
-    "bad timezone": ('command = "cache cleanup"\ncron = "0 2 * * *"\ntimezone = "Mars/Base"',
-                     "Mars/Base"),
+    "bad timezone": (
+        'command = "cache cleanup"\ncron = "0 2 * * *"\ntimezone = "Mars/Base"',
+        "Mars/Base",
+    ),
     "runs the daemon": ('command = "daemon"\nevery = "1h"', "daemon"),
 }
 
@@ -225,8 +228,10 @@ def test_bad_config_is_refused_before_anything_runs(
     name = f"bad_{uuid.uuid4().hex[:8]}"
     module_pg.createdb(name)
     body, expected = BAD_CONFIGS[case]
-    job = f'[[jobs]]\nname = "good"\ncommand = "cache stats"\nevery = "1s"\n\n' \
-          f'[[jobs]]\nname = "broken"\n{body}\n'
+    job = (
+        f'[[jobs]]\nname = "good"\ncommand = "cache stats"\nevery = "1s"\n\n'
+        f'[[jobs]]\nname = "broken"\n{body}\n'
+    )
     config = write_config(folder, module_pg.conninfo(name), job)
     proc = run_cli("--config", str(config), "daemon", timeout=30)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)
@@ -249,9 +254,17 @@ def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
 
 def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
     config = parse_daemon_config(
-        {"jobs": [{"name": "i", "command": "cache stats", "every": "15m"},
-                  {"name": "c", "command": "cache stats", "cron": "30 2 * * *",
-                   "timezone": "Europe/Berlin"}]},
+        {
+            "jobs": [
+                {"name": "i", "command": "cache stats", "every": "15m"},
+                {
+                    "name": "c",
+                    "command": "cache stats",
+                    "cron": "30 2 * * *",
+                    "timezone": "Europe/Berlin",
+                },
+            ]
+        },
         "test.toml",
         lambda argv: None,
     )
@@ -263,3 +276,65 @@ def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
         2026, 3, 1, 10, 0, tzinfo=UTC
     )
     assert cron.next_fire(now) == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)  # 02:30 CET
+
+
+def test_sigterm_lets_a_running_job_finish_and_stops_one_that_overstays(
+    module_pg: PgCluster, folder: Path, daemons: list[DaemonProc], silent_server: int
+) -> None:
+    name = f"term_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    hang = f"cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout="
+    config = write_config(
+        folder,
+        module_pg.conninfo(name),
+        f"""
+[daemon]
+stop_timeout = "5s"
+
+[[jobs]]
+name = "finishes"
+command = "{hang}3'"
+every = "1s"
+
+[[jobs]]
+name = "overstays"
+command = "{hang}120'"
+every = "1s"
+""",
+    )
+    daemon = DaemonProc(config)
+    daemons.append(daemon)
+    wait_for(lambda: daemon.text().count(" started on ") >= 2, timeout=20)
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 15, daemon.text()
+    rows = {r[0]: r for r in module_pg.execute(RUNS, name)}
+    # the job that could finish within stop_timeout did, with its own result...
+    assert rows["finishes"][2] == "failed" and "exit code 3" in rows["finishes"][3]
+    # ...the one that could not was stopped (its process group killed) and recorded so
+    assert rows["overstays"][3] == "stopped: daemon shut down (SIGTERM)"
+    assert all(r[2] != "running" for r in module_pg.execute(RUNS, name))
+    assert "Traceback" not in daemon.text()
+
+
+def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    db = micro["micro"]
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    first = DaemonProc(config, name="dies", env={"CHAINLENS_CRASH_POINT": "daemon-after-claim"})
+    daemons.append(first)
+    assert first.proc.wait(timeout=20) == -signal.SIGKILL
+    (left,) = module_pg.execute(RUNS, db)
+    assert left[2] == "running"  # claimed, never finished: its daemon died
+
+    daemons.append(DaemonProc(config, name="next"))
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=20)
+    rows = {r[1]: r for r in module_pg.execute(RUNS, db)}
+    assert rows[left[1]][2:4] == (
+        "failed",
+        "abandoned: the daemon running it stopped before the run finished",
+    )

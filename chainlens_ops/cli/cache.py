@@ -48,7 +48,9 @@ def cleanup_command(
 
 
 @app.command("stats")
-def stats_command(ctx: typer.Context, dsn: DsnOption = None, json_output: JsonOption = False) -> None:
+def stats_command(
+    ctx: typer.Context, dsn: DsnOption = None, json_output: JsonOption = False
+) -> None:
     """Rows, expired rows, size and hit counts by analysis type."""
     stats = cache_stats(state(ctx).settings, dsn=dsn)
     if json_output:

@@ -64,8 +64,9 @@ def daemon_command(
     logging.Formatter.converter = time.gmtime
     metrics = str(metrics_file) if metrics_file else None
     result = Daemon(settings, daemon_config, metrics_file=metrics).run()
-    console.print(f"daemon stopped ({result.stopped_by}); {result.runs_started} runs started",
-                  markup=False)
+    console.print(
+        f"daemon stopped ({result.stopped_by}); {result.runs_started} runs started", markup=False
+    )
 
 
 @app.command("status")
@@ -124,7 +125,7 @@ def command_checker(root: Any) -> CommandCheck:
             command.make_context(command.name, words, parent=parent)
         except click_exc.ClickException as exc:
             raise ValueError(exc.format_message().replace("\n", " ")) from None
-        except click_exc.Exit:
+        except typer.Exit:
             raise ValueError("prints help instead of doing anything") from None
 
     return check

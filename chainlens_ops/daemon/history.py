@@ -56,6 +56,13 @@ UPDATE {TABLE} SET finished_at = clock_timestamp(), status = %s, error = %s
 """
 
 
+_ABANDON = f"""
+UPDATE {TABLE} SET status = 'failed', finished_at = clock_timestamp(),
+       error = 'abandoned: the daemon running it stopped before the run finished'
+ WHERE job_name = %s AND status = 'running'
+"""
+
+
 @dataclass(frozen=True)
 class JobRun:
     job_name: str
@@ -119,6 +126,9 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
         if not (row and row[0]):
             conn.close()
             return None
+        # We hold the job's lock, so no run of it is going on anywhere: a row still
+        # 'running' belongs to a daemon that died mid-run.
+        conn.execute(_ABANDON, (job_name,))
         inserted = conn.execute(
             f"INSERT INTO {TABLE} (job_name, scheduled_for, host) VALUES (%s, %s, %s) "
             "ON CONFLICT (job_name, scheduled_for) DO NOTHING RETURNING id",

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -45,7 +46,6 @@ _DURATION = re.compile(r"(\d+)(s|m|h|d)")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 
-Trigger = CronTrigger | IntervalTrigger
 # Checks a job's argv against the real command tree; raises ValueError with the reason.
 CommandCheck = Callable[[list[str]], None]
 
@@ -56,7 +56,7 @@ class JobSpec:
     command: str
     argv: tuple[str, ...]
     schedule: str  # "cron 0 2 * * * (UTC)" or "every 1h", for people
-    trigger: Trigger
+    trigger: BaseTrigger
     timeout_s: int
 
     def next_fire(self, after: datetime) -> datetime | None:
@@ -89,7 +89,7 @@ def parse_duration_s(value: object, what: str) -> int:
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else 0
     if seconds <= 0:
-        raise ValueError(f"{what} = {value!r} is not a duration like \"30s\", \"15m\", \"1h\", \"1d\"")
+        raise ValueError(f'{what} = {value!r} is not a duration like "30s", "15m", "1h", "1d"')
     return seconds
 
 
@@ -184,7 +184,7 @@ def _parse_job(
     return JobSpec(name, command, tuple(argv), schedule, trigger, timeout)
 
 
-def _trigger(raw: Mapping[str, Any]) -> tuple[Trigger, str]:
+def _trigger(raw: Mapping[str, Any]) -> tuple[BaseTrigger, str]:
     cron, every, tz_name = raw.get("cron"), raw.get("every"), raw.get("timezone")
     if (cron is None) == (every is None):
         raise ValueError('give exactly one of cron = "m h dom mon dow" or every = "1h"')
@@ -196,7 +196,7 @@ def _trigger(raw: Mapping[str, Any]) -> tuple[Trigger, str]:
     if not isinstance(cron, str) or len(cron.split()) != 5:
         raise ValueError(f"cron = {cron!r} is not a 5-field crontab expression (m h dom mon dow)")
     if tz_name is not None and not isinstance(tz_name, str):
-        raise ValueError("timezone must be a name such as \"UTC\" or \"Europe/Berlin\"")
+        raise ValueError('timezone must be a name such as "UTC" or "Europe/Berlin"')
     try:
         tz = ZoneInfo(tz_name or "UTC")
     except (ZoneInfoNotFoundError, ValueError):

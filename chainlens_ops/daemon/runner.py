@@ -7,6 +7,7 @@ process group (and session), so a timeout or a shutdown kills it and anything it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -86,10 +87,8 @@ class JobProcess:
         """SIGTERM the child's process group, SIGKILL it if still there after a grace."""
         if not self._signal(signal.SIGTERM):
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: signal.Signals) -> bool:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from types import FrameType
 
 from chainlens_ops.config import Settings
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec
 from chainlens_ops.daemon.metrics import write_metrics
@@ -69,8 +70,9 @@ class Daemon:
         now = utcnow()
         next_due = {job.name: job.next_fire(now) for job in self.config.jobs}
         for job in self.config.jobs:
-            log.info("job %s: %s, next %s: %s", job.name, job.schedule, next_due[job.name],
-                     job.command)
+            log.info(
+                "job %s: %s, next %s: %s", job.name, job.schedule, next_due[job.name], job.command
+            )
         while not self.stop.is_set():
             now = utcnow()
             for job in self.config.jobs:
@@ -90,8 +92,11 @@ class Daemon:
         with self._lock:
             running = self._threads.get(job.name)
             if running is not None and running.is_alive():
-                log.warning("job %s: slot %s skipped: the previous run is still going",
-                            job.name, slot.isoformat())
+                log.warning(
+                    "job %s: slot %s skipped: the previous run is still going",
+                    job.name,
+                    slot.isoformat(),
+                )
                 return
             thread = threading.Thread(
                 target=self._run_slot, args=(job, slot), name=f"job-{job.name}", daemon=True
@@ -103,31 +108,50 @@ class Daemon:
         try:
             claim = history.claim_slot(self.target, job.name, slot)
         except ChainlensError as exc:
-            log.error("job %s: slot %s not run: cannot claim it: %s", job.name,
-                      slot.isoformat(), exc.one_line())
+            log.error(
+                "job %s: slot %s not run: cannot claim it: %s",
+                job.name,
+                slot.isoformat(),
+                exc.one_line(),
+            )
             return
         if claim is None:
-            log.info("job %s: slot %s taken by another replica (or the job is running there)",
-                     job.name, slot.isoformat())
+            log.info(
+                "job %s: slot %s taken by another replica (or the job is running there)",
+                job.name,
+                slot.isoformat(),
+            )
             return
+        crash_point("daemon-after-claim")
         outcome: RunOutcome | None = None
         try:
             outcome = self._execute(job, slot)
         finally:
             self._finish(claim, outcome)
         if outcome.succeeded:
-            log.info("job %s: slot %s succeeded in %.1fs", job.name, slot.isoformat(),
-                     outcome.duration_s)
+            log.info(
+                "job %s: slot %s succeeded in %.1fs", job.name, slot.isoformat(), outcome.duration_s
+            )
         else:
-            log.error("job %s: slot %s failed after %.1fs: %s", job.name, slot.isoformat(),
-                      outcome.duration_s, outcome.error)
+            log.error(
+                "job %s: slot %s failed after %.1fs: %s",
+                job.name,
+                slot.isoformat(),
+                outcome.duration_s,
+                outcome.error,
+            )
         self._after_run()
 
     def _execute(self, job: JobSpec, slot: datetime) -> RunOutcome:
         if self.stop.is_set():
             return RunOutcome(False, None, 0.0, "daemon stopping; not started")
-        log.info("job %s: slot %s started on %s: %s", job.name, slot.isoformat(),
-                 history.host_name(), job.command)
+        log.info(
+            "job %s: slot %s started on %s: %s",
+            job.name,
+            slot.isoformat(),
+            history.host_name(),
+            job.command,
+        )
         started = time.monotonic()
         try:
             proc = JobProcess(job.name, child_argv(self.config.config_file, job.argv))
@@ -148,8 +172,12 @@ class Daemon:
         try:
             claim.finish(self.target, succeeded, error)
         except ChainlensError as exc:
-            log.error("job %s: cannot record the end of slot %s: %s", claim.job_name,
-                      claim.scheduled_for.isoformat(), exc.one_line())
+            log.error(
+                "job %s: cannot record the end of slot %s: %s",
+                claim.job_name,
+                claim.scheduled_for.isoformat(),
+                exc.one_line(),
+            )
         finally:
             claim.close()
 
@@ -159,8 +187,11 @@ class Daemon:
             try:
                 pruned = history.prune(self.target, self.config.history_days)
                 if pruned:
-                    log.info("pruned %d job_runs rows older than %d days", pruned,
-                             self.config.history_days)
+                    log.info(
+                        "pruned %d job_runs rows older than %d days",
+                        pruned,
+                        self.config.history_days,
+                    )
             except ChainlensError as exc:
                 log.warning("cannot prune job history: %s", exc.one_line())
         if self.metrics_file:
@@ -175,8 +206,11 @@ class Daemon:
             if self.stop.is_set():
                 return
             self._stopped_by = name
-            log.info("%s: no new runs; waiting up to %ss for running jobs", name,
-                     self.config.stop_timeout_s)
+            log.info(
+                "%s: no new runs; waiting up to %ss for running jobs",
+                name,
+                self.config.stop_timeout_s,
+            )
             self.stop.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -191,8 +225,11 @@ class Daemon:
         with self._lock:
             procs = list(self._procs.values())
         for proc in procs:
-            log.warning("job %s: still running after %ss: stopping it", proc.job_name,
-                        self.config.stop_timeout_s)
+            log.warning(
+                "job %s: still running after %ss: stopping it",
+                proc.job_name,
+                self.config.stop_timeout_s,
+            )
             proc.terminate(f"stopped: daemon shut down ({self._stopped_by})")
         for thread in threads:
             thread.join(timeout=10)
