@@ -37,8 +37,8 @@ os.environ.setdefault("CHAINLENS_TEST_VENV", str(Path(sys.executable).parent.par
 from pgharness import (  # noqa: E402
     CLI,
     SCRATCH_ROOT,
-    clone_cluster,
     cli_env,
+    clone_cluster,
     create_template,
     make_shared_dir,
     remove_tree,
