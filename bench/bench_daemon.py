@@ -189,6 +189,8 @@ def main() -> int:
             f"{r.name:<24}{r.cpu_percent:>16.3f}{r.rss_mb:>10.1f}{r.peak_rss_mb:>13.1f}"
             f"{ours.rss_mb / r.rss_mb:>11.2f}"
         )
+    tick = 100 / TICKS / args.seconds
+    print(f"(CPU resolution: one {1000 // TICKS} ms clock tick in the window = {tick:.3f}%)")
     print(
         f"\n{busy.name}: daemon's own CPU {busy.cpu_percent:.2f}% of a core "
         f"(job children excluded), RSS {busy.rss_mb:.1f} MB, peak {busy.peak_rss_mb:.1f} MB"

@@ -17,6 +17,8 @@ import pytest
 from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
 from test_cache import add_cache_rows, micro_db
 
+from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import parse_daemon_config
 
 RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
@@ -244,7 +246,7 @@ def test_bad_config_is_refused_before_anything_runs(
 def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
     job = '[[jobs]]\nname = "twice"\ncommand = "cache stats"\nevery = "1h"\n'
     config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job + "\n" + job)
-    proc = run_cli("--config", str(config), "daemon")
+    proc = run_cli("daemon", "--config", str(config))
     assert proc.returncode == 3 and "job 'twice': the name is used by another job" in proc.stderr
     config = write_config(folder, "host=127.0.0.1 port=1 dbname=x connect_timeout=3", job)
     proc = run_cli("--config", str(config), "daemon")
@@ -255,6 +257,7 @@ def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
 def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
     config = parse_daemon_config(
         {
+            "daemon": {"job_timeout": "2h"},
             "jobs": [
                 {"name": "i", "command": "cache stats", "every": "15m"},
                 {
@@ -263,7 +266,7 @@ def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
                     "cron": "30 2 * * *",
                     "timezone": "Europe/Berlin",
                 },
-            ]
+            ],
         },
         "test.toml",
         lambda argv: None,
@@ -276,6 +279,7 @@ def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
         2026, 3, 1, 10, 0, tzinfo=UTC
     )
     assert cron.next_fire(now) == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)  # 02:30 CET
+    assert interval.timeout_s == cron.timeout_s == 7200  # [daemon] job_timeout
 
 
 def test_sigterm_lets_a_running_job_finish_and_stops_one_that_overstays(
@@ -338,3 +342,20 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
         "failed",
         "abandoned: the daemon running it stopped before the run finished",
     )
+
+
+def test_old_history_is_pruned_and_recent_kept(module_pg: PgCluster) -> None:
+    name = f"prune_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    target = DatabaseTarget(name="microservices", conninfo=module_pg.conninfo(name))
+    history.ensure_table(target)
+    history.ensure_table(target)  # idempotent
+    module_pg.execute(
+        "INSERT INTO chainlens_ops.job_runs (job_name, scheduled_for, status, host) VALUES "
+        "('j', now() - interval '40 days', 'succeeded', 'h'), "
+        "('j', now() - interval '20 days', 'failed', 'h'), "
+        "('j', now() - interval '1 minute', 'succeeded', 'h')",
+        name,
+    )
+    assert history.prune(target, 30) == 1
+    assert module_pg.scalar("SELECT count(*) FROM chainlens_ops.job_runs", name) == 2
