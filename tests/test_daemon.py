@@ -22,7 +22,8 @@ from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import parse_daemon_config
 
 RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
-FAILS_FAST = "cache stats --dsn 'host=127.0.0.1 port=1 dbname=x connect_timeout=2'"
+SECRET = "hunter2-not-for-logs"
+FAILS_FAST = f"cache stats --dsn 'host=127.0.0.1 port=1 dbname=x password={SECRET}'"
 
 
 class DaemonProc:
@@ -179,6 +180,9 @@ timeout = "1s"
     code, seconds = daemon.stop()
     assert code == 0 and seconds < 15, daemon.text()
     assert "Traceback" not in daemon.text()
+    # a password in a job's --dsn appears in no log line, status or history row
+    assert "password=" not in daemon.text() and SECRET not in daemon.text() + status.stdout
+    assert SECRET not in str(module_pg.execute(RUNS, db))
 
 
 def test_two_daemons_run_each_slot_exactly_once(

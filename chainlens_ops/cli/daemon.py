@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from chainlens_ops.cli.common import JsonOption, console, print_json, state
+from chainlens_ops.cli.common import GlobalState, JsonOption, console, print_json, state
 from chainlens_ops.daemon import Daemon, DaemonConfig, JobStatus, daemon_status, read_daemon_config
 from chainlens_ops.daemon.jobs import CommandCheck
 
@@ -49,9 +50,8 @@ def daemon_command(
     ] = None,
 ) -> None:
     """Run the scheduled jobs until SIGTERM/SIGINT (exit 0)."""
-    if config is not None:
-        state(ctx).config_file = config
-        state(ctx)._settings = None
+    if config is not None:  # `daemon --config FILE` as well as `--config FILE daemon`
+        ctx.find_root().obj = GlobalState(config_file=config, verbose=state(ctx).verbose)
     if ctx.invoked_subcommand is not None:
         return
     settings = state(ctx).settings
@@ -131,8 +131,8 @@ def command_checker(root: Any) -> CommandCheck:
     return check
 
 
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
 def _as_json(job: JobStatus) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from chainlens_ops.config import redact_conninfo
 from chainlens_ops.errors import ConfigError
 
 JOB_KEYS = frozenset({"name", "command", "cron", "every", "timezone", "timeout"})
@@ -59,6 +60,11 @@ class JobSpec:
     trigger: BaseTrigger
     timeout_s: int
 
+    @property
+    def display(self) -> str:
+        """The command line for logs and status, any --dsn shown without its password."""
+        return display_command(self.argv)
+
     def next_fire(self, after: datetime) -> datetime | None:
         """The first slot strictly after `after`."""
         fire: datetime | None = self.trigger.get_next_fire_time(None, after + _TICK)
@@ -82,6 +88,19 @@ class DaemonConfig:
     history_days: int = DEFAULT_HISTORY_DAYS
     metrics_file: str | None = None
     config_file: str | None = None
+
+
+def display_command(argv: tuple[str, ...] | list[str]) -> str:
+    shown: list[str] = []
+    after_dsn = False
+    for arg in argv:
+        if after_dsn:
+            arg = redact_conninfo(arg)
+        elif arg.startswith("--dsn="):
+            arg = "--dsn=" + redact_conninfo(arg.removeprefix("--dsn="))
+        after_dsn = arg == "--dsn"
+        shown.append(arg)
+    return shlex.join(shown)
 
 
 def parse_duration_s(value: object, what: str) -> int:

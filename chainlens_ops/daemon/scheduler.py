@@ -65,13 +65,13 @@ class Daemon:
 
     def run(self) -> DaemonResult:
         """Run until SIGTERM/SIGINT (or `stop` is set). Raises only before the first run."""
-        history.ensure_table(self.target)  # a wrong DSN stops us here, before any run
         self._install_signal_handlers()
+        history.ensure_table(self.target)  # a wrong DSN stops us here, before any run
         now = utcnow()
         next_due = {job.name: job.next_fire(now) for job in self.config.jobs}
         for job in self.config.jobs:
             log.info(
-                "job %s: %s, next %s: %s", job.name, job.schedule, next_due[job.name], job.command
+                "job %s: %s, next %s: %s", job.name, job.schedule, next_due[job.name], job.display
             )
         while not self.stop.is_set():
             now = utcnow()
@@ -150,7 +150,7 @@ class Daemon:
             job.name,
             slot.isoformat(),
             history.host_name(),
-            job.command,
+            job.display,
         )
         started = time.monotonic()
         try:

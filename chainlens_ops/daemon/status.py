@@ -32,7 +32,7 @@ def daemon_status(settings: Settings, config: DaemonConfig) -> list[JobStatus]:
     return [
         JobStatus(
             name=job.name,
-            command=job.command,
+            command=job.display,
             schedule=job.schedule,
             timeout_s=job.timeout_s,
             next_fire=job.next_fire(now),
