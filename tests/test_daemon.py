@@ -38,11 +38,18 @@ class DaemonProc:
     ) -> None:
         self.log = config.parent / f"{name}-{uuid.uuid4().hex[:6]}.log"
         self.out = self.log.open("w")
+        # Started in a folder holding a decoy `chainlens_ops` package that fails: jobs
+        # must run the installed code, whatever the daemon's working folder holds.
+        decoy = config.parent / "decoy"
+        (decoy / "chainlens_ops").mkdir(parents=True, exist_ok=True)
+        (decoy / "chainlens_ops" / "__init__.py").write_text("")
+        (decoy / "chainlens_ops" / "__main__.py").write_text("raise SystemExit(42)\n")
         self.proc = subprocess.Popen(
             [str(CLI), "--config", str(config), "daemon", *extra],
             env=cli_env(env),
             stdout=self.out,
             stderr=subprocess.STDOUT,
+            cwd=decoy,
         )
 
     def text(self) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import socket
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +25,8 @@ from typing import Any
 import psycopg
 
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.db import Connection, connect
+from chainlens_ops.db import Connection, connect, first_line
+from chainlens_ops.errors import OperationFailed
 
 SCHEMA = "chainlens_ops"
 TABLE = f"{SCHEMA}.job_runs"
@@ -84,9 +87,18 @@ def host_name() -> str:
     return socket.gethostname()
 
 
+@contextmanager
+def _db_errors(what: str) -> Iterator[None]:
+    """A failed statement (privileges, a dropped connection) as one readable error."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise OperationFailed(f"{what}: {first_line(exc)}") from None
+
+
 def ensure_table(target: DatabaseTarget) -> None:
     """Create the schema and table if missing (serialised: replicas start together)."""
-    with connect(target, autocommit=False) as conn:
+    with _db_errors(f"cannot create {TABLE}"), connect(target, autocommit=False) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_CREATE_TABLE))
         conn.execute(_CREATE)
         conn.commit()
@@ -109,7 +121,7 @@ class Claim:
             return
         except psycopg.Error:
             pass
-        with connect(target) as conn:
+        with _db_errors(f"cannot record the end of the run in {TABLE}"), connect(target) as conn:
             conn.execute(_FINISH, params)
 
     def close(self) -> None:
@@ -120,20 +132,21 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
     """Claim (job, slot) for this host, or None if another run has it or the job is busy."""
     conn = connect(target)
     try:
-        row = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (_JOB_LOCK_CLASS, _job_key(job_name))
-        ).fetchone()
-        if not (row and row[0]):
-            conn.close()
-            return None
-        # We hold the job's lock, so no run of it is going on anywhere: a row still
-        # 'running' belongs to a daemon that died mid-run.
-        conn.execute(_ABANDON, (job_name,))
-        inserted = conn.execute(
-            f"INSERT INTO {TABLE} (job_name, scheduled_for, host) VALUES (%s, %s, %s) "
-            "ON CONFLICT (job_name, scheduled_for) DO NOTHING RETURNING id",
-            (job_name, scheduled_for, host_name()),
-        ).fetchone()
+        with _db_errors(f"cannot claim the slot in {TABLE}"):
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (_JOB_LOCK_CLASS, _job_key(job_name))
+            ).fetchone()
+            if not (row and row[0]):
+                conn.close()
+                return None
+            # We hold the job's lock, so no run of it is going on anywhere: a row still
+            # 'running' belongs to a daemon that died mid-run.
+            conn.execute(_ABANDON, (job_name,))
+            inserted = conn.execute(
+                f"INSERT INTO {TABLE} (job_name, scheduled_for, host) VALUES (%s, %s, %s) "
+                "ON CONFLICT (job_name, scheduled_for) DO NOTHING RETURNING id",
+                (job_name, scheduled_for, host_name()),
+            ).fetchone()
     except BaseException:
         conn.close()
         raise
@@ -144,7 +157,7 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
 
 
 def prune(target: DatabaseTarget, history_days: int) -> int:
-    with connect(target) as conn:
+    with _db_errors(f"cannot prune {TABLE}"), connect(target) as conn:
         cur = conn.execute(
             f"DELETE FROM {TABLE} WHERE scheduled_for < now() - make_interval(days => %s) "
             "AND status <> 'running'",
@@ -164,7 +177,7 @@ class LastRuns:
 
 def last_runs(target: DatabaseTarget) -> LastRuns:
     """The latest runs of every job (all empty if the daemon never ran here)."""
-    with connect(target) as conn:
+    with _db_errors(f"cannot read {TABLE}"), connect(target) as conn:
         if not _table_exists(conn):
             return LastRuns({}, {}, {})
         return LastRuns(
@@ -194,10 +207,11 @@ def _job_key(job_name: str) -> int:
 
 def wal_archiver(conn: Connection) -> dict[str, Any]:
     """pg_stat_archiver of the server behind `conn` (for the metrics file)."""
-    row = conn.execute(
-        "SELECT archived_count, failed_count, "
-        "extract(epoch FROM last_archived_time)::float8, "
-        "extract(epoch FROM now() - last_archived_time)::float8 FROM pg_stat_archiver"
-    ).fetchone()
+    with _db_errors("cannot read pg_stat_archiver"):
+        row = conn.execute(
+            "SELECT archived_count, failed_count, "
+            "extract(epoch FROM last_archived_time)::float8, "
+            "extract(epoch FROM now() - last_archived_time)::float8 FROM pg_stat_archiver"
+        ).fetchone()
     keys = ("archived_count", "failed_count", "last_archived_time", "seconds_since_archived")
     return dict(zip(keys, row, strict=True)) if row else {}

@@ -34,7 +34,9 @@ class RunOutcome:
 
 def child_argv(config_file: str | None, argv: Sequence[str]) -> list[str]:
     config = ["--config", config_file] if config_file else []
-    return [sys.executable, "-m", "chainlens_ops", *config, *argv]
+    # -P: `-m` would otherwise put the working folder first on sys.path, and a folder
+    # holding a `chainlens_ops` (a checkout, say) would run instead of the installed code.
+    return [sys.executable, "-P", "-m", "chainlens_ops", *config, *argv]
 
 
 class JobProcess:
