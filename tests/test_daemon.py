@@ -208,7 +208,7 @@ def test_two_daemons_run_each_slot_exactly_once(
     rows = module_pg.execute(RUNS, micro["micro"])
     started = sum(d.text().count(" started on ") for d in daemons)
     slots = {r[1] for r in rows}
-    assert len(rows) >= 4, rows  # the job did run
+    assert len(rows) >= 3, rows  # the job did run
     # runs started (both replicas) == rows == distinct slots: no slot ran twice
     assert started == len(rows) == len(slots)
     assert all(r[2] == "succeeded" for r in rows), rows

@@ -104,7 +104,7 @@ def render(metrics: list[Metric]) -> str:
         lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} gauge"]
         for labels, value in m.samples:
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-            lines.append(f"{m.name}{{{label_text}}} {value:.17g}")
+            lines.append(f"{m.name}{{{label_text}}} {float(value)!r}")
     return "\n".join(lines) + "\n"
 
 

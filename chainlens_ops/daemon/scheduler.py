@@ -62,11 +62,16 @@ class Daemon:
         self._lock = threading.Lock()
         self._last_prune = 0.0
         self._runs_started = 0
+        self._metrics_due = threading.Event()
 
     def run(self) -> DaemonResult:
         """Run until SIGTERM/SIGINT (or `stop` is set). Raises only before the first run."""
         self._install_signal_handlers()
         history.ensure_table(self.target)  # a wrong DSN stops us here, before any run
+        if self.metrics_file:
+            threading.Thread(
+                target=self._metrics_loop, args=(self.metrics_file,), name="metrics", daemon=True
+            ).start()
         now = utcnow()
         next_due = {job.name: job.next_fire(now) for job in self.config.jobs}
         for job in self.config.jobs:
@@ -194,11 +199,21 @@ class Daemon:
                     )
             except ChainlensError as exc:
                 log.warning("cannot prune job history: %s", exc.one_line())
-        if self.metrics_file:
+        self._metrics_due.set()
+
+    def _metrics_loop(self, path: str) -> None:
+        """Rewrites the metrics file after runs, in its own thread: reaching a database
+        that is down must not hold up the job's thread (it would skip the next slot)."""
+        names = [j.name for j in self.config.jobs]
+        while not self.stop.is_set():
+            self._metrics_due.wait()
+            self._metrics_due.clear()
+            if self.stop.is_set():
+                return
             try:
-                write_metrics(self.metrics_file, self.settings, (j.name for j in self.config.jobs))
+                write_metrics(path, self.settings, names)
             except (ChainlensError, OSError) as exc:
-                log.warning("cannot write metrics file %s: %s", self.metrics_file, exc)
+                log.warning("cannot write metrics file %s: %s", path, exc)
 
     def _install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
@@ -212,6 +227,7 @@ class Daemon:
                 self.config.stop_timeout_s,
             )
             self.stop.set()
+            self._metrics_due.set()  # wakes the metrics thread, which sees `stop` and ends
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
