@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -104,3 +105,24 @@ def test_cleanup_without_the_schema_says_what_to_do(module_pg: PgCluster) -> Non
     )
     assert proc.returncode == 1
     assert "schema apply" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cleanup_skips_rows_the_application_holds_instead_of_waiting(
+    module_pg: PgCluster, micro: dict[str, str]
+) -> None:
+    db = micro["micro"]
+    add_cache_rows(module_pg, db, 50, "-1 hour")
+    with module_pg.connect(db, autocommit=False) as app:
+        # the application is refreshing one expired entry: its row lock is held
+        app.execute(
+            "SELECT 1 FROM shared_cache.analysis_cache WHERE cache_key = 'onchain--1 hour-7' "
+            "FOR UPDATE"
+        )
+        started = time.monotonic()
+        proc = run_cli("cache", "cleanup", "--batch-size", "10", "--json", env=micro)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["deleted"] == 49
+        assert time.monotonic() - started < 10  # did not queue behind the lock
+        app.rollback()
+    proc = run_cli("cache", "cleanup", "--json", env=micro)
+    assert json.loads(proc.stdout)["deleted"] == 1

@@ -370,3 +370,27 @@ def test_old_history_is_pruned_and_recent_kept(module_pg: PgCluster) -> None:
     )
     assert history.prune(target, 30) == 1
     assert module_pg.scalar("SELECT count(*) FROM chainlens_ops.job_runs", name) == 2
+
+
+def test_daemon_rides_out_a_database_outage(
+    pg: PgCluster, folder: Path, daemons: list[DaemonProc]
+) -> None:
+    env = micro_db(pg)
+    config = write_config(
+        folder,
+        env["CHAINLENS_MICROSERVICES_DSN"] + " connect_timeout=2",
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    daemon = DaemonProc(config)
+    daemons.append(daemon)
+    wait_for(lambda: " succeeded in " in daemon.text(), timeout=20)
+    pg.stop()
+    wait_for(lambda: "not run: cannot claim it" in daemon.text(), timeout=20)
+    assert daemon.proc.poll() is None
+    pg.start()
+    before = daemon.text().count(" succeeded in ")
+    wait_for(lambda: daemon.text().count(" succeeded in ") > before, timeout=20)
+    code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.text()
+    rows = pg.execute(RUNS, env["micro"])
+    assert rows and all(r[2] in ("succeeded", "failed") for r in rows)
