@@ -27,11 +27,12 @@ import psycopg
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.db import Connection, connect, first_line
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.schema import LOCK_CLASS
+from chainlens_ops.schema import TRACKING_SCHEMA as SCHEMA
 
-SCHEMA = "chainlens_ops"
 TABLE = f"{SCHEMA}.job_runs"
-# Advisory lock keys: (class, object) as in schema.py; 'clop' class, 'jobs' objects.
-LOCK_CLASS = 0x636C6F70
+# Advisory lock keys: (class, object). The 'clop' class is schema.py's (object 1 = schema
+# apply); object 2 = creating job_runs. Each job's run lock is ('jobs', crc of its name).
 LOCK_CREATE_TABLE = 2
 _JOB_LOCK_CLASS = 0x6A6F6273  # 'jobs'
 
@@ -97,11 +98,21 @@ def _db_errors(what: str) -> Iterator[None]:
 
 
 def ensure_table(target: DatabaseTarget) -> None:
-    """Create the schema and table if missing (serialised: replicas start together)."""
-    with _db_errors(f"cannot create {TABLE}"), connect(target, autocommit=False) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_CREATE_TABLE))
-        conn.execute(_CREATE)
-        conn.commit()
+    """Create the schema and table if missing. Replicas starting together serialise on
+    an advisory lock; a `schema apply` creating the schema at that moment makes CREATE
+    SCHEMA IF NOT EXISTS fail with a unique violation, so that is retried once."""
+    for attempt in (1, 2):
+        with _db_errors(f"cannot create {TABLE}"), connect(target, autocommit=False) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, LOCK_CREATE_TABLE))
+            try:
+                conn.execute(_CREATE)
+            except psycopg.errors.UniqueViolation:
+                if attempt == 2:
+                    raise
+                conn.rollback()
+                continue
+            conn.commit()
+            return
 
 
 class Claim:
