@@ -15,6 +15,7 @@ def write_file_atomic(path: str, data: bytes, *, mode: int = 0o644, durable: boo
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -111,11 +111,11 @@ def command_checker(root: Any) -> CommandCheck:
         while hasattr(command, "list_commands"):  # a group: the next word picks a command
             if not words:
                 choices = ", ".join(command.list_commands(parent))
-                raise ValueError(f"`{parent.command_path}` needs a command ({choices})")
+                raise ValueError(f"{parent.command_path} needs a command ({choices})")
             word = words.pop(0)
             sub = command.get_command(parent, word)
             if sub is None:
-                raise ValueError(f"unknown command {word!r} in `{parent.command_path}`")
+                raise ValueError(f"unknown command {word!r} in {parent.command_path}")
             if sub.name == "daemon":
                 raise ValueError("a job cannot run the daemon")
             command = sub
