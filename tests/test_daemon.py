@@ -180,6 +180,10 @@ timeout = "1s"
     assert next_fire.timestamp() % 2 == 0
     assert abs(next_fire - datetime.now(UTC)) <= timedelta(seconds=2)
 
+    table = run_cli("--config", str(config), "daemon", "status")
+    assert table.returncode == 0 and "never" not in table.stdout, table.stdout  # all ran
+    assert all(name in table.stdout for name in ("cache-cleanup", "always-fails", "every 2s"))
+
     prom = metrics.read_text()
     assert 'chainlens_ops_job_last_success_timestamp_seconds{job="cache-cleanup"}' in prom
     assert 'chainlens_ops_job_last_run_succeeded{job="always-fails"} 0' in prom

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger("chainlens_ops.daemon")
 
-KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a child's process group
+KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a child's process group
 
 
 @dataclass(frozen=True)
