@@ -310,7 +310,7 @@ def test_sigterm_lets_a_running_job_finish_and_stops_one_that_overstays(
         module_pg.conninfo(name),
         f"""
 [daemon]
-stop_timeout = "5s"
+stop_timeout = "8s"
 
 [[jobs]]
 name = "finishes"
