@@ -4,6 +4,7 @@ timeouts, two replicas, SIGTERM, bad configs."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -326,6 +327,9 @@ every = "1s"
     daemon = DaemonProc(config)
     daemons.append(daemon)
     wait_for(lambda: daemon.text().count(" started on ") >= 2, timeout=20)
+    # a job never overlaps itself: the next slot is skipped while the run goes on
+    skipped = re.compile(r"job overstays: slot \S+ skipped: the previous run is still going")
+    wait_for(lambda: skipped.search(daemon.text()), timeout=10)
     code, seconds = daemon.stop()
     assert code == 0 and seconds < 15, daemon.text()
     rows = {r[0]: r for r in module_pg.execute(RUNS, name)}
@@ -334,6 +338,7 @@ every = "1s"
     # ...the one that could not was stopped (its process group killed) and recorded so
     assert rows["overstays"][3] == "stopped: daemon shut down (SIGTERM)"
     assert all(r[2] != "running" for r in module_pg.execute(RUNS, name))
+    assert [r[0] for r in module_pg.execute(RUNS, name)].count("overstays") == 1
     assert "Traceback" not in daemon.text()
 
 
