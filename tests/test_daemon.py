@@ -351,7 +351,7 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
         micro["CHAINLENS_MICROSERVICES_DSN"],
         '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
     )
-    first = DaemonProc(config, name="dies", env={"CHAINLENS_CRASH_POINT": "daemon-after-claim"})
+    first = DaemonProc(config, name="dies", env={"CHAINLENS_CRASH_AT": "daemon-after-claim"})
     daemons.append(first)
     assert first.proc.wait(timeout=20) == -signal.SIGKILL
     (left,) = module_pg.execute(RUNS, db)
