@@ -266,6 +266,9 @@ def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
     config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job + "\n" + job)
     proc = run_cli("daemon", "--config", str(config))
     assert proc.returncode == 3 and "job 'twice': the name is used by another job" in proc.stderr
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job)
+    proc = run_cli("--config", str(config), "daemon", "--metrics-file", "/nonexistent/m.prom")
+    assert proc.returncode == 3 and "cannot write in /nonexistent" in proc.stderr
     config = write_config(folder, "host=127.0.0.1 port=1 dbname=x connect_timeout=3", job)
     proc = run_cli("--config", str(config), "daemon")
     lines = proc.stderr.strip().splitlines()

@@ -16,6 +16,7 @@ the Unix epoch, so every replica computes the same slots); this loop does the re
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -29,7 +30,7 @@ from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec
 from chainlens_ops.daemon.metrics import write_metrics
 from chainlens_ops.daemon.runner import JobProcess, RunOutcome, child_argv
-from chainlens_ops.errors import ChainlensError
+from chainlens_ops.errors import ChainlensError, ConfigError
 
 log = logging.getLogger("chainlens_ops.daemon")
 
@@ -66,6 +67,10 @@ class Daemon:
 
     def run(self) -> DaemonResult:
         """Run until SIGTERM/SIGINT (or `stop` is set). Raises only before the first run."""
+        if self.metrics_file:
+            folder = os.path.dirname(os.path.abspath(self.metrics_file))
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(f"metrics file {self.metrics_file}: cannot write in {folder}")
         self._install_signal_handlers()
         history.ensure_table(self.target)  # a wrong DSN stops us here, before any run
         if self.metrics_file:
