@@ -103,6 +103,21 @@ def display_command(argv: tuple[str, ...] | list[str]) -> str:
     return shlex.join(shown)
 
 
+def _dsn_password(argv: list[str]) -> bool:
+    """Whether any `--dsn` value in `argv` holds a password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    values = [a.removeprefix("--dsn=") for a in argv if a.startswith("--dsn=")]
+    values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--dsn"]
+    for value in values:
+        try:
+            if conninfo_to_dict(value).get("password"):
+                return True
+        except Exception:
+            return ":" in value and "@" in value  # unparseable: assume the worst of a URI
+    return False
+
+
 def parse_duration_s(value: object, what: str) -> int:
     """`"30s"`, `"15m"`, `"1h"`, `"1d"` -> seconds (positive)."""
     match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
@@ -192,9 +207,18 @@ def _parse_job(
         raise fail('needs command = "<chainlens-ops command line>"')
     try:
         argv = shlex.split(command)
+    except ValueError as exc:
+        raise fail(f"command cannot be split into words: {exc}") from None
+    if _dsn_password(argv):
+        raise fail(
+            "--dsn in a job's command carries a password, which anyone can read in `ps` "
+            "while the job runs: put the connection in [databases.<name>] of this file, "
+            "the environment or ~/.pgpass"
+        )
+    try:
         check_command(argv)
     except ValueError as exc:
-        raise fail(f"command {command!r}: {exc}") from None
+        raise fail(f"command {display_command(argv)!r}: {exc}") from None
     try:
         timeout = parse_duration_s(raw.get("timeout", f"{default_timeout}s"), "timeout")
         trigger, schedule = _trigger(raw)
