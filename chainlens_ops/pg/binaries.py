@@ -1,70 +1,70 @@
-"""One wrapper for PostgreSQL's binaries (pg_dump, pg_basebackup, pg_ctl, ...).
+"""Finding PostgreSQL's binaries and giving them a connection without a password in argv.
 
-argv lists, never a shell; the binary is found for the server's major version;
-passwords travel in the environment (PGPASSWORD) or a passfile, never in argv;
-a failure raises PgCommandError with the exit code and the tail of stderr.
+The process that runs them is `chainlens_ops.pg.process`; this module decides *what* to
+run: the binary of the server's major version, and a connection string with the
+password moved into the child's environment (PGPASSWORD), where `ps` cannot see it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.errors import ConfigError, PgCommandError
+from chainlens_ops.errors import ConfigError
 
 PG_LIB = Path("/usr/lib/postgresql")
-STDERR_TAIL_BYTES = 4000
 
 
 def find_binary(name: str, major: int | None = None) -> str:
-    """Path of `name` for PostgreSQL `major` (Debian layout), else the newest, else PATH."""
-    candidates: list[Path] = []
-    if major is not None:
-        candidates.append(PG_LIB / str(major) / "bin" / name)
+    """Path of `name` for PostgreSQL `major` (Debian layout).
+
+    With a major version, only that version's binary will do (or a newer one, for the
+    tools that read older servers: pg_dump, pg_basebackup, pg_restore, pg_verifybackup
+    all support older servers). Without one: the newest installed, else PATH.
+    """
+    versions: list[int] = []
     if PG_LIB.is_dir():
-        versions = sorted(
-            (p for p in PG_LIB.iterdir() if p.name.isdigit()), key=lambda p: -int(p.name)
-        )
-        candidates += [v / "bin" / name for v in versions]
-    for candidate in candidates:
+        versions = sorted((int(p.name) for p in PG_LIB.iterdir() if p.name.isdigit()), reverse=True)
+    if major is not None:
+        versions = [major] + [v for v in versions if v > major]
+    for version in versions:
+        candidate = PG_LIB / str(version) / "bin" / name
         if os.access(candidate, os.X_OK):
             return str(candidate)
     found = shutil.which(name)
-    if found:
+    if found and major is None:
         return found
-    raise ConfigError(f"PostgreSQL binary {name} not found", hint="install the PostgreSQL client")
-
-
-@dataclass(frozen=True)
-class PgResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_pg(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    check: bool = True,
-) -> PgResult:
-    """Run a PostgreSQL binary; raise PgCommandError on a non-zero exit when `check`."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    proc = subprocess.run(
-        list(argv),
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    wanted = f"{name} for PostgreSQL {major}" if major is not None else name
+    raise ConfigError(
+        f"PostgreSQL binary {wanted} not found",
+        hint=f"install postgresql-client-{major or 15}",
     )
-    if check and proc.returncode != 0:
-        raise PgCommandError(Path(argv[0]).name, proc.returncode, proc.stderr[-STDERR_TAIL_BYTES:])
-    return PgResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def major_of(server_version_num: int) -> int:
+    """150004 -> 15."""
+    return server_version_num // 10000
+
+
+def connection_for_binary(conninfo: str) -> tuple[str, dict[str, str]]:
+    """(connection string without its password, environment carrying it).
+
+    The string goes into argv (`-d`), so it must never hold the password: libpq reads
+    PGPASSWORD from the child's environment instead. A passfile keeps working as is.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(conninfo)
+    except Exception:
+        raise ConfigError(
+            "the connection string is not valid libpq syntax",
+            hint="use key=value pairs or a postgresql:// URI",
+        ) from None
+    env: dict[str, str] = {}
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    shown = {k: str(v) for k, v in params.items() if v is not None}
+    return make_conninfo("", **shown), env
