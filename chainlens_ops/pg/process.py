@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -60,15 +60,21 @@ class PgStream(io.RawIOBase):
         env: Mapping[str, str] | None = None,
         stdin: BinaryIO | None = None,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         cancel: threading.Event | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.argv = [str(a) for a in argv]
         self.name = Path(self.argv[0]).name
         self.bytes_read = 0
         self._timeout = timeout
+        self._idle_timeout = idle_timeout
+        self._waiting_since: float | None = None
+        self._on_line = on_stderr_line
         self._stopped_why: str | None = None
         self._finished = False
+        self._feed_error: BaseException | None = None
         self._tail = bytearray()
         self._tail_lock = threading.Lock()
         self._started = time.monotonic()
@@ -107,7 +113,11 @@ class PgStream(io.RawIOBase):
         assert self._proc.stdout is not None
         if self._finished:
             return 0
-        n: int = self._proc.stdout.readinto(buffer)  # type: ignore[attr-defined]
+        self._waiting_since = time.monotonic()
+        try:
+            n: int = self._proc.stdout.readinto(buffer)  # type: ignore[attr-defined]
+        finally:
+            self._waiting_since = None
         if n:
             self.bytes_read += n
             return n
@@ -158,6 +168,8 @@ class PgStream(io.RawIOBase):
                 thread.join(timeout=_KILL_GRACE_S)
         self._finished = True
         code = self._proc.returncode
+        if self._feed_error is not None:
+            raise self._feed_error  # the input failed (e.g. a damaged object): say that
         if self._stopped_why is not None:
             raise PgCancelled(f"{self.name} {self._stopped_why} (killed)")
         if code != 0:
@@ -174,24 +186,39 @@ class PgStream(io.RawIOBase):
             self._proc.wait()
 
     def _watch(self, cancel: threading.Event | None) -> None:
-        """Kill the process at its deadline or when `cancel` is set."""
+        """Kill the process at its deadline, when `cancel` is set, or when a reader has
+        waited `idle_timeout` for its next byte (time the reader spends elsewhere, e.g.
+        uploading, does not count)."""
         start = self._started
         while not self._done.is_set():
+            now = time.monotonic()
             if cancel is not None and cancel.is_set():
                 self.stop("was cancelled")
                 return
-            if self._timeout is not None and time.monotonic() - start > self._timeout:
+            if self._timeout is not None and now - start > self._timeout:
                 self.stop(f"timed out after {self._timeout:g}s")
+                return
+            waiting = self._waiting_since
+            if self._idle_timeout is not None and waiting and now - waiting > self._idle_timeout:
+                self.stop(f"produced no output for {self._idle_timeout:g}s")
                 return
             if self._done.wait(0.2) or self._proc.poll() is not None:
                 return
 
     def _drain_stderr(self) -> None:
         assert self._proc.stderr is not None
+        pending = b""
         while True:
             chunk = self._proc.stderr.read(4096)
             if not chunk:
+                if self._on_line is not None and pending:
+                    self._on_line(pending.decode("utf-8", "replace"))
                 return
+            if self._on_line is not None:
+                *lines, pending = (pending + chunk).split(b"\n")
+                pending = pending[-STDERR_TAIL_BYTES:]
+                for line in lines:
+                    self._on_line(line.decode("utf-8", "replace"))
             with self._tail_lock:
                 self._tail += chunk
                 if len(self._tail) > STDERR_TAIL_BYTES:
@@ -200,7 +227,8 @@ class PgStream(io.RawIOBase):
     def _feed(self, source: BinaryIO) -> None:
         """Write `source` to the process's stdin. A process that stops reading early
         (pg_restore --list reads only the table of contents) is not an error here: its
-        exit code says whether it got what it needed."""
+        exit code says whether it got what it needed. A failing source is kept, and
+        raised by the stream's final read."""
         stdin = self._proc.stdin
         assert stdin is not None
         try:
@@ -211,6 +239,8 @@ class PgStream(io.RawIOBase):
                 stdin.write(chunk)
         except (BrokenPipeError, ValueError):
             pass
+        except BaseException as exc:
+            self._feed_error = exc
         finally:
             try:  # noqa: SIM105
                 stdin.close()
