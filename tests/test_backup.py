@@ -17,6 +17,7 @@ from test_wal_s3 import S3Setup, client, s3_archiving
 __all__ = ["archiving", "s3_archiving"]  # fixtures shared with the WAL tests
 
 TABLES = {"accounts": 3000, "events": 5000}
+Proc = subprocess.CompletedProcess[str]
 
 
 def fill(cluster: PgCluster, db: str) -> None:
@@ -39,7 +40,7 @@ def backup(
     return run_cli("backup", "--repo", str(repo), "--dsn", conninfo, *args, user="postgres", **kw)
 
 
-def cli(repo: str | Path, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+def cli(repo: str | Path, *args: str, **kw: Any) -> Proc:
     command, *rest = args
     return run_cli("backup", command, "--repo", str(repo), *rest, user="postgres", **kw)
 
@@ -269,6 +270,18 @@ def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFact
     assert len(json.loads(pruned.stdout)["leftovers"]) == 1
     assert len(listing(repo)) == 2
     assert "incomplete" not in cli(repo, "list").stdout
+
+    # --db all: one unreachable database fails, named, and does not skip the other.
+    env = {
+        "CHAINLENS_SUPABASE_DSN": "host=127.0.0.1 port=1 user=x connect_timeout=2",
+        "CHAINLENS_MICROSERVICES_DSN": pg.conninfo("shop"),
+        "CHAINLENS_REPO": str(repo),
+    }
+    both = run_cli("backup", "--db", "all", "--json", env=env, user="postgres")
+    assert both.returncode == 3, both.stderr
+    assert "backup failed for supabase" in both.stderr
+    assert [r["target"] for r in json.loads(both.stdout)] == ["microservices"]
+    assert len(listing(repo)) == 3
 
 
 @pytest.fixture(autouse=True)
