@@ -159,6 +159,13 @@ def test_timeout_and_cancel_kill_the_process() -> None:
         stream.read()
     assert stream._proc.returncode == -signal.SIGKILL
 
+    # Silent too long (e.g. a server waiting on a failing archive_command): stopped.
+    argv = ["/bin/sh", "-c", "echo started; sleep 30"]
+    with PgStream(argv, idle_timeout=0.5) as stream, pytest.raises(PgCancelled) as caught:
+        assert stream.read(100) == b"started\n"
+        stream.read(100)
+    assert "produced no output for 0.5s" in caught.value.one_line()
+
 
 def test_stderr_is_kept_as_a_bounded_tail() -> None:
     script = "head -c 3000000 /dev/zero | tr '\\0' x >&2; echo; echo 'the real reason' >&2; exit 4"

@@ -51,19 +51,24 @@ class _Counting(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1) -> bytes:
+        """Direct, without RawIOBase's buffer and copy: S3 asks for 8 MB parts."""
+        if size is None or size < 0:
+            return self.readall()
+        data = self._source.read(size)
+        if data:
+            self.size += len(data)
+            self.digest.update(data)
+            if self._tap is not None:
+                self._tap(data)
+            if self._progress is not None:
+                self._progress(len(data))
+        return data
+
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self._source.read(len(buffer))
-        if not data:
-            return 0
-        n = len(data)
-        buffer[:n] = data
-        self.size += n
-        self.digest.update(data)
-        if self._tap is not None:
-            self._tap(data)
-        if self._progress is not None:
-            self._progress(n)
-        return n
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def store_compressed(

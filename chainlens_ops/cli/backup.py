@@ -34,7 +34,7 @@ from chainlens_ops.cli.common import (
     state,
     to_jsonable,
 )
-from chainlens_ops.cli.wal import _size
+from chainlens_ops.cli.wal import RepoOption, _size
 from chainlens_ops.errors import ChainlensError, UsageError
 from chainlens_ops.repository import Repository, repo_url
 from chainlens_ops.wal.catalog import list_wal
@@ -51,10 +51,6 @@ class Kind(StrEnum):
     logical = "logical"
 
 
-RepoOption = Annotated[
-    str | None,
-    typer.Option("--repo", help="Repository (default: the database's configured one)."),
-]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no notices.")]
 
 
