@@ -34,7 +34,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
     write_manifest,
 )
-from chainlens_ops.backup.objects import Progress, store_compressed
+from chainlens_ops.backup.objects import ZSTD_LEVEL_BASE, Progress, store_compressed
 from chainlens_ops.backup.tarsniff import TarSniffer
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.crashpoints import crash_point
@@ -266,7 +266,7 @@ def _base(
     with PgStream(argv, env=env, cancel=options.cancel, idle_timeout=ARCHIVE_STALL_S) as stream:
         obj = store_compressed(
             repo.storage, backup_prefix(backup_id) + "base.tar.zst", stream,  # type: ignore[arg-type]
-            progress=options.progress, tap=sniffer.feed,
+            progress=options.progress, tap=sniffer.feed, level=ZSTD_LEVEL_BASE,
         )  # fmt: skip
     start_lsn, tli, stop_lsn = _positions(sniffer.files)
     seg = cluster.seg_size
