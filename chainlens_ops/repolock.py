@@ -147,9 +147,11 @@ class RepositoryLock:
                 taken = self._take_over(current)
                 if taken is not None:
                     return taken
-            elif time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 who = current.describe() if current else "an unreadable lock"
                 until = f", expires {_when(current.expires_at)}" if current else ""
+                if expired:
+                    until = " (expired; another process is taking it over)"
                 raise RepositoryLocked(
                     f"repository {self.storage.url} is locked by {who}{until}",
                     hint="wait for it to finish, or retry later",

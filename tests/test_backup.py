@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import ClusterFactory
-from pgharness import PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, cli_env, run_cli
+from pgharness import CLI, PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, cli_env, run_cli
 from test_wal import archiving, pgbench, switch_and_wait
 from test_wal_s3 import S3Setup, client, s3_archiving
 
@@ -229,6 +229,21 @@ def test_s3_base_and_logical_backups(
         s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
         bad = setup.cli("backup", "verify", "--repo", repo, backup_id)
         assert bad.returncode == 1 and f"backups/{backup_id}/{name}" in bad.stderr, bad.stderr
+
+
+def test_a_base_backup_whose_wal_never_arrives_fails_clearly(make_cluster: ClusterFactory) -> None:
+    repo = make_cluster.dir("repo")
+    cluster = make_cluster(archive_mode="on", archive_command=f"{CLI} wal push --repo {repo} %p")
+    switch_and_wait(cluster)
+    # archive_command now "succeeds" without storing anything: the server is satisfied,
+    # but the WAL this backup needs never reaches the repository.
+    cluster.configure(archive_command="true")
+    cluster.reload()
+    proc = backup(repo, cluster.conninfo(), "--kind", "base", "--wal-timeout", "2")
+    assert proc.returncode == 1, proc.stderr
+    assert "did not reach repository" in proc.stderr and "within 2s" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert listing(repo) == []
 
 
 def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFactory) -> None:

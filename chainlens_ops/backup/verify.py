@@ -31,7 +31,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.objects import CheckedReader, CorruptBackupObject
 from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary, major_of
-from chainlens_ops.pg.process import run_pg
+from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
 
 _CHUNK = 1024 * 1024
@@ -90,13 +90,19 @@ def _check_object(repo: Repository, manifest: BackupManifest, obj: BackupObject)
 
 
 def _check_dump(reader: CheckedReader, server_version: int) -> str:
+    """pg_restore --list must read the dump's table of contents (counted as it streams:
+    a schema of many thousands of objects lists long)."""
     pg_restore = find_binary("pg_restore", major_of(server_version))
+    entries = 0
+    pending = b""
     try:
-        result = run_pg([pg_restore, "--list"], stdin=reader)  # type: ignore[arg-type]
+        with PgStream([pg_restore, "--list"], stdin=reader) as listing:  # type: ignore[arg-type]
+            while chunk := listing.read(_CHUNK):
+                *lines, pending = (pending + chunk).split(b"\n")
+                entries += sum(1 for line in lines if line and not line.startswith(b";"))
     except PgCommandError as exc:
         raise OperationFailed(f"pg_restore --list cannot read it: {exc.one_line()}") from None
-    entries = [line for line in result.stdout.splitlines() if line and not line.startswith(";")]
-    return f"pg_restore --list reads {len(entries)} entries"
+    return f"pg_restore --list reads {entries} entries"
 
 
 def _check_tar(reader: CheckedReader) -> str:

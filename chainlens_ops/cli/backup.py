@@ -21,7 +21,7 @@ from rich.table import Table
 
 from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog
 from chainlens_ops.backup.prune import prune_backups
-from chainlens_ops.backup.take import BackupOptions, BackupResult, take_backup
+from chainlens_ops.backup.take import WAL_WAIT_S, BackupOptions, BackupResult, take_backup
 from chainlens_ops.backup.verify import verify_backup
 from chainlens_ops.cli.common import (
     DbOption,
@@ -92,6 +92,14 @@ def backup_command(
     repo: RepoOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
+    wal_timeout: Annotated[
+        float,
+        typer.Option(
+            "--wal-timeout",
+            min=0.1,
+            help="Seconds a base backup waits for its WAL to reach the repository.",
+        ),
+    ] = WAL_WAIT_S,
 ) -> None:
     """Take a backup (no subcommand): prints its id. Exit 1 if any database failed."""
     if ctx.invoked_subcommand is not None:
@@ -105,7 +113,9 @@ def backup_command(
         try:
             repository = _repository(ctx, target.name, repo)
             with _progress_bar(show_bar, f"{target.name}") as progress:
-                options = BackupOptions(kind=kind.value, progress=progress, notify=_say(quiet))
+                options = BackupOptions(
+                    kind=kind.value, progress=progress, notify=_say(quiet), wal_wait_s=wal_timeout
+                )
                 result = take_backup(target, repository, options)
         except ChainlensError as exc:
             if len(targets) == 1:

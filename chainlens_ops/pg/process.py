@@ -137,6 +137,8 @@ class PgStream(io.RawIOBase):
         _kill(self._proc)
 
     def close(self) -> None:
+        if not self.closed and not hasattr(self, "_proc"):  # Popen itself failed
+            super().close()
         if not self.closed:
             try:
                 if self._proc.poll() is None:
