@@ -136,6 +136,8 @@ def test_password_travels_in_the_environment_never_argv(module_pg: PgCluster) ->
         module_pg.conninfo(user=SCRAM_USER, password=SCRAM_PASSWORD)
     )
     assert SCRAM_PASSWORD not in conninfo and env == {"PGPASSWORD": SCRAM_PASSWORD}
+    uri, uri_env = connection_for_binary(f"postgresql://u:{SCRAM_PASSWORD}@127.0.0.1:5/db")
+    assert SCRAM_PASSWORD not in uri and uri_env == {"PGPASSWORD": SCRAM_PASSWORD}
     # pg_sleep keeps the client alive long enough to read its argv from /proc.
     argv = [find_binary("psql", 15), "-d", conninfo, "-Atc", "SELECT 'ok' FROM pg_sleep(1)"]
     with PgStream(argv, env=env) as stream:

@@ -20,7 +20,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.backup.manifest import (
@@ -82,16 +83,6 @@ class BackupResult:
 
 
 @dataclass(frozen=True)
-class _BaseWal:
-    timeline: int | None = None
-    start_lsn: str | None = None
-    stop_lsn: str | None = None
-    start_wal: str | None = None
-    stop_wal: str | None = None
-    backup_label: str | None = None
-
-
-@dataclass(frozen=True)
 class _Cluster:
     server: str
     database: str
@@ -136,7 +127,7 @@ def take_backup(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
             )
         backup_id = new_backup_id(repo, started, kind, target.name)
-        wal = _BaseWal()
+        wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
         if kind == LOGICAL:
             obj = _logical(target, cluster, backup_id, repo, options)
         else:
@@ -150,10 +141,9 @@ def take_backup(
                 str(cluster.system_identifier) if cluster.system_identifier is not None else None
             ),
             started_at=format_time(started), finished_at=format_time(finished),
-            objects=[obj], tool_version=__version__, timeline=wal.timeline,
-            start_lsn=wal.start_lsn, stop_lsn=wal.stop_lsn, start_wal=wal.start_wal,
-            stop_wal=wal.stop_wal, backup_label=wal.backup_label,
+            objects=[obj], tool_version=__version__,
         )  # fmt: skip
+        manifest = replace(manifest, **wal)
         crash_point("backup-before-manifest")
         write_manifest(repo, manifest)
     return BackupResult(
@@ -255,7 +245,7 @@ _LABEL_TLI = re.compile(r"START TIMELINE: (\d+)")
 def _base(
     target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
     options: BackupOptions,
-) -> tuple[BackupObject, _BaseWal]:  # fmt: skip
+) -> tuple[BackupObject, dict[str, Any]]:  # fmt: skip
     dsn, env = _binary_args(target)
     sniffer = TarSniffer({"backup_label", "backup_manifest"})
     argv = [
@@ -274,11 +264,11 @@ def _base(
     first, last = start // seg, max(stop - 1, start) // seg
     history = f"{segment_name(tli, first, seg)}.{start % seg:08X}.backup"
     label = _wait_for_wal(repo, tli, first, last, history, options)
-    return obj, _BaseWal(
-        timeline=tli, start_lsn=start_lsn, stop_lsn=stop_lsn,
-        start_wal=segment_name(tli, first, seg), stop_wal=segment_name(tli, last, seg),
-        backup_label=label,
-    )  # fmt: skip
+    return obj, {
+        "timeline": tli, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
+        "start_wal": segment_name(tli, first, seg), "stop_wal": segment_name(tli, last, seg),
+        "backup_label": label,
+    }  # fmt: skip
 
 
 def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:
