@@ -1,7 +1,8 @@
 """`chainlens-ops backup prune`: retention by backup time, and the WAL no backup needs.
 
-- A valid backup is kept when any rule keeps it: among the newest `keep_last`, or
-  started within `keep_days`. The newest valid backup is always kept.
+- A valid backup is kept when any rule keeps it: among the newest `keep_last` of its
+  target database, or started within `keep_days`. Each target's newest valid backup is
+  always kept.
 - A pruned backup loses its manifest first (it leaves the catalog at once), then its
   objects: a prune cut short leaves leftovers, never a listed backup missing objects.
 - Leftovers of failed backups (objects without a manifest) are removed. Running backups
@@ -103,13 +104,18 @@ def prune_backups(
 def retained(
     valid: list[BackupManifest], keep_last: int | None, keep_days: float | None, now: datetime
 ) -> set[str]:
-    """Ids kept: newest first in `valid`; the newest is always kept."""
-    keep = {b.id for b in valid[:1]}
-    if keep_last is not None:
-        keep |= {b.id for b in valid[:keep_last]}
-    if keep_days is not None:
-        cutoff = now - timedelta(days=keep_days)
-        keep |= {b.id for b in valid if b.started() >= cutoff}
+    """Ids kept (`valid` is newest first). The rules apply per target database, so a
+    repository holding both databases' backups keeps N of each; each target's newest
+    backup is always kept."""
+    keep: set[str] = set()
+    for target in {b.target for b in valid}:
+        mine = [b for b in valid if b.target == target]
+        keep |= {b.id for b in mine[:1]}
+        if keep_last is not None:
+            keep |= {b.id for b in mine[:keep_last]}
+        if keep_days is not None:
+            cutoff = now - timedelta(days=keep_days)
+            keep |= {b.id for b in mine if b.started() >= cutoff}
     return keep
 
 
