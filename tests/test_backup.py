@@ -190,6 +190,17 @@ def test_base_backup_while_writes_happen(archiving: tuple[PgCluster, Path]) -> N
     assert proc.returncode == 0, proc.stderr
     assert cli(repo, "verify", proc.stdout.strip()).returncode == 0
 
+    # --db all with both databases on this cluster: one base backup covers both.
+    env = {"CHAINLENS_SUPABASE_DSN": cluster.conninfo(), "CHAINLENS_REPO": str(repo),
+           "CHAINLENS_MICROSERVICES_DSN": cluster.conninfo("template1")}  # fmt: skip
+    count = len(listing(repo))
+    both = run_cli("backup", "--db", "all", env=env, user="postgres")
+    assert both.returncode == 0, both.stderr
+    first, second = both.stdout.split()
+    assert first == second and first.endswith("-base-supabase")
+    assert f"microservices: same cluster as supabase: base backup {first} covers it" in both.stderr
+    assert len(listing(repo)) == count + 1
+
 
 def test_s3_base_and_logical_backups(
     s3_archiving: tuple[PgCluster, str, S3Setup], moto_server: Any

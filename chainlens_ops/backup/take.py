@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -79,6 +79,9 @@ class BackupResult:
     seconds: float
     started_at: str
     finished_at: str
+    repo: str = ""
+    system_identifier: int | None = None
+    covered_by: str | None = None  # no new backup: this base backup of the cluster covers it
     notices: list[str] = field(default_factory=list)
 
 
@@ -94,8 +97,15 @@ class _Cluster:
 
 
 def take_backup(
-    target: DatabaseTarget, repo: Repository, options: BackupOptions | None = None
+    target: DatabaseTarget,
+    repo: Repository,
+    options: BackupOptions | None = None,
+    *,
+    earlier: Sequence[BackupResult] = (),
 ) -> BackupResult:
+    """One backup of `target` into `repo`. `earlier`: backups taken in this run (`--db
+    all`); a base backup of the same cluster into the same repository already covers
+    `target` (a base backup is of the whole cluster), so none is taken twice."""
     options = options or BackupOptions()
     if options.kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
@@ -112,6 +122,15 @@ def take_backup(
     finally:
         conn.close()
     kind, reason = choose_kind(cluster, repo, options.kind)
+    for prev in earlier:
+        same = (prev.repo, prev.system_identifier) == (repo.url, cluster.system_identifier)
+        if kind == BASE and prev.kind == BASE and same and prev.covered_by is None:
+            line = f"{target.name}: same cluster as {prev.target}: base backup {prev.id} covers it"
+            notify(line)
+            return replace(
+                prev, target=target.name, database=cluster.database, reason=line,
+                covered_by=prev.id, size_bytes=0, raw_bytes=0, seconds=0.0, notices=notices,
+            )  # fmt: skip
     if options.kind == "auto":
         notify(f"{target.name}: {reason}")
 
@@ -150,7 +169,8 @@ def take_backup(
         id=backup_id, kind=kind, target=target.name, database=cluster.database,
         server=cluster.server, reason=reason, size_bytes=manifest.size_bytes,
         raw_bytes=manifest.raw_bytes, seconds=time.monotonic() - clock,
-        started_at=manifest.started_at, finished_at=manifest.finished_at, notices=notices,
+        started_at=manifest.started_at, finished_at=manifest.finished_at, repo=repo.url,
+        system_identifier=cluster.system_identifier, notices=notices,
     )  # fmt: skip
 
 

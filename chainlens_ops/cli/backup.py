@@ -116,7 +116,7 @@ def backup_command(
                 options = BackupOptions(
                     kind=kind.value, progress=progress, notify=_say(quiet), wal_wait_s=wal_timeout
                 )
-                result = take_backup(target, repository, options)
+                result = take_backup(target, repository, options, earlier=results)
         except ChainlensError as exc:
             if len(targets) == 1:
                 raise
@@ -128,7 +128,7 @@ def backup_command(
         results.append(result)
         if not json_output:
             console.print(result.id, markup=False)
-            if not quiet:
+            if not quiet and result.covered_by is None:
                 err_console.print(
                     f"chainlens-ops: {result.kind} backup of {result.target} "
                     f"({result.database} at {result.server}): {_size(result.size_bytes)} "
