@@ -160,11 +160,14 @@ def list_command(
     if not valid:
         console.print(f"{repository.url}: no backups yet", markup=False)
     else:
-        table = Table("id", "kind", "target", "started", "took", "size")
+        table = Table()
+        # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
+        table.add_column("id", no_wrap=True)
+        for heading in ("database", "started (UTC)", "took", "size"):
+            table.add_column(heading, overflow="fold")
         for b in valid:
             took = _seconds(b.started_at, b.finished_at)
-            table.add_row(b.id, b.kind, f"{b.target}/{b.database}",
-                          b.started_at[:19].replace("T", " "), f"{took:.0f}s",
+            table.add_row(b.id, b.database, b.started_at[:16].replace("T", " "), f"{took:.0f}s",
                           _size(b.size_bytes))  # fmt: skip
         console.print(table)
     bases = [b for b in valid if b.kind == BASE]
