@@ -96,6 +96,10 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
         assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "pg_restore --list reads" in cli(repo, "verify", "--latest").stdout
     assert "files match backup_manifest" in cli(repo, "verify", base_id).stdout
+    room = make_cluster.dir("verify")
+    extracted = cli(repo, "verify", base_id, "--extract-to", str(room))
+    assert extracted.returncode == 0, extracted.stdout + extracted.stderr
+    assert "pg_verifybackup ok" in extracted.stdout and not list(room.iterdir())
 
     # The logical backup restores with pg_restore to identical row counts.
     cluster.createdb("shop_restored")

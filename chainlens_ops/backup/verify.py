@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from chainlens_ops.backup.manifest import (
     BASE,
@@ -31,7 +34,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.objects import CheckedReader, CorruptBackupObject
 from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary, major_of
-from chainlens_ops.pg.process import PgStream
+from chainlens_ops.pg.process import PgStream, run_pg
 from chainlens_ops.repository import Repository
 
 _CHUNK = 1024 * 1024
@@ -59,8 +62,12 @@ class VerifyResult:
         return [check for check in self.checks if not check.ok]
 
 
-def verify_backup(repo: Repository, backup_id: str | None) -> VerifyResult:
-    """Check backup `backup_id`, or the newest valid one when None."""
+def verify_backup(
+    repo: Repository, backup_id: str | None, *, extract_to: str | None = None
+) -> VerifyResult:
+    """Check backup `backup_id`, or the newest valid one when None. With `extract_to`
+    (a folder with room for the whole database), a base backup is also extracted there
+    and checked by PostgreSQL's own pg_verifybackup, then the extraction is removed."""
     if backup_id is None:
         valid = read_catalog(repo).valid
         if not valid:
@@ -68,16 +75,20 @@ def verify_backup(repo: Repository, backup_id: str | None) -> VerifyResult:
         manifest = valid[0]
     else:
         manifest = read_manifest(repo, backup_id)
-    checks = [_check_object(repo, manifest, obj) for obj in manifest.objects]
+    checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
     if not manifest.objects:
         checks.append(ObjectCheck(manifest.id, False, "the manifest lists no objects"))
     return VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
 
 
-def _check_object(repo: Repository, manifest: BackupManifest, obj: BackupObject) -> ObjectCheck:
+def _check_object(
+    repo: Repository, manifest: BackupManifest, obj: BackupObject, extract_to: str | None
+) -> ObjectCheck:
     try:
         with CheckedReader(repo.storage, obj) as reader:
-            if manifest.kind == BASE:
+            if manifest.kind == BASE and extract_to:
+                detail = _check_extracted(reader, manifest, extract_to)
+            elif manifest.kind == BASE:
                 detail = _check_tar(reader)
             else:
                 detail = _check_dump(reader, manifest.server_version)
@@ -105,7 +116,26 @@ def _check_dump(reader: CheckedReader, server_version: int) -> str:
     return f"pg_restore --list reads {entries} entries"
 
 
-def _check_tar(reader: CheckedReader) -> str:
+def _check_extracted(reader: CheckedReader, manifest: BackupManifest, extract_to: str) -> str:
+    folder = os.path.join(extract_to, f"chainlens-verify-{manifest.id}")
+    try:
+        os.makedirs(folder, mode=0o700)
+    except OSError as exc:
+        raise OperationFailed(f"cannot create {folder}: {exc.strerror or exc}") from None
+    try:
+        detail = _check_tar(reader, folder)
+        tool = find_binary("pg_verifybackup", major_of(manifest.server_version))
+        # -n: WAL is not in the tar (-X none); `wal check` covers the archive.
+        result = run_pg([tool, "-n", folder], check=False)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise OperationFailed(f"pg_verifybackup: {last}")
+        return f"{detail}; pg_verifybackup ok"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_tar(reader: CheckedReader, extract_to: str | None = None) -> str:
     files: dict[str, tuple[int, str]] = {}
     manifest_raw: bytes | None = None
     try:
@@ -119,11 +149,16 @@ def _check_tar(reader: CheckedReader) -> str:
                 size = 0
                 keep = member.name == "backup_manifest"
                 kept = bytearray()
+                out = _create(extract_to, member.name) if extract_to else None
                 while chunk := fh.read(_CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
                     if keep:
                         kept += chunk
+                    if out is not None:
+                        out.write(chunk)
+                if out is not None:
+                    out.close()
                 if size != member.size:
                     raise OperationFailed(f"tar member {member.name} is truncated")
                 if keep:
@@ -135,6 +170,16 @@ def _check_tar(reader: CheckedReader) -> str:
     if manifest_raw is None:
         raise OperationFailed("the tar holds no backup_manifest")
     return _check_against_manifest(files, manifest_raw)
+
+
+def _create(folder: str, name: str) -> BinaryIO:
+    """A file for tar member `name` under `folder`; never outside it."""
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts:
+        raise OperationFailed(f"tar member {name!r} points outside the backup")
+    path = os.path.join(folder, *parts)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    return open(path, "xb")
 
 
 def _check_against_manifest(files: dict[str, tuple[int, str]], raw: bytes) -> str:

@@ -193,6 +193,14 @@ def verify_command(
     ctx: typer.Context,
     backup_id: Annotated[str | None, typer.Argument(help="Backup id (see `backup list`).")] = None,
     latest: Annotated[bool, typer.Option("--latest", help="The newest valid backup.")] = False,
+    extract_to: Annotated[
+        str | None,
+        typer.Option(
+            "--extract-to",
+            help="Base backups: also extract into this folder (room for the whole cluster "
+            "needed) and run pg_verifybackup; removed afterwards.",
+        ),
+    ] = None,
     db: DbOption = None,
     repo: RepoOption = None,
     json_output: JsonOption = False,
@@ -200,7 +208,8 @@ def verify_command(
     """Re-read every object and check it; exit 1 naming any bad object."""
     if (backup_id is None) == (not latest):
         raise UsageError("give a backup id or --latest (not both)")
-    result = verify_backup(_repository(ctx, db.value if db else None, repo), backup_id)
+    repository = _repository(ctx, db.value if db else None, repo)
+    result = verify_backup(repository, backup_id, extract_to=extract_to)
     if json_output:
         data = to_jsonable(result)
         data["ok"] = result.ok
