@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from chainlens_ops.config import Settings
-from chainlens_ops.db import Connection, connect
+from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.errors import OperationFailed, UsageError
 
 CACHE_TABLE = "shared_cache.analysis_cache"
