@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 from chainlens_ops.config import Settings
-from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.connection import Connection, connect
 
 CACHE_TABLE = "shared_cache.analysis_cache"
 DEFAULT_BATCH_SIZE = 1000

@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.schema import LOCK_CLASS
 from chainlens_ops.schema import TRACKING_SCHEMA as SCHEMA
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from chainlens_ops.atomic import write_file_atomic
 from chainlens_ops.config import DATABASES, Settings
 from chainlens_ops.daemon.history import JobRun, last_runs, wal_archiver
-from chainlens_ops.pg.connection import connect
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg.connection import connect
 
 log = logging.getLogger("chainlens_ops.daemon")
 
