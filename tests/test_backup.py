@@ -14,6 +14,9 @@ from pgharness import CLI, PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, cli_en
 from test_wal import archiving, pgbench, switch_and_wait
 from test_wal_s3 import S3Setup, client, s3_archiving
 
+from chainlens_ops.config import load_settings
+from chainlens_ops.daemon.metrics import newest_backup_age_s
+
 __all__ = ["archiving", "s3_archiving"]  # fixtures shared with the WAL tests
 
 TABLES = {"accounts": 3000, "events": 5000}
@@ -90,6 +93,10 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
     assert "START WAL LOCATION" in b0["backup_label"] and "STOP WAL LOCATION" in b0["backup_label"]
     human = cli(repo, "list")
     assert base_id in human.stdout and "recoverable window" in human.stdout
+    # The daemon's metrics file reads the same catalog: one age per database and kind.
+    ages = newest_backup_age_s(load_settings(env={"CHAINLENS_REPO": str(repo)}))
+    assert set(ages) == {("microservices", "base"), ("microservices", "logical")}
+    assert all(0 <= age < 600 for age in ages.values()), ages
 
     for args in (("--latest",), (base_id,)):
         ok = cli(repo, "verify", *args)

@@ -27,16 +27,29 @@ class Metric:
     samples: list[tuple[dict[str, str], float]]
 
 
-def newest_backup_age_s(settings: Settings) -> dict[str, float]:
-    """Age of the newest backup per database.
+def newest_backup_age_s(settings: Settings) -> dict[tuple[str, str], float]:
+    """Seconds since the newest valid backup finished, per (database, kind), read from
+    each configured repository's catalog. A repository that cannot be read is logged and
+    left out (an absent series, never a made-up value)."""
+    from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
+    from chainlens_ops.repository import Repository
 
-    TODO(backups): backups are being built on another branch; once their catalog exists,
-    return {database: seconds since the newest completed backup} from it. Until then no
-    `chainlens_ops_backup_newest_age_seconds` line is written (an absent series, not a
-    made-up value).
-    """
-    del settings
-    return {}
+    ages: dict[tuple[str, str], float] = {}
+    now = utc_now()
+    for db in DATABASES:
+        url = settings.target(db).repo
+        if not url:
+            continue
+        try:
+            catalog = read_catalog(Repository(url, settings.s3))
+        except ChainlensError as exc:
+            log.warning("metrics: no backup figures for %s: %s", db, exc.one_line())
+            continue
+        for backup in catalog.valid:  # newest first
+            key = (backup.target, backup.kind)
+            if key not in ages:
+                ages[key] = (now - parse_time(backup.finished_at)).total_seconds()
+    return ages
 
 
 def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
@@ -85,7 +98,10 @@ def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
             wal_failed,
         )
     )
-    backup_age = [({"db": db}, age) for db, age in newest_backup_age_s(settings).items()]
+    backup_age = [
+        ({"db": db, "kind": kind}, age)
+        for (db, kind), age in sorted(newest_backup_age_s(settings).items())
+    ]
     metrics.append(
         Metric(
             "chainlens_ops_backup_newest_age_seconds",
