@@ -241,6 +241,34 @@ def bound_value(text: str) -> datetime | None:
         return None
 
 
+def referenced_tables(conn: Connection, table: ManagedTable) -> list[sql.Identifier]:
+    """The tables `table`'s foreign keys point at (usage_events -> user_profiles), in a
+    stable order. ATTACH and DETACH lock them (SHARE ROW EXCLUSIVE: they add or check
+    the RI triggers), so they must be locked first, as applications do: an application
+    updates a profile (ROW EXCLUSIVE on user_profiles) and then inserts an event."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT n.nspname, c.relname
+          FROM pg_constraint con
+          JOIN pg_class c ON c.oid = con.confrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE con.conrelid = %s::regclass AND con.contype = 'f' AND con.confrelid <> con.conrelid
+         ORDER BY 1, 2
+        """,
+        (table.qualified,),
+    ).fetchall()
+    return [sql.Identifier(str(schema), str(name)) for schema, name in rows]
+
+
+def lock(conn: Connection, relation: sql.Identifier, mode: str, *, only: bool = True) -> None:
+    """LOCK TABLE [ONLY] relation IN mode MODE (under the session's lock_timeout)."""
+    conn.execute(
+        sql.SQL("LOCK TABLE {only}{rel} IN {mode} MODE").format(
+            only=sql.SQL("ONLY " if only else ""), rel=relation, mode=sql.SQL(mode)
+        )
+    )
+
+
 def retrying(
     conn: Connection, settings: Settings, what: str, step: Callable[[], T]
 ) -> tuple[int, T]:

@@ -16,8 +16,10 @@ from chainlens_ops.partitions.catalog import (
     ManagedTable,
     check_dsn,
     check_parent,
+    lock,
     open_table,
     partitions_of,
+    referenced_tables,
     retrying,
     select_tables,
 )
@@ -94,13 +96,18 @@ def _retire(
     default = check_parent(conn, table)
 
     def run() -> None:
-        # Both DETACH and DROP take ACCESS EXCLUSIVE on the parent and on the default
-        # (DETACH CONCURRENTLY is refused while a default exists): take them in order.
-        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident()))
+        # Every lock the statement takes, taken first in the applications' order. DETACH
+        # re-creates the foreign key's action triggers on the referenced tables (SHARE ROW
+        # EXCLUSIVE on user_profiles), then both DETACH and DROP take ACCESS EXCLUSIVE on
+        # the parent, the default and the partition (DETACH CONCURRENTLY is refused while
+        # a default exists). Dropping an attached partition leaves user_profiles alone.
+        if not drop:
+            for referenced in referenced_tables(conn, table):
+                lock(conn, referenced, "SHARE ROW EXCLUSIVE")
+        lock(conn, table.ident(), "ACCESS EXCLUSIVE")
         if default is not None:
-            conn.execute(
-                sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident(default))
-            )
+            lock(conn, table.ident(default), "ACCESS EXCLUSIVE")
+        lock(conn, table.ident(name), "ACCESS EXCLUSIVE")
         if drop:
             conn.execute(sql.SQL("DROP TABLE {}").format(table.ident(name)))
         else:
