@@ -291,9 +291,12 @@ def test_retain_detaches_or_drops_only_old_months_and_dry_run_changes_nothing(db
         assert conn.execute("SELECT count(*) FROM ONLY usage_events_default").fetchone() == (2,)
 
     dropped = retain_partitions(settings, 1, table="usage_events", drop=True, now=now)[0]
-    assert [a.partition for a in dropped.actions] == [
-        "usage_events_y2025m03",
-        "usage_events_y2025m04",
+    assert [(a.partition, a.was_detached) for a in dropped.actions] == [
+        ("usage_events_y2025m03", False),
+        ("usage_events_y2025m04", False),
+        # the months detached above, now past the window too
+        ("usage_events_y2025m01", True),
+        ("usage_events_y2025m02", True),
     ]
     with dbs.supa() as conn:
         assert conn.execute("SELECT to_regclass('usage_events_y2025m03')").fetchone() == (None,)
@@ -527,3 +530,40 @@ def test_retain_under_profile_then_event_writers_fails_no_transaction(dbs: Dbs) 
             assert conn.execute(
                 "SELECT to_regclass(%s)", (f"usage_events_{m.suffix}",)
             ).fetchone() == (None,)
+
+
+def test_detached_leftovers_are_listed_refused_by_create_and_dropped_past_the_window(
+    dbs: Dbs,
+) -> None:
+    settings = dbs.settings()
+    now = datetime(2025, 6, 15, tzinfo=UTC)
+    for m in ("2025-02", "2025-03", "2025-04"):
+        create_month(settings, "usage_events", m)
+    with dbs.supa() as conn:
+        insert_usage(conn, Month(2025, 3), 4)
+        # Not ours: a month-named table of another shape is never listed nor dropped.
+        conn.execute("CREATE TABLE public.usage_events_y2024m01 (x int)")
+    retain_partitions(settings, 2, table="usage_events", now=now)  # detaches 2025-01..03
+    listed = list_partitions(settings, table="usage_events")[0]
+    assert [p.name for p in listed.detached] == [
+        "usage_events_y2025m01",
+        "usage_events_y2025m02",
+        "usage_events_y2025m03",
+    ]
+    assert listed.detached[2].lower == datetime(2025, 3, 1, tzinfo=UTC)
+    with pytest.raises(OperationFailed, match="that `partition retain` detached") as info:
+        create_month(settings, "usage_events", "2025-03")
+    assert "ATTACH PARTITION public.usage_events_y2025m03 FOR VALUES" in info.value.one_line()
+
+    # keep 3 months: 2025-03 ends inside the window and stays; older leftovers go.
+    dropped = retain_partitions(settings, 3, table="usage_events", drop=True, now=now)[0]
+    assert [(a.partition, a.was_detached) for a in dropped.actions] == [
+        ("usage_events_y2025m01", True),
+        ("usage_events_y2025m02", True),
+    ]
+    with dbs.supa() as conn:
+        assert conn.execute("SELECT count(*) FROM usage_events_y2025m03").fetchone() == (4,)
+        assert conn.execute("SELECT to_regclass('usage_events_y2025m02')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('usage_events_y2024m01')").fetchone() is not None
+    listed = list_partitions(settings, table="usage_events")[0]
+    assert [p.name for p in listed.detached] == ["usage_events_y2025m03"]

@@ -56,6 +56,7 @@ from chainlens_ops.partitions.catalog import (
     ManagedTable,
     check_dsn,
     check_parent,
+    detached_of,
     lock,
     open_table,
     partitions_of,
@@ -312,6 +313,15 @@ def _existing_for(conn: Connection, table: ManagedTable, month: Month, name: str
         "WHERE n.nspname = %s AND c.relname = %s",
         (table.schema, name),
     ).fetchone()
+    if row is not None and any(d.name == name for d in detached_of(conn, table, details=False)):
+        raise OperationFailed(
+            f"{table.schema}.{name} is the {month} partition that `partition retain` "
+            f"detached, and it still holds its rows; nothing was created",
+            hint=f"to bring it back: ALTER TABLE {table.qualified} ATTACH PARTITION "
+            f"{table.schema}.{name} FOR VALUES FROM ('{month.bound_literal}') TO "
+            f"('{month.end_literal}'); to discard it: `chainlens-ops partition retain --drop` "
+            f"(once past the window) or DROP TABLE {table.schema}.{name}",
+        )
     if row is not None:
         raise OperationFailed(
             f"{table.schema}.{name} exists but is not a partition of {table.qualified} "
