@@ -497,7 +497,7 @@ def test_create_month_under_profile_then_event_writers_fails_no_transaction(dbs:
         for m in months:
             insert_usage(conn, m, 5_000)
     settings = dbs.settings(lock_timeout_ms=500, lock_retries=20)
-    with ProfileWriters(dbs, months + [Month(2025, 1)]) as writers:
+    with ProfileWriters(dbs, [*months, Month(2025, 1)]) as writers:
         before = writers.committed
         results = [create_month(settings, "usage_events", str(m)) for m in months]
         during = writers.committed - before

@@ -228,7 +228,9 @@ def partitions_of(
     return sorted(parts, key=lambda p: (p.is_default, p.lower or far, p.name))
 
 
-def detached_of(conn: Connection, table: ManagedTable, *, details: bool = True) -> list[PartitionInfo]:
+def detached_of(
+    conn: Connection, table: ManagedTable, *, details: bool = True
+) -> list[PartitionInfo]:
     """Plain tables beside `table` named for a month and with exactly its columns: the
     partitions `retain` detached (or a DBA did). Anything else is not ours to show."""
     rows = conn.execute(
