@@ -35,6 +35,14 @@ which takes ACCESS EXCLUSIVE on user_profiles (measured on PostgreSQL 15): that 
 every reader of profiles and conflicts with the ROW SHARE a plain insert's FK check
 takes after it has locked usage_events, i.e. a lock-order cycle with every inserter.
 
+No CHECK on the default partition excluding the month (which would let ATTACH skip
+scanning the default): a CHECK is enforced from the moment it is added, even NOT VALID,
+so added before inserts are held it makes every insert of that month fail (they still
+route to the default until ATTACH commits); added after, validating it is the very scan
+ATTACH does. Adding it also takes ACCESS EXCLUSIVE on the default, held to commit. So
+the default is scanned once, under the critical section; keeping months ahead with
+`ensure` keeps the default small and that scan short.
+
 Every lock is taken under `lock_timeout`; a step that times out is rolled back to its
 savepoint (releasing what it took), backs off and retries, at most `lock_retries` times.
 """
