@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.db import Connection, connect, first_line
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.names import parse_wal_name

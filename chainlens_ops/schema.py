@@ -24,8 +24,8 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.db import Connection, connect, first_line
 from chainlens_ops.errors import ConfigError, LockTimeout, OperationFailed
+from chainlens_ops.pg.connection import Connection, connect, first_line
 
 TRACKING_SCHEMA = "chainlens_ops"
 TRACKING_TABLE = "schema_migrations"

@@ -16,9 +16,9 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.config import Settings
-from chainlens_ops.db import Connection, connect, first_line
 from chainlens_ops.errors import LockTimeout, OperationFailed, UsageError
 from chainlens_ops.months import month_of_partition
+from chainlens_ops.pg.connection import Connection, connect, first_line
 
 T = TypeVar("T")
 

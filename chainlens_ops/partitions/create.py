@@ -57,7 +57,6 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.config import Settings
-from chainlens_ops.db import Connection, first_line
 from chainlens_ops.errors import ChainlensError, OperationFailed, UsageError
 from chainlens_ops.months import Month, parse_month, partition_name
 from chainlens_ops.partitions.catalog import (
@@ -74,6 +73,7 @@ from chainlens_ops.partitions.catalog import (
     select_tables,
     table_columns,
 )
+from chainlens_ops.pg.connection import Connection, first_line
 
 _CHECK_NAME = "chainlens_ops_month_bounds"
 

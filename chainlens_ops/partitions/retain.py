@@ -10,7 +10,6 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.config import Settings
-from chainlens_ops.db import Connection, first_line
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.months import Month
 from chainlens_ops.partitions.catalog import (
@@ -25,6 +24,7 @@ from chainlens_ops.partitions.catalog import (
     retrying,
     select_tables,
 )
+from chainlens_ops.pg.connection import Connection, first_line
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,340 @@
+"""`chainlens-ops backup`: a logical (pg_dump) or base (pg_basebackup) backup into the
+repository, under the repository lock, catalogued by a manifest written last.
+
+Which kind (`auto`): point-in-time restore needs a base backup plus archived WAL, so a
+base backup is taken when the cluster archives into this repository (archive_mode on
+and its newest archived segment present here); otherwise a logical one, and the reason
+is reported in one line. `--kind base` on a cluster that does not archive here is
+refused with that reason instead of waiting for WAL that will never come.
+
+A base backup is complete only once the WAL that makes it consistent (its start segment
+to its stop segment, and the `.backup` history file) is in the repository: bounded
+wait, then a clear error, and no manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from chainlens_ops import __version__
+from chainlens_ops.backup.manifest import (
+    BASE,
+    LOGICAL,
+    BackupManifest,
+    BackupObject,
+    backup_prefix,
+    format_time,
+    new_backup_id,
+    utc_now,
+    write_manifest,
+)
+from chainlens_ops.backup.objects import ZSTD_LEVEL_BASE, Progress, store_compressed
+from chainlens_ops.backup.tarsniff import TarSniffer
+from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
+from chainlens_ops.pg.connection import Connection, connect
+from chainlens_ops.pg.process import PgStream
+from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.repository import Repository
+from chainlens_ops.storage import NotFound
+from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
+from chainlens_ops.wal.objfmt import decode
+
+KINDS = ("auto", BASE, LOGICAL)
+PITR_HINT = "point-in-time restore needs WAL archiving into this repository, see README"
+WAL_WAIT_S = 120.0  # for the WAL that makes a base backup consistent
+ARCHIVE_STALL_S = 300.0  # pg_basebackup silent this long: the server waits for archiving
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    kind: str = "auto"
+    progress: Progress | None = None
+    notify: Callable[[str], None] | None = None  # one-line notices (kind chosen, takeover)
+    cancel: threading.Event | None = None
+    lock_wait_s: float = DEFAULT_WAIT_S
+    wal_wait_s: float = WAL_WAIT_S
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    id: str
+    kind: str
+    target: str
+    database: str
+    server: str
+    reason: str  # why this kind
+    size_bytes: int
+    raw_bytes: int
+    seconds: float
+    started_at: str
+    finished_at: str
+    repo: str = ""
+    system_identifier: int | None = None
+    covered_by: str | None = None  # no new backup: this base backup of the cluster covers it
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    server: str
+    database: str
+    version: int
+    system_identifier: int | None
+    seg_size: int
+    archive_mode: str
+    last_archived: str | None
+
+
+def take_backup(
+    target: DatabaseTarget,
+    repo: Repository,
+    options: BackupOptions | None = None,
+    *,
+    earlier: Sequence[BackupResult] = (),
+) -> BackupResult:
+    """One backup of `target` into `repo`. `earlier`: backups taken in this run (`--db
+    all`); a base backup of the same cluster into the same repository already covers
+    `target` (a base backup is of the whole cluster), so none is taken twice."""
+    options = options or BackupOptions()
+    if options.kind not in KINDS:
+        raise UsageError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
+    notices: list[str] = []
+
+    def notify(line: str) -> None:
+        notices.append(line)
+        if options.notify is not None:
+            options.notify(line)
+
+    conn = connect(target)
+    try:
+        cluster = _inspect(conn)
+    finally:
+        conn.close()
+    kind, reason = choose_kind(cluster, repo, options.kind)
+    for prev in earlier:
+        same = (prev.repo, prev.system_identifier) == (repo.url, cluster.system_identifier)
+        if kind == BASE and prev.kind == BASE and same and prev.covered_by is None:
+            line = f"{target.name}: same cluster as {prev.target}: base backup {prev.id} covers it"
+            notify(line)
+            return replace(
+                prev, target=target.name, database=cluster.database, reason=line,
+                covered_by=prev.id, size_bytes=0, raw_bytes=0, seconds=0.0, notices=notices,
+            )  # fmt: skip
+    if options.kind == "auto":
+        notify(f"{target.name}: {reason}")
+
+    lock = RepositoryLock(
+        repo.storage, f"backup --kind {kind} --db {target.name}",
+        wait_s=options.lock_wait_s, notify=notify,
+    )  # fmt: skip
+    started = utc_now()
+    clock = time.monotonic()
+    with lock.hold():
+        if cluster.system_identifier is not None:
+            repo.ensure_marker(
+                cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
+            )
+        backup_id = new_backup_id(repo, started, kind, target.name)
+        wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
+        if kind == LOGICAL:
+            obj = _logical(target, cluster, backup_id, repo, options)
+        else:
+            obj, wal = _base(target, cluster, backup_id, repo, options)
+        lock.check()
+        finished = utc_now()
+        manifest = BackupManifest(
+            id=backup_id, kind=kind, target=target.name, database=cluster.database,
+            server=cluster.server, server_version=cluster.version,
+            system_identifier=(
+                str(cluster.system_identifier) if cluster.system_identifier is not None else None
+            ),
+            started_at=format_time(started), finished_at=format_time(finished),
+            objects=[obj], tool_version=__version__,
+        )  # fmt: skip
+        manifest = replace(manifest, **wal)
+        crash_point("backup-before-manifest")
+        write_manifest(repo, manifest)
+    return BackupResult(
+        id=backup_id, kind=kind, target=target.name, database=cluster.database,
+        server=cluster.server, reason=reason, size_bytes=manifest.size_bytes,
+        raw_bytes=manifest.raw_bytes, seconds=time.monotonic() - clock,
+        started_at=manifest.started_at, finished_at=manifest.finished_at, repo=repo.url,
+        system_identifier=cluster.system_identifier, notices=notices,
+    )  # fmt: skip
+
+
+def choose_kind(cluster: _Cluster, repo: Repository, wanted: str) -> tuple[str, str]:
+    """(kind, one line saying why). `--kind base` where it cannot work raises that line."""
+    if wanted == LOGICAL:
+        return LOGICAL, "logical backup, as asked (a pg_dump cannot be replayed forward)"
+    why_not = _why_no_base(cluster, repo)
+    if why_not is None:
+        return BASE, "base backup: the cluster archives its WAL into this repository"
+    if wanted == BASE:
+        raise OperationFailed(f"cannot take a base backup: {why_not}", hint=PITR_HINT)
+    return LOGICAL, f"{why_not}: logical backup; {PITR_HINT}"
+
+
+def _why_no_base(cluster: _Cluster, repo: Repository) -> str | None:
+    if cluster.archive_mode not in ("on", "always"):
+        return f"archive_mode is {cluster.archive_mode}"
+    if cluster.system_identifier is None:
+        return "cannot read the cluster's system identifier (needs a superuser)"
+    if cluster.last_archived is None:
+        return "the cluster has archived no WAL yet (see `chainlens-ops check`)"
+    try:
+        wal = parse_wal_name(cluster.last_archived)
+        repo.storage.stat(repo.wal_key(wal))
+    except (NotFound, UsageError):
+        return (
+            f"its newest archived WAL {cluster.last_archived} is not in repository "
+            f"{repo.url} (archive_command archives elsewhere)"
+        )
+    marker = repo.marker()
+    if marker is not None and marker.system_identifier != cluster.system_identifier:
+        return f"repository {repo.url} belongs to another cluster"
+    return None
+
+
+def _inspect(conn: Connection) -> _Cluster:
+    row = conn.execute(
+        "SELECT current_database(), current_setting('server_version_num')::int, "
+        "current_setting('archive_mode'), current_setting('wal_segment_size'), "
+        "(SELECT last_archived_wal FROM pg_stat_archiver)"
+    ).fetchone()
+    assert row is not None
+    try:
+        sysid_row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        sysid = int(sysid_row[0]) if sysid_row else None
+    except Exception:  # no privilege: base backups need a superuser or replication role
+        sysid = None
+    return _Cluster(
+        server=f"{conn.info.host}:{conn.info.port}",
+        database=str(row[0]),
+        version=int(row[1]),
+        system_identifier=sysid,
+        seg_size=_size_setting(str(row[3])),
+        archive_mode=str(row[2]),
+        last_archived=row[4],
+    )
+
+
+def _size_setting(text: str) -> int:
+    units = {"kB": 1024, "MB": 1024**2, "GB": 1024**3}
+    match = re.fullmatch(r"(\d+)\s*(kB|MB|GB)?", text.strip())
+    if not match:
+        raise OperationFailed(f"cannot read wal_segment_size {text!r}")
+    return int(match.group(1)) * units.get(match.group(2) or "", 1)
+
+
+def _binary_args(target: DatabaseTarget) -> tuple[str, dict[str, str]]:
+    dsn, env = connection_for_binary(target.conninfo)
+    if "connect_timeout" not in dsn:
+        dsn += " connect_timeout=10"
+    return dsn, env
+
+
+def _logical(
+    target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
+    options: BackupOptions,
+) -> BackupObject:  # fmt: skip
+    dsn, env = _binary_args(target)
+    argv = [find_binary("pg_dump", major_of(cluster.version)), "-Fc", "-Z0", "-w", "-d", dsn]
+    with PgStream(argv, env=env, cancel=options.cancel) as stream:
+        return store_compressed(
+            repo.storage, backup_prefix(backup_id) + "dump.pgc.zst", stream,  # type: ignore[arg-type]
+            progress=options.progress,
+        )  # fmt: skip
+
+
+_LABEL_START = re.compile(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)")
+_LABEL_TLI = re.compile(r"START TIMELINE: (\d+)")
+
+
+def _base(
+    target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
+    options: BackupOptions,
+) -> tuple[BackupObject, dict[str, Any]]:  # fmt: skip
+    dsn, env = _binary_args(target)
+    sniffer = TarSniffer({"backup_label", "backup_manifest"})
+    argv = [
+        find_binary("pg_basebackup", major_of(cluster.version)), "-d", dsn, "-D", "-",
+        "-Ft", "-X", "none", "-c", "fast", "-w", "--manifest-checksums=SHA256",
+        "-l", f"chainlens-ops {backup_id}",
+    ]  # fmt: skip
+    with PgStream(argv, env=env, cancel=options.cancel, idle_timeout=ARCHIVE_STALL_S) as stream:
+        obj = store_compressed(
+            repo.storage, backup_prefix(backup_id) + "base.tar.zst", stream,  # type: ignore[arg-type]
+            progress=options.progress, tap=sniffer.feed, level=ZSTD_LEVEL_BASE,
+        )  # fmt: skip
+    start_lsn, tli, stop_lsn = _positions(sniffer.files)
+    seg = cluster.seg_size
+    start, stop = parse_lsn(start_lsn), parse_lsn(stop_lsn)
+    first, last = start // seg, max(stop - 1, start) // seg
+    history = f"{segment_name(tli, first, seg)}.{start % seg:08X}.backup"
+    label = _wait_for_wal(repo, tli, first, last, history, options)
+    return obj, {
+        "timeline": tli, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
+        "start_wal": segment_name(tli, first, seg), "stop_wal": segment_name(tli, last, seg),
+        "backup_label": label,
+    }  # fmt: skip
+
+
+def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:
+    """(start LSN, timeline, stop LSN) from backup_label and backup_manifest."""
+    label = files.get("backup_label", b"").decode("utf-8", "replace")
+    start, tli = _LABEL_START.search(label), _LABEL_TLI.search(label)
+    try:
+        ranges = json.loads(files.get("backup_manifest", b"")).get("WAL-Ranges", [])
+        stop = str(ranges[-1]["End-LSN"])
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+        stop = ""
+    if not (start and tli and stop):
+        raise OperationFailed(
+            "pg_basebackup's tar holds no readable backup_label or backup_manifest"
+        )
+    return start.group(1), int(tli.group(1)), stop
+
+
+def _wait_for_wal(
+    repo: Repository, tli: int, first: int, last: int, history: str, options: BackupOptions
+) -> str:
+    """Wait until segments first..last and the .backup file are in the repository; the
+    .backup file's text (backup_label plus the stop position)."""
+    marker = repo.marker()
+    seg = marker.wal_segment_size if marker else 16 * 1024 * 1024
+    needed = [segment_name(tli, s, seg) for s in range(first, last + 1)] + [history]
+    deadline = time.monotonic() + options.wal_wait_s
+    while True:
+        missing = []
+        for name in needed:
+            try:
+                repo.storage.stat(repo.wal_key(parse_wal_name(name)))
+            except NotFound:
+                missing.append(name)
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"the WAL this base backup needs ({', '.join(missing[:3])}) did not reach "
+                f"repository {repo.url} within {options.wal_wait_s:g}s; the backup is not "
+                "usable without it",
+                hint="check archive_command and pg_stat_archiver (`chainlens-ops check`)",
+            )
+        time.sleep(_POLL_S)
+    key = repo.wal_key(parse_wal_name(history))
+    out = io.BytesIO()
+    with repo.storage.open(key) as src:
+        decode(src, out, name=history, where=f"{repo.url}: {key}")
+    return out.getvalue().decode("utf-8", "replace")
