@@ -9,8 +9,12 @@ run. The tool then makes that month's partition and moves the rows into it:
 
 Two writer mixes: `other month` (inserts land in an existing partition) and `same month`
 (half the inserts are for the month being rescued, as when maintenance has lapsed).
-Reported: time, rows moved, the writer's worst insert latency during the run (its peak
-lock wait) against its median beforehand, failed inserts, and our/partman ratios.
+Beside the inserting writer, a second writer runs the application's other shape: in one
+transaction it updates the user's profile, then inserts an event (user_profiles, then
+usage_events: the lock order that deadlocked with ATTACH before issue 7).
+Reported: time, rows moved, each writer's worst latency during the run (its peak lock
+wait) against the inserter's median beforehand, failed transactions of both writers, and
+our/partman ratios.
 
     /opt/chainlens-ops/venv/bin/python bench/bench_partitions.py [--rows N]
 """
@@ -60,6 +64,7 @@ class Run:
     rows_moved: int = 0
     baseline_ms: float = 0.0
     peak_ms: float = 0.0
+    profile_peak_ms: float = 0.0
     inserts: int = 0
     failed: int = 0
     outcome: str = "ok"
@@ -117,12 +122,14 @@ def prepare_db(cluster: PgCluster, name: str, rows: int, *, partman: bool) -> st
 
 
 class Writer(threading.Thread):
-    """Inserts one row per statement, recording each insert's start and latency."""
+    """Inserts one row per statement (or, with `profile`, updates the profile and then
+    inserts, in one transaction), recording each transaction's start and latency."""
 
-    def __init__(self, conninfo: str, mix: str) -> None:
+    def __init__(self, conninfo: str, mix: str, *, profile: bool = False) -> None:
         super().__init__(daemon=True)
         self.conninfo = conninfo
         self.mix = mix
+        self.profile = profile
         self.stop = threading.Event()
         self.samples: list[tuple[float, float]] = []
         self.errors: list[tuple[float, str]] = []
@@ -135,11 +142,17 @@ class Writer(threading.Thread):
                 month = RESCUED if self.mix == "same month" and i % 2 else OTHER
                 began = time.monotonic()
                 try:
-                    conn.execute(
-                        "INSERT INTO usage_events (user_id, event_type, created_at) "
-                        "VALUES (%s, 'live', %s)",
-                        (USER, month.start.replace(day=20)),
-                    )
+                    with conn.transaction():
+                        if self.profile:
+                            conn.execute(
+                                "UPDATE user_profiles SET full_name = %s WHERE id = %s",
+                                (f"w{i}", USER),
+                            )
+                        conn.execute(
+                            "INSERT INTO usage_events (user_id, event_type, created_at) "
+                            "VALUES (%s, 'live', %s)",
+                            (USER, month.start.replace(day=20)),
+                        )
                     self.samples.append((began, time.monotonic() - began))
                 except psycopg.Error as exc:
                     self.errors.append((began, str(exc).splitlines()[0]))
@@ -148,7 +161,9 @@ class Writer(threading.Thread):
 
 def measure(run: Run, conninfo: str, operation: Callable[[], int]) -> Run:
     writer = Writer(conninfo, run.mix)
+    profiler = Writer(conninfo, run.mix, profile=True)
     writer.start()
+    profiler.start()
     time.sleep(1.0)
     op_start = time.monotonic()
     try:
@@ -157,16 +172,21 @@ def measure(run: Run, conninfo: str, operation: Callable[[], int]) -> Run:
         run.outcome = f"failed: {str(exc).splitlines()[0][:90]}"
     op_end = time.monotonic()
     time.sleep(0.3)
-    writer.stop.set()
-    writer.join()
+    for w in (writer, profiler):
+        w.stop.set()
+        w.join()
     run.seconds = op_end - op_start
     before = [lat for t, lat in writer.samples if t < op_start]
     during = [lat for t, lat in writer.samples if op_start <= t <= op_end]
     run.baseline_ms = statistics.median(before) * 1000 if before else 0.0
     run.peak_ms = max(during, default=0.0) * 1000
+    run.profile_peak_ms = 1000 * max(
+        (lat for t, lat in profiler.samples if op_start <= t <= op_end), default=0.0
+    )
     run.inserts = len(during)
-    run.failed = sum(1 for t, _ in writer.errors if op_start <= t <= op_end + 0.3)
-    run.errors = sorted({e for _, e in writer.errors})[:2]
+    errors = writer.errors + profiler.errors
+    run.failed = sum(1 for t, _ in errors if op_start <= t <= op_end + 0.3)
+    run.errors = sorted({e for _, e in errors})[:2]
     return run
 
 
@@ -235,14 +255,15 @@ def main() -> None:
         print(f"pg_partman {partman_version} (partition_data_proc, native partitioning)")
     header = (
         f"{'mix':<12} {'tool':<14} {'seconds':>8} {'rows moved':>11} {'writer p50 ms':>14} "
-        f"{'peak wait ms':>13} {'inserts':>8} {'failed':>7}  outcome"
+        f"{'peak wait ms':>13} {'profile+insert peak':>20} {'inserts':>8} {'failed':>7}  outcome"
     )
     print(header)
     print("-" * len(header))
     for r in runs:
         print(
             f"{r.mix:<12} {r.tool:<14} {r.seconds:>8.2f} {r.rows_moved:>11,} "
-            f"{r.baseline_ms:>14.2f} {r.peak_ms:>13.1f} {r.inserts:>8} {r.failed:>7}  {r.outcome}"
+            f"{r.baseline_ms:>14.2f} {r.peak_ms:>13.1f} {r.profile_peak_ms:>20.1f} "
+            f"{r.inserts:>8} {r.failed:>7}  {r.outcome}"
         )
         for e in r.errors:
             print(f"{'':<28}writer error: {e[:100]}")
@@ -258,6 +279,7 @@ def main() -> None:
             print(
                 f"  {mix:<12} time {ratio(a.seconds, b.seconds)}   "
                 f"peak writer wait {ratio(a.peak_ms, b.peak_ms)}   "
+                f"profile+insert {ratio(a.profile_peak_ms, b.profile_peak_ms)}   "
                 f"failed inserts {a.failed} vs {b.failed}"
             )
 

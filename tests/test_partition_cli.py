@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
 
 import pytest
 from pgharness import PgCluster, free_port, run_cli
+from rich.console import Console
 
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.schema import apply_schema
@@ -162,11 +164,68 @@ def test_retain_dry_run_then_detach(module_pg: PgCluster, env: dict[str, str]) -
 
     done = run_cli("partition", "retain", "--keep-months", "6", "--table", "usage_events", env=env)
     assert done.returncode == 0, done.stderr
-    assert "detached usage_events_y2025m01" in done.stdout
+    assert "detached partition usage_events_y2025m01 [2025-01-01, 2025-02-01)" in done.stdout
     listed = json.loads(
         run_cli("partition", "list", "--json", "--table", "usage_events", env=env).stdout
     )
     assert not {p["name"] for p in listed[0]["partitions"]} & set(names)
+    # The detached tables are still there, holding their rows: list shows them.
+    assert {p["name"] for p in listed[0]["detached"]} >= set(names)
+    human = run_cli("partition", "list", "--table", "usage_events", env=env)
+    line = next(x for x in human.stdout.splitlines() if "usage_events_y2025m01" in x)
+    assert line.split()[-1] == "detached" and " 2025-01 " in line
+
+    # Creating that month again says what to do instead of a bare clash.
+    again = run_cli("partition", "create-month", "usage_events", "2025-01", env=env)
+    assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+    assert (
+        "public.usage_events_y2025m01 is the 2025-01 partition that `partition retain` detached"
+        in again.stderr
+    )
+    assert "ATTACH PARTITION public.usage_events_y2025m01 FOR VALUES FROM" in again.stderr
+
+    # --drop removes detached tables past the window (a dry run first changes nothing).
+    argv = ["partition", "retain", "--keep-months", "6", "--table", "usage_events", "--drop"]
+    dry = run_cli(*argv, "--dry-run", env=env)
+    assert "would drop detached table usage_events_y2025m01" in dry.stdout, dry.stdout
+    gone = run_cli(*argv, env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert "dropped detached table usage_events_y2025m01" in gone.stdout
+    dbname = env["CHAINLENS_SUPABASE_DSN"].split("dbname=")[1].split()[0]
+    for name in names:
+        assert module_pg.scalar(f"SELECT to_regclass('public.{name}')", dbname) is None
+    listed = json.loads(
+        run_cli("partition", "list", "--json", "--table", "usage_events", env=env).stdout
+    )
+    assert listed[0]["detached"] == []
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_list_table_keeps_names_whole_in_narrow_terminals(env: dict[str, str], width: int) -> None:
+    """Rendered as at a terminal `width` columns wide: every partition name appears whole
+    on one line, nothing runs past the edge, dates are short."""
+    from chainlens_ops.cli.partition import partition_table
+    from chainlens_ops.config import DatabaseTarget, Settings
+    from chainlens_ops.partitions import list_partitions
+
+    settings = Settings(
+        databases={
+            "supabase": DatabaseTarget("supabase", env["CHAINLENS_SUPABASE_DSN"]),
+            "microservices": DatabaseTarget("microservices", env["CHAINLENS_MICROSERVICES_DSN"]),
+        }
+    )
+    for listing in list_partitions(settings):
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        console.print(partition_table(listing, width))
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        lines = text.splitlines()
+        assert max(map(len, lines)) <= width
+        assert "…" not in text
+        for p in [*listing.partitions, *listing.detached]:
+            assert any(p.name in x.split() for x in lines), (p.name, text)
+            if p.lower is not None:
+                line = next(x for x in lines if p.name in x.split())
+                assert f" {p.lower:%Y-%m} " in line and "00:00" not in text
 
 
 @pytest.mark.parametrize(

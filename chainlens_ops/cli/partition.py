@@ -10,8 +10,11 @@ from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli.common import DsnOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.months import Month
 from chainlens_ops.partitions import (
     MANAGED_TABLES,
+    PartitionInfo,
+    TablePartitions,
     create_month,
     ensure_partitions,
     list_partitions,
@@ -52,6 +55,45 @@ def _size(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def partition_table(t: TablePartitions, width: int) -> Table:
+    """One table's partitions, readable at 80 columns and less: names are never cut (they
+    are what a DBA types next), a month partition shows its month (bounds in UTC), other
+    columns fold, and below 64 columns the size goes."""
+    out = Table(title=f"{t.table} (UTC)", box=box.SIMPLE_HEAD, pad_edge=False)
+    names = [p.name for p in [*t.partitions, *t.detached]]
+    out.add_column("partition", no_wrap=True, min_width=max(map(len, names), default=9))
+    with_size = width >= 64
+    headings = ["month", "rows", "size", "state"] if with_size else ["month", "rows", "state"]
+    for heading in headings:
+        out.add_column(heading, overflow="fold")
+
+    def row(name: str, span: str, rows: str, size: int | None, state: str) -> None:
+        cells = [name, span, rows, _size(size), state]
+        out.add_row(*(cells if with_size else cells[:3] + cells[4:]))
+
+    for p in t.partitions:
+        if p.is_default:
+            row(p.name, "", f"{p.rows} !" if p.rows else str(p.rows), p.size_bytes, "default")
+        else:
+            row(p.name, _span(p), _rows(p), p.size_bytes, "")
+    for p in t.detached:
+        row(p.name, _span(p), _rows(p), p.size_bytes, "detached")
+    return out
+
+
+def _span(p: PartitionInfo) -> str:
+    """`2025-03` for a calendar month (UTC), else `from..to`."""
+    if p.lower is not None and p.upper is not None:
+        month = Month.of(p.lower)
+        if (p.lower, p.upper) == (month.start, month.end):
+            return str(month)
+    return f"{_day(p.lower)}..{_day(p.upper)}"
+
+
+def _rows(p: PartitionInfo) -> str:
+    return "not analyzed" if p.row_estimate is None else f"~{p.row_estimate}"
+
+
 def _say(text: str) -> None:
     console.print(text, markup=False)
 
@@ -71,7 +113,7 @@ def create_month_command(
     elif result.created:
         moved = f"; moved {result.rows_moved} rows from the default partition"
         _say(
-            f"created {result.partition} [{_bound(result.lower)}, {_bound(result.upper)})"
+            f"created {result.partition} [{_day(result.lower)}, {_day(result.upper)})"
             f"{moved if result.rows_moved else ''} "
             f"(inserts held {result.writers_blocked_ms} ms, total {result.duration_ms} ms)"
         )
@@ -119,21 +161,7 @@ def list_command(
         print_json(results)
         return
     for t in results:
-        out = Table(title=f"{t.table} (bounds in UTC)", box=box.SIMPLE_HEAD)
-        out.add_column("partition", no_wrap=True)
-        for heading in ("from", "to", "rows (est.)", "size"):
-            out.add_column(heading, no_wrap=True)
-        for p in t.partitions:
-            if p.is_default:
-                rows = f"{p.rows} (exact)"
-                if p.rows:
-                    rows = f"[red]{rows} ![/]"
-                span = ("DEFAULT", "")
-            else:
-                rows = "not analyzed" if p.row_estimate is None else str(p.row_estimate)
-                span = (_day(p.lower), _day(p.upper))
-            out.add_row(p.name, *span, rows, _size(p.size_bytes))
-        console.print(out)
+        console.print(partition_table(t, console.width))
     for t in results:
         if t.default_flagged:
             months = ", ".join(t.default_months)
@@ -174,9 +202,10 @@ def retain_command(
         return
     for r in results:
         if not r.actions:
-            _say(f"{r.table}: nothing ends before {_bound(r.cutoff)}")
+            _say(f"{r.table}: nothing ends before {_day(r.cutoff)}")
         for a in r.actions:
             verb = {"detach": "detached", "drop": "dropped"}[a.action]
             if r.dry_run:
                 verb = f"would {a.action}"
-            _say(f"{r.table}: {verb} {a.partition} [{_bound(a.lower)}, {_bound(a.upper)})")
+            what = "detached table" if a.was_detached else "partition"
+            _say(f"{r.table}: {verb} {what} {a.partition} [{_day(a.lower)}, {_day(a.upper)})")

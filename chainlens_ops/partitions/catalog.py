@@ -17,6 +17,7 @@ from psycopg import sql
 
 from chainlens_ops.config import Settings
 from chainlens_ops.errors import LockTimeout, OperationFailed, UsageError
+from chainlens_ops.months import month_of_partition
 from chainlens_ops.pg.connection import Connection, connect, first_line
 
 T = TypeVar("T")
@@ -83,6 +84,9 @@ class TablePartitions:
     # The months (YYYY-MM, UTC) of the rows in the default partition: each one is a
     # `create-month` away from being where it belongs.
     default_months: list[str] = field(default_factory=list)
+    # Tables `partition retain` detached (named for a month, shaped like the table, no
+    # longer attached): still holding their rows until `retain --drop` removes them.
+    detached: list[PartitionInfo] = field(default_factory=list)
 
     @property
     def default_flagged(self) -> bool:
@@ -102,6 +106,7 @@ def list_partitions(
             default = next((p for p in parts if p.is_default), None)
             rows = default.rows if default else None
             listing = TablePartitions(t.qualified, t.database, parts, rows)
+            listing.detached = detached_of(conn, t)
             if default is not None and default.rows:
                 listing.default_months = _months_in(conn, t, default.name)
             out.append(listing)
@@ -223,6 +228,44 @@ def partitions_of(
     return sorted(parts, key=lambda p: (p.is_default, p.lower or far, p.name))
 
 
+def detached_of(
+    conn: Connection, table: ManagedTable, *, details: bool = True
+) -> list[PartitionInfo]:
+    """Plain tables beside `table` named for a month and with exactly its columns: the
+    partitions `retain` detached (or a DBA did). Anything else is not ours to show."""
+    rows = conn.execute(
+        """
+        SELECT c.relname, c.reltuples::bigint,
+               CASE WHEN %(details)s THEN pg_total_relation_size(c.oid) END
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND NOT c.relispartition
+           AND c.relname ~ ('^' || %(name)s || '_y[0-9]{4}m[0-9]{2}$')
+           AND (SELECT array_agg((a.attname, a.atttypid, a.atttypmod) ORDER BY a.attnum)
+                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                   AND NOT a.attisdropped)
+             = (SELECT array_agg((a.attname, a.atttypid, a.atttypmod) ORDER BY a.attnum)
+                  FROM pg_attribute a WHERE a.attrelid = %(parent)s::regclass
+                   AND a.attnum > 0 AND NOT a.attisdropped)
+        """,
+        {
+            "details": details,
+            "schema": table.schema,
+            "name": table.name,
+            "parent": table.qualified,
+        },
+    ).fetchall()
+    out = []
+    for name, reltuples, size in rows:
+        month = month_of_partition(table.name, str(name))
+        if month is None:
+            continue
+        estimate = None if reltuples < 0 else int(reltuples)
+        size = None if size is None else int(size)
+        out.append(PartitionInfo(str(name), False, month.start, month.end, estimate, size))
+    return sorted(out, key=lambda p: p.name)
+
+
 def parse_bounds(bound: str) -> tuple[datetime | None, datetime | None]:
     """`FOR VALUES FROM ('2025-01-01 00:00:00+00') TO (...)` (TimeZone is UTC here)."""
     match = _BOUND_RE.fullmatch(bound.strip())
@@ -239,6 +282,36 @@ def bound_value(text: str) -> datetime | None:
         return datetime.fromisoformat(text[1:-1])
     except ValueError:
         return None
+
+
+def referenced_tables(
+    conn: Connection, table: ManagedTable, relation: str | None = None
+) -> list[sql.Identifier]:
+    """The tables `table`'s foreign keys point at (usage_events -> user_profiles), in a
+    stable order. ATTACH and DETACH lock them (SHARE ROW EXCLUSIVE: they add or check
+    the RI triggers), so they must be locked first, as applications do: an application
+    updates a profile (ROW EXCLUSIVE on user_profiles) and then inserts an event."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT n.nspname, c.relname
+          FROM pg_constraint con
+          JOIN pg_class c ON c.oid = con.confrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE con.conrelid = %s::regclass AND con.contype = 'f' AND con.confrelid <> con.conrelid
+         ORDER BY 1, 2
+        """,
+        (f"{table.schema}.{relation}" if relation else table.qualified,),
+    ).fetchall()
+    return [sql.Identifier(str(schema), str(name)) for schema, name in rows]
+
+
+def lock(conn: Connection, relation: sql.Identifier, mode: str, *, only: bool = True) -> None:
+    """LOCK TABLE [ONLY] relation IN mode MODE (under the session's lock_timeout)."""
+    conn.execute(
+        sql.SQL("LOCK TABLE {only}{rel} IN {mode} MODE").format(
+            only=sql.SQL("ONLY " if only else ""), rel=relation, mode=sql.SQL(mode)
+        )
+    )
 
 
 def retrying(

@@ -12,9 +12,15 @@ transaction, in three steps:
    month's rows are moved out of the default partition into it (DELETE ... RETURNING,
    so nothing is lost or doubled), its indexes are built after the load, and a CHECK
    constraint matching the bounds lets ATTACH skip scanning it.
-2. The short critical section: SHARE on the parent alone (ONLY), then ACCESS EXCLUSIVE
-   on the default partition (always parent before default, as every insert locks
-   them), rows that arrived meanwhile are moved, and ATTACH PARTITION runs.
+2. The short critical section. Every lock ATTACH will take is taken first, in the order
+   applications take them: SHARE ROW EXCLUSIVE on the tables the foreign keys point at
+   (user_profiles: ATTACH clones the key and adds its RI triggers; the application
+   updates a profile, then inserts an event), then SHARE on the parent alone (ONLY),
+   then ACCESS EXCLUSIVE on the default partition (parent before default, as every
+   insert locks them); rows that arrived meanwhile are moved, and ATTACH runs. Taking
+   user_profiles last, as ATTACH itself would, deadlocks with those applications.
+   SHARE ROW EXCLUSIVE does not conflict with the ROW SHARE an insert's FK check takes,
+   so plain inserts (parent first, user_profiles after) cannot deadlock with it either.
    SHARE, not just the SHARE UPDATE EXCLUSIVE that ATTACH needs, because an insert
    that has already routed a row of this month to the default partition would fail
    once the month is attached ("violates partition constraint"); holding inserts at
@@ -22,8 +28,20 @@ transaction, in three steps:
    on the parent; they wait on the default partition only while ATTACH runs.
 3. The helper CHECK is dropped, so the result is the same as a normal partition.
 
-The foreign key (usage_events.user_id) is left for ATTACH to clone: a key made on the
-standalone table would be swapped by ATTACH under ACCESS EXCLUSIVE on user_profiles.
+The foreign key (usage_events.user_id) is left for ATTACH to clone and validate. A
+validated key made beforehand on the standalone table would be reused by ATTACH without
+re-validating, but ATTACH then drops that key's own action triggers on user_profiles,
+which takes ACCESS EXCLUSIVE on user_profiles (measured on PostgreSQL 15): that blocks
+every reader of profiles and conflicts with the ROW SHARE a plain insert's FK check
+takes after it has locked usage_events, i.e. a lock-order cycle with every inserter.
+
+No CHECK on the default partition excluding the month (which would let ATTACH skip
+scanning the default): a CHECK is enforced from the moment it is added, even NOT VALID,
+so added before inserts are held it makes every insert of that month fail (they still
+route to the default until ATTACH commits); added after, validating it is the very scan
+ATTACH does. Adding it also takes ACCESS EXCLUSIVE on the default, held to commit. So
+the default is scanned once, under the critical section; keeping months ahead with
+`ensure` keeps the default small and that scan short.
 
 Every lock is taken under `lock_timeout`; a step that times out is rolled back to its
 savepoint (releasing what it took), backs off and retries, at most `lock_retries` times.
@@ -45,8 +63,11 @@ from chainlens_ops.partitions.catalog import (
     ManagedTable,
     check_dsn,
     check_parent,
+    detached_of,
+    lock,
     open_table,
     partitions_of,
+    referenced_tables,
     resolve_table,
     retrying,
     select_tables,
@@ -186,9 +207,7 @@ def _create_month(
         return max(cur.rowcount, 0)
 
     def prepare() -> int:
-        conn.execute(
-            sql.SQL("LOCK TABLE ONLY {} IN SHARE UPDATE EXCLUSIVE MODE").format(table.ident())
-        )
+        lock(conn, table.ident(), "SHARE UPDATE EXCLUSIVE")
         # Another run (the daemon, a DBA) may have made it while we waited for the lock.
         made_meanwhile = _existing_for(conn, table, month, name)
         if made_meanwhile:
@@ -217,13 +236,13 @@ def _create_month(
         return rows
 
     def critical() -> tuple[int, float]:
-        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(table.ident()))
+        for referenced in referenced_tables(conn, table):
+            lock(conn, referenced, "SHARE ROW EXCLUSIVE")
+        lock(conn, table.ident(), "SHARE")
         blocked_from = time.monotonic()
         rows = move_rows()
         if default is not None:
-            conn.execute(
-                sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident(default))
-            )
+            lock(conn, table.ident(default), "ACCESS EXCLUSIVE")
         conn.execute(
             sql.SQL(
                 "ALTER TABLE {parent} ATTACH PARTITION {new} FOR VALUES FROM ({lo}) TO ({hi})"
@@ -302,6 +321,15 @@ def _existing_for(conn: Connection, table: ManagedTable, month: Month, name: str
         "WHERE n.nspname = %s AND c.relname = %s",
         (table.schema, name),
     ).fetchone()
+    if row is not None and any(d.name == name for d in detached_of(conn, table, details=False)):
+        raise OperationFailed(
+            f"{table.schema}.{name} is the {month} partition that `partition retain` "
+            f"detached, and it still holds its rows; nothing was created",
+            hint=f"to bring it back: ALTER TABLE {table.qualified} ATTACH PARTITION "
+            f"{table.schema}.{name} FOR VALUES FROM ('{month.bound_literal}') TO "
+            f"('{month.end_literal}'); to discard it: `chainlens-ops partition retain --drop` "
+            f"(once past the window) or DROP TABLE {table.schema}.{name}",
+        )
     if row is not None:
         raise OperationFailed(
             f"{table.schema}.{name} exists but is not a partition of {table.qualified} "

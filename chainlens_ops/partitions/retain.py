@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -15,8 +16,11 @@ from chainlens_ops.partitions.catalog import (
     ManagedTable,
     check_dsn,
     check_parent,
+    detached_of,
+    lock,
     open_table,
     partitions_of,
+    referenced_tables,
     retrying,
     select_tables,
 )
@@ -31,6 +35,8 @@ class RetainAction:
     action: str  # detach | drop
     done: bool
     lock_attempts: int = 0
+    # A table detached earlier (by `retain` or by hand), dropped now by `--drop`.
+    was_detached: bool = False
 
 
 @dataclass
@@ -80,6 +86,15 @@ def retain_partitions(
                 result.actions.append(
                     RetainAction(p.name, p.lower, p.upper, action, not dry_run, attempts)
                 )
+            if drop:  # leftovers of earlier detaches, past the window too
+                for p in detached_of(conn, t, details=False):
+                    assert p.lower is not None and p.upper is not None
+                    if p.upper > cutoff:
+                        continue
+                    attempts = 0 if dry_run else _drop_detached(conn, settings, t, p.name)
+                    result.actions.append(
+                        RetainAction(p.name, p.lower, p.upper, "drop", not dry_run, attempts, True)
+                    )
             results.append(result)
     return results
 
@@ -94,13 +109,18 @@ def _retire(
     default = check_parent(conn, table)
 
     def run() -> None:
-        # Both DETACH and DROP take ACCESS EXCLUSIVE on the parent and on the default
-        # (DETACH CONCURRENTLY is refused while a default exists): take them in order.
-        conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident()))
+        # Every lock the statement takes, taken first in the applications' order. DETACH
+        # re-creates the foreign key's action triggers on the referenced tables (SHARE ROW
+        # EXCLUSIVE on user_profiles), then both DETACH and DROP take ACCESS EXCLUSIVE on
+        # the parent, the default and the partition (DETACH CONCURRENTLY is refused while
+        # a default exists). Dropping an attached partition leaves user_profiles alone.
+        if not drop:
+            for referenced in referenced_tables(conn, table):
+                lock(conn, referenced, "SHARE ROW EXCLUSIVE")
+        lock(conn, table.ident(), "ACCESS EXCLUSIVE")
         if default is not None:
-            conn.execute(
-                sql.SQL("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE").format(table.ident(default))
-            )
+            lock(conn, table.ident(default), "ACCESS EXCLUSIVE")
+        lock(conn, table.ident(name), "ACCESS EXCLUSIVE")
         if drop:
             conn.execute(sql.SQL("DROP TABLE {}").format(table.ident(name)))
         else:
@@ -110,12 +130,36 @@ def _retire(
                 )
             )
 
+    return _in_transaction(conn, settings, table, name, "dropping" if drop else "detaching", run)
+
+
+def _in_transaction(
+    conn: Connection,
+    settings: Settings,
+    table: ManagedTable,
+    name: str,
+    verb: str,
+    run: Callable[[], None],
+) -> int:
     try:
         with conn.transaction():
             attempts, _ = retrying(conn, settings, f"{table.qualified} ({name})", run)
     except psycopg.Error as exc:
-        verb = "dropping" if drop else "detaching"
         raise OperationFailed(
             f"{table.qualified}: {verb} {name} failed and was rolled back: {first_line(exc)}"
         ) from None
     return attempts
+
+
+def _drop_detached(conn: Connection, settings: Settings, table: ManagedTable, name: str) -> int:
+    """DROP a detached month. Its foreign key has action triggers of its own on the
+    referenced tables, and dropping them takes ACCESS EXCLUSIVE there (PostgreSQL 15):
+    taken first, referenced tables before the table, as for every partition DDL."""
+
+    def run() -> None:
+        for referenced in referenced_tables(conn, table, name):
+            lock(conn, referenced, "ACCESS EXCLUSIVE")
+        lock(conn, table.ident(name), "ACCESS EXCLUSIVE")
+        conn.execute(sql.SQL("DROP TABLE {}").format(table.ident(name)))
+
+    return _in_transaction(conn, settings, table, name, "dropping", run)
