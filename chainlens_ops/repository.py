@@ -59,6 +59,11 @@ class WrongCluster(OperationFailed):
     """A WAL file or database belongs to another cluster than the repository."""
 
 
+class RepositoryUnavailable(OperationFailed):
+    """The repository cannot say whether an object is absent: its root or marker is
+    missing (an unmounted volume, a deleted folder, the wrong path). Never NotFound."""
+
+
 @record
 class RepoMarker:
     format: int
@@ -108,9 +113,10 @@ class Repository:
 
     # -- the marker -------------------------------------------------------------------
 
-    def marker(self) -> RepoMarker | None:
-        """The marker, or None for a repository nothing has been written to yet."""
-        if self._marker is None:
+    def marker(self, *, fresh: bool = False) -> RepoMarker | None:
+        """The marker, or None for a repository nothing has been written to yet.
+        `fresh` reads it again (the repository may have gone away since)."""
+        if self._marker is None or fresh:
             try:
                 with self.storage.open(MARKER_KEY) as fh:
                     raw = fh.read(1024 * 1024)
@@ -165,6 +171,24 @@ class Repository:
                 hint="each cluster needs its own repository",
             )
 
+    def confirm_absent(self, what: str, system_identifier: int | None) -> None:
+        """Raise unless "`what` is not here" is a true answer: the repository is present,
+        holds its marker, and (when known) belongs to `system_identifier`'s cluster.
+
+        An unmounted volume, a deleted or empty root or a wrong path looks exactly like
+        "no such object" to a plain open; PostgreSQL would then end recovery and promote
+        with part of the data. Called only on a miss, so it costs nothing otherwise.
+        """
+        marker = self.marker(fresh=True)
+        if marker is None:
+            raise RepositoryUnavailable(
+                f"{what} is not in repository {self.url}, but the repository itself is "
+                f"missing or empty (no {MARKER_KEY}): not answering 'absent'",
+                hint="is the repository volume mounted and the path right?",
+            )
+        if system_identifier is not None:
+            self.check_cluster(system_identifier, what="this data folder", marker=marker)
+
     # -- keys -------------------------------------------------------------------------
 
     @staticmethod
@@ -172,6 +196,24 @@ class Repository:
         if name.kind == HISTORY:
             return HISTORY_PREFIX + name.name
         return f"{WAL_PREFIX}{name.name[:16]}/{name.name}"
+
+
+def data_folder_system_identifier(wal_path: str) -> int | None:
+    """The system identifier of the data folder that `wal_path` (`pg_wal/...`, as
+    PostgreSQL passes %p to archive_command/restore_command, which run in the data
+    folder) belongs to: the first 8 bytes of `global/pg_control`, a little-endian
+    uint64. None for a path outside a data folder or an unreadable pg_control."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(wal_path))
+    if os.path.basename(folder) != "pg_wal":
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(folder), "global", "pg_control"), "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(head, "little") if len(head) == 8 else None
 
 
 def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = None) -> str:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pgharness import VENV, as_postgres, make_shared_dir, pg_uid_gid
 from storage_support import MiB, PatternStream, pattern_digest, stream_digest
 
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.errors import UsageError
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError, open_storage
 from chainlens_ops.storage.local import LocalStorage
 from chainlens_ops.storage.s3 import S3Storage
@@ -44,8 +44,9 @@ def test_open_storage_picks_the_backend_by_url(tmp_path: Path) -> None:
         assert backend.root == f"{tmp_path}/r"
         assert backend.url == url
     assert isinstance(open_storage("s3://bucket/prefix"), S3Storage)
+    # A bad repository URL is a usage error (exit 2) everywhere, not a config error.
     for bad in ("relative/path", "ftp://x/y", "file://relative", "s3://"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(UsageError):
             open_storage(bad)
 
 

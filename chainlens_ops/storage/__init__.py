@@ -10,7 +10,7 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import EXIT_USAGE, ConfigError, OperationFailed
+from chainlens_ops.errors import EXIT_USAGE, OperationFailed, UsageError
 from chainlens_ops.record import record
 
 # On the `wal push` path: the protocol (which needs `typing`, ~13 ms to import) lives in
@@ -56,7 +56,7 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
         from chainlens_ops.storage.local import LocalStorage
 
         return LocalStorage(url)
-    raise ConfigError(
+    raise UsageError(
         f"repository {url!r} is not a file:///absolute/path, /absolute/path or s3://bucket/prefix"
     )
 

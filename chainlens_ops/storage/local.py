@@ -16,7 +16,9 @@ import os
 import stat as st
 import time
 
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
+from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.errors import UsageError
 from chainlens_ops.storage import AlreadyExists, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 CHUNK = 1024 * 1024
-TEMP_SUFFIX = ".tmp"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -57,39 +58,18 @@ class LocalStorage:
         final = self._path(key)
         folder, name = os.path.split(final)
         self._make_dirs(folder)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            _, info = write_atomic(
+                final, lambda fd: self._copy_to_fd(key, stream, fd), exclusive=if_absent
+            )
+        except _SourceError as exc:
+            raise exc.original from None
+        except FileExistsError:
+            # write_atomic has fsynced the existing file and its folder: "already there"
+            # is an answer only once the stored copy is durable.
+            raise AlreadyExists(f"{key} already exists in repository {self.root}") from None
         except OSError as exc:
             raise self._error("write", key, exc) from exc
-        try:
-            try:
-                self._copy_to_fd(key, stream, fd)
-                os.fsync(fd)
-                info = os.fstat(fd)
-            except OSError as exc:
-                if isinstance(exc, _SourceError):
-                    raise exc.original from None
-                raise self._error("write", key, exc) from exc
-            finally:
-                os.close(fd)
-            try:
-                if if_absent:
-                    try:
-                        os.link(tmp, final)
-                    except FileExistsError:
-                        raise AlreadyExists(
-                            f"{key} already exists in repository {self.root}"
-                        ) from None
-                else:
-                    os.replace(tmp, final)
-                    tmp = ""
-                _fsync_dir(folder)
-            except OSError as exc:
-                raise self._error("write", key, exc) from exc
-        finally:
-            if tmp:
-                _unlink_quietly(tmp)
         return ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
 
     def open(self, key: str) -> BinaryIO:
@@ -137,7 +117,7 @@ class LocalStorage:
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
         try:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
 
@@ -170,6 +150,8 @@ class LocalStorage:
                 f"(e.g. sudo -u {owner} chainlens-ops ...)"
             )
         if euid != 0 and not os.access(self.root, os.W_OK | os.X_OK):
+            if _read_only_fs(self.root):
+                raise StorageError(f"repository {self.root} is on a read-only file system")
             raise StorageError(
                 f"repository {self.root} is not writable by {_user_name(euid)} "
                 f"(owned by {_user_name(info.st_uid)}); run chainlens-ops as its owner"
@@ -190,7 +172,7 @@ class LocalStorage:
         removed = 0
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                if not is_temp_name(name):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
@@ -263,6 +245,7 @@ class LocalStorage:
             while chunk:
                 written = os.write(fd, chunk)
                 chunk = chunk[written:]
+            crash_point("mid-upload")
 
     def _make_dirs(self, folder: str) -> None:
         """Create `folder` and missing parents (0700), fsyncing each new entry's parent."""
@@ -286,7 +269,7 @@ class LocalStorage:
             except OSError as exc:
                 raise StorageError(f"cannot create folder {path}: {_why(exc)}") from exc
             try:
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             except OSError as exc:
                 raise StorageError(f"cannot sync folder of {path}: {_why(exc)}") from exc
 
@@ -313,24 +296,8 @@ def _path_from_url(url: str) -> str:
 
             path = unquote(path)
     if not path.startswith("/"):
-        raise ConfigError(f"repository {url!r} is not an absolute path (file:///abs/path)")
+        raise UsageError(f"repository {url!r} is not an absolute path (file:///abs/path)")
     return os.path.normpath(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    # A plain try: suppress() would import contextlib on the `wal push` path.
-    try:  # noqa: SIM105
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _user_name(uid: int) -> str:
@@ -342,5 +309,23 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+_ERRNO_MEANING = {
+    30: "the repository is on a read-only file system (remount it read-write)",  # EROFS
+    28: "no space left on the repository's device (free space or grow the volume)",  # ENOSPC
+    122: "disk quota exceeded on the repository's device",  # EDQUOT
+    13: "permission denied (check the folder's owner and mode)",  # EACCES
+    1: "operation not permitted (check the folder's owner and mode)",  # EPERM
+}
+
+
 def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    """What is actually wrong, from the errno (not a guess from ownership)."""
+    meaning = _ERRNO_MEANING.get(exc.errno or 0)
+    return meaning or exc.strerror or str(exc)
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

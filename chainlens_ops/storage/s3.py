@@ -27,7 +27,7 @@ import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chainlens_ops.config import S3Settings
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.errors import ConfigError, UsageError
 from chainlens_ops.storage import AlreadyExists, InvalidKey, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
 from chainlens_ops.streams import read_full
@@ -372,13 +372,13 @@ def _parse_url(url: str) -> tuple[str, str]:
     rest = url[len("s3://") :] if url.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise ConfigError(f"repository {url!r} names no bucket (s3://bucket/prefix)")
+        raise UsageError(f"repository {url!r} names no bucket (s3://bucket/prefix)")
     prefix = prefix.strip("/")
     if prefix:
         try:
             check_key(prefix)
         except InvalidKey as exc:
-            raise ConfigError(f"repository {url!r}: bad prefix: {exc}") from None
+            raise UsageError(f"repository {url!r}: bad prefix: {exc}") from None
         prefix += "/"
     return bucket, prefix
 

@@ -24,6 +24,9 @@ from __future__ import annotations
 import os
 import zlib
 
+from chainlens_ops.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.atomicfile import write_bytes_atomic
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -60,7 +63,8 @@ class Spool:
 
     def record_pushed(self, name: str, key: str, identity: tuple[int, ...]) -> None:
         body = f"{key}\n{' '.join(map(str, identity))}\n"
-        write_atomic(os.path.join(self.pushed, name), body.encode())
+        # No fsync: a spool entry lost in a crash costs only repeated work.
+        write_bytes_atomic(os.path.join(self.pushed, name), body.encode(), durable=False)
 
     def pushed_record(self, name: str) -> tuple[str, tuple[int, ...]] | None:
         try:
@@ -102,24 +106,3 @@ def repo_id(url: str) -> str:
     return f"{safe}-{zlib.crc32(url.encode()):08x}"
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Small file, temp + rename: a reader sees the whole file or none (no fsync: a
-    spool entry lost in a crash costs only repeated work)."""
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    # A plain try: suppress() would import contextlib on the `wal push` path.
-    try:  # noqa: SIM105
-        os.unlink(path)
-    except OSError:
-        pass
