@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import os
 
 from chainlens_ops import __version__
 from chainlens_ops.errors import ConfigError, OperationFailed
@@ -72,6 +73,13 @@ class RepoMarker:
     pg_version: int
     created_at: str
     created_by: str
+    repository_id: str = ""  # random, per repository creation (older markers: none)
+
+    @property
+    def identity(self) -> str:
+        """Tells this repository apart from one deleted and recreated at the same URL
+        (look-ahead records are tied to it)."""
+        return f"{self.system_identifier}:{self.repository_id or self.created_at}"
 
     def to_bytes(self) -> bytes:
         return (
@@ -82,6 +90,7 @@ class RepoMarker:
             f"pg_version = {self.pg_version}\n"
             f'created_at = "{self.created_at}"\n'
             f'created_by = "{self.created_by}"\n'
+            + (f'repository_id = "{self.repository_id}"\n' if self.repository_id else "")
         ).encode()
 
 
@@ -144,6 +153,7 @@ class Repository:
                 pg_version=pg_version,
                 created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 created_by=f"chainlens-ops {__version__}",
+                repository_id=_random_id(),
             )
             try:
                 self.storage.put(MARKER_KEY, io.BytesIO(fresh.to_bytes()), if_absent=True)
@@ -203,8 +213,6 @@ def data_folder_system_identifier(wal_path: str) -> int | None:
     PostgreSQL passes %p to archive_command/restore_command, which run in the data
     folder) belongs to: the first 8 bytes of `global/pg_control`, a little-endian
     uint64. None for a path outside a data folder or an unreadable pg_control."""
-    import os
-
     folder = os.path.dirname(os.path.abspath(wal_path))
     if os.path.basename(folder) != "pg_wal":
         return None
@@ -231,6 +239,10 @@ def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = No
     return target.repo
 
 
+def _random_id() -> str:
+    return os.urandom(8).hex()
+
+
 def _parse_marker(raw: bytes, url: str) -> RepoMarker:
     fields: dict[str, str] = {}
     try:
@@ -248,6 +260,7 @@ def _parse_marker(raw: bytes, url: str) -> RepoMarker:
             pg_version=int(fields.get("pg_version", 0)),
             created_at=fields.get("created_at", ""),
             created_by=fields.get("created_by", ""),
+            repository_id=fields.get("repository_id", ""),
         )
     except (ValueError, KeyError):
         raise OperationFailed(

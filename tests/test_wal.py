@@ -205,42 +205,39 @@ def _popen_push(repo: Path, path: Path, *extra: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def test_push_killed_mid_write_never_leaves_a_partial_object(make_cluster: ClusterFactory) -> None:
+@pytest.mark.parametrize(
+    "point", ["after-temp-write", "mid-upload", "after-link", "exists-before-sync"]
+)
+def test_push_killed_at_each_crash_point_then_retried_is_whole(
+    make_cluster: ClusterFactory, point: str
+) -> None:
+    """`wal push` killed at a named point (every run reaches it), then retried as
+    PostgreSQL retries archive_command: the object is never partial, the retry succeeds
+    and the archive holds the byte-identical segment."""
     work = make_cluster.dir("kill")
     repo = work / "repo"
     name = "000000010000000000000003"
-    seg_size = 64 * MB  # incompressible and large: the write phase lasts long enough to hit
-    data = fake_segment(name, sysid=99, seg_size=seg_size, body=os.urandom(seg_size - 64))
+    data = fake_segment(name, sysid=99, seg_size=4 * MB, body=os.urandom(4 * MB - 64))
     segment = write(work / "pg_wal" / name, data)
-    folder = repo / "wal" / name[:16]
-    stored = folder / name
-    rng = random.Random(4)
-    killed = 0
-    for _ in range(30):
-        proc = subprocess.Popen(
-            [str(CLI), "wal", "push", "--repo", str(repo), str(segment)], env=cli_env(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            wait_for(lambda p=proc: _temp_files(folder) or p.poll() is not None, 30, 0.001)
-            time.sleep(rng.uniform(0, 0.15))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-        finally:
-            proc.wait()
-        if stored.exists():  # it finished before the kill: then it must be whole
-            assert fetch(repo, name, work / "check", user=None).returncode == 0
-            assert (work / "check").read_bytes() == data
-            stored.unlink()
-    assert killed >= 20
-    proc = run_cli("wal", "push", "--repo", str(repo), str(segment))
-    assert proc.returncode == 0, proc.stderr
+    other = "000000010000000000000002"  # first, so the crash hits the segment, not the marker
+    first = write(work / "pg_wal" / other, fake_segment(other, sysid=99, seg_size=4 * MB))
+    assert run_cli("wal", "push", "--repo", str(repo), str(first)).returncode == 0
+    if point == "exists-before-sync":  # the answer path of a retry after a crash
+        killed = run_cli("wal", "push", "--repo", str(repo), str(segment),
+                         env={"CHAINLENS_CRASH_AT": "after-link"})  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL
+    killed = run_cli("wal", "push", "--repo", str(repo), str(segment),
+                     env={"CHAINLENS_CRASH_AT": point})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stored = repo / "wal" / name[:16] / name
+    assert stored.exists() == (point in ("after-link", "exists-before-sync"))
+    retry = run_cli("wal", "push", "--repo", str(repo), str(segment), "-v")
+    assert retry.returncode == 0, retry.stderr
     assert fetch(repo, name, work / "final", user=None).returncode == 0
     assert (work / "final").read_bytes() == data
     # The killed writers' temp files are hidden from listings.
     listing = run_cli("wal", "list", "--repo", str(repo), "--json")
-    assert '"segments": 1' in listing.stdout
+    assert '"segments": 2' in listing.stdout
 
 
 def _temp_files(folder: Path) -> list[Path]:
@@ -387,3 +384,57 @@ def test_look_ahead_uploads_ready_files_and_rechecks_them(make_cluster: ClusterF
     write(pg_wal / names[2], fake_segment(names[2], sysid=5, body=os.urandom(1000)))
     proc = push(names[2])
     assert proc.returncode == 1 and "different content" in proc.stderr
+
+
+def _ahead_setup(make_cluster: ClusterFactory) -> tuple[Path, Path, list[str]]:
+    work = make_cluster.dir("ahead")
+    pg_wal = work / "data" / "pg_wal"
+    names = [f"0000000100000000000000{i:02X}" for i in range(1, 6)]
+    for name in names:
+        write(pg_wal / name, fake_segment(name, sysid=5, body=os.urandom(1000)))
+        write(pg_wal / "archive_status" / f"{name}.ready", b"")
+    return work / "repo", pg_wal, names
+
+
+def test_look_ahead_records_are_tied_to_the_repository_identity(
+    make_cluster: ClusterFactory,
+) -> None:
+    """A repository deleted (or recreated) at the same URL after a look-ahead upload must
+    not get "already archived" answers from the old records."""
+    repo, pg_wal, names = _ahead_setup(make_cluster)
+
+    def push(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("wal", "push", "--repo", str(repo), str(pg_wal / name), "-v", *extra,
+                       user="postgres")  # fmt: skip
+
+    assert "4 uploaded ahead" in push(names[0], "--look-ahead", "8").stderr
+    subprocess.run(["rm", "-rf", str(repo)], check=True)
+    proc = push(names[1])  # the repository is gone: stored anew, not "archived-ahead"
+    assert proc.returncode == 0 and "archived-ahead" not in proc.stderr, proc.stderr
+    assert (repo / "wal" / names[1][:16] / names[1]).exists()
+    subprocess.run(["rm", "-rf", str(repo)], check=True)
+    assert push(names[4]).returncode == 0  # a new repository (new marker) at the same URL
+    proc = push(names[2])
+    assert proc.returncode == 0 and "archived-ahead" not in proc.stderr, proc.stderr
+    assert (repo / "wal" / names[2][:16] / names[2]).exists()
+    proc = push(names[3])
+    assert proc.returncode == 0 and "archived-ahead" not in proc.stderr, proc.stderr
+    assert (repo / "wal" / names[3][:16] / names[3]).exists()
+
+
+def test_push_killed_after_look_ahead_upload_before_its_record(
+    make_cluster: ClusterFactory,
+) -> None:
+    repo, pg_wal, names = _ahead_setup(make_cluster)
+    killed = run_cli("wal", "push", "--repo", str(repo), str(pg_wal / names[0]),
+                     "--look-ahead", "1", user="postgres",
+                     env={"CHAINLENS_CRASH_AT": "after-upload-before-record"})  # fmt: skip
+    assert killed.returncode != 0
+    assert (repo / "wal" / names[1][:16] / names[1]).exists()  # uploaded, not recorded
+    for name in names[:2]:
+        proc = run_cli("wal", "push", "--repo", str(repo), str(pg_wal / name), "-v",
+                       user="postgres")  # fmt: skip
+        assert proc.returncode == 0 and "archived-ahead" not in proc.stderr, proc.stderr
+        work = repo.parent
+        assert fetch(repo, name, work / f"{name}.back").returncode == 0
+        assert (work / f"{name}.back").read_bytes() == (pg_wal / name).read_bytes()

@@ -30,7 +30,8 @@ class NotFound(StorageError):
 
 
 class AlreadyExists(StorageError):
-    """A conditional put (`if_absent=True`) found the key already there."""
+    """A conditional put (`if_absent=True`) found the key already there; the stored copy
+    is durable (part of the contract: "already there" is an answer PostgreSQL acts on)."""
 
 
 class InvalidKey(StorageError, ValueError):

@@ -27,6 +27,7 @@ import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chainlens_ops.config import S3Settings
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ConfigError, UsageError
 from chainlens_ops.storage import AlreadyExists, InvalidKey, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
@@ -215,6 +216,7 @@ class S3Storage:
                 )
                 digests.append(digest)
                 size += len(chunk)
+                crash_point("mid-upload")  # a part stored, the object not yet published
                 chunk = b""  # let the part go before reading the next one
                 chunk = read_full(stream, _part_size(self.part_size, number + 1))
             args: dict[str, Any] = {

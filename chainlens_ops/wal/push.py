@@ -13,13 +13,17 @@ Look-ahead (for slow repositories such as S3): a push also uploads up to N other
 PostgreSQL has marked `.ready` in `pg_wal/archive_status`, in parallel, and records each
 one in the spool once it is durable. PostgreSQL's later call for such a file then only
 checks that the file on disk is still the one uploaded (same inode, size, mtime, ctime)
-and returns: no storage call, no boto3.
+and that the repository is still the one the record was made in (its marker's identity:
+a repository deleted and recreated at the same URL must get the file again), and returns:
+on S3 no storage call and no boto3 for most calls (the identity is re-read at most every
+REPOSITORY_RECHECK_S seconds).
 """
 
 from __future__ import annotations
 
 import os
 
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
@@ -45,6 +49,7 @@ from chainlens_ops.wal.spool import Spool
 ARCHIVED = "archived"  # stored by this call
 IDENTICAL = "already-archived"  # the repository already held the same bytes
 AHEAD = "archived-ahead"  # stored earlier by a look-ahead upload, local file unchanged
+REPOSITORY_RECHECK_S = 30.0  # S3: how long a verified repository identity is trusted
 LOOK_AHEAD_THREADS = 2  # beside the own segment; each upload in flight may hold an 8 MiB part
 
 
@@ -179,7 +184,11 @@ def _push_ahead(repo: Repository, spool: Spool, path: str, level: int) -> str | 
         result = push_file(repo, path, parse_wal_name(os.path.basename(path)), level=level)
         if file_identity(path) != before:
             return None
-        spool.record_pushed(result.name, result.key, before)
+        marker = repo.marker()
+        if marker is None:
+            return None
+        crash_point("after-upload-before-record")
+        spool.record_pushed(result.name, result.key, before, marker.identity)
     except Exception:
         return None
     return result.name
@@ -203,7 +212,7 @@ def _take_look_ahead_record(
         return None
     # One use only: whatever happens next, this record has served its purpose.
     spool.forget_pushed(name.name)
-    key, identity = record
+    key, identity, repository = record
     if key != repo.wal_key(name):
         return None
     try:
@@ -211,7 +220,30 @@ def _take_look_ahead_record(
             return None  # changed since the upload: the normal path applies the rules
     except OSError:
         return None  # the normal path reports the problem with the file
+    if not _same_repository(repo, spool, repository):
+        return None  # deleted or recreated since: the normal path stores it again
     return PushResult(name.name, key, AHEAD, identity[2], None)
+
+
+def _same_repository(repo: Repository, spool: Spool, identity: str) -> bool:
+    """Is the repository still the one the look-ahead record was made in?
+
+    A local marker is one small file: read it every time. On S3 that read costs boto3
+    and a request, which look-ahead exists to avoid: it is re-read at most once every
+    REPOSITORY_RECHECK_S seconds (the spool notes when it last saw which identity).
+    """
+    remote = repo.url.startswith("s3://")
+    if remote and spool.verified_repository(REPOSITORY_RECHECK_S) == identity:
+        return True
+    try:
+        marker = repo.marker(fresh=True)
+    except Exception:
+        return False  # the normal path reports the problem
+    if marker is None or marker.identity != identity:
+        return False
+    if remote:
+        spool.note_verified_repository(identity)
+    return True
 
 
 def _check_same_as_stored(repo: Repository, key: str, name: WalName, local: Digest) -> None:

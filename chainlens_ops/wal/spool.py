@@ -2,9 +2,14 @@
 
     <spool>/<repo id>/pushed/<name>     look-ahead record: this file, as identified by
                                         (device, inode, size, mtime_ns, ctime_ns), is
-                                        durable in the repository under this key; two
-                                        lines: the key, then the five numbers (plain
-                                        text: parsing it must not import json)
+                                        durable in the repository under this key; three
+                                        lines: the key, the five numbers, the
+                                        repository's identity (plain text: parsing it
+                                        must not import json)
+    <spool>/<repo id>/repository-identity  the repository marker's identity (system
+                                        identifier + random id) as last read, and
+                                        (mtime) when: look-ahead records name it and
+                                        count only while the repository still has it
     <spool>/<repo id>/prefetch/<name>   an object downloaded ahead of `wal fetch`,
                                         still in the repository format (verified on use)
 
@@ -61,19 +66,42 @@ class Spool:
 
     # -- look-ahead records -----------------------------------------------------------
 
-    def record_pushed(self, name: str, key: str, identity: tuple[int, ...]) -> None:
-        body = f"{key}\n{' '.join(map(str, identity))}\n"
+    def record_pushed(
+        self, name: str, key: str, identity: tuple[int, ...], repository: str
+    ) -> None:
+        """`repository` is the marker's identity (`RepoMarker.identity`)."""
+        body = f"{key}\n{' '.join(map(str, identity))}\n{repository}\n"
         # No fsync: a spool entry lost in a crash costs only repeated work.
         write_bytes_atomic(os.path.join(self.pushed, name), body.encode(), durable=False)
 
-    def pushed_record(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+    def pushed_record(self, name: str) -> tuple[str, tuple[int, ...], str] | None:
+        """(key, file identity, repository identity); None if absent or unreadable (a
+        record from an older version, without the repository's identity, too)."""
         try:
             with open(os.path.join(self.pushed, name), "rb") as fh:
-                key, numbers = fh.read(4096).decode().split("\n")[:2]
+                key, numbers, repository = fh.read(4096).decode().split("\n")[:3]
             identity = tuple(int(n) for n in numbers.split())
         except (OSError, ValueError):
             return None
-        return (key, identity) if len(identity) == 5 else None
+        return (key, identity, repository) if len(identity) == 5 and repository else None
+
+    # -- the repository's identity, as last verified ------------------------------------
+
+    def verified_repository(self, max_age_s: float) -> str | None:
+        """The repository identity verified less than `max_age_s` ago, else None."""
+        path = os.path.join(self.base, "repository-identity")
+        try:
+            if os.stat(path).st_mtime < _now() - max_age_s:
+                return None
+            with open(path, "rb") as fh:
+                return fh.read(4096).decode().strip() or None
+        except (OSError, ValueError):
+            return None
+
+    def note_verified_repository(self, identity: str) -> None:
+        if self.ready(self.base):
+            path = os.path.join(self.base, "repository-identity")
+            write_bytes_atomic(path, f"{identity}\n".encode(), durable=False)
 
     def forget_pushed(self, name: str) -> None:
         _unlink(os.path.join(self.pushed, name))
@@ -99,6 +127,12 @@ class Spool:
         for entry in entries:
             if entry not in keep:
                 _unlink(os.path.join(self.prefetch, entry))
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
 
 
 def repo_id(url: str) -> str:
