@@ -6,6 +6,12 @@ file names its ancestors and the positions where each one ended, so segment s is
 needed on the timeline whose range holds s. At a switch point, the old timeline's last
 segment may exist only as `.partial` (the promoted standby archives it that way) or not
 at all once the new timeline's copy exists; neither is a gap.
+
+Exactly what `restore_command` is asked for: for segment s PostgreSQL asks the newest
+timeline whose range begins at or before s first, so the segment that holds a switch
+point is needed on the NEW timeline (the old timeline's copy, full or `.partial`, ends
+at the switch and cannot carry replay onto the new one). PostgreSQL never fetches
+`.partial` files: they never cover anything.
 """
 
 from __future__ import annotations
@@ -152,7 +158,6 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         return any(_holds(span, segno) for span in path if span.timeline == tli)
 
     present = [s for tli, segs in scan.segments.items() for s in segs if on_path(tli, s)]
-    present += [s for tli, parts in scan.partial.items() for s in parts if on_path(tli, s)]
     if not present:
         return WalCheck(
             repo.url, None, None, path, 0, [], ["no segment on the newest timeline's path"]
@@ -163,20 +168,21 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         if wal.kind != SEGMENT:
             raise UsageError(f"--from takes a segment name, not {start!r}")
         first = wal.segno(seg_size)
+        if not any(span.timeline == wal.tli for span in path):
+            raise UsageError(
+                f"--from {start}: timeline {wal.tli} is not on the archive's timeline path "
+                f"({', '.join(str(span.timeline) for span in path)})"
+            )
+        if first > max(present):
+            raise UsageError(f"--from {start} is past the newest archived segment")
     last = max(present)
 
     missing: list[tuple[int, int]] = []
     for segno in range(first, last + 1):
-        spans = [span for span in path if _holds(span, segno)]
-        if any(segno in scan.segments.get(span.timeline, {}) for span in spans):
+        tli = needed_timeline(path, segno)
+        if tli is not None and segno in scan.segments.get(tli, {}):
             continue
-        if any(
-            span.last_segno == segno and segno in scan.partial.get(span.timeline, {})
-            for span in spans
-        ):
-            continue
-        # Report it on the timeline a restore asks for first: the newest that holds it.
-        missing.append((spans[-1].timeline if spans else newest, segno))
+        missing.append((tli if tli is not None else newest, segno))
     gaps = _group(missing, seg_size)
     first_span = next((s for s in path if _holds(s, first)), path[0])
     last_span = next((s for s in reversed(path) if _holds(s, last)), path[-1])
@@ -189,6 +195,15 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         gaps=gaps,
         problems=problems,
     )
+
+
+def needed_timeline(path: list[TimelineSpan], segno: int) -> int | None:
+    """The timeline whose copy of `segno` a restore to the newest timeline needs: the
+    newest one on the path whose range holds it."""
+    for span in reversed(path):
+        if _holds(span, segno):
+            return span.timeline
+    return None
 
 
 def timeline_path(
