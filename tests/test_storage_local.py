@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgharness import VENV, as_postgres, make_shared_dir, pg_uid_gid
-from storage_support import MiB, PatternStream, pattern_digest, stream_digest
+from storage_support import MiB, pattern_digest, stream_digest
 
 from chainlens_ops.errors import UsageError
-from chainlens_ops.storage import AlreadyExists, NotFound, StorageError, open_storage
+from chainlens_ops.storage import AlreadyExists, StorageError, open_storage
 from chainlens_ops.storage.local import LocalStorage
 from chainlens_ops.storage.s3 import S3Storage
 
@@ -144,7 +144,11 @@ except AlreadyExists:
 
 
 def put_in_child(
-    root: str, *, crash_at: str = "", if_absent: bool = True, size: int = 3 * MiB,
+    root: str,
+    *,
+    crash_at: str = "",
+    if_absent: bool = True,
+    size: int = 3 * MiB,
     trace: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A put in a process of its own, killed at the named crash point `crash_at`;
@@ -154,7 +158,17 @@ def put_in_child(
         env["CHAINLENS_CRASH_AT"] = crash_at
     argv = [PYTHON, "-c", CHILD.format(tests=str(TESTS), root=root, size=size, if_absent=if_absent)]
     if trace is not None:
-        argv = ["strace", "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,link", "-o", str(trace), *argv]
+        argv = [
+            "strace",
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,link",
+            "-o",
+            str(trace),
+            *argv,
+        ]
     return subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -195,10 +209,12 @@ def test_already_exists_is_answered_only_after_syncing_the_stored_copy(tmp_path:
     assert retry.stdout.strip() == "exists", retry.stderr
     calls = trace.read_text().splitlines()
     final, folder = f"{storage.root}/wal/seg", f"{storage.root}/wal"
-    link = next(i for i, c in enumerate(calls) if c.split()[1].startswith("link(") and "EEXIST" in c)
+    link = next(
+        i for i, c in enumerate(calls) if c.split()[1].startswith("link(") and "EEXIST" in c
+    )
     after = calls[link:]
-    assert any(f"fsync(" in c and f"<{final}>" in c for c in after), calls
-    assert any(f"fsync(" in c and f"<{folder}>" in c for c in after), calls
+    assert any("fsync(" in c and f"<{final}>" in c for c in after), calls
+    assert any("fsync(" in c and f"<{folder}>" in c for c in after), calls
     # Killed on the "already exists" path before syncing: the next retry still answers
     # only after syncing (nothing was cached in between).
     assert put_in_child(storage.root, crash_at="exists-before-sync").returncode == -signal.SIGKILL

@@ -4,11 +4,9 @@ the installed tool, as the postgres OS user, once per file."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 

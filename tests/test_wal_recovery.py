@@ -26,7 +26,9 @@ def test_missing_object_is_absent_only_in_a_present_marked_repository(
     repo = work / "repo"
     name = "000000010000000000000002"
     segment = write(work / "pg_wal" / name, fake_segment(name, sysid=42))
-    assert run_cli("wal", "push", "--repo", str(repo), str(segment), user="postgres").returncode == 0
+    assert (
+        run_cli("wal", "push", "--repo", str(repo), str(segment), user="postgres").returncode == 0
+    )
     # Present, marked: a true absence.
     assert fetch(repo, MISSING, work / "x") == (1, "")
     assert fetch(repo, "00000002.history", work / "x") == (1, "")
@@ -50,13 +52,16 @@ def test_missing_object_in_another_clusters_repository_is_fatal(
 ) -> None:
     """Restoring a data folder from a repository whose marker names another cluster:
     "absent" would be a lie about this cluster's archive."""
-    source, datas = source_with_backups(
+    _, datas = source_with_backups(
         make_cluster, f"{CLI} wal push --repo {make_cluster.dir('own')} %p"
     )
     foreign = make_cluster.dir("foreign")
     name = "000000010000000000000002"
     segment = write(foreign / "src" / name, fake_segment(name, sysid=42))
-    assert run_cli("wal", "push", "--repo", str(foreign), str(segment), user="postgres").returncode == 0
+    assert (
+        run_cli("wal", "push", "--repo", str(foreign), str(segment), user="postgres").returncode
+        == 0
+    )
     dest = datas[0] / "pg_wal" / "RECOVERYXLOG"
     code, err = fetch(foreign, MISSING, dest)
     assert code == 255 and "belongs to database system" in err, err
@@ -72,9 +77,7 @@ def test_recovery_stops_when_the_local_repository_goes_away_mid_way(
     restore_command itself moves the folder after that named segment."""
     volume = make_cluster.dir("volume")
     repo = volume / "repo"
-    _, datas = source_with_backups(
-        make_cluster, f"{CLI} wal push --repo {repo} %p", batches=4
-    )
+    _, datas = source_with_backups(make_cluster, f"{CLI} wal push --repo {repo} %p", batches=4)
     label = (datas[0] / "backup_label").read_text()
     start = re.search(r"\(file ([0-9A-F]{24})\)", label)
     assert start is not None

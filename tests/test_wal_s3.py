@@ -5,7 +5,6 @@ credentials file, never from argv."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from conftest import ClusterFactory, MotoServer
-from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
+from pgharness import CLI, PgCluster, cli_env, run_cli
 from test_wal import archive_under_load, fake_segment, switch_and_wait, write
 from wal_support import assert_recovery_stops_fatally, recover_fully, restoring, source_with_backups
 

@@ -10,7 +10,7 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import EXIT_USAGE, OperationFailed, UsageError
+from chainlens_ops.errors import EXIT_CONFIG, EXIT_USAGE, OperationFailed, UsageError
 from chainlens_ops.record import record
 
 # On the `wal push` path: the protocol (which needs `typing`, ~13 ms to import) lives in
@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 
 class StorageError(OperationFailed):
     """The repository could not be read or written (after retries)."""
+
+
+class StorageUnreachable(StorageError):
+    """The repository cannot be reached or refuses our credentials (exit 3, as for any
+    configuration or connection problem; `wal fetch` still answers 255)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class NotFound(StorageError):

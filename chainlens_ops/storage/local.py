@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+STALE_TEMP_S = 3600.0  # older than any live push could be
+SWEEP_EVERY_S = 600.0  # `wal push` sweeps stale temp files at most this often
+SWEEP_STAMP = ".chainlens-temp-sweep.tmp"  # hidden: never listed as an object
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -56,8 +59,7 @@ class LocalStorage:
         check_key(key)
         self.check_writable()
         final = self._path(key)
-        folder, name = os.path.split(final)
-        self._make_dirs(folder)
+        self._make_dirs(os.path.dirname(final))
         try:
             _, info = write_atomic(
                 final, lambda fd: self._copy_to_fd(key, stream, fd), exclusive=if_absent
@@ -158,32 +160,61 @@ class LocalStorage:
             )
         self._writable = True
 
-    def remove_stale_temp(self, older_than_s: float = 3600.0) -> int:
+    def remove_stale_temp(self, older_than_s: float = STALE_TEMP_S) -> int:
         """Remove temp files left by killed writers, older than `older_than_s` seconds.
 
         The age guard keeps a concurrent writer's live temp file. Returns how many were
         removed. Not part of the protocol: S3 has no such leftovers (abandoned multipart
         uploads are a bucket lifecycle rule's job).
         """
-        if not os.path.isdir(self.root):
-            return 0
-        self.check_writable()
-        cutoff = time.time() - older_than_s
+        stale = self.stale_temp(older_than_s)
+        if stale:
+            self.check_writable()
         removed = 0
+        for path in stale:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
+        return removed
+
+    def stale_temp(self, older_than_s: float = STALE_TEMP_S) -> list[str]:
+        """Temp files left by killed writers, older than `older_than_s` seconds."""
+        cutoff = time.time() - older_than_s
+        found = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if not is_temp_name(name):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    if os.lstat(path).st_mtime < cutoff:
-                        os.unlink(path)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
-        return removed
+                if is_temp_name(name) and name != SWEEP_STAMP:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.lstat(path).st_mtime < cutoff:
+                            found.append(path)
+                    except FileNotFoundError:
+                        continue
+        return found
+
+    def sweep_stale_temp_now_and_then(self, every_s: float = SWEEP_EVERY_S) -> None:
+        """Called by `wal push` after each success: at most once every `every_s` seconds
+        (one stat of a stamp file otherwise), remove temp files of killed writers.
+        Never fails the caller: a failed sweep is retried at the next interval."""
+        stamp = os.path.join(self.root, SWEEP_STAMP)
+        try:
+            if os.stat(stamp).st_mtime > time.time() - every_s:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            with open(stamp, "wb"):
+                pass
+            os.utime(stamp)
+            self.remove_stale_temp()
+        except (OSError, StorageError):
+            return
 
     # -- internals --------------------------------------------------------------------
 

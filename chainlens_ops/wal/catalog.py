@@ -17,12 +17,13 @@ at the switch and cannot carry replay onto the new one). PostgreSQL never fetche
 from __future__ import annotations
 
 import io
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
-from chainlens_ops.storage import NotFound
+from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.wal.names import (
     BACKUP,
     HISTORY,
@@ -94,6 +95,8 @@ class WalCheck:
     segments_checked: int
     gaps: list[WalGap]
     problems: list[str]
+    stale_temp_files: int = 0  # left by killed writers (local), found by this check
+    stale_temp_removed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -111,8 +114,18 @@ class _Scan:
     stored_bytes: int = 0
 
 
+def require_repository(repo: Repository) -> None:
+    """A local repository path that does not exist is an error, not an empty archive."""
+    root = getattr(repo.storage, "root", None)
+    if isinstance(root, str) and not os.path.isdir(root):
+        raise OperationFailed(
+            f"repository {repo.url} does not exist", hint="check the path (--repo, repo =)"
+        )
+
+
 def list_wal(repo: Repository) -> WalListing:
     """Segments per timeline, as contiguous ranges, with stored sizes."""
+    require_repository(repo)
     marker = repo.marker()
     scan = _scan(repo, marker.wal_segment_size if marker else DEFAULT_SEG_SIZE)
     timelines = []
@@ -142,6 +155,7 @@ def list_wal(repo: Repository) -> WalListing:
 def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     """Gaps between `start` (default: the oldest segment on the path) and the newest
     segment, along the newest timeline's history."""
+    require_repository(repo)
     marker = repo.marker()
     if marker is None:
         return WalCheck(repo.url, None, None, [], 0, [], ["the repository holds no WAL yet"])
@@ -186,7 +200,10 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     gaps = _group(missing, seg_size)
     first_span = next((s for s in path if _holds(s, first)), path[0])
     last_span = next((s for s in reversed(path) if _holds(s, last)), path[-1])
+    stale, removed = _clean_stale_temp(repo)
     return WalCheck(
+        stale_temp_files=stale,
+        stale_temp_removed=removed,
         repo=repo.url,
         first=segment_name(first_span.timeline, first, seg_size),
         last=segment_name(last_span.timeline, last, seg_size),
@@ -195,6 +212,20 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         gaps=gaps,
         problems=problems,
     )
+
+
+def _clean_stale_temp(repo: Repository) -> tuple[int, int]:
+    """(found, removed) temp files of killed writers; removal is best effort (a check
+    run by a user who may not write the repository still reports them)."""
+    storage = repo.storage
+    stale = getattr(storage, "stale_temp", None)
+    if stale is None:
+        return 0, 0
+    found = len(stale())
+    try:
+        return found, storage.remove_stale_temp() if found else 0  # type: ignore[attr-defined]
+    except StorageError:
+        return found, 0
 
 
 def needed_timeline(path: list[TimelineSpan], segno: int) -> int | None:

@@ -2,9 +2,9 @@
 
 `restore_command` semantics: a confirmed missing object is an ordinary answer
 (`found=False`, only when the repository is present, holds its marker and belongs to this
-data folder's cluster: `Repository.confirm_absent`; PostgreSQL probes for files that may not exist, e.g. the next timeline's
-history file); everything else that is not success raises, and the caller exits with a
-status PostgreSQL treats as fatal. DEST is written to a temp file in its folder and
+data folder's cluster: `Repository.confirm_absent`; PostgreSQL probes for files that may
+not exist, e.g. the next timeline's history file); everything else that is not success
+raises, and the caller exits with a status PostgreSQL treats as fatal. DEST is written to a temp file in its folder and
 renamed into place only after the object's checksum has been verified.
 
 Prefetch: a fetch that has to go to the repository also downloads the next N segments
@@ -146,5 +146,3 @@ def _download(repo: Repository, spool: Spool, name: str) -> bool:
     except Exception:
         return False
     return True
-
-

@@ -87,7 +87,9 @@ def push_wal(
     if look_ahead > 0 and spool is not None and spool.ready(spool.pushed):
         candidates = ready_files(path, look_ahead, skip={name.name, *spool.pushed_names()})
     if not candidates:
-        return push_file(repo, path, name, level=level)
+        result = push_file(repo, path, name, level=level)
+        _sweep(repo)
+        return result
 
     assert spool is not None  # candidates come from the spool's folder
     folder = os.path.dirname(path)
@@ -104,6 +106,7 @@ def push_wal(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         done = tuple(f.result() for f in futures)
+    _sweep(repo)
     stored = tuple(n for n in done if n)
     return PushResult(
         result.name,
@@ -145,6 +148,13 @@ def push_file(
             _check_same_as_stored(repo, key, name, local)
             return PushResult(name.name, key, IDENTICAL, local.size, local.sha256)
     return PushResult(name.name, key, ARCHIVED, size, None, info.size)
+
+
+def _sweep(repo: Repository) -> None:
+    """Now and then, remove temp files killed pushes left (local repositories)."""
+    sweep = getattr(repo.storage, "sweep_stale_temp_now_and_then", None)
+    if sweep is not None:
+        sweep()
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:

@@ -138,5 +138,3 @@ def _now() -> float:
 def repo_id(url: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-." else "_" for c in url)[:80]
     return f"{safe}-{zlib.crc32(url.encode()):08x}"
-
-
