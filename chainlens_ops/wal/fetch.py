@@ -4,8 +4,9 @@
 (`found=False`, only when the repository is present, holds its marker and belongs to this
 data folder's cluster: `Repository.confirm_absent`; PostgreSQL probes for files that may
 not exist, e.g. the next timeline's history file); everything else that is not success
-raises, and the caller exits with a status PostgreSQL treats as fatal. DEST is written to a temp file in its folder and
-renamed into place only after the object's checksum has been verified.
+raises, and the caller exits with a status PostgreSQL treats as fatal. DEST is written
+to a temp file in its folder and renamed into place only after the object's checksum has
+been verified.
 
 Prefetch: a fetch that has to go to the repository also downloads the next N segments
 of the timeline, in parallel, into the spool (outside `pg_wal`); PostgreSQL's next calls
