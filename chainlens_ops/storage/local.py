@@ -12,6 +12,7 @@ never shows and `remove_stale_temp` removes; never a partial object under its ke
 
 from __future__ import annotations
 
+import builtins
 import os
 import stat as st
 import time
@@ -181,10 +182,10 @@ class LocalStorage:
                 raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
         return removed
 
-    def stale_temp(self, older_than_s: float = STALE_TEMP_S) -> list[str]:
+    def stale_temp(self, older_than_s: float = STALE_TEMP_S) -> tuple[str, ...]:
         """Temp files left by killed writers, older than `older_than_s` seconds."""
         cutoff = time.time() - older_than_s
-        found = []
+        found: builtins.list[str] = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 if is_temp_name(name) and name != SWEEP_STAMP:
@@ -194,7 +195,7 @@ class LocalStorage:
                             found.append(path)
                     except FileNotFoundError:
                         continue
-        return found
+        return tuple(found)
 
     def sweep_stale_temp_now_and_then(self, every_s: float = SWEEP_EVERY_S) -> None:
         """Called by `wal push` after each success: at most once every `every_s` seconds
