@@ -7,6 +7,7 @@ import os
 import signal
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -436,3 +437,79 @@ def test_push_killed_after_look_ahead_upload_before_its_record(
         work = repo.parent
         assert fetch(repo, name, work / f"{name}.back").returncode == 0
         assert (work / f"{name}.back").read_bytes() == (pg_wal / name).read_bytes()
+
+
+@pytest.fixture
+def small_volume(make_cluster: ClusterFactory) -> Iterator[Path]:
+    """A 1 MiB tmpfs owned by postgres (a volume that can fill up or go read-only)."""
+    mount = make_cluster.dir("volume")
+    uid, gid = _pg_ids()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=1m,uid={uid},gid={gid},mode=0700", "tmpfs",
+         str(mount)], capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_push_messages_say_what_is_wrong_full_disk_or_read_only(
+    small_volume: Path, make_cluster: ClusterFactory
+) -> None:
+    work = make_cluster.dir("errno")
+    repo = small_volume / "repo"
+    name = "000000010000000000000002"
+    big = write(work / "pg_wal" / name, fake_segment(name, sysid=8, seg_size=4 * MB, body=os.urandom(2 * MB)))
+    proc = run_cli("wal", "push", "--repo", str(repo), str(big), user="postgres")
+    assert proc.returncode == 1 and "no space left" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    subprocess.run(["mount", "-o", "remount,ro", str(small_volume)], check=True)
+    small = "000000010000000000000003"
+    seg = write(work / "pg_wal" / small, fake_segment(small, sysid=8, seg_size=4 * MB))
+    proc = run_cli("wal", "push", "--repo", str(repo), str(seg), user="postgres")
+    assert proc.returncode == 1 and "read-only file system" in proc.stderr, proc.stderr
+    assert "owned by" not in proc.stderr
+
+
+def test_stale_temp_files_are_swept_by_push_and_reported_by_check(
+    make_cluster: ClusterFactory,
+) -> None:
+    work = make_cluster.dir("stale")
+    repo = work / "repo"
+    names = [f"00000001000000000000000{i}" for i in (2, 3)]
+    segs = [write(work / "pg_wal" / n, fake_segment(n, sysid=9)) for n in names]
+    assert run_cli("wal", "push", "--repo", str(repo), str(segs[0]), user="postgres").returncode == 0
+    folder = repo / "wal" / names[0][:16]
+    old = time.time() - 2 * 3600
+
+    def plant(tag: str) -> Path:
+        path = write(folder / f".{names[0]}.{tag}.tmp", b"left by a killed push")
+        os.utime(path, (old, old))
+        return path
+
+    fresh = write(folder / f".{names[1]}.live.tmp", b"a push in progress")
+    (repo / ".chainlens-temp-sweep.tmp").unlink()  # as if the last sweep was long ago
+    stale = plant("1")
+    assert run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    assert not stale.exists() and fresh.exists()
+    stale = plant("2")  # the sweep ran just now: the next push does not walk the repository
+    assert run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    assert stale.exists()
+    proc = run_cli("wal", "check", "--repo", str(repo), user="postgres")
+    assert "1 stale temp file(s) of killed pushes found, 1 removed" in proc.stdout, proc.stdout
+    assert not stale.exists() and fresh.exists()
+
+
+def test_wal_list_and_check_on_a_repository_path_that_does_not_exist(
+    make_cluster: ClusterFactory,
+) -> None:
+    missing = make_cluster.dir("nothing") / "no-such-repo"
+    for command in ("list", "check"):
+        proc = run_cli("wal", command, "--repo", str(missing))
+        assert proc.returncode == 1 and "does not exist" in proc.stderr, proc.stderr
+        assert "no WAL archived yet" not in proc.stdout
+    proc = run_cli("wal", "list", "--repo", "relative/repo")
+    assert proc.returncode == 2, proc.stderr
