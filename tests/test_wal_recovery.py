@@ -9,7 +9,12 @@ from pathlib import Path
 from conftest import ClusterFactory
 from pgharness import CLI, run_cli
 from test_wal import fake_segment, write
-from wal_support import assert_recovery_stops_fatally, restoring, source_with_backups
+from wal_support import (
+    assert_recovery_stops_fatally,
+    recover_fully,
+    restoring,
+    source_with_backups,
+)
 
 MISSING = "0000000100000FFF000000FF"
 
@@ -91,3 +96,47 @@ def test_recovery_stops_when_the_local_repository_goes_away_mid_way(
     log = assert_recovery_stops_fatally(restoring(make_cluster, datas[0], command))
     assert f'restored log file "{trigger}"' in log
     assert not repo.exists() and (volume / "gone").is_dir()
+
+
+def test_another_clusters_segments_history_and_backup_files_are_refused(
+    make_cluster: ClusterFactory,
+) -> None:
+    """A separately initdb'ed cluster (clones of the test template share one system
+    identifier): its segment, .history and .backup files are refused, from its data
+    folder (pg_control) and from elsewhere (consistency with the repository), naming
+    both clusters; our point-in-time restore still replays everything afterwards."""
+    from pgharness import create_template
+
+    repo = make_cluster.dir("ours") / "repo"
+    _, datas = source_with_backups(make_cluster, f"{CLI} wal push --repo {repo} %p")
+    ours = (repo / "chainlens-repo.toml").read_text()
+    foreign = create_template(make_cluster.dir("foreign"))
+    pg_wal = foreign / "pg_wal"
+    segment = sorted(p for p in pg_wal.iterdir() if len(p.name) == 24)[0]
+    history = write(pg_wal / "00000002.history", b"1\t0/3000060\tno recovery target specified\n")
+    start = segment.name
+    backup = write(
+        pg_wal / f"{start}.00000028.backup",
+        f"START WAL LOCATION: 0/{int(start[16:], 16) * 0x100000 + 0x28:X} (file {start})\n"
+        "STOP WAL LOCATION: 0/3000100 (file 000000010000000000000003)\n".encode(),
+    )
+    elsewhere = make_cluster.dir("elsewhere")
+    for path in (segment, history, backup):
+        proc = run_cli("wal", "push", "--repo", str(repo), str(path), user="postgres")
+        assert proc.returncode == 1, (path.name, proc.stderr)
+        assert "database system" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert ours.split("system_identifier = ")[1][:21].strip('"\n ') in proc.stderr
+    # The same history file from outside any data folder: its parent timeline 1 is here,
+    # but a history naming timeline 7 as parent, or a backup whose start segment was never
+    # archived here, does not fit.
+    for name, body in (
+        ("00000002.history", b"7\t0/3000060\tforeign\n"),
+        ("0000000100000FFF000000FF.00000028.backup",
+         b"START WAL LOCATION: FFF/FF000028 (file 0000000100000FFF000000FF)\n"),
+    ):  # fmt: skip
+        path = write(elsewhere / name, body)
+        proc = run_cli("wal", "push", "--repo", str(repo), str(path), user="postgres")
+        assert proc.returncode == 1 and "does not fit" in proc.stderr, proc.stderr
+    assert not (repo / "wal" / "history").exists()
+    fetch_cmd = f"{CLI} wal fetch --repo {repo} %f %p"
+    assert recover_fully(restoring(make_cluster, datas[0], fetch_cmd)) == 1010

@@ -44,6 +44,7 @@ from chainlens_ops.wal.objfmt import (
     decode,
     file_digest,
 )
+from chainlens_ops.wal.origin import check_origin
 from chainlens_ops.wal.spool import Spool
 
 ARCHIVED = "archived"  # stored by this call
@@ -137,8 +138,10 @@ def push_file(
             header = parse_wal_header(os.pread(fh.fileno(), LONG_HEADER_SIZE, 0), what=path)
             check_header_matches_name(header, name, size=size)
             repo.ensure_marker(header.system_identifier, header.seg_size, header.pg_version)
-        # History and backup files carry no system identifier; a marker, if any, was
-        # checked against the segments that came before them.
+        # History and backup files carry no system identifier: the data folder's
+        # pg_control says which cluster they come from (or, pushed from elsewhere, they
+        # must fit what the repository holds).
+        check_origin(repo, path, name)
         key = repo.wal_key(name)
         reader = EncodingReader(fh, name.name, size, level=level)
         try:
