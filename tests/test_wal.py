@@ -462,7 +462,10 @@ def test_push_messages_say_what_is_wrong_full_disk_or_read_only(
     work = make_cluster.dir("errno")
     repo = small_volume / "repo"
     name = "000000010000000000000002"
-    big = write(work / "pg_wal" / name, fake_segment(name, sysid=8, seg_size=4 * MB, body=os.urandom(2 * MB)))
+    big = write(
+        work / "pg_wal" / name,
+        fake_segment(name, sysid=8, seg_size=4 * MB, body=os.urandom(2 * MB)),
+    )
     proc = run_cli("wal", "push", "--repo", str(repo), str(big), user="postgres")
     assert proc.returncode == 1 and "no space left" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -481,7 +484,9 @@ def test_stale_temp_files_are_swept_by_push_and_reported_by_check(
     repo = work / "repo"
     names = [f"00000001000000000000000{i}" for i in (2, 3)]
     segs = [write(work / "pg_wal" / n, fake_segment(n, sysid=9)) for n in names]
-    assert run_cli("wal", "push", "--repo", str(repo), str(segs[0]), user="postgres").returncode == 0
+    assert (
+        run_cli("wal", "push", "--repo", str(repo), str(segs[0]), user="postgres").returncode == 0
+    )
     folder = repo / "wal" / names[0][:16]
     old = time.time() - 2 * 3600
 
@@ -493,10 +498,14 @@ def test_stale_temp_files_are_swept_by_push_and_reported_by_check(
     fresh = write(folder / f".{names[1]}.live.tmp", b"a push in progress")
     (repo / ".chainlens-temp-sweep.tmp").unlink()  # as if the last sweep was long ago
     stale = plant("1")
-    assert run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    assert (
+        run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    )
     assert not stale.exists() and fresh.exists()
     stale = plant("2")  # the sweep ran just now: the next push does not walk the repository
-    assert run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    assert (
+        run_cli("wal", "push", "--repo", str(repo), str(segs[1]), user="postgres").returncode == 0
+    )
     assert stale.exists()
     proc = run_cli("wal", "check", "--repo", str(repo), user="postgres")
     assert "1 stale temp file(s) of killed pushes found, 1 removed" in proc.stdout, proc.stdout
