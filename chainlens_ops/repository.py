@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import os
 
 from chainlens_ops import __version__
 from chainlens_ops.errors import ConfigError, OperationFailed
@@ -59,6 +60,11 @@ class WrongCluster(OperationFailed):
     """A WAL file or database belongs to another cluster than the repository."""
 
 
+class RepositoryUnavailable(OperationFailed):
+    """The repository cannot say whether an object is absent: its root or marker is
+    missing (an unmounted volume, a deleted folder, the wrong path). Never NotFound."""
+
+
 @record
 class RepoMarker:
     format: int
@@ -67,6 +73,13 @@ class RepoMarker:
     pg_version: int
     created_at: str
     created_by: str
+    repository_id: str = ""  # random, per repository creation (older markers: none)
+
+    @property
+    def identity(self) -> str:
+        """Tells this repository apart from one deleted and recreated at the same URL
+        (look-ahead records are tied to it)."""
+        return f"{self.system_identifier}:{self.repository_id or self.created_at}"
 
     def to_bytes(self) -> bytes:
         return (
@@ -77,6 +90,7 @@ class RepoMarker:
             f"pg_version = {self.pg_version}\n"
             f'created_at = "{self.created_at}"\n'
             f'created_by = "{self.created_by}"\n'
+            + (f'repository_id = "{self.repository_id}"\n' if self.repository_id else "")
         ).encode()
 
 
@@ -108,9 +122,10 @@ class Repository:
 
     # -- the marker -------------------------------------------------------------------
 
-    def marker(self) -> RepoMarker | None:
-        """The marker, or None for a repository nothing has been written to yet."""
-        if self._marker is None:
+    def marker(self, *, fresh: bool = False) -> RepoMarker | None:
+        """The marker, or None for a repository nothing has been written to yet.
+        `fresh` reads it again (the repository may have gone away since)."""
+        if self._marker is None or fresh:
             try:
                 with self.storage.open(MARKER_KEY) as fh:
                     raw = fh.read(1024 * 1024)
@@ -138,6 +153,7 @@ class Repository:
                 pg_version=pg_version,
                 created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 created_by=f"chainlens-ops {__version__}",
+                repository_id=_random_id(),
             )
             try:
                 self.storage.put(MARKER_KEY, io.BytesIO(fresh.to_bytes()), if_absent=True)
@@ -165,6 +181,24 @@ class Repository:
                 hint="each cluster needs its own repository",
             )
 
+    def confirm_absent(self, what: str, system_identifier: int | None) -> None:
+        """Raise unless "`what` is not here" is a true answer: the repository is present,
+        holds its marker, and (when known) belongs to `system_identifier`'s cluster.
+
+        An unmounted volume, a deleted or empty root or a wrong path looks exactly like
+        "no such object" to a plain open; PostgreSQL would then end recovery and promote
+        with part of the data. Called only on a miss, so it costs nothing otherwise.
+        """
+        marker = self.marker(fresh=True)
+        if marker is None:
+            raise RepositoryUnavailable(
+                f"{what} is not in repository {self.url}, but the repository itself is "
+                f"missing or empty (no {MARKER_KEY}): not answering 'absent'",
+                hint="is the repository volume mounted and the path right?",
+            )
+        if system_identifier is not None:
+            self.check_cluster(system_identifier, what="this data folder", marker=marker)
+
     # -- keys -------------------------------------------------------------------------
 
     @staticmethod
@@ -172,6 +206,22 @@ class Repository:
         if name.kind == HISTORY:
             return HISTORY_PREFIX + name.name
         return f"{WAL_PREFIX}{name.name[:16]}/{name.name}"
+
+
+def data_folder_system_identifier(wal_path: str) -> int | None:
+    """The system identifier of the data folder that `wal_path` (`pg_wal/...`, as
+    PostgreSQL passes %p to archive_command/restore_command, which run in the data
+    folder) belongs to: the first 8 bytes of `global/pg_control`, a little-endian
+    uint64. None for a path outside a data folder or an unreadable pg_control."""
+    folder = os.path.dirname(os.path.abspath(wal_path))
+    if os.path.basename(folder) != "pg_wal":
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(folder), "global", "pg_control"), "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(head, "little") if len(head) == 8 else None
 
 
 def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = None) -> str:
@@ -187,6 +237,10 @@ def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = No
             "or `repo` in the config file",
         )
     return target.repo
+
+
+def _random_id() -> str:
+    return os.urandom(8).hex()
 
 
 def _parse_marker(raw: bytes, url: str) -> RepoMarker:
@@ -206,6 +260,7 @@ def _parse_marker(raw: bytes, url: str) -> RepoMarker:
             pg_version=int(fields.get("pg_version", 0)),
             created_at=fields.get("created_at", ""),
             created_by=fields.get("created_by", ""),
+            repository_id=fields.get("repository_id", ""),
         )
     except (ValueError, KeyError):
         raise OperationFailed(

@@ -18,7 +18,7 @@ import pytest
 from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
 from test_cache import add_cache_rows, micro_db
 
-from chainlens_ops.atomic import write_file_atomic
+from chainlens_ops.atomicfile import write_bytes_atomic
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import parse_daemon_config
@@ -415,8 +415,8 @@ def test_daemon_rides_out_a_database_outage(
 def test_metrics_file_is_replaced_whole_and_leaves_no_temp_files(folder: Path) -> None:
     path = folder / "metrics.prom"
     path.write_text("old\n")
-    write_file_atomic(str(path), b"new\n")
+    write_bytes_atomic(str(path), b"new\n")
     assert path.read_text() == "new\n" and oct(path.stat().st_mode & 0o777) == "0o644"
     with pytest.raises(FileNotFoundError):
-        write_file_atomic(str(folder / "missing" / "m.prom"), b"x")
+        write_bytes_atomic(str(folder / "missing" / "m.prom"), b"x")
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]

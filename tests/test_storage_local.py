@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -15,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgharness import VENV, as_postgres, make_shared_dir, pg_uid_gid
-from storage_support import MiB, PatternStream, pattern_digest, stream_digest
+from storage_support import MiB, pattern_digest, stream_digest
 
-from chainlens_ops.errors import ConfigError
-from chainlens_ops.storage import AlreadyExists, NotFound, StorageError, open_storage
+from chainlens_ops.errors import UsageError
+from chainlens_ops.storage import AlreadyExists, StorageError, open_storage
 from chainlens_ops.storage.local import LocalStorage
 from chainlens_ops.storage.s3 import S3Storage
 
@@ -44,8 +45,9 @@ def test_open_storage_picks_the_backend_by_url(tmp_path: Path) -> None:
         assert backend.root == f"{tmp_path}/r"
         assert backend.url == url
     assert isinstance(open_storage("s3://bucket/prefix"), S3Storage)
+    # A bad repository URL is a usage error (exit 2) everywhere, not a config error.
     for bad in ("relative/path", "ftp://x/y", "file://relative", "s3://"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(UsageError):
             open_storage(bad)
 
 
@@ -131,52 +133,91 @@ CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from storage_support import PatternStream
+from chainlens_ops.storage import AlreadyExists
 from chainlens_ops.storage.local import LocalStorage
-stream = PatternStream({size}, seed=7, max_read=64 * 1024, pause=0.0005)
-LocalStorage({root!r}).put("wal/seg", stream)
+try:
+    LocalStorage({root!r}).put("wal/seg", PatternStream({size}, seed=7), if_absent={if_absent})
+    print("stored")
+except AlreadyExists:
+    print("exists")
 """
 
 
-def test_sigkill_during_put_never_leaves_a_partial_object(tmp_path: Path) -> None:
-    size = 16 * MiB  # 256 slow reads: the write takes ~0.2 s, then fsync and publish
-    full = pattern_digest(size, seed=7)
+def put_in_child(
+    root: str,
+    *,
+    crash_at: str = "",
+    if_absent: bool = True,
+    size: int = 3 * MiB,
+    trace: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A put in a process of its own, killed at the named crash point `crash_at`;
+    `trace` records its fsync calls (with the paths of their descriptors) via strace."""
+    env = {k: v for k, v in os.environ.items() if k != "CHAINLENS_CRASH_AT"}
+    if crash_at:
+        env["CHAINLENS_CRASH_AT"] = crash_at
+    argv = [PYTHON, "-c", CHILD.format(tests=str(TESTS), root=root, size=size, if_absent=if_absent)]
+    if trace is not None:
+        argv = [
+            "strace",
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,link",
+            "-o",
+            str(trace),
+            *argv,
+        ]
+    return subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("point", ["after-temp-write", "mid-upload", "after-link"])
+@pytest.mark.parametrize("if_absent", [True, False])
+def test_killed_at_each_crash_point_then_retried_ends_durable_and_identical(
+    tmp_path: Path, point: str, if_absent: bool
+) -> None:
+    """Each named point is reached on every run; the object is never partial, and the
+    retry (as PostgreSQL retries archive_command) ends with the whole object."""
     storage = LocalStorage(str(tmp_path / "repo"))
     storage.put("wal/old", io.BytesIO(b"unrelated"))
-    folder = tmp_path / "repo" / "wal"
-    killed_mid_write = 0
-    for round_, delay in enumerate([0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.8]):
-        if round_ % 2:  # half the rounds overwrite an existing object
-            storage.put("wal/seg", io.BytesIO(b"previous"))
-        previous = b"previous" if round_ % 2 else None
-        child = subprocess.Popen(
-            [PYTHON, "-c", CHILD.format(tests=str(TESTS), root=storage.root, size=size)],
-            cwd="/",  # the installed copy, as PostgreSQL runs it
-        )
-        deadline = time.monotonic() + 20
-        while not list(folder.glob(".seg.*.tmp")) and child.poll() is None:
-            assert time.monotonic() < deadline, "the child never wrote its temp file"
-            time.sleep(0.001)
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if child.returncode == -signal.SIGKILL and list(folder.glob(".seg.*.tmp")):
-            killed_mid_write += 1
-        # Whatever the timing: the old object, nothing, or the whole new one.
-        try:
-            with storage.open("wal/seg") as fh:
-                data_digest = stream_digest(fh)
-        except NotFound:
-            data_digest = None
-        accepted = {full, None} if previous is None else {full, pattern_digest_of(previous)}
-        assert data_digest in accepted, f"round {round_}: partial object visible"
-        assert [i.key for i in storage.list("wal/")] in (["wal/old"], ["wal/old", "wal/seg"])
-        storage.remove_stale_temp(older_than_s=0)
-        assert temp_files(tmp_path) == []
-        storage.delete("wal/seg")
-    assert killed_mid_write >= 3, "the kills all came too late to test anything"
-    # A later put of the same key succeeds, conditionally too.
-    storage.put("wal/seg", PatternStream(MiB), if_absent=True)
-    assert storage.stat("wal/seg").size == MiB
+    killed = put_in_child(storage.root, crash_at=point, if_absent=if_absent)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    published = point == "after-link"
+    assert [i.key for i in storage.list("wal/")] == (
+        ["wal/old", "wal/seg"] if published else ["wal/old"]
+    )
+    retry = put_in_child(storage.root, if_absent=if_absent)
+    assert retry.returncode == 0, retry.stderr
+    assert retry.stdout.strip() == ("exists" if published and if_absent else "stored")
+    with storage.open("wal/seg") as fh:
+        assert stream_digest(fh) == pattern_digest(3 * MiB, seed=7)
+    storage.remove_stale_temp(older_than_s=0)
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_already_exists_is_answered_only_after_syncing_the_stored_copy(tmp_path: Path) -> None:
+    """The repeated-push durability hole: a writer killed after its link and before the
+    folder fsync leaves an entry that may not survive an OS crash. The retry must fsync
+    the existing file and its folder before it answers "already exists"."""
+    storage = LocalStorage(str(tmp_path / "repo"))
+    storage.put("wal/old", io.BytesIO(b"unrelated"))
+    assert put_in_child(storage.root, crash_at="after-link").returncode == -signal.SIGKILL
+    trace = tmp_path / "trace"
+    retry = put_in_child(storage.root, trace=trace)
+    assert retry.stdout.strip() == "exists", retry.stderr
+    calls = trace.read_text().splitlines()
+    final, folder = f"{storage.root}/wal/seg", f"{storage.root}/wal"
+    link = next(
+        i for i, c in enumerate(calls) if c.split()[1].startswith("link(") and "EEXIST" in c
+    )
+    after = calls[link:]
+    assert any("fsync(" in c and f"<{final}>" in c for c in after), calls
+    assert any("fsync(" in c and f"<{folder}>" in c for c in after), calls
+    # Killed on the "already exists" path before syncing: the next retry still answers
+    # only after syncing (nothing was cached in between).
+    assert put_in_child(storage.root, crash_at="exists-before-sync").returncode == -signal.SIGKILL
 
 
 def pattern_digest_of(data: bytes) -> str:

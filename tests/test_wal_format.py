@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository
@@ -231,3 +233,86 @@ def test_local_push_and_its_fast_paths_import_nothing_heavy(tmp_path: Path) -> N
         # The duplicate check reads the stored object back: hashlib is allowed there.
         allowed = {"hashlib"} if "again" in attempt else set()
         assert imported & (HEAVY_FOR_PUSH - allowed) == set(), attempt
+
+
+def test_gap_check_needs_the_new_timelines_copy_of_the_switch_segment(tmp_path: Path) -> None:
+    """PostgreSQL never fetches `.partial` files, and the old timeline's full copy of the
+    switch segment cannot carry replay onto the new timeline: neither covers it."""
+    repo = Repository(f"file://{tmp_path}/repo")
+    repo.ensure_marker(7, MB, 15)
+    for n in (1, 2, 3, 4):
+        _store(repo, segment_name(1, n, MB), b"x")
+    _store(repo, segment_name(1, 4, MB) + ".partial", b"x")
+    _store(repo, "00000002.history", b"1\t0/40A0B0\tno recovery target specified\n")
+    _store(repo, segment_name(2, 5, MB), b"x")
+    result = check_wal(repo)
+    assert [(g.timeline, g.first, g.count) for g in result.gaps] == [
+        (2, "000000020000000000000004", 1)
+    ]
+    with pytest.raises(UsageError, match="past the newest"):
+        check_wal(repo, start=segment_name(2, 9, MB))
+    with pytest.raises(UsageError, match="timeline 5 is not on"):
+        check_wal(repo, start=segment_name(5, 2, MB))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    switches=st.lists(st.tuples(st.integers(1, 3), st.sampled_from([0, 0x20000])),
+                      max_size=2),  # (segments after the previous switch, offset)
+    present=st.sets(st.tuples(st.integers(1, 3), st.integers(1, 9)), max_size=27),
+    partials=st.sets(st.tuples(st.integers(1, 3), st.integers(1, 9)), max_size=6),
+)  # fmt: skip
+def test_gap_check_agrees_with_a_model_of_recovery(
+    switches: list[tuple[int, int]],
+    present: set[tuple[int, int]],
+    partials: set[tuple[int, int]],
+) -> None:
+    """Random histories with switches (on and off segment boundaries), partials and
+    deletions, against a model of what recovery asks for: at the end of segment s replay
+    is on the newest timeline that began before that end, and needs that timeline's full
+    copy of s (a `.partial` never counts)."""
+    import tempfile
+
+    switch_lsns, lsn = [], MB  # timeline i+2 begins at switch_lsns[i]
+    for after, offset in switches:
+        lsn = (lsn // MB + after) * MB + offset
+        switch_lsns.append(lsn)
+    newest = 1 + len(switch_lsns)
+    with tempfile.TemporaryDirectory() as folder:
+        repo = Repository(f"file://{folder}/repo")
+        repo.ensure_marker(7, MB, 15)
+        history = ""
+        for i, at in enumerate(switch_lsns):
+            history += f"{i + 1}\t0/{at:X}\tswitch\n"
+            _store(repo, f"{i + 2:08X}.history", history.encode())
+        for tli, n in present:
+            if tli <= newest:
+                _store(repo, segment_name(tli, n, MB), b"x")
+        for tli, n in partials:
+            if tli <= newest:
+                _store(repo, segment_name(tli, n, MB) + ".partial", b"x")
+
+        def timeline_at_end_of(s: int) -> int:
+            return 1 + sum(1 for at in switch_lsns if at < (s + 1) * MB)
+
+        needed = {s: timeline_at_end_of(s) for s in range(1, 10)}
+        held = [s for s, tli in needed.items() if (tli, s) in present]
+        # Segments of an old timeline beyond its switch are not on the path.
+        on_path = [
+            s for tli, s in present
+            if tli <= newest and (tli == newest or s <= (switch_lsns[tli - 1] - 1) // MB)
+            and (tli == 1 or s >= switch_lsns[tli - 2] // MB)
+        ]  # fmt: skip
+        result = check_wal(repo)
+        if not on_path:
+            assert result.segments_checked == 0
+            return
+        first, last = min(on_path), max(on_path)
+        model = [(needed[s], s) for s in range(first, last + 1) if s not in held]
+        got = [
+            (g.timeline, parse_wal_name(g.first).segno(MB) + i)
+            for g in result.gaps
+            for i in range(g.count)
+        ]
+        assert got == model, (switch_lsns, sorted(present), result)
+        assert result.segments_checked == last - first + 1 >= 0

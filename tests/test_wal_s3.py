@@ -5,7 +5,6 @@ credentials file, never from argv."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import time
@@ -16,8 +15,9 @@ from typing import Any
 import boto3
 import pytest
 from conftest import ClusterFactory, MotoServer
-from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
+from pgharness import CLI, PgCluster, cli_env, run_cli
 from test_wal import archive_under_load, fake_segment, switch_and_wait, write
+from wal_support import assert_recovery_stops_fatally, recover_fully, restoring, source_with_backups
 
 MB = 1024 * 1024
 
@@ -160,34 +160,14 @@ def test_push_killed_during_upload_leaves_no_object(
     data = fake_segment(name, sysid=42, seg_size=seg_size, body=os.urandom(seg_size - 64))
     segment = write(work / "pg_wal" / name, data)
     key = f"k/wal/{name[:16]}/{name}"
-    rng = random.Random(7)
-    killed = 0
-    for _ in range(10):
-        proc = setup.popen("wal", "push", "--repo", repo, str(segment))
-
-        def uploading(p: subprocess.Popen[bytes] = proc) -> bool:
-            found = s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
-            return bool(found) or p.poll() is not None
-
-        try:
-            wait_for(uploading, 60, 0.01)
-            time.sleep(rng.uniform(0, 0.3))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                killed += 1
-        finally:
-            proc.wait()
-        for upload in s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []):
-            # What a bucket lifecycle rule does with abandoned uploads.
-            s3.abort_multipart_upload(
-                Bucket=s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-            )
-        listed = s3.list_objects_v2(Bucket=s3_bucket, Prefix=key).get("Contents", [])
-        if listed:  # finished before the kill: then it must be whole
-            proc_fetch = setup.cli("wal", "fetch", "--repo", repo, name, str(work / "c"), user=None)
-            assert proc_fetch.returncode == 0 and (work / "c").read_bytes() == data
-            s3.delete_object(Bucket=s3_bucket, Key=key)
-    assert killed >= 6
+    killed = run_cli("--config", str(setup.config), "wal", "push", "--repo", repo, str(segment),
+                     env={**setup.env, "CHAINLENS_CRASH_AT": "mid-upload"}, user=None)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not s3.list_objects_v2(Bucket=s3_bucket, Prefix=key).get("Contents")
+    uploads = s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert uploads  # killed with a part stored, the object never published
+    for upload in uploads:  # what a bucket lifecycle rule does with abandoned uploads
+        s3.abort_multipart_upload(Bucket=s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"])
     proc_push = setup.cli("wal", "push", "--repo", repo, str(segment), user=None)
     assert proc_push.returncode == 0, proc_push.stderr
     proc_fetch = setup.cli("wal", "fetch", "--repo", repo, name, str(work / "final"), user=None)
@@ -226,8 +206,6 @@ def test_recovery_stops_when_s3_goes_away_instead_of_promoting(
     `wal fetch` as restore_command. With S3 up the restore replays everything; with S3
     gone, PostgreSQL must stop recovery (exit 255 is fatal to it), not end recovery
     early and promote a server that is missing the later rows."""
-    from pgharness import PG_BIN, as_postgres, free_port, run_checked
-
     server = MotoServer()
     server.start()
     try:
@@ -235,48 +213,11 @@ def test_recovery_stops_when_s3_goes_away_instead_of_promoting(
         server.create_bucket("pitr")
         repo = "s3://pitr/cluster"
         cli = f"AWS_SHARED_CREDENTIALS_FILE={setup.credentials} {CLI} --config {setup.config}"
-        source = make_cluster(
-            start=False, archive_mode="on", archive_command=f"{cli} wal push --repo {repo} %p"
+        _, backups = source_with_backups(
+            make_cluster, f"{cli} wal push --repo {repo} %p", backups=2
         )
-        source.start()
-        source.execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 10)")
-        backups = [make_cluster.dir(f"backup{i}") / "data" for i in range(2)]
-        for backup in backups:
-            run_checked(
-                as_postgres(
-                    [str(PG_BIN / "pg_basebackup"), "-d", source.conninfo(), "-D", str(backup)]
-                ),
-                cwd="/",
-            )
-        # Written after the backups: only the archive has these rows.
-        source.execute("INSERT INTO t SELECT generate_series(11, 1000)")
-        switch_and_wait(source)
-        source.stop()
-
-        def restored(data: Path) -> PgCluster:
-            cluster = PgCluster(data, free_port())
-            cluster.configure(
-                archive_mode="off",
-                restore_command=f"{cli} wal fetch --repo {repo} %f %p",
-            )
-            (data / "recovery.signal").touch()
-            return cluster
-
-        with_s3 = restored(backups[0])
-        make_cluster.made.append(with_s3)
-        with_s3.start()
-        wait_for(lambda: not with_s3.scalar("SELECT pg_is_in_recovery()"), timeout=60)
-        assert with_s3.scalar("SELECT count(*) FROM t") == 1000
-        with_s3.stop()
+        fetch = f"{cli} wal fetch --repo {repo} %f %p"
+        assert recover_fully(restoring(make_cluster, backups[0], fetch)) == 1010
     finally:
         server.stop()
-
-    without_s3 = restored(backups[1])
-    make_cluster.made.append(without_s3)
-    with pytest.raises(RuntimeError):
-        without_s3.start(timeout=60)
-    log = without_s3.read_log()
-    assert "exit code 255" in log, log[-3000:]
-    assert "database system is ready to accept connections" not in log
-    assert not without_s3.is_running()
-    assert not list((backups[1] / "pg_wal").glob("*.history"))  # never promoted
+    assert_recovery_stops_fatally(restoring(make_cluster, backups[1], fetch))

@@ -171,6 +171,12 @@ def check_command(
             f"{', '.join(str(s.timeline) for s in result.path)}",
             markup=False,
         )
+    if result.stale_temp_files and not json_output:
+        console.print(
+            f"{result.stale_temp_files} stale temp file(s) of killed pushes found, "
+            f"{result.stale_temp_removed} removed",
+            markup=False,
+        )
     if result.ok:
         if not json_output:
             console.print("no gaps", markup=False)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from chainlens_ops.atomic import write_file_atomic
+from chainlens_ops.atomicfile import write_bytes_atomic
 from chainlens_ops.config import DATABASES, Settings
 from chainlens_ops.daemon.history import JobRun, last_runs, wal_archiver
 from chainlens_ops.errors import ChainlensError
@@ -126,7 +126,7 @@ def render(metrics: list[Metric]) -> str:
 
 def write_metrics(path: str, settings: Settings, job_names: Iterable[str]) -> None:
     """Collect and atomically replace `path` (node_exporter never sees half a file)."""
-    write_file_atomic(path, render(collect(settings, job_names)).encode(), mode=0o644)
+    write_bytes_atomic(path, render(collect(settings, job_names)).encode(), mode=0o644)
 
 
 def _per_job(

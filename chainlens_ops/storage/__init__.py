@@ -10,7 +10,7 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import EXIT_USAGE, ConfigError, OperationFailed
+from chainlens_ops.errors import EXIT_CONFIG, EXIT_USAGE, OperationFailed, UsageError
 from chainlens_ops.record import record
 
 # On the `wal push` path: the protocol (which needs `typing`, ~13 ms to import) lives in
@@ -25,12 +25,20 @@ class StorageError(OperationFailed):
     """The repository could not be read or written (after retries)."""
 
 
+class StorageUnreachable(StorageError):
+    """The repository cannot be reached or refuses our credentials (exit 3, as for any
+    configuration or connection problem; `wal fetch` still answers 255)."""
+
+    exit_code = EXIT_CONFIG
+
+
 class NotFound(StorageError):
     """The key does not exist: a confirmed absence, not a failure to look."""
 
 
 class AlreadyExists(StorageError):
-    """A conditional put (`if_absent=True`) found the key already there."""
+    """A conditional put (`if_absent=True`) found the key already there; the stored copy
+    is durable (part of the contract: "already there" is an answer PostgreSQL acts on)."""
 
 
 class InvalidKey(StorageError, ValueError):
@@ -56,7 +64,7 @@ def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
         from chainlens_ops.storage.local import LocalStorage
 
         return LocalStorage(url)
-    raise ConfigError(
+    raise UsageError(
         f"repository {url!r} is not a file:///absolute/path, /absolute/path or s3://bucket/prefix"
     )
 

@@ -12,11 +12,14 @@ never shows and `remove_stale_temp` removes; never a partial object under its ke
 
 from __future__ import annotations
 
+import builtins
 import os
 import stat as st
 import time
 
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
+from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.errors import UsageError
 from chainlens_ops.storage import AlreadyExists, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
 
@@ -26,7 +29,9 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 CHUNK = 1024 * 1024
-TEMP_SUFFIX = ".tmp"
+STALE_TEMP_S = 3600.0  # older than any live push could be
+SWEEP_EVERY_S = 600.0  # `wal push` sweeps stale temp files at most this often
+SWEEP_STAMP = ".chainlens-temp-sweep.tmp"  # hidden: never listed as an object
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -55,41 +60,19 @@ class LocalStorage:
         check_key(key)
         self.check_writable()
         final = self._path(key)
-        folder, name = os.path.split(final)
-        self._make_dirs(folder)
-        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}")
+        self._make_dirs(os.path.dirname(final))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            _, info = write_atomic(
+                final, lambda fd: self._copy_to_fd(key, stream, fd), exclusive=if_absent
+            )
+        except _SourceError as exc:
+            raise exc.original from None
+        except FileExistsError:
+            # write_atomic has fsynced the existing file and its folder: "already there"
+            # is an answer only once the stored copy is durable.
+            raise AlreadyExists(f"{key} already exists in repository {self.root}") from None
         except OSError as exc:
             raise self._error("write", key, exc) from exc
-        try:
-            try:
-                self._copy_to_fd(key, stream, fd)
-                os.fsync(fd)
-                info = os.fstat(fd)
-            except OSError as exc:
-                if isinstance(exc, _SourceError):
-                    raise exc.original from None
-                raise self._error("write", key, exc) from exc
-            finally:
-                os.close(fd)
-            try:
-                if if_absent:
-                    try:
-                        os.link(tmp, final)
-                    except FileExistsError:
-                        raise AlreadyExists(
-                            f"{key} already exists in repository {self.root}"
-                        ) from None
-                else:
-                    os.replace(tmp, final)
-                    tmp = ""
-                _fsync_dir(folder)
-            except OSError as exc:
-                raise self._error("write", key, exc) from exc
-        finally:
-            if tmp:
-                _unlink_quietly(tmp)
         return ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
 
     def open(self, key: str) -> BinaryIO:
@@ -137,7 +120,7 @@ class LocalStorage:
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
         try:
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
 
@@ -170,38 +153,69 @@ class LocalStorage:
                 f"(e.g. sudo -u {owner} chainlens-ops ...)"
             )
         if euid != 0 and not os.access(self.root, os.W_OK | os.X_OK):
+            if _read_only_fs(self.root):
+                raise StorageError(f"repository {self.root} is on a read-only file system")
             raise StorageError(
                 f"repository {self.root} is not writable by {_user_name(euid)} "
                 f"(owned by {_user_name(info.st_uid)}); run chainlens-ops as its owner"
             )
         self._writable = True
 
-    def remove_stale_temp(self, older_than_s: float = 3600.0) -> int:
+    def remove_stale_temp(self, older_than_s: float = STALE_TEMP_S) -> int:
         """Remove temp files left by killed writers, older than `older_than_s` seconds.
 
         The age guard keeps a concurrent writer's live temp file. Returns how many were
         removed. Not part of the protocol: S3 has no such leftovers (abandoned multipart
         uploads are a bucket lifecycle rule's job).
         """
-        if not os.path.isdir(self.root):
-            return 0
-        self.check_writable()
-        cutoff = time.time() - older_than_s
+        stale = self.stale_temp(older_than_s)
+        if stale:
+            self.check_writable()
         removed = 0
+        for path in stale:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
+        return removed
+
+    def stale_temp(self, older_than_s: float = STALE_TEMP_S) -> tuple[str, ...]:
+        """Temp files left by killed writers, older than `older_than_s` seconds."""
+        cutoff = time.time() - older_than_s
+        found: builtins.list[str] = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
-                    continue
-                path = os.path.join(dirpath, name)
-                try:
-                    if os.lstat(path).st_mtime < cutoff:
-                        os.unlink(path)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    raise StorageError(f"cannot remove temp file {path}: {_why(exc)}") from exc
-        return removed
+                if is_temp_name(name) and name != SWEEP_STAMP:
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.lstat(path).st_mtime < cutoff:
+                            found.append(path)
+                    except FileNotFoundError:
+                        continue
+        return tuple(found)
+
+    def sweep_stale_temp_now_and_then(self, every_s: float = SWEEP_EVERY_S) -> None:
+        """Called by `wal push` after each success: at most once every `every_s` seconds
+        (one stat of a stamp file otherwise), remove temp files of killed writers.
+        Never fails the caller: a failed sweep is retried at the next interval."""
+        stamp = os.path.join(self.root, SWEEP_STAMP)
+        try:
+            if os.stat(stamp).st_mtime > time.time() - every_s:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            with open(stamp, "wb"):
+                pass
+            os.utime(stamp)
+            self.remove_stale_temp()
+        except (OSError, StorageError):
+            return
 
     # -- internals --------------------------------------------------------------------
 
@@ -263,6 +277,7 @@ class LocalStorage:
             while chunk:
                 written = os.write(fd, chunk)
                 chunk = chunk[written:]
+            crash_point("mid-upload")
 
     def _make_dirs(self, folder: str) -> None:
         """Create `folder` and missing parents (0700), fsyncing each new entry's parent."""
@@ -286,7 +301,7 @@ class LocalStorage:
             except OSError as exc:
                 raise StorageError(f"cannot create folder {path}: {_why(exc)}") from exc
             try:
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             except OSError as exc:
                 raise StorageError(f"cannot sync folder of {path}: {_why(exc)}") from exc
 
@@ -313,24 +328,8 @@ def _path_from_url(url: str) -> str:
 
             path = unquote(path)
     if not path.startswith("/"):
-        raise ConfigError(f"repository {url!r} is not an absolute path (file:///abs/path)")
+        raise UsageError(f"repository {url!r} is not an absolute path (file:///abs/path)")
     return os.path.normpath(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    # A plain try: suppress() would import contextlib on the `wal push` path.
-    try:  # noqa: SIM105
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _user_name(uid: int) -> str:
@@ -342,5 +341,23 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+_ERRNO_MEANING = {
+    30: "the repository is on a read-only file system (remount it read-write)",  # EROFS
+    28: "no space left on the repository's device (free space or grow the volume)",  # ENOSPC
+    122: "disk quota exceeded on the repository's device",  # EDQUOT
+    13: "permission denied (check the folder's owner and mode)",  # EACCES
+    1: "operation not permitted (check the folder's owner and mode)",  # EPERM
+}
+
+
 def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    """What is actually wrong, from the errno (not a guess from ownership)."""
+    meaning = _ERRNO_MEANING.get(exc.errno or 0)
+    return meaning or exc.strerror or str(exc)
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -13,7 +13,9 @@ class Storage(Protocol):
 
     def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
         """Store `stream` under `key`; durable on return. Readers never see a partial
-        object. With `if_absent`, raise AlreadyExists (atomically) if `key` exists."""
+        object. With `if_absent`, raise AlreadyExists (atomically) if `key` exists, and
+        only once the stored copy is itself durable (local: the existing file and its
+        folder are fsynced first; S3: a visible object is durable)."""
 
     def open(self, key: str) -> BinaryIO:
         """A readable stream of the object (use as a context manager). NotFound if absent."""

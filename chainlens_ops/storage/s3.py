@@ -27,8 +27,16 @@ import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chainlens_ops.config import S3Settings
-from chainlens_ops.errors import ConfigError
-from chainlens_ops.storage import AlreadyExists, InvalidKey, NotFound, ObjectInfo, StorageError
+from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.errors import ConfigError, UsageError
+from chainlens_ops.storage import (
+    AlreadyExists,
+    InvalidKey,
+    NotFound,
+    ObjectInfo,
+    StorageError,
+    StorageUnreachable,
+)
 from chainlens_ops.storage.keys import check_key, check_prefix
 from chainlens_ops.streams import read_full
 
@@ -40,6 +48,16 @@ MiB = 1024 * 1024
 PART_SIZE = 8 * MiB
 MAX_PARTS = 10_000
 READ_BUFFER = 1 * MiB
+_UNREACHABLE = {
+    "NoCredentialsError", "PartialCredentialsError", "EndpointConnectionError",
+    "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError",
+}  # fmt: skip
+_REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+_CREDENTIALS_HINT = (
+    "credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, "
+    "AWS_PROFILE or AWS_SHARED_CREDENTIALS_FILE (default ~/.aws/credentials); the endpoint "
+    "from AWS_ENDPOINT_URL or [s3] endpoint_url"
+)
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT_RETRIES = 3  # S3 answers 409 while a concurrent conditional write is in flight
 
@@ -215,6 +233,7 @@ class S3Storage:
                 )
                 digests.append(digest)
                 size += len(chunk)
+                crash_point("mid-upload")  # a part stored, the object not yet published
                 chunk = b""  # let the part go before reading the next one
                 chunk = read_full(stream, _part_size(self.part_size, number + 1))
             args: dict[str, Any] = {
@@ -300,6 +319,10 @@ class S3Storage:
     def _translate(self, action: str, key: str, exc: ClientError | BotoCoreError) -> StorageError:
         where = self._where(key)
         if isinstance(exc, BotoCoreError):
+            if type(exc).__name__ in _UNREACHABLE:
+                return StorageUnreachable(
+                    f"S3 {action} {where} failed: {exc}", hint=_CREDENTIALS_HINT
+                )
             return StorageError(f"S3 {action} {where} failed: {exc}")
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -307,6 +330,10 @@ class S3Storage:
         message = str(error.get("Message", "")) or code
         if code == "NoSuchBucket":
             return StorageError(f"S3 bucket {self.bucket} does not exist (at {self.endpoint})")
+        if code in _REFUSED_CREDENTIALS:
+            return StorageUnreachable(
+                f"S3 {action} {where} refused our credentials: {code}", hint=_CREDENTIALS_HINT
+            )
         if code == "PreconditionFailed" or status == 412:
             return AlreadyExists(f"{where} already exists")
         if action in ("read", "stat") and (code in _NOT_FOUND_CODES or status == 404):
@@ -372,13 +399,13 @@ def _parse_url(url: str) -> tuple[str, str]:
     rest = url[len("s3://") :] if url.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise ConfigError(f"repository {url!r} names no bucket (s3://bucket/prefix)")
+        raise UsageError(f"repository {url!r} names no bucket (s3://bucket/prefix)")
     prefix = prefix.strip("/")
     if prefix:
         try:
             check_key(prefix)
         except InvalidKey as exc:
-            raise ConfigError(f"repository {url!r}: bad prefix: {exc}") from None
+            raise UsageError(f"repository {url!r}: bad prefix: {exc}") from None
         prefix += "/"
     return bucket, prefix
 

@@ -6,17 +6,24 @@ file names its ancestors and the positions where each one ended, so segment s is
 needed on the timeline whose range holds s. At a switch point, the old timeline's last
 segment may exist only as `.partial` (the promoted standby archives it that way) or not
 at all once the new timeline's copy exists; neither is a gap.
+
+Exactly what `restore_command` is asked for: for segment s PostgreSQL asks the newest
+timeline whose range begins at or before s first, so the segment that holds a switch
+point is needed on the NEW timeline (the old timeline's copy, full or `.partial`, ends
+at the switch and cannot carry replay onto the new one). PostgreSQL never fetches
+`.partial` files: they never cover anything.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
-from chainlens_ops.storage import NotFound
+from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.wal.names import (
     BACKUP,
     HISTORY,
@@ -88,6 +95,8 @@ class WalCheck:
     segments_checked: int
     gaps: list[WalGap]
     problems: list[str]
+    stale_temp_files: int = 0  # left by killed writers (local), found by this check
+    stale_temp_removed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -105,8 +114,18 @@ class _Scan:
     stored_bytes: int = 0
 
 
+def require_repository(repo: Repository) -> None:
+    """A local repository path that does not exist is an error, not an empty archive."""
+    root = getattr(repo.storage, "root", None)
+    if isinstance(root, str) and not os.path.isdir(root):
+        raise OperationFailed(
+            f"repository {repo.url} does not exist", hint="check the path (--repo, repo =)"
+        )
+
+
 def list_wal(repo: Repository) -> WalListing:
     """Segments per timeline, as contiguous ranges, with stored sizes."""
+    require_repository(repo)
     marker = repo.marker()
     scan = _scan(repo, marker.wal_segment_size if marker else DEFAULT_SEG_SIZE)
     timelines = []
@@ -136,6 +155,7 @@ def list_wal(repo: Repository) -> WalListing:
 def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     """Gaps between `start` (default: the oldest segment on the path) and the newest
     segment, along the newest timeline's history."""
+    require_repository(repo)
     marker = repo.marker()
     if marker is None:
         return WalCheck(repo.url, None, None, [], 0, [], ["the repository holds no WAL yet"])
@@ -152,7 +172,6 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         return any(_holds(span, segno) for span in path if span.timeline == tli)
 
     present = [s for tli, segs in scan.segments.items() for s in segs if on_path(tli, s)]
-    present += [s for tli, parts in scan.partial.items() for s in parts if on_path(tli, s)]
     if not present:
         return WalCheck(
             repo.url, None, None, path, 0, [], ["no segment on the newest timeline's path"]
@@ -163,24 +182,28 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         if wal.kind != SEGMENT:
             raise UsageError(f"--from takes a segment name, not {start!r}")
         first = wal.segno(seg_size)
+        if not any(span.timeline == wal.tli for span in path):
+            raise UsageError(
+                f"--from {start}: timeline {wal.tli} is not on the archive's timeline path "
+                f"({', '.join(str(span.timeline) for span in path)})"
+            )
+        if first > max(present):
+            raise UsageError(f"--from {start} is past the newest archived segment")
     last = max(present)
 
     missing: list[tuple[int, int]] = []
     for segno in range(first, last + 1):
-        spans = [span for span in path if _holds(span, segno)]
-        if any(segno in scan.segments.get(span.timeline, {}) for span in spans):
+        tli = needed_timeline(path, segno)
+        if tli is not None and segno in scan.segments.get(tli, {}):
             continue
-        if any(
-            span.last_segno == segno and segno in scan.partial.get(span.timeline, {})
-            for span in spans
-        ):
-            continue
-        # Report it on the timeline a restore asks for first: the newest that holds it.
-        missing.append((spans[-1].timeline if spans else newest, segno))
+        missing.append((tli if tli is not None else newest, segno))
     gaps = _group(missing, seg_size)
     first_span = next((s for s in path if _holds(s, first)), path[0])
     last_span = next((s for s in reversed(path) if _holds(s, last)), path[-1])
+    stale, removed = _clean_stale_temp(repo)
     return WalCheck(
+        stale_temp_files=stale,
+        stale_temp_removed=removed,
         repo=repo.url,
         first=segment_name(first_span.timeline, first, seg_size),
         last=segment_name(last_span.timeline, last, seg_size),
@@ -189,6 +212,29 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         gaps=gaps,
         problems=problems,
     )
+
+
+def _clean_stale_temp(repo: Repository) -> tuple[int, int]:
+    """(found, removed) temp files of killed writers; removal is best effort (a check
+    run by a user who may not write the repository still reports them)."""
+    storage = repo.storage
+    stale = getattr(storage, "stale_temp", None)
+    if stale is None:
+        return 0, 0
+    found = len(stale())
+    try:
+        return found, storage.remove_stale_temp() if found else 0  # type: ignore[attr-defined]
+    except StorageError:
+        return found, 0
+
+
+def needed_timeline(path: list[TimelineSpan], segno: int) -> int | None:
+    """The timeline whose copy of `segno` a restore to the newest timeline needs: the
+    newest one on the path whose range holds it."""
+    for span in reversed(path):
+        if _holds(span, segno):
+            return span.timeline
+    return None
 
 
 def timeline_path(

@@ -1,10 +1,12 @@
 """`wal fetch`: restore one WAL file from the repository for PostgreSQL's recovery.
 
 `restore_command` semantics: a confirmed missing object is an ordinary answer
-(`found=False`; PostgreSQL probes for files that may not exist, e.g. the next timeline's
-history file); everything else that is not success raises, and the caller exits with a
-status PostgreSQL treats as fatal. DEST is written to a temp file in its folder and
-renamed into place only after the object's checksum has been verified.
+(`found=False`, only when the repository is present, holds its marker and belongs to this
+data folder's cluster: `Repository.confirm_absent`; PostgreSQL probes for files that may
+not exist, e.g. the next timeline's history file); everything else that is not success
+raises, and the caller exits with a status PostgreSQL treats as fatal. DEST is written
+to a temp file in its folder and renamed into place only after the object's checksum has
+been verified.
 
 Prefetch: a fetch that has to go to the repository also downloads the next N segments
 of the timeline, in parallel, into the spool (outside `pg_wal`); PostgreSQL's next calls
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import os
 
+from chainlens_ops.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.atomicfile import write_atomic
 from chainlens_ops.errors import UsageError
 from chainlens_ops.record import record
-from chainlens_ops.repository import Repository
+from chainlens_ops.repository import Repository, data_folder_system_identifier
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.names import SEGMENT, WalName, next_segment_names, parse_wal_name
 from chainlens_ops.wal.objfmt import CorruptObject, decode
-from chainlens_ops.wal.spool import FILE_MODE, Spool
+from chainlens_ops.wal.spool import Spool
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -90,18 +94,15 @@ def fetch_wal(
 
 
 def write_verified(src: BinaryIO, dest: str, name: str, *, where: str) -> int:
-    """Decode `src` into a temp file next to `dest`, verify, then rename it into place."""
-    folder, base = os.path.split(dest)
-    tmp = os.path.join(folder, f".{base}.chainlens-{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = decode(src, out, name=name, where=where)
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    return digest.size
+    """Decode `src` into a temp file next to `dest`, verify, then rename it into place
+    (no fsync: PostgreSQL syncs what it keeps of a restored file)."""
+
+    def fill(fd: int) -> int:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            return decode(src, out, name=name, where=where).size
+
+    size, _ = write_atomic(dest, fill, durable=False)
+    return size
 
 
 def _fetch_direct(repo: Repository, wal: WalName, dest: str, spool: Spool | None) -> FetchResult:
@@ -110,6 +111,7 @@ def _fetch_direct(repo: Repository, wal: WalName, dest: str, spool: Spool | None
         with repo.storage.open(key) as src:
             size = write_verified(src, dest, wal.name, where=f"{repo.url}: {key}")
     except NotFound:
+        repo.confirm_absent(wal.name, data_folder_system_identifier(dest))
         if spool is not None and wal.kind == SEGMENT:
             # Past the end of the archive: what was prefetched will not be asked for.
             spool.clear_prefetch()
@@ -132,23 +134,16 @@ def _download(repo: Repository, spool: Spool, name: str) -> bool:
     """Copy one object into the spool as it is (verified when used). False if absent
     or on any failure: PostgreSQL's own call for it goes to the repository."""
     final = os.path.join(spool.prefetch, name)
-    tmp = os.path.join(spool.prefetch, f".{name}.{os.getpid()}.tmp")
+
+    def fill(fd: int) -> None:
+        while chunk := src.read(1024 * 1024):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+
     try:
         with repo.storage.open(repo.wal_key(parse_wal_name(name))) as src:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-            with os.fdopen(fd, "wb") as out:
-                while chunk := src.read(1024 * 1024):
-                    out.write(chunk)
-        os.replace(tmp, final)
+            write_atomic(final, fill, durable=False)
     except Exception:
-        _unlink(tmp)
         return False
     return True
-
-
-def _unlink(path: str) -> None:
-    # A plain try: suppress() would import contextlib on the `wal push` path.
-    try:  # noqa: SIM105
-        os.unlink(path)
-    except OSError:
-        pass

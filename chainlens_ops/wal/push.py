@@ -13,13 +13,17 @@ Look-ahead (for slow repositories such as S3): a push also uploads up to N other
 PostgreSQL has marked `.ready` in `pg_wal/archive_status`, in parallel, and records each
 one in the spool once it is durable. PostgreSQL's later call for such a file then only
 checks that the file on disk is still the one uploaded (same inode, size, mtime, ctime)
-and returns: no storage call, no boto3.
+and that the repository is still the one the record was made in (its marker's identity:
+a repository deleted and recreated at the same URL must get the file again), and returns:
+on S3 no storage call and no boto3 for most calls (the identity is re-read at most every
+REPOSITORY_RECHECK_S seconds).
 """
 
 from __future__ import annotations
 
 import os
 
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
@@ -40,11 +44,13 @@ from chainlens_ops.wal.objfmt import (
     decode,
     file_digest,
 )
+from chainlens_ops.wal.origin import check_origin
 from chainlens_ops.wal.spool import Spool
 
 ARCHIVED = "archived"  # stored by this call
 IDENTICAL = "already-archived"  # the repository already held the same bytes
 AHEAD = "archived-ahead"  # stored earlier by a look-ahead upload, local file unchanged
+REPOSITORY_RECHECK_S = 30.0  # S3: how long a verified repository identity is trusted
 LOOK_AHEAD_THREADS = 2  # beside the own segment; each upload in flight may hold an 8 MiB part
 
 
@@ -82,7 +88,9 @@ def push_wal(
     if look_ahead > 0 and spool is not None and spool.ready(spool.pushed):
         candidates = ready_files(path, look_ahead, skip={name.name, *spool.pushed_names()})
     if not candidates:
-        return push_file(repo, path, name, level=level)
+        result = push_file(repo, path, name, level=level)
+        _sweep(repo)
+        return result
 
     assert spool is not None  # candidates come from the spool's folder
     folder = os.path.dirname(path)
@@ -99,6 +107,7 @@ def push_wal(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         done = tuple(f.result() for f in futures)
+    _sweep(repo)
     stored = tuple(n for n in done if n)
     return PushResult(
         result.name,
@@ -129,8 +138,10 @@ def push_file(
             header = parse_wal_header(os.pread(fh.fileno(), LONG_HEADER_SIZE, 0), what=path)
             check_header_matches_name(header, name, size=size)
             repo.ensure_marker(header.system_identifier, header.seg_size, header.pg_version)
-        # History and backup files carry no system identifier; a marker, if any, was
-        # checked against the segments that came before them.
+        # History and backup files carry no system identifier: the data folder's
+        # pg_control says which cluster they come from (or, pushed from elsewhere, they
+        # must fit what the repository holds).
+        check_origin(repo, path, name)
         key = repo.wal_key(name)
         reader = EncodingReader(fh, name.name, size, level=level)
         try:
@@ -140,6 +151,13 @@ def push_file(
             _check_same_as_stored(repo, key, name, local)
             return PushResult(name.name, key, IDENTICAL, local.size, local.sha256)
     return PushResult(name.name, key, ARCHIVED, size, None, info.size)
+
+
+def _sweep(repo: Repository) -> None:
+    """Now and then, remove temp files killed pushes left (local repositories)."""
+    sweep = getattr(repo.storage, "sweep_stale_temp_now_and_then", None)
+    if sweep is not None:
+        sweep()
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
@@ -179,7 +197,11 @@ def _push_ahead(repo: Repository, spool: Spool, path: str, level: int) -> str | 
         result = push_file(repo, path, parse_wal_name(os.path.basename(path)), level=level)
         if file_identity(path) != before:
             return None
-        spool.record_pushed(result.name, result.key, before)
+        marker = repo.marker()
+        if marker is None:
+            return None
+        crash_point("after-upload-before-record")
+        spool.record_pushed(result.name, result.key, before, marker.identity)
     except Exception:
         return None
     return result.name
@@ -203,7 +225,7 @@ def _take_look_ahead_record(
         return None
     # One use only: whatever happens next, this record has served its purpose.
     spool.forget_pushed(name.name)
-    key, identity = record
+    key, identity, repository = record
     if key != repo.wal_key(name):
         return None
     try:
@@ -211,7 +233,30 @@ def _take_look_ahead_record(
             return None  # changed since the upload: the normal path applies the rules
     except OSError:
         return None  # the normal path reports the problem with the file
+    if not _same_repository(repo, spool, repository):
+        return None  # deleted or recreated since: the normal path stores it again
     return PushResult(name.name, key, AHEAD, identity[2], None)
+
+
+def _same_repository(repo: Repository, spool: Spool, identity: str) -> bool:
+    """Is the repository still the one the look-ahead record was made in?
+
+    A local marker is one small file: read it every time. On S3 that read costs boto3
+    and a request, which look-ahead exists to avoid: it is re-read at most once every
+    REPOSITORY_RECHECK_S seconds (the spool notes when it last saw which identity).
+    """
+    remote = repo.url.startswith("s3://")
+    if remote and spool.verified_repository(REPOSITORY_RECHECK_S) == identity:
+        return True
+    try:
+        marker = repo.marker(fresh=True)
+    except Exception:
+        return False  # the normal path reports the problem
+    if marker is None or marker.identity != identity:
+        return False
+    if remote:
+        spool.note_verified_repository(identity)
+    return True
 
 
 def _check_same_as_stored(repo: Repository, key: str, name: WalName, local: Digest) -> None:

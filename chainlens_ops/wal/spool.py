@@ -2,9 +2,14 @@
 
     <spool>/<repo id>/pushed/<name>     look-ahead record: this file, as identified by
                                         (device, inode, size, mtime_ns, ctime_ns), is
-                                        durable in the repository under this key; two
-                                        lines: the key, then the five numbers (plain
-                                        text: parsing it must not import json)
+                                        durable in the repository under this key; three
+                                        lines: the key, the five numbers, the
+                                        repository's identity (plain text: parsing it
+                                        must not import json)
+    <spool>/<repo id>/repository-identity  the repository marker's identity (system
+                                        identifier + random id) as last read, and
+                                        (mtime) when: look-ahead records name it and
+                                        count only while the repository still has it
     <spool>/<repo id>/prefetch/<name>   an object downloaded ahead of `wal fetch`,
                                         still in the repository format (verified on use)
 
@@ -24,7 +29,8 @@ from __future__ import annotations
 import os
 import zlib
 
-from chainlens_ops.atomic import write_file_atomic
+from chainlens_ops.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.atomicfile import write_bytes_atomic
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -60,18 +66,42 @@ class Spool:
 
     # -- look-ahead records -----------------------------------------------------------
 
-    def record_pushed(self, name: str, key: str, identity: tuple[int, ...]) -> None:
-        body = f"{key}\n{' '.join(map(str, identity))}\n"
-        write_atomic(os.path.join(self.pushed, name), body.encode())
+    def record_pushed(
+        self, name: str, key: str, identity: tuple[int, ...], repository: str
+    ) -> None:
+        """`repository` is the marker's identity (`RepoMarker.identity`)."""
+        body = f"{key}\n{' '.join(map(str, identity))}\n{repository}\n"
+        # No fsync: a spool entry lost in a crash costs only repeated work.
+        write_bytes_atomic(os.path.join(self.pushed, name), body.encode(), durable=False)
 
-    def pushed_record(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+    def pushed_record(self, name: str) -> tuple[str, tuple[int, ...], str] | None:
+        """(key, file identity, repository identity); None if absent or unreadable (a
+        record from an older version, without the repository's identity, too)."""
         try:
             with open(os.path.join(self.pushed, name), "rb") as fh:
-                key, numbers = fh.read(4096).decode().split("\n")[:2]
+                key, numbers, repository = fh.read(4096).decode().split("\n")[:3]
             identity = tuple(int(n) for n in numbers.split())
         except (OSError, ValueError):
             return None
-        return (key, identity) if len(identity) == 5 else None
+        return (key, identity, repository) if len(identity) == 5 and repository else None
+
+    # -- the repository's identity, as last verified ------------------------------------
+
+    def verified_repository(self, max_age_s: float) -> str | None:
+        """The repository identity verified less than `max_age_s` ago, else None."""
+        path = os.path.join(self.base, "repository-identity")
+        try:
+            if os.stat(path).st_mtime < _now() - max_age_s:
+                return None
+            with open(path, "rb") as fh:
+                return fh.read(4096).decode().strip() or None
+        except (OSError, ValueError):
+            return None
+
+    def note_verified_repository(self, identity: str) -> None:
+        if self.ready(self.base):
+            path = os.path.join(self.base, "repository-identity")
+            write_bytes_atomic(path, f"{identity}\n".encode(), durable=False)
 
     def forget_pushed(self, name: str) -> None:
         _unlink(os.path.join(self.pushed, name))
@@ -99,20 +129,12 @@ class Spool:
                 _unlink(os.path.join(self.prefetch, entry))
 
 
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
 def repo_id(url: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-." else "_" for c in url)[:80]
     return f"{safe}-{zlib.crc32(url.encode()):08x}"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Small file, temp + rename: a reader sees the whole file or none (no fsync: a
-    spool entry lost in a crash costs only repeated work)."""
-    write_file_atomic(path, data, mode=FILE_MODE, durable=False)
-
-
-def _unlink(path: str) -> None:
-    # A plain try: suppress() would import contextlib on the `wal push` path.
-    try:  # noqa: SIM105
-        os.unlink(path)
-    except OSError:
-        pass
