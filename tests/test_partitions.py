@@ -391,8 +391,6 @@ def test_concurrent_inserts_neither_fail_nor_get_lost(dbs: Dbs) -> None:
     assert errors == []
     during = [s for s in spans if op_start <= s[0] <= op_end]
     assert len(during) >= 5, "the writer did not overlap the operation"
-    # Some inserts were held by the short critical section and finished after it.
-    assert any(began < op_end <= ended for began, ended in spans) or len(during) > 20
     assert result.rows_moved >= 150_000
     with dbs.supa() as conn:
         found = {
