@@ -16,7 +16,17 @@ Connection = psycopg.Connection[Any]
 
 
 def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
-    """Open a connection to `target` or raise ConnectionFailed with one readable line."""
+    """Open a connection to `target` or raise ConnectionFailed with one readable line.
+
+    When nothing names a server for it (no DSN, no seed variable, no PGHOST, PGDATABASE
+    or PGSERVICE), refuse: libpq's local-socket default is a guess, not a choice."""
+    if not target.source:
+        upper = target.name.upper()
+        raise ConfigError(
+            f"nothing names a server for the {target.name} database",
+            hint=f"set CHAINLENS_{upper}_DSN, [databases.{target.name}] in the config file, "
+            "the seed's variables, PGHOST/PGSERVICE, or pass --dsn",
+        )
     extra: dict[str, Any] = {"application_name": APPLICATION_NAME}
     if "connect_timeout" not in target.conninfo:
         extra["connect_timeout"] = CONNECT_TIMEOUT_S
