@@ -275,6 +275,26 @@ def redact_conninfo(conninfo: str) -> str:
     return make_conninfo("", **shown) or "<libpq defaults>"
 
 
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PASSWD", "CREDENTIAL", "PRIVATE", "SESSION")
+
+
+def mask_secrets(command: str) -> str:
+    """A shell command (e.g. archive_command) fit to print: values of secret-looking
+    variables (`AWS_SECRET_ACCESS_KEY=...`, `PGPASSWORD=...`), `password=` in a libpq
+    string and the password of a `scheme://user:password@host` URI become `***`."""
+    import re
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if any(word in name.upper() for word in _SECRET_WORDS):
+            return f"{name}=***"
+        return match.group(0)
+
+    masked = re.sub(r"""\b([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|"[^"]*"|[^\s'"]+)""", variable, command)
+    masked = re.sub(r"(?i)\b(password\s*=\s*)('[^']*'|[^\s'\"]+)", r"\1***", masked)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
+
+
 def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | None:
     chosen = os.fspath(explicit) if explicit else env.get("CHAINLENS_CONFIG")
     if chosen:

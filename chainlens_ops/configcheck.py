@@ -101,8 +101,9 @@ def refuse_unknown(data: Mapping[str, Any], known: tuple[str, ...], where: str) 
             raise ConfigError(f"unknown key {key!r}{where}", hint=hint)
 
 
-def check(data: Mapping[str, Any], checks: Mapping[str, Callable[[object, str], object]],
-          prefix: str = "") -> None:
+def check(
+    data: Mapping[str, Any], checks: Mapping[str, Callable[[object, str], object]], prefix: str = ""
+) -> None:
     """Refuse unknown keys and run each present key's check (naming it as `prefix.key`)."""
     refuse_unknown(data, tuple(checks), f" in [{prefix.rstrip('.')}]" if prefix else "")
     for key, value in data.items():
@@ -110,6 +111,12 @@ def check(data: Mapping[str, Any], checks: Mapping[str, Callable[[object, str], 
 
 
 def _kind(value: object) -> str:
-    names = {str: "a string", int: "a number", float: "a number", bool: "a boolean",
-             dict: "a table", list: "an array"}
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        dict: "a table",
+        list: "an array",
+    }
     return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:80]

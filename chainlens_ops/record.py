@@ -6,7 +6,8 @@ segment and pgBackRest archives one in ~30 ms. A record behaves like a frozen
 dataclass with plain fields: keyword or positional construction in annotation order,
 defaults (immutable values only), `==`, `hash`, `repr` and `as_dict()` (both leave out
 the fields listed in `_hidden_`, so a JSON dump of a record never shows a secret), and
-`replace()`, which copies every field, hidden ones included. Type checkers see it as a dataclass (PEP 681).
+`replace()`, which copies every field, hidden ones included. Type checkers see it as a
+dataclass (PEP 681).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from chainlens_ops.cli.hooks import parse_args
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
-from chainlens_ops.cli.hooks import parse_args
 from chainlens_ops.wal.names import (
     BACKUP,
     HISTORY,
@@ -254,13 +254,13 @@ def test_local_fetch_imports_nothing_heavy(tmp_path: Path) -> None:
     repo = f"file://{tmp_path / 'repo'}"
     env = cli_env()
     cli = str(VENV / "bin" / "chainlens-ops")
-    pushed = subprocess.run([cli, "wal", "push", "--repo", repo, f"pg_wal/{name}"],
-                            cwd=tmp_path / "data", env=env, capture_output=True, text=True)  # fmt: skip
+    push = [cli, "wal", "push", "--repo", repo, f"pg_wal/{name}"]
+    pushed = subprocess.run(push, cwd=tmp_path / "data", env=env, capture_output=True, text=True)
     assert pushed.returncode == 0, pushed.stderr
     argv = [str(VENV / "bin" / "python"), "-X", "importtime", cli, "wal", "fetch", "--repo", repo]
     for wanted, code in ((name, 0), ("000000010000000000000009", 1)):
-        proc = subprocess.run([*argv, wanted, "pg_wal/RECOVERYXLOG"], cwd=tmp_path / "data",
-                              env=env, capture_output=True, text=True)  # fmt: skip
+        fetch = [*argv, wanted, "pg_wal/RECOVERYXLOG"]
+        proc = subprocess.run(fetch, cwd=tmp_path / "data", env=env, capture_output=True, text=True)
         assert proc.returncode == code, proc.stderr[-2000:]
         imported = {
             line.split("|")[-1].strip().split(".")[0]

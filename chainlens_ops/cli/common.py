@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from chainlens_ops.config import Settings, load_settings
+from chainlens_ops.config import DatabaseTarget, Settings, load_settings
 from chainlens_ops.record import as_dict
 
 # Piped or in a cron log there is no terminal width: rich would assume 80 columns and cut
@@ -89,6 +89,16 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     return value
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 statement`, `2 statements`, `0 files`."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+def acting_on(target: DatabaseTarget) -> None:
+    """Before a command changes a database: say which one, on stderr (no password)."""
+    err_console.print(f"chainlens-ops: {target.name}: acting on {target.display}", markup=False)
 
 
 def print_json(value: Any) -> None:

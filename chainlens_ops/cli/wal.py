@@ -132,7 +132,11 @@ def list_command(
     if not listing.timelines:
         console.print(f"{listing.repo}: no WAL archived yet", markup=False)
         return
-    table = Table("timeline", "first", "last", "segments", "stored", "notes")
+    table = Table("timeline")
+    for heading in ("first", "last"):
+        table.add_column(heading, no_wrap=True)  # segment names: never cut
+    for heading in ("segments", "stored", "notes"):
+        table.add_column(heading)
     for tl in listing.timelines:
         notes = []
         if tl.history_file:
@@ -190,18 +194,17 @@ def check_command(
         return
     for gap in result.gaps:
         err_console.print(
-            f"chainlens-ops: gap on timeline {gap.timeline}: {gap.first} .. {gap.last} "
+            f"chainlens-ops: error: gap on timeline {gap.timeline}: {gap.first} .. {gap.last} "
             f"({gap.count} segment{'s' if gap.count != 1 else ''} missing)",
             markup=False,
         )
     for problem in result.problems:
-        err_console.print(f"chainlens-ops: {problem}", markup=False)
+        err_console.print(f"chainlens-ops: error: {problem}", markup=False)
     raise typer.Exit(1)
 
 
 def _plain(value: object) -> dict[str, object]:
-    from chainlens_ops.cli import hooks
-from chainlens_ops.cli.common import to_jsonable
+    from chainlens_ops.cli.common import to_jsonable
 
     data = to_jsonable(value)
     assert isinstance(data, dict)
