@@ -10,7 +10,7 @@ server that is missing data. So the guard wraps the imports too.
 import sys
 
 # Global options that may stand before the command group, and whether they take a value.
-_GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
+GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
 # chainlens_ops.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
 # importing the package fails (a test checks the two agree).
 FETCH_FATAL = 255
@@ -23,8 +23,8 @@ def _command(args: list[str]) -> tuple[str, ...]:
         arg = args[i]
         if arg.startswith("--config="):
             i += 1
-        elif arg in _GLOBAL_OPTIONS:
-            i += 2 if _GLOBAL_OPTIONS[arg] else 1
+        elif arg in GLOBAL_OPTIONS:
+            i += 2 if GLOBAL_OPTIONS[arg] else 1
         else:
             break
     return tuple(args[i : i + 2])

@@ -77,4 +77,4 @@ def test_check_names_an_unreachable_database(make_cluster: ClusterFactory) -> No
         "check", "--dsn", "host=127.0.0.1 port=1 user=postgres connect_timeout=2",
         "--repo", str(repo), user="postgres",
     )  # fmt: skip
-    assert proc.returncode == 1 and "check failed at connect" in proc.stderr
+    assert proc.returncode == 3 and "check failed at connect" in proc.stderr

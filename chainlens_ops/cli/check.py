@@ -43,10 +43,10 @@ def check_command(
     Exit 1 naming the first broken step; 3 when the database or repository cannot be
     reached or is misconfigured.
     """
+    timeout_s = parse_duration_ms(timeout, "--timeout", flag=True) / 1000
     settings = state(ctx).settings
     target = settings.target(db.value if db else None, dsn=dsn)
     repository = Repository(repo_url(settings, db=target.name, repo=repo), settings.s3)
-    timeout_s = parse_duration_ms(timeout, "--timeout", flag=True) / 1000
     report = check_archiving(target, repository, timeout_s=timeout_s)
     if json_output:
         data = to_jsonable(report)

@@ -16,6 +16,7 @@ import typer
 from chainlens_ops import __version__
 from chainlens_ops.cli import check, partition, schema, wal
 from chainlens_ops.cli.common import GlobalState, err_console
+from chainlens_ops.entry import GLOBAL_OPTIONS
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
 try:  # Typer >= 0.2x ships its own copy of click
@@ -37,6 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
@@ -65,8 +67,31 @@ def main_callback(
     ctx.obj = GlobalState(config_file=config, verbose=verbose)
 
 
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Global options may follow the command (`schema status -v --config f.toml`):
+    move them before it, where Typer reads them. Nothing after `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
+            front += args[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def run(args: list[str]) -> int:
     """Run the CLI on `args`, returning the process exit code."""
+    args = hoist_global_options(args)
     verbose = "-v" in args or "--verbose" in args
     command = typer.main.get_command(app)
     try:
