@@ -142,7 +142,11 @@ def load_settings(
     and the expected form (ConfigError, exit 3), whatever command reads it later."""
     env = os.environ if env is None else env
     path = _config_path(config_file, env)
-    data = _read_toml(path) if path else {}
+    return build_settings(_read_toml(path) if path else {}, env, path)
+
+
+def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | None) -> Settings:
+    """Settings from a parsed config file `data` (checked here, key by key) and `env`."""
     try:
         _validate(data)
     except ConfigError as exc:
