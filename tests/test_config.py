@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
 
 from chainlens_ops.config import load_settings, parse_duration_ms, redact_conninfo
 from chainlens_ops.configcheck import KNOWN_TOP_LEVEL_KEYS
@@ -120,9 +119,9 @@ def test_durations_take_units_and_a_bare_number_is_seconds(value: object, ms: in
 def test_bad_durations_are_config_errors_for_keys_and_usage_errors_for_flags(
     value: object,
 ) -> None:
-    with pytest.raises(ConfigError, match="^x must be"):
+    with pytest.raises(ConfigError, match=r"^x must be"):
         parse_duration_ms(value, "x")
-    with pytest.raises(UsageError, match="^--x must be"):
+    with pytest.raises(UsageError, match=r"^--x must be"):
         parse_duration_ms(value, "--x", flag=True)
 
 
@@ -179,8 +178,10 @@ GOOD = {
 
 toml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3)
+    ),
     max_leaves=5,
 )
 

@@ -34,8 +34,8 @@ BAD_CONFIGS = {
     "duration": ('[s3]\nconnect_timeout = "5 parsecs"', r"s3\.connect_timeout must be a dur"),
     "table as string": ('[databases]\nsupabase = "host=x"', r"databases\.supabase must be a table"),
     "repo number": ("repo = 5", r"repo must be a string"),
-    "unknown key": ('lokc_timeout = "2s"', r"unknown key 'lokc_timeout'.*did you mean 'lock_timeout'"),
-}  # fmt: skip
+    "unknown key": ('lokc_timeout = "2s"', r"unknown key 'lokc_timeout'.*did you mean"),
+}
 COMMANDS = {
     "schema status": ("schema", "status"),
     "schema apply": ("schema", "apply", "--dry-run"),
@@ -60,34 +60,78 @@ CASES |= {
 }
 CASES |= {
     # Bad flag values: 2.
-    "schema apply: bad --lock-wait": Case(("schema", "apply", "--lock-wait", "soon"), 2, r"--lock-wait must be a duration"),
-    "schema apply: zero --lock-wait": Case(("schema", "apply", "--lock-wait", "0"), 2, r"--lock-wait must be a positive"),
-    "schema apply: negative --lock-wait": Case(("schema", "apply", "--lock-wait=-5s"), 2, r"--lock-wait must be"),
+    "schema apply: bad --lock-wait": Case(
+        ("schema", "apply", "--lock-wait", "soon"), 2, r"--lock-wait must be a duration"
+    ),
+    "schema apply: zero --lock-wait": Case(
+        ("schema", "apply", "--lock-wait", "0"), 2, r"--lock-wait must be a positive"
+    ),
+    "schema apply: negative --lock-wait": Case(
+        ("schema", "apply", "--lock-wait=-5s"), 2, r"--lock-wait must be"
+    ),
     "schema status: bad --db": Case(("schema", "status", "--db", "nope"), 2, r"--db"),
     "check: zero --timeout": Case(("check", "--timeout", "0"), 2, r"--timeout must be a positive"),
     "check: negative --timeout": Case(("check", "--timeout=-1"), 2, r"--timeout must be"),
-    "check: bad --timeout": Case(("check", "--timeout", "soon"), 2, r"--timeout must be a duration"),
-    "partition create-month: bad month": Case(("partition", "create-month", "usage_events", "2025-13"), 2, r"2025-13"),
+    "check: bad --timeout": Case(
+        ("check", "--timeout", "soon"), 2, r"--timeout must be a duration"
+    ),
+    "partition create-month: bad month": Case(
+        ("partition", "create-month", "usage_events", "2025-13"), 2, r"2025-13"
+    ),
     "partition ensure: bad --ahead": Case(("partition", "ensure", "--ahead", "-3"), 2, r"--ahead"),
     "wal push: no path": Case(("wal", "push"), 2, r"takes PATH"),
-    "wal push: bad --look-ahead": Case(("wal", "push", "--look-ahead", "many", "p"), 2, r"--look-ahead takes a whole number"),
-    "wal push: huge --look-ahead": Case(("wal", "push", "--repo", "/r", "--look-ahead", "999", "p"), 2, r"--look-ahead must be between"),
-    "wal push: unknown option": Case(("wal", "push", "--bogus", "p"), 2, r"unknown option '--bogus'"),
+    "wal push: bad --look-ahead": Case(
+        ("wal", "push", "--look-ahead", "many", "p"), 2, r"--look-ahead takes a whole number"
+    ),
+    "wal push: huge --look-ahead": Case(
+        ("wal", "push", "--repo", "/r", "--look-ahead", "999", "p"),
+        2,
+        r"--look-ahead must be between",
+    ),
+    "wal push: unknown option": Case(
+        ("wal", "push", "--bogus", "p"), 2, r"unknown option '--bogus'"
+    ),
     "wal list: unknown option": Case(("wal", "list", "--bogus"), 2, r"--bogus"),
     # wal fetch: anything but a confirmed absence is 255, usage errors included.
     "wal fetch: one argument": Case(("wal", "fetch", "x"), 255, r"takes NAME and DEST"),
-    "wal fetch: bad --prefetch": Case(("wal", "fetch", "--prefetch", "x", "a", "b"), 255, r"--prefetch takes"),
+    "wal fetch: bad --prefetch": Case(
+        ("wal", "fetch", "--prefetch", "x", "a", "b"), 255, r"--prefetch takes"
+    ),
     # Configuration and connection: 3.
-    "missing --config": Case(("--config", "/nonexistent.toml", "schema", "status"), 3, r"does not exist"),
-    "--config after the command": Case(("schema", "status", "--config", "/nonexistent.toml"), 3, r"does not exist"),
-    "schema status: unreachable": Case(("schema", "status", "--db", "microservices"), 3, r"cannot connect to the microservices", env=SERVERLESS),
-    "schema apply: unreachable": Case(("schema", "apply", "--db", "supabase"), 3, r"cannot connect to the supabase", env=SERVERLESS),
-    "partition list: unreachable": Case(("partition", "list"), 3, r"cannot connect", env=SERVERLESS),
-    "check: unreachable": Case(("check", "--repo", "/r"), 3, r"check failed at connect: .*cannot connect", env=SERVERLESS),
-    "schema status: nothing names a server": Case(("schema", "status", "--db", "microservices"), 3, r"nothing names a server for the microservices"),
+    "missing --config": Case(
+        ("--config", "/nonexistent.toml", "schema", "status"), 3, r"does not exist"
+    ),
+    "--config after the command": Case(
+        ("schema", "status", "--config", "/nonexistent.toml"), 3, r"does not exist"
+    ),
+    "schema status: unreachable": Case(
+        ("schema", "status", "--db", "microservices"),
+        3,
+        r"cannot connect to the microservices",
+        env=SERVERLESS,
+    ),
+    "schema apply: unreachable": Case(
+        ("schema", "apply", "--db", "supabase"),
+        3,
+        r"cannot connect to the supabase",
+        env=SERVERLESS,
+    ),
+    "partition list: unreachable": Case(
+        ("partition", "list"), 3, r"cannot connect", env=SERVERLESS
+    ),
+    "check: unreachable": Case(
+        ("check", "--repo", "/r"), 3, r"check failed at connect: .*cannot connect", env=SERVERLESS
+    ),
+    "schema status: nothing names a server": Case(
+        ("schema", "status", "--db", "microservices"),
+        3,
+        r"nothing names a server for the microservices",
+    ),
     "check: nothing names a server": Case(("check", "--repo", "/r"), 3, r"nothing names a server"),
-    "partition list: nothing names a server": Case(("partition", "list"), 3, r"nothing names a server"),
-}  # fmt: skip
+    "partition list: nothing names a server": Case(
+        ("partition", "list"), 3, r"nothing names a server"
+    ),
+}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())

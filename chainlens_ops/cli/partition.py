@@ -9,12 +9,21 @@ import typer
 from rich import box
 from rich.table import Table
 
-from chainlens_ops.cli.common import DsnOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.cli.common import (
+    DsnOption,
+    JsonOption,
+    acting_on,
+    console,
+    err_console,
+    print_json,
+    state,
+)
 from chainlens_ops.partitions import (
     MANAGED_TABLES,
     create_month,
     ensure_partitions,
     list_partitions,
+    resolve_table,
     retain_partitions,
 )
 
@@ -52,6 +61,17 @@ def _size(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _acting_on(ctx: typer.Context, table: str | None, dsn: str | None) -> None:
+    """Name the database(s) a changing command is about to act on (stderr, no password)."""
+    settings = state(ctx).settings
+    tables = [resolve_table(table)] if table else list(MANAGED_TABLES)
+    databases = list(dict.fromkeys(t.database for t in tables))
+    if dsn and len(databases) > 1:
+        return  # the core refuses this (--dsn names one database)
+    for database in databases:
+        acting_on(settings.target(database, dsn=dsn))
+
+
 def _say(text: str) -> None:
     console.print(text, markup=False)
 
@@ -65,6 +85,7 @@ def create_month_command(
     json_output: JsonOption = False,
 ) -> None:
     """Create TABLE's partition for a month, moving its rows out of the default partition."""
+    _acting_on(ctx, table, dsn)
     result = create_month(state(ctx).settings, table, month, dsn=dsn)
     if json_output:
         print_json(result)
@@ -90,6 +111,7 @@ def ensure_command(
     json_output: JsonOption = False,
 ) -> None:
     """Make sure the current month and the next N exist for every managed table."""
+    _acting_on(ctx, table, dsn)
     result = ensure_partitions(state(ctx).settings, ahead=ahead, table=table, dsn=dsn)
     if json_output:
         print_json(result)
@@ -166,6 +188,8 @@ def retain_command(
     json_output: JsonOption = False,
 ) -> None:
     """Detach (or drop) partitions wholly older than N months; never the current month."""
+    if not dry_run:
+        _acting_on(ctx, table, dsn)
     results = retain_partitions(
         state(ctx).settings, keep_months, table=table, drop=drop, dry_run=dry_run, dsn=dsn
     )
