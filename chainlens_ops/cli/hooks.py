@@ -22,8 +22,14 @@ from chainlens_ops.errors import EXIT_FAILED, EXIT_OK, FETCH_FATAL, ChainlensErr
 # No dataclasses, typing or pathlib here or below on this path (chainlens_ops.record).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from chainlens_ops.outcome import Outcome
     from chainlens_ops.wal.fetch import FetchResult
     from chainlens_ops.wal.push import PushResult
+
+    _R = TypeVar("_R", bound=Outcome)
 
 # (option, metavar, help) per command: the parser and the help text both read this table;
 # cli/wal.py's Typer commands carry the same options (a test compares them).
@@ -137,48 +143,6 @@ def parse_args(args: list[str], command: str) -> HookArgs:
     return parsed
 
 
-def run_push(
-    config: str | None,
-    *,
-    path: str,
-    db: str | None,
-    repo: str | None,
-    spool: str | None,
-    look_ahead: int | None,
-) -> PushResult:
-    """Load the settings, open the archive and push: what both doors call."""
-    from chainlens_ops.config import load_settings
-    from chainlens_ops.wal.archive import look_ahead_default, open_archive, parallel_count
-    from chainlens_ops.wal.push import push_wal
-
-    opened, spooler = open_archive(
-        load_settings(config), db=db, repo=repo, spool_dir=spool, wal_path=path
-    )
-    count = parallel_count(look_ahead, look_ahead_default(opened), "--look-ahead")
-    return push_wal(opened, path, spool=spooler, look_ahead=count)
-
-
-def run_fetch(
-    config: str | None,
-    *,
-    name: str,
-    dest: str,
-    db: str | None,
-    repo: str | None,
-    spool: str | None,
-    prefetch: int | None,
-) -> FetchResult:
-    from chainlens_ops.config import load_settings
-    from chainlens_ops.wal.archive import open_archive, parallel_count, prefetch_default
-    from chainlens_ops.wal.fetch import fetch_wal
-
-    opened, spooler = open_archive(
-        load_settings(config), db=db, repo=repo, spool_dir=spool, wal_path=dest
-    )
-    count = parallel_count(prefetch, prefetch_default(opened), "--prefetch")
-    return fetch_wal(opened, name, dest, spool=spooler, prefetch=count)
-
-
 def push_summary(result: PushResult) -> str:
     ahead = f", {len(result.look_ahead)} uploaded ahead" if result.look_ahead else ""
     return f"wal push: {result.name}: {result.outcome.lower()}{ahead}"
@@ -193,58 +157,68 @@ def fetch_summary(result: FetchResult) -> str:
 
 def push_main(args: list[str]) -> int:
     """`wal push`: returns the exit code; prints only errors (and a summary with -v)."""
-    verbose = "-v" in args or "--verbose" in args
-    try:
-        parsed = parse_args(args, "push")
-        if parsed.help:
-            sys.stdout.write(usage("push"))
-            return EXIT_OK
-        opts = parsed.options
-        result = run_push(
-            parsed.config,
-            path=parsed.positional[0],
-            db=opts.get("--db"),
-            repo=opts.get("--repo"),
-            spool=opts.get("--spool"),
+
+    def call(parsed: HookArgs) -> PushResult:
+        from chainlens_ops.config import load_settings
+        from chainlens_ops.wal.archive import archive_segment
+
+        return archive_segment(
+            load_settings(parsed.config),
+            parsed.positional[0],
             look_ahead=parsed.count("--look-ahead"),
+            **_where(parsed),
         )
-        if parsed.verbose:
-            say(push_summary(result))
-        return result.exit_code
-    except ChainlensError as exc:
-        say(f"error: wal push: {exc.one_line()}", exc if verbose else None)
-        return exc.exit_code
-    except Exception as exc:
-        say(f"error: wal push: internal error: {exc!r}", exc if verbose else None)
-        return EXIT_FAILED
+
+    return _hook_main(args, "push", call, push_summary)
 
 
 def fetch_main(args: list[str]) -> int:
     """`wal fetch`: 0 restored, 1 confirmed missing, 255 anything else."""
+
+    def call(parsed: HookArgs) -> FetchResult:
+        from chainlens_ops.config import load_settings
+        from chainlens_ops.wal.archive import restore_segment
+
+        name, dest = parsed.positional
+        return restore_segment(
+            load_settings(parsed.config), name, dest, prefetch=parsed.count("--prefetch"),
+            **_where(parsed),
+        )  # fmt: skip
+
+    return _hook_main(args, "fetch", call, fetch_summary)
+
+
+def _where(parsed: HookArgs) -> dict[str, str | None]:
+    return {
+        "db": parsed.options.get("--db"),
+        "repo": parsed.options.get("--repo"),
+        "spool_dir": parsed.options.get("--spool"),
+    }
+
+
+def _hook_main(
+    args: list[str], command: str, call: Callable[[HookArgs], _R], summary: Callable[[_R], str]
+) -> int:
+    """Parse, run, report: the exit code is the result's, or the error's (for `wal
+    fetch` every failure is FETCH_FATAL: PostgreSQL must stop recovery, not end it)."""
     verbose = "-v" in args or "--verbose" in args
+    fatal = command == "fetch"
+    prefix = f"error: wal {command}: " + ("fatal: " if fatal else "")
     try:
-        parsed = parse_args(args, "fetch")
+        parsed = parse_args(args, command)
         if parsed.help:
-            sys.stdout.write(usage("fetch"))
+            sys.stdout.write(usage(command))
             return EXIT_OK
-        opts = parsed.options
-        result = run_fetch(
-            parsed.config,
-            name=parsed.positional[0],
-            dest=parsed.positional[1],
-            db=opts.get("--db"),
-            repo=opts.get("--repo"),
-            spool=opts.get("--spool"),
-            prefetch=parsed.count("--prefetch"),
-        )
+        result = call(parsed)
         if parsed.verbose:
-            say(fetch_summary(result))
-        return result.exit_code
+            say(summary(result))
+        return int(result.exit_code)
     except ChainlensError as exc:
-        say(f"error: wal fetch: fatal: {exc.one_line()}", exc if verbose else None)
+        say(prefix + exc.one_line(), exc if verbose else None)
+        return FETCH_FATAL if fatal else exc.exit_code
     except Exception as exc:
-        say(f"error: wal fetch: fatal: internal error: {exc!r}", exc if verbose else None)
-    return FETCH_FATAL
+        say(f"{prefix}internal error: {exc!r}", exc if verbose else None)
+        return FETCH_FATAL if fatal else EXIT_FAILED
 
 
 def say(line: str, exc: BaseException | None = None) -> None:

@@ -16,6 +16,7 @@ from chainlens_ops.cli import hooks
 from chainlens_ops.cli.common import DbOption, JsonOption, console, err_console, print_json, state
 from chainlens_ops.errors import FETCH_FATAL, ChainlensError
 from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.wal.archive import archive_segment, restore_segment
 from chainlens_ops.wal.catalog import check_wal, list_wal
 
 app = typer.Typer(
@@ -63,14 +64,8 @@ def push_command(
     Exit 0 only once the file is durable in the repository; 1 failed; 2 usage; 3 config.
     """
     gs = state(ctx)
-    result = hooks.run_push(
-        _config(gs.config_file),
-        path=path,
-        db=db.value if db else None,
-        repo=repo,
-        spool=spool,
-        look_ahead=look_ahead,
-    )
+    where = {"db": db.value if db else None, "repo": repo, "spool_dir": spool}
+    result = archive_segment(gs.settings, path, look_ahead=look_ahead, **where)
     if gs.verbose:
         hooks.say(hooks.push_summary(result))
     raise typer.Exit(result.exit_code)
@@ -94,16 +89,9 @@ def fetch_command(
     Exit 0 restored; 1 not in the repository; 255 any other failure (stops recovery).
     """
     gs = state(ctx)
+    where = {"db": db.value if db else None, "repo": repo, "spool_dir": spool}
     try:
-        result = hooks.run_fetch(
-            _config(gs.config_file),
-            name=name,
-            dest=dest,
-            db=db.value if db else None,
-            repo=repo,
-            spool=spool,
-            prefetch=prefetch,
-        )
+        result = restore_segment(gs.settings, name, dest, prefetch=prefetch, **where)
     except Exception as exc:
         message = exc.one_line() if isinstance(exc, ChainlensError) else repr(exc)
         hooks.say(f"error: wal fetch: fatal: {message}")
@@ -111,10 +99,6 @@ def fetch_command(
     if gs.verbose:
         hooks.say(hooks.fetch_summary(result))
     raise typer.Exit(result.exit_code)
-
-
-def _config(path: object) -> str | None:
-    return str(path) if path else None
 
 
 @app.command("list")

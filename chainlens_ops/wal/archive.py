@@ -12,6 +12,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.config import Settings
     from chainlens_ops.repository import Repository
+    from chainlens_ops.wal.fetch import FetchResult
+    from chainlens_ops.wal.push import PushResult
     from chainlens_ops.wal.spool import Spool
 
 DEFAULT_S3_LOOK_AHEAD = 16
@@ -60,3 +62,38 @@ def look_ahead_default(repo: Repository) -> int:
 
 def prefetch_default(repo: Repository) -> int:
     return DEFAULT_S3_PREFETCH if repo.url.startswith("s3://") else DEFAULT_LOCAL_PREFETCH
+
+
+def archive_segment(
+    settings: Settings,
+    path: str,
+    *,
+    db: str | None = None,
+    repo: str | None = None,
+    spool_dir: str | None = None,
+    look_ahead: int | None = None,
+) -> PushResult:
+    """`wal push` from settings: open the archive, push `path` (and look ahead)."""
+    from chainlens_ops.wal.push import push_wal
+
+    opened, spool = open_archive(settings, db=db, repo=repo, spool_dir=spool_dir, wal_path=path)
+    count = parallel_count(look_ahead, look_ahead_default(opened), "--look-ahead")
+    return push_wal(opened, path, spool=spool, look_ahead=count)
+
+
+def restore_segment(
+    settings: Settings,
+    name: str,
+    dest: str,
+    *,
+    db: str | None = None,
+    repo: str | None = None,
+    spool_dir: str | None = None,
+    prefetch: int | None = None,
+) -> FetchResult:
+    """`wal fetch` from settings: open the archive, restore `name` to `dest`."""
+    from chainlens_ops.wal.fetch import fetch_wal
+
+    opened, spool = open_archive(settings, db=db, repo=repo, spool_dir=spool_dir, wal_path=dest)
+    count = parallel_count(prefetch, prefetch_default(opened), "--prefetch")
+    return fetch_wal(opened, name, dest, spool=spool, prefetch=count)
