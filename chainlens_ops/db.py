@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -13,6 +14,10 @@ APPLICATION_NAME = "chainlens-ops"
 CONNECT_TIMEOUT_S = 10
 
 Connection = psycopg.Connection[Any]
+
+# Called with each target once a connection to it is open. Commands that change a
+# database set it (chainlens_ops.cli.common.announce_connections) to say where they act.
+on_connect: Callable[[DatabaseTarget], None] | None = None
 
 
 def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
@@ -31,7 +36,7 @@ def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
     if "connect_timeout" not in target.conninfo:
         extra["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
-        return psycopg.connect(target.conninfo, autocommit=autocommit, **extra)
+        conn = psycopg.connect(target.conninfo, autocommit=autocommit, **extra)
     except psycopg.ProgrammingError:
         # psycopg's message can quote the string, password included: do not repeat it.
         raise ConfigError(
@@ -43,6 +48,9 @@ def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
             f"cannot connect to the {target.name} database ({target.display}): {first_line(exc)}",
             hint=f"check --dsn, CHAINLENS_{target.name.upper()}_DSN or the config file",
         ) from None
+    if on_connect is not None:
+        on_connect(target)
+    return conn
 
 
 def first_line(exc: BaseException) -> str:

@@ -79,7 +79,7 @@ CASES |= {
         ("partition", "create-month", "usage_events", "2025-13"), 2, r"2025-13"
     ),
     "partition ensure: bad --ahead": Case(("partition", "ensure", "--ahead", "-3"), 2, r"--ahead"),
-    "wal push: no path": Case(("wal", "push"), 2, r"takes PATH"),
+    "wal push: no path": Case(("wal", "push"), 2, r"takes one PATH"),
     "wal push: bad --look-ahead": Case(
         ("wal", "push", "--look-ahead", "many", "p"), 2, r"--look-ahead takes a whole number"
     ),

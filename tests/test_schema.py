@@ -419,8 +419,9 @@ def test_drift_is_reported_and_nothing_runs(module_pg: PgCluster, scratch: Path)
 
     proc = run_cli("schema", "apply", "--db", "microservices", env=env)
     assert proc.returncode == 1
-    line = one_line_error(proc)
+    line = one_line_error(proc, after_progress=True)
     assert "003_sentiment_analysis.sql changed after it was applied" in line
+    assert f"microservices: acting on user=postgres dbname={env['micro']} host=" in proc.stderr
     assert module_pg.scalar("SELECT to_regclass('public.must_not_exist')", env["micro"]) is None
 
     status = run_cli("schema", "status", "--db", "microservices", "--json", env=env)

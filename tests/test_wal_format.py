@@ -269,3 +269,13 @@ def test_local_fetch_imports_nothing_heavy(tmp_path: Path) -> None:
         }
         assert "chainlens_ops" in imported
         assert imported & (HEAVY_FOR_PUSH - {"hashlib"}) == set(), wanted
+
+    # The listing at 80 columns, piped: segment names whole, every column shown.
+    listing = subprocess.run(
+        [cli, "wal", "list", "--repo", repo], env=env | {"COLUMNS": "80"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    table = [line for line in listing.stdout.splitlines()[:-1] if line.strip()]  # no summary
+    assert name in listing.stdout and max(map(len, table)) <= 80, listing.stdout
+    assert table[0].split() == ["tli", "first", "last", "count", "stored", "notes"], table

@@ -137,7 +137,8 @@ def parse_args(args: list[str], command: str) -> HookArgs:
                 value, j = rest[j], j + 1
             parsed.options[option] = value
     if not parsed.help and len(parsed.positional) != len(ARGUMENTS[command]):
-        wanted = " and ".join(ARGUMENTS[command])
+        names = ARGUMENTS[command]
+        wanted = f"one {names[0]}" if len(names) == 1 else " and ".join(names)
         raise UsageError(f"wal {command} takes {wanted} (PostgreSQL's "
                          f"{'%p' if command == 'push' else '%f %p'})")  # fmt: skip
     return parsed

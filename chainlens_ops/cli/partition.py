@@ -12,7 +12,7 @@ from rich.table import Table
 from chainlens_ops.cli.common import (
     DsnOption,
     JsonOption,
-    acting_on,
+    announce_connections,
     console,
     err_console,
     print_json,
@@ -23,7 +23,6 @@ from chainlens_ops.partitions import (
     create_month,
     ensure_partitions,
     list_partitions,
-    resolve_table,
     retain_partitions,
 )
 
@@ -61,17 +60,6 @@ def _size(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def _acting_on(ctx: typer.Context, table: str | None, dsn: str | None) -> None:
-    """Name the database(s) a changing command is about to act on (stderr, no password)."""
-    settings = state(ctx).settings
-    tables = [resolve_table(table)] if table else list(MANAGED_TABLES)
-    databases = list(dict.fromkeys(t.database for t in tables))
-    if dsn and len(databases) > 1:
-        return  # the core refuses this (--dsn names one database)
-    for database in databases:
-        acting_on(settings.target(database, dsn=dsn))
-
-
 def _say(text: str) -> None:
     console.print(text, markup=False)
 
@@ -85,7 +73,7 @@ def create_month_command(
     json_output: JsonOption = False,
 ) -> None:
     """Create TABLE's partition for a month, moving its rows out of the default partition."""
-    _acting_on(ctx, table, dsn)
+    announce_connections()
     result = create_month(state(ctx).settings, table, month, dsn=dsn)
     if json_output:
         print_json(result)
@@ -111,7 +99,7 @@ def ensure_command(
     json_output: JsonOption = False,
 ) -> None:
     """Make sure the current month and the next N exist for every managed table."""
-    _acting_on(ctx, table, dsn)
+    announce_connections()
     result = ensure_partitions(state(ctx).settings, ahead=ahead, table=table, dsn=dsn)
     if json_output:
         print_json(result)
@@ -189,7 +177,7 @@ def retain_command(
 ) -> None:
     """Detach (or drop) partitions wholly older than N months; never the current month."""
     if not dry_run:
-        _acting_on(ctx, table, dsn)
+        announce_connections()
     results = retain_partitions(
         state(ctx).settings, keep_months, table=table, drop=drop, dry_run=dry_run, dsn=dsn
     )

@@ -12,7 +12,7 @@ from chainlens_ops.cli.common import (
     DbOrAll,
     DsnOption,
     JsonOption,
-    acting_on,
+    announce_connections,
     console,
     err_console,
     plural,
@@ -53,10 +53,10 @@ def apply_command(
     """Apply pending SQL files, each in its own transaction, under an advisory lock."""
     settings = state(ctx).settings
     wait_ms = parse_duration_ms(lock_wait, "--lock-wait", flag=True)
+    if not dry_run:
+        announce_connections()
     results = []
     for target in settings.targets(db.value, dsn=dsn):
-        if not dry_run:
-            acting_on(target)
         result = apply_schema(
             target,
             sql_dir=sql_dir,

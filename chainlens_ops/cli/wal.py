@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli import hooks
@@ -116,10 +117,12 @@ def list_command(
     if not listing.timelines:
         console.print(f"{listing.repo}: no WAL archived yet", markup=False)
         return
-    table = Table("timeline")
+    # Fits 80 columns: two whole segment names (24 characters each) and short headings
+    # (tli = timeline, as PostgreSQL writes it); notes fold.
+    table = Table("tli", box=box.SIMPLE_HEAD, pad_edge=False)
     for heading in ("first", "last"):
         table.add_column(heading, no_wrap=True)  # segment names: never cut
-    for heading in ("segments", "stored", "notes"):
+    for heading in ("count", "stored", "notes"):
         table.add_column(heading)
     for tl in listing.timelines:
         notes = []
