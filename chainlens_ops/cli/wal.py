@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli import hooks
@@ -119,7 +118,7 @@ def list_command(
         return
     # Fits 80 columns: two whole segment names (24 characters each) and short headings
     # (tli = timeline, as PostgreSQL writes it); notes fold.
-    table = Table("tli", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table("tli", box=None, pad_edge=False, padding=(0, 2, 0, 0))
     for heading in ("first", "last"):
         table.add_column(heading, no_wrap=True)  # segment names: never cut
     for heading in ("count", "stored", "notes"):
