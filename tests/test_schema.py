@@ -555,3 +555,19 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     from pgharness import cli_env
 
     return cli_env(extra)
+
+
+def test_status_of_all_reports_the_reachable_database_then_fails_naming_the_other(
+    module_pg: PgCluster,
+) -> None:
+    env = fresh_dbs(module_pg)
+    dead = "host=127.0.0.1 port=1 dbname=gone user=u password=hunter2 connect_timeout=2"
+    proc = run_cli(
+        "schema", "status", "--db", "all",
+        env={"CHAINLENS_SUPABASE_DSN": env["CHAINLENS_SUPABASE_DSN"],
+             "CHAINLENS_MICROSERVICES_DSN": dead},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "supabase" in proc.stdout and "pending" in proc.stdout  # reported first
+    line = one_line_error(proc)
+    assert "cannot connect to the microservices database" in line and "hunter2" not in line
