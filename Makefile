@@ -10,7 +10,8 @@ VENV ?= /opt/chainlens-ops/venv
 PIP := $(VENV)/bin/pip
 PIP_FLAGS := --disable-pip-version-check -q
 PYTEST_ARGS ?=
-JOBS ?= 2
+# As many pytest workers as the machine has cores, at most 4.
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: system-deps bench-deps install deps test lint format bench clean
 
@@ -41,7 +42,9 @@ deps: $(VENV)/.deps
 install: deps
 	umask 022; $(PIP) install $(PIP_FLAGS) --no-deps --no-build-isolation --force-reinstall .
 	rm -rf build
-	chmod -R a+rX $(dir $(VENV))
+	# Only this venv: other venvs beside it may be mid-install (pip's ~renamed folders).
+	chmod a+rx $(dir $(VENV))
+	chmod -R a+rX $(VENV)
 
 test: install
 	CHAINLENS_TEST_VENV=$(VENV) $(VENV)/bin/python -m pytest -n $(JOBS) $(PYTEST_ARGS)

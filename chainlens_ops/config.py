@@ -9,7 +9,7 @@ Example file::
 
     default_db = "microservices"
     repo = "file:///var/lib/chainlens/repo"   # serves both databases on one cluster
-    lock_timeout = "2s"
+    lock_timeout = "2s"            # durations: 500ms, 30s, 2m, 1h; a bare number is seconds
 
     [databases.supabase]
     dsn = "host=db.internal dbname=postgres user=ops"
@@ -34,6 +34,16 @@ from __future__ import annotations
 
 import os
 
+from chainlens_ops.configcheck import (
+    KNOWN_TOP_LEVEL_KEYS,
+    boolean,
+    check,
+    duration_ms,
+    port,
+    table,
+    text,
+    whole_number,
+)
 from chainlens_ops.errors import ConfigError, UsageError
 from chainlens_ops.record import record, replace
 
@@ -41,7 +51,7 @@ from chainlens_ops.record import record, replace
 # dataclasses, typing, pathlib or re at import time (see chainlens_ops.record).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 DATABASES = ("supabase", "microservices")
@@ -67,6 +77,9 @@ class DatabaseTarget:
     name: str
     conninfo: str
     repo: str | None = None
+    # What named the server: a variable, a config table, "--dsn", or "" for nothing at all
+    # (then connecting refuses rather than guess libpq's local socket).
+    source: str = "--dsn"
 
     @property
     def display(self) -> str:
@@ -105,7 +118,7 @@ class Settings:
             raise UsageError(f"unknown database {key!r}: choose one of {', '.join(DATABASES)}")
         target = self.databases[key]
         if dsn:
-            target = replace(target, conninfo=dsn)
+            target = replace(target, conninfo=dsn, source="--dsn")
         return target
 
     def targets(self, name: str | None, *, dsn: str | None = None) -> list[DatabaseTarget]:
@@ -123,27 +136,38 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build the settings from the file, the environment and the defaults."""
+    """Build the settings from the file, the environment and the defaults.
+
+    Every key of the file is type-checked here, so a mistake is one line naming the key
+    and the expected form (ConfigError, exit 3), whatever command reads it later."""
     env = os.environ if env is None else env
     path = _config_path(config_file, env)
-    data = _read_toml(path) if path else {}
+    return build_settings(_read_toml(path) if path else {}, env, path)
+
+
+def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | None) -> Settings:
+    """Settings from a parsed config file `data` (checked here, key by key) and `env`."""
+    try:
+        _validate(data)
+    except ConfigError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{exc.message}", hint=exc.hint) from None
 
     db_tables = data.get("databases", {})
-    if not isinstance(db_tables, dict) or not set(db_tables) <= set(DATABASES):
-        raise ConfigError(f"{path}: [databases] may only hold {' and '.join(DATABASES)}")
-
     databases: dict[str, DatabaseTarget] = {}
     for name in DATABASES:
-        table = db_tables.get(name, {})
+        db_table = db_tables.get(name, {})
+        conninfo, source = _resolve_conninfo(name, db_table, env)
         databases[name] = DatabaseTarget(
             name=name,
-            conninfo=_resolve_conninfo(name, table, env, path),
+            conninfo=conninfo,
             repo=(
                 env.get(f"CHAINLENS_{name.upper()}_REPO")
                 or env.get("CHAINLENS_REPO")
-                or table.get("repo")
+                or db_table.get("repo")
                 or data.get("repo")
             ),
+            source=source,
         )
 
     default_db = env.get("CHAINLENS_DEFAULT_DB") or data.get("default_db", "microservices")
@@ -156,37 +180,90 @@ def load_settings(
         region=s3_table.get("region"),
         sse=env.get("CHAINLENS_S3_SSE") or s3_table.get("sse"),
         sse_kms_key_id=s3_table.get("sse_kms_key_id"),
-        connect_timeout=float(s3_table.get("connect_timeout", 5.0)),
-        read_timeout=float(s3_table.get("read_timeout", 30.0)),
-        max_attempts=int(s3_table.get("max_attempts", 4)),
+        connect_timeout=duration_ms(s3_table.get("connect_timeout", 5), "s3.connect_timeout")
+        / 1000,
+        read_timeout=duration_ms(s3_table.get("read_timeout", 30), "s3.read_timeout") / 1000,
+        max_attempts=s3_table.get("max_attempts", 4),
     )
     if s3.sse not in (None, "AES256", "aws:kms"):
-        raise ConfigError(f"s3.sse must be AES256 or aws:kms, not {s3.sse!r}")
+        raise ConfigError(f"CHAINLENS_S3_SSE must be AES256 or aws:kms, not {s3.sse!r}")
 
+    env_timeout = env.get("CHAINLENS_LOCK_TIMEOUT")
+    env_retries = env.get("CHAINLENS_LOCK_RETRIES")
     return Settings(
         databases=databases,
         default_db=default_db,
-        lock_timeout_ms=parse_duration_ms(
-            env.get("CHAINLENS_LOCK_TIMEOUT") or data.get("lock_timeout", 2000), "lock_timeout"
-        ),
-        lock_retries=int(env.get("CHAINLENS_LOCK_RETRIES") or data.get("lock_retries", 5)),
+        lock_timeout_ms=duration_ms(env_timeout, "CHAINLENS_LOCK_TIMEOUT")
+        if env_timeout
+        else duration_ms(data.get("lock_timeout", "2s"), "lock_timeout"),
+        lock_retries=whole_number(env_retries, "CHAINLENS_LOCK_RETRIES", 0, 100)
+        if env_retries
+        else data.get("lock_retries", 5),
         s3=s3,
         spool_dir=env.get("CHAINLENS_SPOOL_DIR") or data.get("spool_dir"),
         config_file=path,
     )
 
 
-def parse_duration_ms(value: object, what: str) -> int:
-    """`2000`, `"2000ms"`, `"2s"`, `"1min"` -> milliseconds."""
-    if isinstance(value, int) and value >= 0:
-        return value
-    import re
+def parse_duration_ms(value: object, what: str, *, flag: bool = False) -> int:
+    """`"500ms"`, `"30s"`, `"2m"`, `"1h"`; a bare number is seconds -> milliseconds.
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*", str(value))
-    if not match:
-        raise ConfigError(f"{what}: cannot read {value!r} as a duration (e.g. 500ms, 2s, 1min)")
-    scale = {"ms": 1, None: 1, "s": 1000, "min": 60_000}[match.group(2)]
-    return int(float(match.group(1)) * scale)
+    A command-line flag (`flag=True`) with a bad value is a usage error (exit 2); a
+    configuration value is a configuration error (exit 3)."""
+    return duration_ms(value, what, error=UsageError if flag else ConfigError)
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[object, str], object]:
+    def checker(value: object, what: str) -> object:
+        if value not in options:
+            raise ConfigError(f"{what} must be one of {', '.join(options)}, not {value!r}")
+        return value
+
+    return checker
+
+
+def _database_table(value: object, what: str) -> None:
+    params = table(value, what)
+    checks: dict[str, Callable[[object, str], object]] = dict.fromkeys(_CONNINFO_KEYS, text)
+    checks |= {"port": port, "dsn": text, "ssl": boolean, "repo": text}
+    check(params, checks, f"{what}.")
+
+
+def _databases(value: object, what: str) -> None:
+    check(table(value, what), dict.fromkeys(DATABASES, _database_table), f"{what}.")
+
+
+def _s3(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {
+        "endpoint_url": text,
+        "region": text,
+        "sse": _choice(("AES256", "aws:kms")),
+        "sse_kms_key_id": text,
+        "connect_timeout": duration_ms,
+        "read_timeout": duration_ms,
+        "max_attempts": lambda v, w: whole_number(v, w, 1, 20),
+    }
+    check(table(value, what), checks, f"{what}.")
+
+
+def _owned_elsewhere(value: object, what: str) -> None:
+    """Sections whose contents their own modules check (daemon, backup)."""
+
+
+def _validate(data: Mapping[str, Any]) -> None:
+    checks: dict[str, Callable[[object, str], object]] = dict.fromkeys(
+        KNOWN_TOP_LEVEL_KEYS, _owned_elsewhere
+    )
+    checks |= {
+        "default_db": _choice(DATABASES),
+        "repo": text,
+        "lock_timeout": duration_ms,
+        "lock_retries": lambda v, w: whole_number(v, w, 0, 100),
+        "spool_dir": text,
+        "databases": _databases,
+        "s3": _s3,
+    }
+    check(data, checks)
 
 
 def redact_conninfo(conninfo: str) -> str:
@@ -200,6 +277,26 @@ def redact_conninfo(conninfo: str) -> str:
     params.pop("password", None)
     shown = {k: str(v) for k, v in params.items() if v is not None}
     return make_conninfo("", **shown) or "<libpq defaults>"
+
+
+_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PASSWD", "CREDENTIAL", "PRIVATE", "SESSION")
+
+
+def mask_secrets(command: str) -> str:
+    """A shell command (e.g. archive_command) fit to print: values of secret-looking
+    variables (`AWS_SECRET_ACCESS_KEY=...`, `PGPASSWORD=...`), `password=` in a libpq
+    string and the password of a `scheme://user:password@host` URI become `***`."""
+    import re
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if any(word in name.upper() for word in _SECRET_WORDS):
+            return f"{name}=***"
+        return match.group(0)
+
+    masked = re.sub(r"""\b([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|"[^"]*"|[^\s'"]+)""", variable, command)
+    masked = re.sub(r"(?i)\b(password\s*=\s*)('[^']*'|[^\s'\"]+)", r"\1***", masked)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
 
 
 def _config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> str | None:
@@ -238,26 +335,25 @@ def make_conninfo(base: str = "", **params: str) -> str:
 
 
 def _resolve_conninfo(
-    name: str, table: Mapping[str, Any], env: Mapping[str, str], path: str | None
-) -> str:
+    name: str, table: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[str, str]:
+    """The connection string for `name` and where it came from (for "where it is acting")."""
     env_dsn = env.get(f"CHAINLENS_{name.upper()}_DSN")
     if env_dsn:
-        return env_dsn
+        return env_dsn, f"CHAINLENS_{name.upper()}_DSN"
 
     seed_env = {k: env[v] for k, v in _SEED_ENV[name].items() if env.get(v)}
     if "host" in seed_env:
-        return make_conninfo("", **(_SEED_DEFAULTS[name] | seed_env))
+        return make_conninfo("", **(_SEED_DEFAULTS[name] | seed_env)), _SEED_ENV[name]["host"]
 
-    if table:
-        unknown = set(table) - {*_CONNINFO_KEYS, "dsn", "ssl", "repo"}
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys in [databases.{name}]: {sorted(unknown)}")
+    if table.keys() - {"repo"}:
         params = {k: str(table[k]) for k in _CONNINFO_KEYS if k in table}
         if table.get("ssl") is True and "sslmode" not in params:
             params["sslmode"] = "require"
         base = str(table.get("dsn", ""))
         if not base:
             params = _SEED_DEFAULTS[name] | params
-        return make_conninfo(base, **params)
+        return make_conninfo(base, **params), f"[databases.{name}]"
 
-    return make_conninfo("", **_SEED_DEFAULTS[name])
+    libpq = [v for v in ("PGHOST", "PGDATABASE", "PGSERVICE") if env.get(v)]
+    return make_conninfo("", **_SEED_DEFAULTS[name]), (",".join(libpq) if libpq else "")

@@ -10,7 +10,9 @@ server that is missing data. So the guard wraps the imports too.
 import sys
 
 # Global options that may stand before the command group, and whether they take a value.
-_GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
+GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
+# chainlens_ops.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
+# importing the package fails (a test checks the two agree).
 FETCH_FATAL = 255
 
 
@@ -21,8 +23,8 @@ def _command(args: list[str]) -> tuple[str, ...]:
         arg = args[i]
         if arg.startswith("--config="):
             i += 1
-        elif arg in _GLOBAL_OPTIONS:
-            i += 2 if _GLOBAL_OPTIONS[arg] else 1
+        elif arg in GLOBAL_OPTIONS:
+            i += 2 if GLOBAL_OPTIONS[arg] else 1
         else:
             break
     return tuple(args[i : i + 2])
@@ -33,23 +35,23 @@ def main() -> None:
     command = _command(args)
     if command == ("wal", "fetch"):
         try:
-            from chainlens_ops.wal.lean import fetch_main
+            from chainlens_ops.cli.hooks import fetch_main
 
             code = fetch_main(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else FETCH_FATAL
         except BaseException as exc:
             try:
-                sys.stderr.write(f"chainlens-ops: wal fetch: fatal: {exc!r}\n")
+                sys.stderr.write(f"chainlens-ops: error: wal fetch: fatal: {exc!r}\n")
             finally:
                 code = FETCH_FATAL
         _exit_now(code if code in (0, 1) else FETCH_FATAL)
     if command == ("wal", "push"):
-        from chainlens_ops.wal.lean import push_main
+        from chainlens_ops.cli.hooks import push_main
 
         _exit_now(push_main(args))
 
-    from chainlens_ops.cli import run
+    from chainlens_ops.cli.main import run
 
     sys.exit(run(args))
 

@@ -7,8 +7,10 @@ Every error carries the exit code the CLI uses, so the mapping lives in one plac
     2  bad input or usage                 (UsageError)
     3  configuration or connection error  (ConfigError, ConnectionFailed)
 
-`wal fetch` has its own rules (1 = segment not in the archive, 255 = anything else);
-see `chainlens_ops.wal.cli_lean`.
+`wal fetch` has its own rules (1 = segment not in the archive, 255 = anything else,
+usage errors included: PostgreSQL stops recovery instead of ending it early); see
+`chainlens_ops.cli.hooks`. Results carry `ok` and `exit_code` (chainlens_ops.outcome) so
+the CLI and the daemon decide success the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
+FETCH_MISSING = 1  # `wal fetch`: confirmed not in the repository, and only that
+FETCH_FATAL = 255  # `wal fetch`: anything else (entry.py repeats it for import failures)
 
 
 class ChainlensError(Exception):

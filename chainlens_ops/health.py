@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import ChainlensError
+from chainlens_ops.config import DatabaseTarget, mask_secrets
+from chainlens_ops.errors import EXIT_FAILED, ChainlensError
 from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
@@ -39,6 +39,7 @@ class CheckStep:
     name: str
     ok: bool | None  # None: skipped because an earlier step failed
     detail: str
+    exit_code: int = 0  # of a failed step: 1 broken, 3 unreachable/misconfigured
 
     @property
     def status(self) -> str:
@@ -60,6 +61,11 @@ class HealthReport:
     @property
     def failed(self) -> CheckStep | None:
         return next((step for step in self.steps if step.ok is False), None)
+
+    @property
+    def exit_code(self) -> int:
+        failed = self.failed
+        return 0 if failed is None else failed.exit_code
 
 
 STEPS = (
@@ -106,13 +112,13 @@ def check_archiving(
                     detail = _STEP_FUNCS[name](conn, repo, state, timeout_s)
                 record(CheckStep(name, True, detail))
             except _StepFailed as exc:
-                record(CheckStep(name, False, str(exc)))
+                record(CheckStep(name, False, str(exc), EXIT_FAILED))
                 break
             except ChainlensError as exc:
-                record(CheckStep(name, False, exc.one_line()))
+                record(CheckStep(name, False, exc.one_line(), exc.exit_code))
                 break
             except Exception as exc:  # psycopg errors and the like: report, never crash
-                record(CheckStep(name, False, first_line(exc)))
+                record(CheckStep(name, False, _explain(exc), EXIT_FAILED))
                 break
     finally:
         if conn is not None:
@@ -161,7 +167,8 @@ def _archive_command_step(
     if not any(w.endswith("chainlens-ops") for w in words) or "push" not in words:
         shown = command or "(empty)"
         raise _StepFailed(
-            f"archive_command is {shown!r}: expected 'chainlens-ops wal push --repo URL %p'"
+            f"archive_command is {mask_secrets(shown)!r}: "
+            "expected 'chainlens-ops wal push --repo URL %p'"
         )
     if "%p" not in command:
         raise _StepFailed("archive_command does not pass %p (the WAL file's path)")
@@ -241,6 +248,29 @@ def _not_archived(conn: Connection, segment: str, timeout_s: float, failed_befor
         )
     elif row is not None:
         text += f"; last archived: {row[2] or 'none'} (is archive_command archiving elsewhere?)"
+    return text
+
+
+# What a non-superuser needs for each step (README, "Privileges").
+_GRANTS = {
+    "pg_control_system": "GRANT EXECUTE ON FUNCTION pg_control_system() TO {role}",
+    "pg_switch_wal": "GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {role}",
+    "pg_logical_emit_message": "GRANT EXECUTE ON FUNCTION "
+    "pg_logical_emit_message(boolean, text, text) TO {role}",
+    "pg_stat_archiver": "GRANT pg_monitor TO {role}",
+}
+
+
+def _explain(exc: Exception) -> str:
+    """One line for a failed step; for a missing privilege, the grant that gives it."""
+    import psycopg
+
+    text = first_line(exc)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        for name, grant in _GRANTS.items():
+            if name in text:
+                return f"{text}: as a superuser run {grant.format(role='<this role>')}"
+        return f"{text}: see the privileges `check` needs in the README"
     return text
 
 

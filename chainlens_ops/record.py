@@ -4,8 +4,10 @@ Why not `dataclasses`: importing it costs ~14 ms (it pulls in `inspect` and `re`
 `typing` another ~13 ms, while PostgreSQL starts one `wal push` process per 16 MB
 segment and pgBackRest archives one in ~30 ms. A record behaves like a frozen
 dataclass with plain fields: keyword or positional construction in annotation order,
-defaults (immutable values only), `==`, `hash`, `repr` (fields listed in `_hidden_` are
-left out) and `as_dict()`. Type checkers see it as a dataclass (PEP 681).
+defaults (immutable values only), `==`, `hash`, `repr` and `as_dict()` (both leave out
+the fields listed in `_hidden_`, so a JSON dump of a record never shows a secret), and
+`replace()`, which copies every field, hidden ones included. Type checkers see it as a
+dataclass (PEP 681).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def record(cls: type[_T]) -> type[_T]:
         return f"{qualname}({shown})"
 
     def as_dict(self: Any) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in fields}
+        return {name: getattr(self, name) for name in fields if name not in hidden}
 
     methods: dict[str, Callable[..., Any]] = {
         "__init__": __init__,
@@ -85,7 +87,10 @@ def record(cls: type[_T]) -> type[_T]:
 
 def replace(obj: _T, **changes: Any) -> _T:
     """A copy of record `obj` with some fields changed (like dataclasses.replace)."""
-    values = obj.as_dict()  # type: ignore[attr-defined]
+    fields = getattr(type(obj), "__record_fields__", None)
+    if fields is None:
+        raise TypeError(f"replace() takes a @record, not {type(obj).__qualname__}")
+    values = {name: getattr(obj, name) for name in fields}
     unknown = set(changes) - set(values)
     if unknown:
         raise TypeError(f"{type(obj).__qualname__} has no fields {sorted(unknown)}")
@@ -94,7 +99,8 @@ def replace(obj: _T, **changes: Any) -> _T:
 
 
 def as_dict(obj: object) -> dict[str, Any] | None:
-    """The fields of a record, or None for anything else (for JSON output)."""
+    """The shown fields of a record (`_hidden_` left out), or None for anything else
+    (for JSON output)."""
     if getattr(type(obj), "__record_fields__", None) is None:
         return None
     return obj.as_dict()  # type: ignore[attr-defined, no-any-return]

@@ -64,10 +64,41 @@ def as_postgres(argv: Sequence[str]) -> list[str]:
     return ["runuser", "-u", PG_USER, "--", *argv]
 
 
+PORT_CLAIMS = Path("/tmp/chainlens-test-ports")
+PORT_RANGE = (20000, 40000)
+PORT_CLAIM_TTL = 6 * 3600  # a claim older than this belongs to a finished run
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no other test process (xdist worker, or another engineer's run)
+    is handed: each port is claimed by creating /tmp/chainlens-test-ports/<port>
+    exclusively, so two workers never pick the same port between bind and use (binding
+    port 0 alone cannot promise that: the kernel may hand the same port to both)."""
+    PORT_CLAIMS.mkdir(mode=0o777, exist_ok=True)
+    low, high = PORT_RANGE
+    start = low + secrets.randbelow(high - low)
+    for offset in range(high - low):
+        port = low + (start - low + offset) % (high - low)
+        claim = PORT_CLAIMS / str(port)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - claim.stat().st_mtime < PORT_CLAIM_TTL:
+                    continue
+                claim.unlink()
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except OSError:
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use by something outside the suite: keep the claim, move on
+        return port
+    raise RuntimeError(f"no free port left in {PORT_RANGE}")
 
 
 def make_shared_dir(path: Path, *, owner_postgres: bool = True, mode: int = 0o755) -> Path:

@@ -55,6 +55,30 @@ def test_check_passes_on_a_well_wired_cluster_then_names_broken_steps(
     code, report, stderr = check(cluster, repo)
     assert code == 1 and "archive_command" in stderr and "cp %p" in stderr
 
+    # What check echoes of archive_command never shows a secret it carries.
+    cluster.configure(
+        archive_command="AWS_SECRET_ACCESS_KEY=topsecret1 PGPASSWORD='top secret2' "
+        "AWS_REGION=eu-west-1 /usr/bin/env CHAINLENS_SUPABASE_DSN='host=h password=topsecret3' "
+        "cp %p /tmp/%f"
+    )
+    cluster.reload()
+    code, report, stderr = check(cluster, repo)
+    shown = stderr + json.dumps(report)
+    assert code == 1 and "AWS_SECRET_ACCESS_KEY=***" in shown and "AWS_REGION=eu-west-1" in shown
+    assert "topsecret" not in shown and "top secret" not in shown
+
+    # As a role without the privileges: the failing step says which grant is missing,
+    # and neither --json nor -v shows the role's password.
+    cluster.configure(archive_command=f"{CLI} wal push --repo file://{repo} %p")
+    cluster.reload()
+    cluster.execute("CREATE ROLE ops LOGIN PASSWORD 'hunter2'")
+    dsn = cluster.conninfo(user="ops", password="hunter2")
+    proc = run_cli("check", "-v", "--json", "--dsn", dsn, "--repo", str(repo), user="postgres")
+    assert proc.returncode == 1, proc.stderr
+    assert "check failed at switch" in proc.stderr
+    assert "GRANT EXECUTE ON FUNCTION pg_" in proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr
+
     # Ours, but its repository comes from a config file that points elsewhere: only the
     # round trip can tell, and it names the step.
     config = write(make_cluster.dir("conf") / "config.toml", f'repo = "{other}"\n'.encode())
@@ -77,4 +101,4 @@ def test_check_names_an_unreachable_database(make_cluster: ClusterFactory) -> No
         "check", "--dsn", "host=127.0.0.1 port=1 user=postgres connect_timeout=2",
         "--repo", str(repo), user="postgres",
     )  # fmt: skip
-    assert proc.returncode == 1 and "check failed at connect" in proc.stderr
+    assert proc.returncode == 3 and "check failed at connect" in proc.stderr

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 from chainlens_ops.config import load_settings, parse_duration_ms, redact_conninfo
+from chainlens_ops.configcheck import KNOWN_TOP_LEVEL_KEYS
 from chainlens_ops.errors import ConfigError, UsageError
 
 TOML = """
@@ -101,3 +104,133 @@ def test_bad_values_are_config_or_usage_errors(tmp_path: Path) -> None:
     assert parse_duration_ms("250ms", "x") == 250
     with pytest.raises(ConfigError):
         parse_duration_ms("soon", "x")
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [(30, 30_000), ("30", 30_000), ("30s", 30_000), ("2m", 120_000), ("500ms", 500),
+     ("1h", 3_600_000), (" 1.5 s ", 1500), (0.25, 250)],
+)  # fmt: skip
+def test_durations_take_units_and_a_bare_number_is_seconds(value: object, ms: int) -> None:
+    assert parse_duration_ms(value, "x") == ms
+
+
+@pytest.mark.parametrize("value", [0, "0s", -1, "-5s", "5 parsecs", "", True, [1], "nan"])
+def test_bad_durations_are_config_errors_for_keys_and_usage_errors_for_flags(
+    value: object,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^x must be"):
+        parse_duration_ms(value, "x")
+    with pytest.raises(UsageError, match=r"^--x must be"):
+        parse_duration_ms(value, "--x", flag=True)
+
+
+def test_lock_timeout_bare_number_is_seconds(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("lock_timeout = 3")
+    assert load_settings(path, env={}).lock_timeout_ms == 3000
+    assert load_settings(None, env={"CHAINLENS_LOCK_TIMEOUT": "250ms"}).lock_timeout_ms == 250
+    assert load_settings(None, env={}).lock_timeout_ms == 2000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('lokc_timeout = "2s"', "unknown key 'lokc_timeout' (did you mean 'lock_timeout'?)"),
+        ('[databases.supabase]\nhots = "x"', "unknown key 'hots' in [databases.supabase] "
+         "(did you mean 'host'?)"),
+        ('[databases.supabas]\nhost = "x"', "unknown key 'supabas' in [databases] "
+         "(did you mean 'supabase'?)"),
+        ('[s3]\nregoin = "x"', "unknown key 'regoin' in [s3] (did you mean 'region'?)"),
+        ("zzz = 1", "unknown key 'zzz' (known keys: default_db, "),
+    ],
+)  # fmt: skip
+def test_unknown_keys_anywhere_are_refused_with_a_suggestion(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.one_line().startswith(f"{path}: {message}")
+
+
+def test_sections_of_other_modules_are_accepted_unchecked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n[backup]\nkind = "y"\n')
+    assert {"jobs", "daemon", "backup"} <= set(KNOWN_TOP_LEVEL_KEYS)
+    load_settings(path, env={})
+
+
+# Every key the file may hold, with a value of the right type.
+GOOD = {
+    "default_db": "supabase", "repo": "/srv/repo", "lock_timeout": "2s", "lock_retries": 3,
+    "spool_dir": "/srv/spool",
+    "databases.supabase.host": "h", "databases.supabase.port": 5432,
+    "databases.supabase.dbname": "d", "databases.supabase.user": "u",
+    "databases.supabase.password": "p", "databases.supabase.sslmode": "require",
+    "databases.supabase.passfile": "/p", "databases.supabase.dsn": "host=h",
+    "databases.supabase.ssl": True, "databases.supabase.repo": "/r",
+    "s3.endpoint_url": "http://x", "s3.region": "r", "s3.sse": "AES256",
+    "s3.sse_kms_key_id": "k", "s3.connect_timeout": "5s", "s3.read_timeout": 30,
+    "s3.max_attempts": 4,
+}  # fmt: skip
+
+toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
+
+
+def _nest(flat: dict[str, object]) -> dict[str, object]:
+    data: dict[str, object] = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value  # type: ignore[index]
+    return data
+
+
+def test_every_key_is_known_to_the_property_test() -> None:
+    from chainlens_ops.config import _CONNINFO_KEYS
+
+    db_keys = {k.split(".", 2)[2] for k in GOOD if k.startswith("databases.supabase.")}
+    assert db_keys == {*_CONNINFO_KEYS, "dsn", "ssl", "repo"}
+    assert load_settings(None, env={}) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(sorted(GOOD)), value=toml_values)
+def test_wrong_typed_values_for_every_key_give_one_config_error_never_a_traceback(
+    key: str, value: object
+) -> None:
+    """Any value for any key: either it is accepted, or ConfigError names the key."""
+    from chainlens_ops.config import build_settings
+
+    data = _nest(GOOD | {key: value})
+    try:
+        build_settings(data, {}, "ops.toml")
+    except ConfigError as exc:
+        assert key in exc.one_line() or key.rsplit(".", 1)[0] in exc.one_line(), exc
+        assert "\n" not in exc.one_line()
+
+
+def test_record_as_dict_and_json_leave_hidden_fields_out() -> None:
+    from chainlens_ops.cli.common import to_jsonable
+    from chainlens_ops.record import replace
+
+    target = load_settings(
+        None, env={"CHAINLENS_SUPABASE_DSN": "host=h password=hunter2"}
+    ).databases["supabase"]
+    assert "conninfo" not in target.as_dict()
+    assert "hunter2" not in str(to_jsonable(load_settings(None, env={})))
+    moved = replace(target, repo="/elsewhere")  # hidden fields survive a replace
+    assert moved.conninfo == target.conninfo and moved.repo == "/elsewhere"
+    with pytest.raises(TypeError):
+        replace(target, nope=1)  # type: ignore[call-arg]

@@ -255,7 +255,10 @@ def test_lock_timeout_is_exit_1_one_line(
         elapsed = time.monotonic() - started
         holder.rollback()
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.count("\n") == 1 and needle in proc.stderr
+    # One error line, after the line that says where the command acted.
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("chainlens-ops:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert f"microservices: acting on user=postgres dbname={dbname} host=127.0.0.1" in proc.stderr
     assert elapsed < 10
     assert (
         module_pg.scalar("SELECT to_regclass('onchain_analysis.price_history_y2023m01')", dbname)

@@ -419,8 +419,9 @@ def test_drift_is_reported_and_nothing_runs(module_pg: PgCluster, scratch: Path)
 
     proc = run_cli("schema", "apply", "--db", "microservices", env=env)
     assert proc.returncode == 1
-    line = one_line_error(proc)
+    line = one_line_error(proc, after_progress=True)
     assert "003_sentiment_analysis.sql changed after it was applied" in line
+    assert f"microservices: acting on user=postgres dbname={env['micro']} host=" in proc.stderr
     assert module_pg.scalar("SELECT to_regclass('public.must_not_exist')", env["micro"]) is None
 
     status = run_cli("schema", "status", "--db", "microservices", "--json", env=env)
@@ -554,3 +555,19 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     from pgharness import cli_env
 
     return cli_env(extra)
+
+
+def test_status_of_all_reports_the_reachable_database_then_fails_naming_the_other(
+    module_pg: PgCluster,
+) -> None:
+    env = fresh_dbs(module_pg)
+    dead = "host=127.0.0.1 port=1 dbname=gone user=u password=hunter2 connect_timeout=2"
+    proc = run_cli(
+        "schema", "status", "--db", "all",
+        env={"CHAINLENS_SUPABASE_DSN": env["CHAINLENS_SUPABASE_DSN"],
+             "CHAINLENS_MICROSERVICES_DSN": dead},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "supabase" in proc.stdout and "pending" in proc.stdout  # reported first
+    line = one_line_error(proc)
+    assert "cannot connect to the microservices database" in line and "hunter2" not in line

@@ -110,6 +110,7 @@ def fetch(
     return run_cli("wal", "fetch", "--repo", str(repo), *extra, name, str(dest), user=user)
 
 
+@pytest.mark.e2e
 def test_archive_command_archives_every_segment_and_fetch_returns_them(
     archiving: tuple[PgCluster, Path], make_cluster: ClusterFactory
 ) -> None:

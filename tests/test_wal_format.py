@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chainlens_ops.cli.hooks import parse_args
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
-from chainlens_ops.wal.lean import parse_args
 from chainlens_ops.wal.names import (
     BACKUP,
     HISTORY,
@@ -133,7 +133,6 @@ def test_lean_parser_reads_global_and_command_options() -> None:
     parsed = parse_args(
         ["--config", "f.toml", "-v", "wal", "push", "--repo=file:///r", "--", "pg_wal/x"],
         "push",
-        ("--repo",),
     )
     assert (parsed.config, parsed.verbose, parsed.options, parsed.positional) == (
         "f.toml",
@@ -142,9 +141,19 @@ def test_lean_parser_reads_global_and_command_options() -> None:
         ["pg_wal/x"],
     )
     with pytest.raises(UsageError, match="unknown option"):
-        parse_args(["wal", "push", "--bogus", "x"], "push", ("--repo",))
+        parse_args(["wal", "push", "--bogus", "x"], "push")
     with pytest.raises(UsageError, match="needs a value"):
-        parse_args(["wal", "push", "--repo"], "push", ("--repo",))
+        parse_args(["wal", "push", "--repo"], "push")
+    with pytest.raises(UsageError, match="takes NAME and DEST"):
+        parse_args(["wal", "fetch", "x"], "fetch")
+    # Global options after the command too.
+    assert parse_args(["wal", "fetch", "a", "b", "--config=c.toml"], "fetch").config == "c.toml"
+
+
+def test_fetch_guard_agrees_with_the_one_exit_code_table() -> None:
+    from chainlens_ops import entry, errors
+
+    assert entry.FETCH_FATAL == errors.FETCH_FATAL == 255
 
 
 def test_history_parsing() -> None:
@@ -316,3 +325,42 @@ def test_gap_check_agrees_with_a_model_of_recovery(
         ]
         assert got == model, (switch_lsns, sorted(present), result)
         assert result.segments_checked == last - first + 1 >= 0
+
+
+def test_local_fetch_imports_nothing_heavy(tmp_path: Path) -> None:
+    """`wal fetch` (restore_command) takes the same lean door: a found and a missing
+    segment import none of the heavy modules (hashlib: the envelope's checksum)."""
+    from pgharness import VENV, cli_env
+
+    pg_wal = tmp_path / "data" / "pg_wal"
+    pg_wal.mkdir(parents=True)
+    name = "000000010000000000000002"
+    (pg_wal / name).write_bytes(fake_segment(name, body=os.urandom(100_000)))
+    repo = f"file://{tmp_path / 'repo'}"
+    env = cli_env()
+    cli = str(VENV / "bin" / "chainlens-ops")
+    push = [cli, "wal", "push", "--repo", repo, f"pg_wal/{name}"]
+    pushed = subprocess.run(push, cwd=tmp_path / "data", env=env, capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    argv = [str(VENV / "bin" / "python"), "-X", "importtime", cli, "wal", "fetch", "--repo", repo]
+    for wanted, code in ((name, 0), ("000000010000000000000009", 1)):
+        fetch = [*argv, wanted, "pg_wal/RECOVERYXLOG"]
+        proc = subprocess.run(fetch, cwd=tmp_path / "data", env=env, capture_output=True, text=True)
+        assert proc.returncode == code, proc.stderr[-2000:]
+        imported = {
+            line.split("|")[-1].strip().split(".")[0]
+            for line in proc.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert "chainlens_ops" in imported
+        assert imported & (HEAVY_FOR_PUSH - {"hashlib"}) == set(), wanted
+
+    # The listing at 80 columns, piped: segment names whole, every column shown.
+    listing = subprocess.run(
+        [cli, "wal", "list", "--repo", repo], env=env | {"COLUMNS": "80"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    table = [line for line in listing.stdout.splitlines()[:-1] if line.strip()]  # no summary
+    assert name in listing.stdout and max(map(len, table)) <= 80, listing.stdout
+    assert table[0].split() == ["tli", "first", "last", "count", "stored", "notes"], table

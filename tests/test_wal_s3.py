@@ -96,6 +96,7 @@ def s3_archiving(
     factory.cleanup()
 
 
+@pytest.mark.e2e
 def test_archive_command_to_s3_and_fetch_back_byte_identical(
     s3_archiving: tuple[PgCluster, str, S3Setup], make_cluster: ClusterFactory
 ) -> None:
@@ -199,6 +200,7 @@ def test_fetch_with_s3_down_is_fatal_not_missing(make_cluster: ClusterFactory) -
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_recovery_stops_when_s3_goes_away_instead_of_promoting(
     make_cluster: ClusterFactory,
 ) -> None:

@@ -17,6 +17,7 @@ from chainlens_ops.cli.common import (
     state,
     to_jsonable,
 )
+from chainlens_ops.config import parse_duration_ms
 from chainlens_ops.health import check_archiving
 from chainlens_ops.repository import Repository, repo_url
 
@@ -30,19 +31,23 @@ def check_command(
         typer.Option("--repo", help="Repository (default: the database's configured one)."),
     ] = None,
     timeout: Annotated[
-        float,
-        typer.Option("--timeout", help="Seconds to wait for the switched segment to arrive."),
-    ] = 60.0,
+        str,
+        typer.Option(
+            "--timeout", help="How long to wait for the switched segment (30s, 2m; bare = s)."
+        ),
+    ] = "60s",
     json_output: JsonOption = False,
 ) -> None:
     """End-to-end archive check: settings, a WAL switch, and the segment in the repository.
 
-    Exit 1 naming the first broken step.
+    Exit 1 naming the first broken step; 3 when the database or repository cannot be
+    reached or is misconfigured.
     """
+    timeout_s = parse_duration_ms(timeout, "--timeout", flag=True) / 1000
     settings = state(ctx).settings
     target = settings.target(db.value if db else None, dsn=dsn)
     repository = Repository(repo_url(settings, db=target.name, repo=repo), settings.s3)
-    report = check_archiving(target, repository, timeout_s=timeout)
+    report = check_archiving(target, repository, timeout_s=timeout_s)
     if json_output:
         data = to_jsonable(report)
         data["ok"] = report.ok
@@ -58,6 +63,6 @@ def check_command(
     failed = report.failed
     if failed is not None:
         err_console.print(
-            f"chainlens-ops: check failed at {failed.name}: {failed.detail}", markup=False
+            f"chainlens-ops: error: check failed at {failed.name}: {failed.detail}", markup=False
         )
-        raise typer.Exit(1)
+        raise typer.Exit(report.exit_code)

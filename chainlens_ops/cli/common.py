@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from chainlens_ops.config import Settings, load_settings
+from chainlens_ops.config import DatabaseTarget, Settings, load_settings
+from chainlens_ops.pg import connection as db
 from chainlens_ops.record import as_dict
 
 # Piped or in a cron log there is no terminal width: rich would assume 80 columns and cut
 # file and partition names short with an ellipsis. Give tables room instead.
-_WIDTH = None if sys.stdout.isatty() else 200
+# COLUMNS, when set, wins (rich reads it); identifier columns never wrap or cut anyway.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -89,6 +92,27 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     return value
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """`1 statement`, `2 statements`, `0 files`."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+def announce_connections() -> None:
+    """For a command that changes a database: once connected to it, say which one (a
+    progress line on stderr: host, port, database, never the password). Nothing is
+    printed for a mistake caught before connecting, or a server that cannot be reached
+    (its error line names it)."""
+    seen: set[tuple[str, str]] = set()
+
+    def announce(target: DatabaseTarget) -> None:
+        shown = (target.name, target.display)
+        if shown not in seen:
+            seen.add(shown)
+            err_console.print(f"{target.name}: acting on {target.display}", markup=False)
+
+    db.on_connect = announce
 
 
 def print_json(value: Any) -> None:

@@ -9,7 +9,15 @@ import typer
 from rich import box
 from rich.table import Table
 
-from chainlens_ops.cli.common import DsnOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.cli.common import (
+    DsnOption,
+    JsonOption,
+    announce_connections,
+    console,
+    err_console,
+    print_json,
+    state,
+)
 from chainlens_ops.months import Month
 from chainlens_ops.partitions import (
     MANAGED_TABLES,
@@ -107,6 +115,7 @@ def create_month_command(
     json_output: JsonOption = False,
 ) -> None:
     """Create TABLE's partition for a month, moving its rows out of the default partition."""
+    announce_connections()
     result = create_month(state(ctx).settings, table, month, dsn=dsn)
     if json_output:
         print_json(result)
@@ -132,6 +141,7 @@ def ensure_command(
     json_output: JsonOption = False,
 ) -> None:
     """Make sure the current month and the next N exist for every managed table."""
+    announce_connections()
     result = ensure_partitions(state(ctx).settings, ahead=ahead, table=table, dsn=dsn)
     if json_output:
         print_json(result)
@@ -194,6 +204,8 @@ def retain_command(
     json_output: JsonOption = False,
 ) -> None:
     """Detach (or drop) partitions wholly older than N months; never the current month."""
+    if not dry_run:
+        announce_connections()
     results = retain_partitions(
         state(ctx).settings, keep_months, table=table, drop=drop, dry_run=dry_run, dsn=dsn
     )

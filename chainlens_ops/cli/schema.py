@@ -12,12 +12,15 @@ from chainlens_ops.cli.common import (
     DbOrAll,
     DsnOption,
     JsonOption,
+    announce_connections,
     console,
     err_console,
+    plural,
     print_json,
     state,
 )
 from chainlens_ops.config import parse_duration_ms
+from chainlens_ops.errors import ChainlensError, ConfigError
 from chainlens_ops.schema import apply_schema, schema_status
 
 app = typer.Typer(help="Apply the platform schema and show its state.", no_args_is_help=True)
@@ -49,7 +52,9 @@ def apply_command(
 ) -> None:
     """Apply pending SQL files, each in its own transaction, under an advisory lock."""
     settings = state(ctx).settings
-    wait_ms = parse_duration_ms(lock_wait, "--lock-wait")
+    wait_ms = parse_duration_ms(lock_wait, "--lock-wait", flag=True)
+    if not dry_run:
+        announce_connections()
     results = []
     for target in settings.targets(db.value, dsn=dsn):
         result = apply_schema(
@@ -70,12 +75,12 @@ def apply_command(
             for f in result.applied:
                 console.print(
                     f"{result.database}: applied {f.version}_{f.name}.sql "
-                    f"({f.statements} statements, {f.duration_ms} ms)",
+                    f"({plural(f.statements, 'statement')}, {f.duration_ms} ms)",
                     markup=False,
                 )
         else:
             console.print(
-                f"{result.database}: up to date ({result.already_applied} files applied)",
+                f"{result.database}: up to date ({plural(result.already_applied, 'file')} applied)",
                 markup=False,
             )
     if json_output:
@@ -92,11 +97,20 @@ def status_command(
 ) -> None:
     """Applied, pending and drifted files per database (exit 1 on drift)."""
     settings = state(ctx).settings
-    statuses = [schema_status(t, sql_dir) for t in settings.targets(db.value, dsn=dsn)]
+    statuses = []
+    unreachable: list[ChainlensError] = []
+    for target in settings.targets(db.value, dsn=dsn):
+        try:
+            statuses.append(schema_status(target, sql_dir))
+        except ConfigError as exc:  # unreachable or misconfigured: report the others first
+            unreachable.append(exc)
     if json_output:
         print_json(statuses)
     else:
-        table = Table("database", "file", "state", "applied at", "ms")
+        table = Table("database")
+        table.add_column("file", no_wrap=True)  # an identifier: never cut
+        for heading in ("state", "applied at", "ms"):
+            table.add_column(heading)
         for st in statuses:
             for f in st.files:
                 colour = {"applied": "green", "pending": "yellow"}.get(f.state, "red")
@@ -104,9 +118,13 @@ def status_command(
                     st.database,
                     f"{f.version}_{f.name}.sql",
                     f"[{colour}]{f.state}[/]",
-                    f.applied_at.isoformat(timespec="seconds") if f.applied_at else "",
+                    f.applied_at.strftime("%Y-%m-%d %H:%M") if f.applied_at else "",
                     str(f.duration_ms) if f.duration_ms is not None else "",
                 )
         console.print(table)
+    if unreachable:
+        for failure in unreachable[1:]:
+            err_console.print(f"chainlens-ops: error: {failure.one_line()}", markup=False)
+        raise unreachable[0]
     if any(st.count("drifted") or st.count("missing") for st in statuses):
         raise typer.Exit(1)

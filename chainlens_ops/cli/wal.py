@@ -1,8 +1,8 @@
 """`chainlens-ops wal`: archive and restore WAL segments, list and check the archive.
 
 `wal push` and `wal fetch` run once per segment, so the console script hands them to
-`chainlens_ops.wal.lean` before Typer is even imported; the commands below exist for
-`--help` and for callers that go through this app, and delegate to the same code.
+`chainlens_ops.cli.hooks` before Typer is even imported; the commands below exist for
+`--help` and for callers that go through this app, and call the same core functions.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from chainlens_ops.cli import hooks
 from chainlens_ops.cli.common import DbOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.errors import FETCH_FATAL, ChainlensError
 from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.wal.archive import archive_segment, restore_segment
 from chainlens_ops.wal.catalog import check_wal, list_wal
 
 app = typer.Typer(
@@ -42,18 +45,6 @@ def _repository(ctx: typer.Context, db: DbOption, repo: str | None) -> Repositor
     return Repository(url, settings.s3)
 
 
-def _lean_args(ctx: typer.Context, command: str, options: dict[str, object]) -> list[str]:
-    """Rebuild the argv the lean path parses (global options, then `wal <command>`)."""
-    gs = state(ctx)
-    args = ["--config", str(gs.config_file)] if gs.config_file else []
-    args += ["-v"] if gs.verbose else []
-    args += ["wal", command]
-    for option, value in options.items():
-        if value is not None:
-            args += [option, str(value)]
-    return args
-
-
 @app.command("push")
 def push_command(
     ctx: typer.Context,
@@ -72,11 +63,12 @@ def push_command(
 
     Exit 0 only once the file is durable in the repository; 1 failed; 2 usage; 3 config.
     """
-    from chainlens_ops.wal.lean import push_main
-
-    options: dict[str, object] = {"--repo": repo, "--db": db.value if db else None}
-    options |= {"--spool": spool, "--look-ahead": look_ahead}
-    raise typer.Exit(push_main([*_lean_args(ctx, "push", options), "--", path]))
+    gs = state(ctx)
+    where = {"db": db.value if db else None, "repo": repo, "spool_dir": spool}
+    result = archive_segment(gs.settings, path, look_ahead=look_ahead, **where)
+    if gs.verbose:
+        hooks.say(hooks.push_summary(result))
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("fetch")
@@ -96,12 +88,17 @@ def fetch_command(
 
     Exit 0 restored; 1 not in the repository; 255 any other failure (stops recovery).
     """
-    from chainlens_ops.wal.lean import fetch_main
-
-    options: dict[str, object] = {"--repo": repo, "--db": db.value if db else None}
-    options |= {"--spool": spool, "--prefetch": prefetch}
-    code = fetch_main([*_lean_args(ctx, "fetch", options), "--", name, dest])
-    raise typer.Exit(code if code in (0, 1) else 255)
+    gs = state(ctx)
+    where = {"db": db.value if db else None, "repo": repo, "spool_dir": spool}
+    try:
+        result = restore_segment(gs.settings, name, dest, prefetch=prefetch, **where)
+    except Exception as exc:
+        message = exc.one_line() if isinstance(exc, ChainlensError) else repr(exc)
+        hooks.say(f"error: wal fetch: fatal: {message}")
+        raise typer.Exit(FETCH_FATAL) from None
+    if gs.verbose:
+        hooks.say(hooks.fetch_summary(result))
+    raise typer.Exit(result.exit_code)
 
 
 @app.command("list")
@@ -119,7 +116,13 @@ def list_command(
     if not listing.timelines:
         console.print(f"{listing.repo}: no WAL archived yet", markup=False)
         return
-    table = Table("timeline", "first", "last", "segments", "stored", "notes")
+    # Fits 80 columns: two whole segment names (24 characters each) and short headings
+    # (tli = timeline, as PostgreSQL writes it); notes fold.
+    table = Table("tli", box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    for heading in ("first", "last"):
+        table.add_column(heading, no_wrap=True)  # segment names: never cut
+    for heading in ("count", "stored", "notes"):
+        table.add_column(heading)
     for tl in listing.timelines:
         notes = []
         if tl.history_file:
@@ -183,12 +186,12 @@ def check_command(
         return
     for gap in result.gaps:
         err_console.print(
-            f"chainlens-ops: gap on timeline {gap.timeline}: {gap.first} .. {gap.last} "
+            f"chainlens-ops: error: gap on timeline {gap.timeline}: {gap.first} .. {gap.last} "
             f"({gap.count} segment{'s' if gap.count != 1 else ''} missing)",
             markup=False,
         )
     for problem in result.problems:
-        err_console.print(f"chainlens-ops: {problem}", markup=False)
+        err_console.print(f"chainlens-ops: error: {problem}", markup=False)
     raise typer.Exit(1)
 
 

@@ -20,7 +20,7 @@ import os
 
 from chainlens_ops.atomicfile import unlink_quietly as _unlink
 from chainlens_ops.atomicfile import write_atomic
-from chainlens_ops.errors import UsageError
+from chainlens_ops.errors import FETCH_MISSING, UsageError
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository, data_folder_system_identifier
 from chainlens_ops.storage import NotFound
@@ -44,6 +44,15 @@ class FetchResult:
     source: str = ""  # REPOSITORY or SPOOL when found
     size: int = 0
     prefetched: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.found
+
+    @property
+    def exit_code(self) -> int:
+        """0 restored; FETCH_MISSING when confirmed absent (failures raise: FETCH_FATAL)."""
+        return 0 if self.found else FETCH_MISSING
 
 
 def fetch_wal(

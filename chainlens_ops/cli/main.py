@@ -1,0 +1,125 @@
+"""The `chainlens-ops` command line: parses, calls one core function, prints the result.
+
+Errors are caught here and nowhere else: a ChainlensError becomes one line on stderr and
+its documented exit code; a traceback only with -v.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chainlens_ops import __version__
+from chainlens_ops.cli import backup, cache, check, daemon, partition, schema, wal
+from chainlens_ops.cli.common import GlobalState, err_console
+from chainlens_ops.entry import GLOBAL_OPTIONS
+from chainlens_ops.errors import EXIT_USAGE, ChainlensError
+
+try:  # Typer >= 0.2x ships its own copy of click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - older Typer on upstream click
+    from click import exceptions as click_exc  # type: ignore[no-redef]
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the operation failed; 2 bad input or usage; "
+    "3 configuration or connection error. `wal fetch`: 1 = segment not in the archive, "
+    "255 = any other failure (PostgreSQL stops recovery)."
+)
+
+app = typer.Typer(
+    name="chainlens-ops",
+    help="Operations toolkit for the ChainLens PostgreSQL databases.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
+)
+app.add_typer(schema.app, name="schema")
+app.add_typer(partition.app, name="partition")
+app.add_typer(wal.app, name="wal")
+app.add_typer(backup.app, name="backup")
+app.add_typer(cache.app, name="cache")
+app.add_typer(daemon.app, name="daemon")
+app.command("check")(check.check_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"chainlens-ops {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file (default: $CHAINLENS_CONFIG)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    ctx.obj = GlobalState(config_file=config, verbose=verbose)
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Global options may follow the command (`schema status -v --config f.toml`):
+    move them before it, where Typer reads them. Nothing after `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
+            front += args[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def run(args: list[str]) -> int:
+    """Run the CLI on `args`, returning the process exit code."""
+    args = hoist_global_options(args)
+    verbose = "-v" in args or "--verbose" in args
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="chainlens-ops", standalone_mode=False)
+    except ChainlensError as exc:
+        if verbose:
+            traceback.print_exc()
+        err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
+        return exc.exit_code
+    except click_exc.UsageError as exc:
+        if exc.ctx is not None and type(exc).__name__.startswith("NoArgsIsHelp"):
+            print(exc.ctx.get_help())
+            return EXIT_USAGE
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        message = exc.format_message().replace("\n", " ").replace("Value error, ", "")
+        err_console.print(f"chainlens-ops: error: {message}{where}", markup=False)
+        return EXIT_USAGE
+    except click_exc.ClickException as exc:
+        err_console.print(f"chainlens-ops: error: {exc.format_message()}", markup=False)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("chainlens-ops: error: interrupted", markup=False)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,122 @@
+"""Type checks for the configuration file: every key, at load time, one line per mistake.
+
+On the `wal push` path: no re, typing or dataclasses at import time; difflib only when a
+key is unknown (it is an error path).
+"""
+
+from __future__ import annotations
+
+from chainlens_ops.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+# Top-level keys. `jobs`, `daemon` and `backup` belong to the daemon and backup modules,
+# which check their own contents; extend this tuple when a new section is added.
+KNOWN_TOP_LEVEL_KEYS = (
+    "default_db",
+    "repo",
+    "lock_timeout",
+    "lock_retries",
+    "spool_dir",
+    "databases",
+    "s3",
+    "jobs",
+    "daemon",
+    "backup",
+)
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
+DURATION_FORM = "a duration such as 500ms, 30s, 2m or 1h (a bare number is seconds)"
+
+
+def duration_ms(value: object, what: str, *, error: type[Exception] = ConfigError) -> int:
+    """`30`, `"30"` and `"30s"` -> 30000; `"500ms"`, `"2m"`, `"1h"`. Zero or less is refused."""
+    if isinstance(value, bool):
+        raise error(f"{what} must be {DURATION_FORM}, not {value!r}")
+    if isinstance(value, int | float):
+        number, scale = float(value), 1000
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+        unit = text[len(digits) :].strip() if digits else ""
+        try:
+            number = float(digits)
+            scale = _UNITS_MS[unit] if unit else 1000
+        except (ValueError, KeyError):
+            raise error(f"{what} must be {DURATION_FORM}, not {value!r}") from None
+    else:
+        raise error(f"{what} must be {DURATION_FORM}, not {type(value).__name__}")
+    ms = number * scale
+    if not ms > 0 or ms != ms or ms > 365 * 86_400_000:
+        raise error(f"{what} must be a positive duration of at most a year, not {value!r}")
+    return max(1, int(ms))
+
+
+def whole_number(value: object, what: str, low: int, high: int) -> int:
+    """An integer in [low, high]; strings of digits too (environment variables)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, not {value}")
+    return value
+
+
+def text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be a string, not {_kind(value)}")
+    return value
+
+
+def boolean(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, not {_kind(value)}")
+    return value
+
+
+def port(value: object, what: str) -> str:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return str(whole_number(value, what, 1, 65535))
+
+
+def table(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be a table ([{what}]), not {_kind(value)}")
+    return value
+
+
+def refuse_unknown(data: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """One line naming the first unknown key, with a "did you mean" where one is close."""
+    for key in data:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown key {key!r}{where}", hint=hint)
+
+
+def check(
+    data: Mapping[str, Any], checks: Mapping[str, Callable[[object, str], object]], prefix: str = ""
+) -> None:
+    """Refuse unknown keys and run each present key's check (naming it as `prefix.key`)."""
+    refuse_unknown(data, tuple(checks), f" in [{prefix.rstrip('.')}]" if prefix else "")
+    for key, value in data.items():
+        checks[key](value, prefix + key)
+
+
+def _kind(value: object) -> str:
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        dict: "a table",
+        list: "an array",
+    }
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})"[:80]
