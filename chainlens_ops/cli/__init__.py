@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from chainlens_ops import __version__
-from chainlens_ops.cli import check, partition, schema, wal
+from chainlens_ops.cli import check, partition, restore_point, schema, wal
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
@@ -41,6 +41,7 @@ app = typer.Typer(
 app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
 app.add_typer(wal.app, name="wal")
+app.add_typer(restore_point.app, name="restore-point")
 app.command("check")(check.check_command)
 
 
