@@ -17,7 +17,7 @@ def rp(*args: str, repo: str, dsn: str | None = None) -> subprocess.CompletedPro
     return run_cli("restore-point", *args, *extra, "--repo", repo, user="postgres")
 
 
-def listed(repo: str, runner: object = None) -> list[dict[str, object]]:
+def listed(repo: str) -> list[dict[str, object]]:
     proc = rp("list", "--json", repo=repo)
     assert proc.returncode == 0, proc.stderr
     points = json.loads(proc.stdout)
@@ -62,12 +62,11 @@ def test_create_list_duplicate_sql_point_and_concurrency(make_cluster: ClusterFa
     cluster.execute("SELECT pg_create_restore_point('runbook-1')")
 
     # Two concurrent creates of one name: exactly one wins.
+    argv = ["runuser", "-u", "postgres", "--", str(CLI), "restore-point", "create", "race"]
+    argv += ["--dsn", dsn, "--repo", repo]
+    pipe = subprocess.PIPE
     procs = [
-        subprocess.Popen(
-            ["runuser", "-u", "postgres", "--", str(CLI), "restore-point", "create", "race",
-             "--dsn", dsn, "--repo", repo],
-            env=cli_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        subprocess.Popen(argv, env=cli_env(None), stdout=pipe, stderr=pipe, text=True)
         for _ in range(2)
     ]
     codes = sorted(p.wait(timeout=120) for p in procs)
@@ -78,7 +77,8 @@ def test_create_list_duplicate_sql_point_and_concurrency(make_cluster: ClusterFa
     for point in points:
         by_name.setdefault(str(point["name"]), []).append(point)
     # Exactly one of each: the refused duplicate and the race loser made no WAL record.
-    assert {n: len(v) for n, v in by_name.items()} == {"before-deploy": 1, "runbook-1": 1, "race": 1}
+    counts = {n: len(v) for n, v in by_name.items()}
+    assert counts == {"before-deploy": 1, "runbook-1": 1, "race": 1}
     assert by_name["before-deploy"][0]["source"] == "catalog"
     assert by_name["before-deploy"][0]["lsn"] == made["lsn"]
     sql_point = by_name["runbook-1"][0]
