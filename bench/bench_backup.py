@@ -166,7 +166,8 @@ def main() -> int:
         print(f"loading a {args.mb:g} MB ChainLens dataset in {base} ...", flush=True)
         load_dataset(cluster, args.mb, env)
         sizes = cluster.execute(
-            "SELECT sum(pg_database_size(datname)) FROM pg_database WHERE datname LIKE 'chainlens_%'"
+            "SELECT sum(pg_database_size(datname)) FROM pg_database "
+            "WHERE datname LIKE 'chainlens_%'"
         )
         print(f"databases: {int(sizes[0][0]) / 2**20:.0f} MB on disk", flush=True)
 

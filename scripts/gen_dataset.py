@@ -208,7 +208,8 @@ def gen_microservices(
         conn,
         "COPY sentiment_analysis.sentiment_analyses (id, project_id, overall_sentiment, "
         "confidence, created_at, updated_at) FROM STDIN",
-        (_row(s, projects[i % PROJECTS], f"{rng.uniform(-1, 1):.2f}", f"{rng.random():.2f}", *[EPOCH] * 2)
+        (_row(s, projects[i % PROJECTS], f"{rng.uniform(-1, 1):.2f}",
+              f"{rng.random():.2f}", *[EPOCH] * 2)
          for i, s in enumerate(sentiments)),
     )  # fmt: skip
 
