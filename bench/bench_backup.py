@@ -39,16 +39,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from bench_wal import _wait_http, base_env, run_as_postgres  # noqa: E402
+from bench_wal import _wait_http, base_env, init_cluster, run_as_postgres  # noqa: E402
 from pgharness import (  # noqa: E402
     CLI,
     PG_BIN,
     VENV,
     PgCluster,
-    as_postgres,
     free_port,
     make_shared_dir,
-    run_checked,
 )
 
 GEN = HERE.parent / "scripts" / "gen_dataset.py"
@@ -88,23 +86,14 @@ def ours_available() -> bool:
 
 
 def make_cluster(base: Path, pgbr_conf: Path, repo: Path) -> tuple[PgCluster, Path]:
-    data = base / "data"
-    sock = make_shared_dir(base / "sock")
-    run_checked(
-        as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
-                     "--auth=trust", "--no-sync"]),
-        cwd=base,
-    )  # fmt: skip
     push = f"{CLI} wal push --repo file://{repo} %p"
     if shutil.which("pgbackrest"):
         push += f" && pgbackrest --config={pgbr_conf} --stanza=bench archive-push %p"
-    with (data / "postgresql.conf").open("a") as conf:
-        conf.write(
-            f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n"
-            "fsync = off\nmax_wal_size = 4GB\nshared_buffers = 256MB\n"
-            f"archive_mode = on\narchive_command = '{push}'\n"
-        )
-    cluster = PgCluster(data, free_port())
+    cluster, sock = init_cluster(
+        base,
+        "max_wal_size = 4GB\nshared_buffers = 256MB\n"
+        f"archive_mode = on\narchive_command = '{push}'\n",
+    )
     cluster.start()
     return cluster, sock
 
