@@ -129,7 +129,9 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def make_cluster(base: Path, segments: int, made: list[PgCluster]) -> tuple[PgCluster, Path]:
+def init_cluster(base: Path, settings: str) -> tuple[PgCluster, Path]:
+    """initdb in base/data (16 MB segments), loopback + a shared socket folder, `settings`
+    appended to postgresql.conf; not started."""
     data = base / "data"
     sock = make_shared_dir(base / "sock")
     run_checked(
@@ -140,9 +142,15 @@ def make_cluster(base: Path, segments: int, made: list[PgCluster]) -> tuple[PgCl
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(
             f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n"
-            "fsync = off\nmax_wal_size = 8GB\nwal_keep_size = 4GB\nshared_buffers = 128MB\n"
+            f"fsync = off\n{settings}"
         )
-    cluster = PgCluster(data, free_port())
+    return PgCluster(data, free_port()), sock
+
+
+def make_cluster(base: Path, segments: int, made: list[PgCluster]) -> tuple[PgCluster, Path]:
+    cluster, sock = init_cluster(
+        base, "max_wal_size = 8GB\nwal_keep_size = 4GB\nshared_buffers = 128MB\n"
+    )
     made.append(cluster)
     cluster.start()
     pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U",
@@ -153,7 +161,7 @@ def make_cluster(base: Path, segments: int, made: list[PgCluster]) -> tuple[PgCl
                    capture_output=True)  # fmt: skip
     subprocess.run([*pgbench, "-T", "5", "-c", "4", "-j", "2", "postgres"], check=True,
                    capture_output=True)  # fmt: skip
-    while len(list((data / "pg_wal").glob("0*"))) < segments + 2:
+    while len(list((cluster.data / "pg_wal").glob("0*"))) < segments + 2:
         subprocess.run([*pgbench, "-i", "-s", "10", "-q", "postgres"], check=True,
                        capture_output=True)  # fmt: skip
     cluster.execute("SELECT pg_switch_wal()")
