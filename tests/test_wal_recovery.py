@@ -140,3 +140,41 @@ def test_another_clusters_segments_history_and_backup_files_are_refused(
     assert not (repo / "wal" / "history").exists()
     fetch_cmd = f"{CLI} wal fetch --repo {repo} %f %p"
     assert recover_fully(restoring(make_cluster, datas[0], fetch_cmd)) == 1010
+
+
+def test_wal_check_agrees_with_a_restore_when_a_switch_segment_is_missing(
+    make_cluster: ClusterFactory,
+) -> None:
+    """Timeline 2 made by promoting a restored server; then the new timeline's copy of
+    the switch segment is deleted (the old timeline's copy and .partial remain). A
+    restore to latest stops before timeline 2's rows; `wal check` must name that gap."""
+    from test_wal import switch_and_wait
+
+    repo = make_cluster.dir("tl") / "repo"
+    push = f"{CLI} wal push --repo {repo} %p"
+    fetch_cmd = f"{CLI} wal fetch --repo {repo} %f %p"
+    _, datas = source_with_backups(make_cluster, push, backups=2)
+    promoted = restoring(make_cluster, datas[0], fetch_cmd)
+    promoted.configure(archive_mode="on", archive_command=push)
+    assert recover_fully(promoted) == 1010
+    promoted.execute("INSERT INTO t SELECT generate_series(1011, 2010)")
+    switch_and_wait(promoted)
+    promoted.stop()
+    assert run_cli("wal", "check", "--repo", str(repo)).returncode == 0
+
+    history = (repo / "wal" / "history" / "00000002.history").exists()
+    assert history
+    run_cli("wal", "fetch", "--repo", str(repo), "00000002.history", str(repo.parent / "h"))
+    switch = int(
+        (repo.parent / "h").read_text().split()[1].split("/")[1], 16
+    )  # 0/XXXXXXXX: below 4 GB in this test
+    seg = f"{switch // 0x100000:08X}"  # 1 MB segments in the test template
+    switch_segment = repo / "wal" / "0000000200000000" / f"0000000200000000{seg}"
+    assert switch_segment.exists(), sorted(p.name for p in repo.glob("wal/*/*"))
+    switch_segment.unlink()
+
+    check = run_cli("wal", "check", "--repo", str(repo))
+    assert check.returncode == 1, check.stdout
+    assert f"gap on timeline 2: {switch_segment.name}" in check.stderr, check.stderr
+    restored = restoring(make_cluster, datas[1], fetch_cmd)
+    assert recover_fully(restored) == 1010  # the restore lost timeline 2's rows, as check said

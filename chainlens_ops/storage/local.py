@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 CHUNK = 1024 * 1024
 STALE_TEMP_S = 3600.0  # older than any live push could be
 SWEEP_EVERY_S = 600.0  # `wal push` sweeps stale temp files at most this often
-SWEEP_STAMP = ".chainlens-temp-sweep.tmp"  # hidden: never listed as an object
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -188,7 +187,7 @@ class LocalStorage:
         found: builtins.list[str] = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if is_temp_name(name) and name != SWEEP_STAMP:
+                if is_temp_name(name):
                     path = os.path.join(dirpath, name)
                     try:
                         if os.lstat(path).st_mtime < cutoff:
@@ -197,22 +196,24 @@ class LocalStorage:
                         continue
         return tuple(found)
 
-    def sweep_stale_temp_now_and_then(self, every_s: float = SWEEP_EVERY_S) -> None:
-        """Called by `wal push` after each success: at most once every `every_s` seconds
-        (one stat of a stamp file otherwise), remove temp files of killed writers.
-        Never fails the caller: a failed sweep is retried at the next interval."""
-        stamp = os.path.join(self.root, SWEEP_STAMP)
+    def sweep_stale_temp_now_and_then(self, stamp: str | None) -> None:
+        """Called by `wal push` after each success: remove temp files of killed writers
+        at most once every SWEEP_EVERY_S seconds, as noted by the `stamp` file (kept in
+        the spool, not the repository, which holds nothing but objects; one stat
+        otherwise), or, with no stamp, on about one push in 256. Never fails the caller:
+        a failed sweep is retried later."""
         try:
-            if os.stat(stamp).st_mtime > time.time() - every_s:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return
-        try:
-            with open(stamp, "wb"):
-                pass
-            os.utime(stamp)
+            if stamp is None:
+                if os.urandom(1) != b"\0":
+                    return
+            else:
+                try:
+                    if os.stat(stamp).st_mtime > time.time() - SWEEP_EVERY_S:
+                        return
+                except FileNotFoundError:
+                    pass
+                with open(stamp, "wb"):
+                    pass
             self.remove_stale_temp()
         except (OSError, StorageError):
             return

@@ -190,6 +190,10 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
         if first > max(present):
             raise UsageError(f"--from {start} is past the newest archived segment")
     last = max(present)
+    if path[-1].first_segno is not None:
+        # A restore to the newest timeline asks at least for its first segment (the one
+        # holding the switch point), even when no segment of it is archived.
+        last = max(last, path[-1].first_segno)
 
     missing: list[tuple[int, int]] = []
     for segno in range(first, last + 1):

@@ -97,7 +97,7 @@ def push_wal(
         candidates = ready_files(path, look_ahead, skip={name.name, *spool.pushed_names()})
     if not candidates:
         result = push_file(repo, path, name, level=level)
-        _sweep(repo)
+        _sweep(repo, spool)
         return result
 
     assert spool is not None  # candidates come from the spool's folder
@@ -115,7 +115,7 @@ def push_wal(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         done = tuple(f.result() for f in futures)
-    _sweep(repo)
+    _sweep(repo, spool)
     stored = tuple(n for n in done if n)
     return PushResult(
         result.name,
@@ -161,11 +161,12 @@ def push_file(
     return PushResult(name.name, key, ARCHIVED, size, None, info.size)
 
 
-def _sweep(repo: Repository) -> None:
+def _sweep(repo: Repository, spool: Spool | None) -> None:
     """Now and then, remove temp files killed pushes left (local repositories)."""
     sweep = getattr(repo.storage, "sweep_stale_temp_now_and_then", None)
     if sweep is not None:
-        sweep()
+        ready = spool is not None and spool.ready(spool.base)
+        sweep(os.path.join(spool.base, "temp-sweep") if spool is not None and ready else None)
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
