@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from chainlens_ops import __version__
-from chainlens_ops.cli import backup, check, partition, schema, wal
+from chainlens_ops.cli import backup, check, partition, restore, schema, wal
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
@@ -42,6 +42,7 @@ app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
 app.add_typer(wal.app, name="wal")
 app.add_typer(backup.app, name="backup")
+app.add_typer(restore.app, name="restore")
 app.command("check")(check.check_command)
 
 
