@@ -1,0 +1,219 @@
+"""`chainlens-ops restore` as the on-call runbook: the incident scenario (base backup;
+rows A; restore point; rows B; time T; rows C; WAL switch) restored to T, to the
+restore point and to the end of the archive, on a local and an S3 repository; every
+refusal leaves the target folder as it was; a logical backup round trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ClusterFactory, MotoServer
+from pgharness import PgCluster, free_port, run_cli
+from test_backup import backup, counts, fill
+from test_wal import PUSH, switch_and_wait
+from test_wal_s3 import S3Setup, s3_archiving
+
+__all__ = ["s3_archiving"]
+
+Proc = subprocess.CompletedProcess[str]
+ROWS = {"A": 100, "B": 20, "C": 3}
+
+
+@dataclass
+class Incident:
+    source: PgCluster
+    repo: Path
+    backup_id: str
+    time_t: str  # now() as psql prints it, between B and C
+    factory: ClusterFactory
+
+
+def write_rows(cluster: PgCluster, tag: str) -> None:
+    cluster.execute(f"INSERT INTO t SELECT g, '{tag}' FROM generate_series(1, {ROWS[tag]}) g")
+
+
+def tags(cluster: PgCluster) -> dict[str, int]:
+    return {str(tag): int(n) for tag, n in cluster.execute("SELECT tag, count(*) FROM t GROUP BY 1")}
+
+
+def expected(*which: str) -> dict[str, int]:
+    return {tag: ROWS[tag] for tag in which}
+
+
+@pytest.fixture(scope="module")
+def incident(pg_template: Path, scratch: Path) -> Iterator[Incident]:
+    factory = ClusterFactory(pg_template, scratch)
+    repo = factory.dir("repo")
+    source = factory(
+        start=False, archive_mode="on", archive_command=f"{PUSH} --repo file://{repo} %p"
+    )
+    source.start()
+    source.execute("CREATE TABLE t (n int, tag text)")
+    switch_and_wait(source)
+    made = backup(repo, source.conninfo(), "--kind", "base", "--quiet")
+    assert made.returncode == 0, made.stderr
+    write_rows(source, "A")
+    source.execute("SELECT pg_create_restore_point('before-b')")
+    write_rows(source, "B")
+    time_t = str(source.scalar("SELECT now()::text"))  # psql style: '... 10:33:00.99+00'
+    time.sleep(0.3)
+    write_rows(source, "C")
+    switch_and_wait(source)
+    yield Incident(source, repo, made.stdout.strip(), time_t, factory)
+    factory.cleanup()
+
+
+def restore(repo: str | Path, *args: str, **kw: Any) -> Proc:
+    return run_cli("restore", "--repo", str(repo), *args, user="postgres", **kw)
+
+
+def restored(incident: Incident, *target: str, pgdata: Path | None = None) -> PgCluster:
+    """Restore with --start into a fresh folder; the running server, registered for cleanup."""
+    pgdata = pgdata or incident.factory.dir("restore") / "data"
+    port = free_port()
+    proc = restore(incident.repo, *target, "--pgdata", str(pgdata), "--start", "--port", str(port))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cluster = PgCluster(pgdata, port)
+    incident.factory.made.append(cluster)
+    assert "promoted" in proc.stdout, proc.stdout
+    return cluster
+
+
+def snapshot(path: Path) -> list[tuple[str, int]] | None:
+    if not path.exists():
+        return None
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*"))
+
+
+def test_restore_to_time_restore_point_and_latest(incident: Incident) -> None:
+    to_t = restored(incident, "--target-time", incident.time_t)
+    assert tags(to_t) == expected("A", "B")
+    assert not to_t.scalar("SELECT pg_is_in_recovery()")
+    # The restored copy never archives into the production repository.
+    assert to_t.scalar("SHOW archive_mode") == "off"
+    conf = (to_t.data / "postgresql.auto.conf").read_text()
+    assert "recovery_target_time = '" in conf and "+00'" in conf
+    assert "wal fetch --repo" in conf and "recovery_target_timeline = 'latest'" in conf
+    assert oct(to_t.data.stat().st_mode & 0o777) == "0o700"
+    to_t.stop()
+
+    # --force: a non-empty folder's contents are moved aside, never deleted.
+    pgdata = incident.factory.dir("restore") / "data"
+    pgdata.mkdir()
+    (pgdata / "keep.txt").write_text("old")
+    os.chown(pgdata, *_pg_ids())
+    proc = restore(incident.repo, "--target-name", "before-b", "--pgdata", str(pgdata))
+    assert proc.returncode == 2 and "is not empty" in proc.stderr, proc.stderr
+    to_point = restored(incident, "--target-name", "before-b", "--force", pgdata=pgdata)
+    assert tags(to_point) == expected("A")
+    aside = list(pgdata.parent.glob("data.before-restore-*"))
+    assert len(aside) == 1 and (aside[0] / "keep.txt").read_text() == "old"
+    to_point.stop()
+
+    latest = restored(incident, "--latest")
+    assert tags(latest) == expected("A", "B", "C")
+    latest.stop()
+
+
+def _pg_ids() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
+    fresh = incident.factory.dir("refused") / "data"
+    nonempty = incident.factory.dir("refused-full")
+    (nonempty / "PG_VERSION").write_text("15\n")
+    cases: list[tuple[Path, list[str], str]] = [
+        (nonempty, ["--latest"], "is not empty"),
+        (incident.source.data, ["--latest", "--force"], "running server"),
+        (fresh, ["--target-time", "2001-01-01 00:00:00+00"], "recoverable window"),
+        (fresh, ["--target-name", "no-such-point"], "unknown restore point"),
+        (fresh, ["--target-time", "yesterday at noon"], "cannot read the target time"),
+        (fresh, ["--target-time", "2099-01-01T00:00:00Z"], "later than the newest archived WAL"),
+        (fresh, ["--target-time", "2026-11-27", "--latest"], "exactly one of"),
+    ]
+    for pgdata, args, message in cases:
+        before = snapshot(pgdata)
+        proc = restore(incident.repo, *args, "--pgdata", str(pgdata))
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert message in lines[-1] and lines[-1].startswith("chainlens-ops"), (args, proc.stderr)
+        assert snapshot(pgdata) == before, args
+
+    # --dry-run prints the plan (backup, WAL range, target, timezone) and writes nothing.
+    proc = restore(incident.repo, "--target-time", "2026-11-27 10:33", "--dry-run",
+                   "--pgdata", str(fresh))  # fmt: skip
+    assert proc.returncode == 2 and "recoverable window" in proc.stderr  # before any backup
+    proc = restore(incident.repo, "--target-time", incident.time_t.split("+")[0], "--dry-run",
+                   "--pgdata", str(fresh))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert incident.backup_id in proc.stderr and "WAL:" in proc.stderr
+    assert "UTC (the time had no offset" in proc.stderr
+    assert not fresh.exists()
+
+    # A missing segment between the backup and the target is named, before any write.
+    segments = sorted((incident.repo / "wal").rglob("0000000100000000000000*"))
+    victim = segments[len(segments) // 2]
+    hidden = victim.with_name("hidden")
+    victim.rename(hidden)
+    try:
+        proc = restore(incident.repo, "--latest", "--pgdata", str(fresh))
+        assert proc.returncode == 1, proc.stderr
+        assert f"WAL segment {victim.name} is missing" in proc.stderr, proc.stderr
+        assert not fresh.exists()
+    finally:
+        hidden.rename(victim)
+
+
+def test_restore_to_time_from_s3(
+    s3_archiving: tuple[PgCluster, str, S3Setup], make_cluster: ClusterFactory
+) -> None:
+    cluster, repo, setup = s3_archiving
+    cluster.execute("CREATE TABLE t (n int, tag text)")
+    switch_and_wait(cluster)
+    made = setup.cli("backup", "--repo", repo, "--dsn", cluster.conninfo(), "--kind", "base")
+    assert made.returncode == 0, made.stderr
+    write_rows(cluster, "A")
+    time_t = str(cluster.scalar("SELECT now()::text"))
+    time.sleep(0.3)
+    write_rows(cluster, "B")
+    switch_and_wait(cluster)
+    pgdata = make_cluster.dir("s3restore") / "data"
+    port = free_port()
+    proc = setup.cli("restore", "--repo", repo, "--target-time", time_t, "--pgdata", str(pgdata),
+                     "--start", "--port", str(port))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    copy = PgCluster(pgdata, port)
+    make_cluster.made.append(copy)
+    assert tags(copy) == expected("A")
+
+
+def test_logical_restore_round_trip(
+    incident: Incident, make_cluster: ClusterFactory, moto_server: MotoServer
+) -> None:
+    source = incident.source
+    fill(source, "shop")
+    made = backup(incident.repo, source.conninfo("shop"), "--kind", "logical", "--quiet")
+    assert made.returncode == 0, made.stderr
+    backup_id = made.stdout.strip()
+    dsn = source.conninfo()
+    for name, extra in (("shop_copy", []), ("shop_jobs", ["--jobs", "2"])):
+        proc = restore(incident.repo, "--backup", backup_id, "--dbname", name, "--dsn", dsn, *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert counts(source, name) == counts(source, "shop")
+    again = restore(incident.repo, "--backup", backup_id, "--dbname", "shop_copy", "--dsn", dsn)
+    assert again.returncode == 2 and "already holds" in again.stderr, again.stderr
+    clean = restore(incident.repo, "--backup", backup_id, "--dbname", "shop_copy", "--dsn", dsn,
+                    "--clean")  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    assert counts(source, "shop_copy") == counts(source, "shop")
