@@ -5,6 +5,7 @@ refusal leaves the target folder as it was; a logical backup round trip."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -66,6 +67,7 @@ def incident(pg_template: Path, scratch: Path) -> Iterator[Incident]:
     time.sleep(0.3)
     write_rows(source, "C")
     switch_and_wait(source)
+    switch_and_wait(source)  # one more: a segment between the backup and the newest
     yield Incident(source, repo, made.stdout.strip(), time_t, factory)
     factory.cleanup()
 
@@ -162,8 +164,10 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
     assert not fresh.exists()
 
     # A missing segment between the backup and the target is named, before any write.
-    segments = sorted((incident.repo / "wal").rglob("0000000100000000000000*"))
-    victim = segments[len(segments) // 2]
+    start_wal = next(incident.repo.glob(f"backups/{incident.backup_id}/manifest.json"))
+    start = json.loads(start_wal.read_text())["start_wal"]
+    victim = next(p for p in sorted((incident.repo / "wal").rglob("0000000100000000000000??"))
+                  if p.name > start)  # fmt: skip
     hidden = victim.with_name("hidden")
     victim.rename(hidden)
     try:
