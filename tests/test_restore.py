@@ -41,7 +41,9 @@ def write_rows(cluster: PgCluster, tag: str) -> None:
 
 
 def tags(cluster: PgCluster) -> dict[str, int]:
-    return {str(tag): int(n) for tag, n in cluster.execute("SELECT tag, count(*) FROM t GROUP BY 1")}
+    return {
+        str(tag): int(n) for tag, n in cluster.execute("SELECT tag, count(*) FROM t GROUP BY 1")
+    }
 
 
 def expected(*which: str) -> dict[str, int]:

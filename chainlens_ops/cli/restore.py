@@ -8,13 +8,36 @@ from typing import Annotated
 
 import typer
 
-from chainlens_ops.cli.common import DbOption, DsnOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.cli.common import (
+    DbOption,
+    DsnOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    state,
+)
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository, repo_url
-from chainlens_ops.restore.logical import restore_logical
-from chainlens_ops.restore.physical import ACTIONS, ARCHIVE_MODES, RestoreOptions, RestoreResult, restore
-from chainlens_ops.restore.plan import LATEST, NAME, Target, make_plan, parse_target_lsn, parse_target_time
+from chainlens_ops.restore.logical import LogicalResult, restore_logical
+from chainlens_ops.restore.physical import (
+    ACTIONS,
+    ARCHIVE_MODES,
+    RestoreOptions,
+    RestoreResult,
+    check_data_dir,
+    restore,
+)
+from chainlens_ops.restore.plan import (
+    LATEST,
+    NAME,
+    RestorePlan,
+    Target,
+    make_plan,
+    parse_target_lsn,
+    parse_target_time,
+)
 from chainlens_ops.restore.server import RecoveryFailed
 
 app = typer.Typer(
@@ -44,22 +67,50 @@ def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -
 @app.callback()
 def restore_command(
     ctx: typer.Context,
-    target_time: Annotated[str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")] = None,
-    target_name: Annotated[str | None, typer.Option("--target-name", help="A restore point.")] = None,
-    target_lsn: Annotated[str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")] = None,
+    target_time: Annotated[
+        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
+    ] = None,
+    target_name: Annotated[
+        str | None, typer.Option("--target-name", help="A restore point.")
+    ] = None,
+    target_lsn: Annotated[
+        str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
+    ] = None,
     latest: Annotated[bool, typer.Option("--latest", help="Replay all archived WAL.")] = False,
-    pgdata: Annotated[Path | None, typer.Option("--pgdata", help="Data folder to restore into (empty).")] = None,
-    backup_id: Annotated[str | None, typer.Option("--backup", help="Backup id (default: chosen).")] = None,
-    target_action: Annotated[str, typer.Option("--target-action", help="promote, pause or shutdown.")] = "promote",
-    archive_mode: Annotated[str, typer.Option("--archive-mode", help="off (default) or preserve.")] = "off",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Move a non-empty --pgdata's contents aside.")] = False,
-    start: Annotated[bool, typer.Option("--start", help="Start the server and wait for the target.")] = False,
-    port: Annotated[int | None, typer.Option("--port", help="Port for --start (default 5432).")] = None,
-    start_timeout: Annotated[float, typer.Option("--start-timeout", min=1, help="Seconds --start waits.")] = 600.0,
-    dbname: Annotated[str | None, typer.Option("--dbname", help="Logical restore into this database.")] = None,
+    pgdata: Annotated[
+        Path | None, typer.Option("--pgdata", help="Data folder to restore into (empty).")
+    ] = None,
+    backup_id: Annotated[
+        str | None, typer.Option("--backup", help="Backup id (default: chosen).")
+    ] = None,
+    target_action: Annotated[
+        str, typer.Option("--target-action", help="promote, pause or shutdown.")
+    ] = "promote",
+    archive_mode: Annotated[
+        str, typer.Option("--archive-mode", help="off (default) or preserve.")
+    ] = "off",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Move a non-empty --pgdata's contents aside.")
+    ] = False,
+    start: Annotated[
+        bool, typer.Option("--start", help="Start the server and wait for the target.")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port for --start (default 5432).")
+    ] = None,
+    start_timeout: Annotated[
+        float, typer.Option("--start-timeout", min=1, help="Seconds --start waits.")
+    ] = 600.0,
+    dbname: Annotated[
+        str | None, typer.Option("--dbname", help="Logical restore into this database.")
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="pg_restore jobs (logical).")] = 1,
-    clean: Annotated[bool, typer.Option("--clean", help="Logical: replace objects in a non-empty database.")] = False,
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Logical: replace objects in a non-empty database.")
+    ] = False,
     db: DbOption = None,
     dsn: DsnOption = None,
     repo: RepoOption = None,
@@ -72,17 +123,11 @@ def restore_command(
     if dbname is not None:
         if backup_id is None or pgdata is not None:
             raise UsageError("a logical restore takes --backup ID and --dbname NAME (no --pgdata)")
-        target = state(ctx).settings.target(db.value if db else None, dsn=dsn)
-        result = restore_logical(repository, target, backup_id, dbname, jobs=jobs, clean=clean)
-        if json_output:
-            print_json(result)
-        else:
-            spool = " (spooled to a temporary file for --jobs)" if result.spooled else ""
-            console.print(
-                f"restored backup {result.backup_id} into database {result.database}"
-                f"{' (created)' if result.created else ''}{spool} in {result.seconds:.1f}s",
-                markup=False,
-            )
+        server = state(ctx).settings.target(db.value if db else None, dsn=dsn)
+        _print_logical(
+            restore_logical(repository, server, backup_id, dbname, jobs=jobs, clean=clean),
+            json_output,
+        )
         return
     target = _target(target_time, target_name, target_lsn, latest)
     if pgdata is None:
@@ -98,8 +143,6 @@ def restore_command(
         dry_run=dry_run, start=start, port=port, start_timeout=start_timeout,
         config_file=state(ctx).config_file,
     )  # fmt: skip
-    from chainlens_ops.restore.physical import check_data_dir
-
     check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
     plan = make_plan(repository, target, backup_id)
     if not json_output:
@@ -117,10 +160,19 @@ def restore_command(
     _print_result(result)
 
 
-def plan_lines(plan: object, options: RestoreOptions) -> list[str]:
-    from chainlens_ops.restore.plan import RestorePlan
+def _print_logical(result: LogicalResult, json_output: bool) -> None:
+    if json_output:
+        print_json(result)
+        return
+    spool = " (spooled to a temporary file for --jobs)" if result.spooled else ""
+    console.print(
+        f"restored backup {result.backup_id} into database {result.database}"
+        f"{' (created)' if result.created else ''}{spool} in {result.seconds:.1f}s",
+        markup=False,
+    )
 
-    assert isinstance(plan, RestorePlan)
+
+def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
     t = plan.target
     what = {"latest": "end of the archive (--latest)", "time": f"time {plan.recovery_target}",
             "lsn": f"LSN {plan.recovery_target}",

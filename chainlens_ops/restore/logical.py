@@ -67,9 +67,10 @@ def restore_logical(
     started = time.monotonic()
     with connect(target) as conn:
         major = major_of(server_version_num(conn))
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
-        ).fetchone() is not None
+        exists = (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            is not None
+        )
     if exists and not clean:
         objects = _user_objects(target, dbname)
         if objects:
@@ -89,7 +90,7 @@ def restore_logical(
             with tempfile.TemporaryDirectory(prefix="chainlens-restore-") as tmp:
                 spool = Path(tmp) / "dump.pgc"
                 with open(spool, "wb") as fh:
-                    shutil.copyfileobj(reader, fh, 1024 * 1024)  # type: ignore[misc]
+                    shutil.copyfileobj(reader, fh, 1024 * 1024)
                 with PgStream([*argv, "-j", str(jobs), str(spool)], env=env) as proc:
                     proc.wait()
         else:

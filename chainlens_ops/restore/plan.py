@@ -127,9 +127,8 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
         raise OperationFailed(f"repository {repo.url} holds no WAL")
     newest = check.last
     newest_segno = parse_wal_name(newest).segno(seg_size)
-    newest_first = _segments_on_path(check.path, newest_segno, _segno(bases[-1].start_wal, seg_size),
-                                     seg_size)  # fmt: skip
-    newest_first.reverse()
+    oldest_start = _segno(bases[-1].start_wal, seg_size)
+    newest_first = _segments_on_path(check.path, newest_segno, oldest_start, seg_size)[::-1]
     # Reading WAL costs a download per segment: only a time target needs it.
     newest_tx = newest_transaction_time(repo, newest_first) if target.kind == TIME else None
     window = _window(bases[-1], newest_tx, newest)
@@ -281,9 +280,7 @@ def _name_on_path(path: list[TimelineSpan], segno: int, seg_size: int) -> str:
     return segment_name(_timeline_for(path, segno), segno, seg_size)
 
 
-def _segments_on_path(
-    path: list[TimelineSpan], last: int, first: int, seg_size: int
-) -> list[str]:
+def _segments_on_path(path: list[TimelineSpan], last: int, first: int, seg_size: int) -> list[str]:
     return [_name_on_path(path, s, seg_size) for s in range(first, last + 1)]
 
 

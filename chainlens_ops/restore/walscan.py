@@ -34,7 +34,9 @@ from chainlens_ops.wal.objfmt import decode
 MAX_SEGMENTS_FOR_TIME = 16  # newest segments read looking for the newest transaction end
 
 _LSN = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+)")
-_XACT_TIME = re.compile(r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (?:\d+: )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+_XACT_TIME = re.compile(
+    r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (?:\d+: )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
+)
 _RESTORE_POINT = re.compile(r"desc: RESTORE_POINT (.*)$")
 
 
