@@ -223,3 +223,25 @@ def test_logical_restore_round_trip(
                     "--clean")  # fmt: skip
     assert clean.returncode == 0, clean.stderr
     assert counts(source, "shop_copy") == counts(source, "shop")
+
+
+def test_promoted_restore_backed_up_and_restored_again_on_timeline_2(incident: Incident) -> None:
+    """A real failover: the restored copy keeps archiving (--archive-mode preserve) into
+    the same repository on timeline 2; its own base backup restores on timeline 2."""
+    first = restored(incident, "--latest", "--archive-mode", "preserve")
+    assert first.scalar("SHOW archive_mode") == "on"
+    assert tags(first) == expected("A", "B", "C")
+    assert first.scalar("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)") == (
+        "00000002"
+    )
+    first.execute("INSERT INTO t SELECT g, 'D' FROM generate_series(1, 7) g")
+    switch_and_wait(first)
+    made = backup(incident.repo, first.conninfo(), "--kind", "base", "--quiet")
+    assert made.returncode == 0, made.stderr
+    first.execute("INSERT INTO t SELECT g, 'E' FROM generate_series(1, 5) g")
+    switch_and_wait(first)
+    assert (incident.repo / "wal" / "history" / "00000002.history").exists()
+    again = restored(incident, "--latest", "--backup", made.stdout.strip())
+    assert tags(again) == {**expected("A", "B", "C"), "D": 7, "E": 5}
+    first.stop()
+    again.stop()
