@@ -75,7 +75,9 @@ def incident(pg_template: Path, scratch: Path) -> Iterator[Incident]:
 
 
 def restore(repo: str | Path, *args: str, **kw: Any) -> Proc:
-    return run_cli("restore", "--repo", str(repo), *args, user="postgres", **kw)
+    sub = ["drill"] if args[:1] == ("drill",) else []
+    rest = args[len(sub) :]
+    return run_cli("restore", *sub, "--repo", str(repo), *rest, user="postgres", **kw)
 
 
 def restored(incident: Incident, *target: str, pgdata: Path | None = None) -> PgCluster:
@@ -245,3 +247,30 @@ def test_promoted_restore_backed_up_and_restored_again_on_timeline_2(incident: I
     assert tags(again) == {**expected("A", "B", "C"), "D": 7, "E": 5}
     first.stop()
     again.stop()
+
+
+def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
+    incident: Incident,
+) -> None:
+    proc = restore(incident.repo, "drill", "--backup", incident.backup_id, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["rto_seconds"] > 0 and result["rpo_seconds"] is not None
+    assert result["row_counts"]["postgres.public.t"] >= sum(ROWS.values())
+    recorded = incident.repo / result["record_key"]
+    assert json.loads(recorded.read_text())["ok"] is True
+    assert not list(Path("/tmp").glob("chainlens-drill-*"))  # scratch removed
+
+    obj = incident.repo / "backups" / incident.backup_id / "base.tar.zst"
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    original = obj.read_bytes()
+    obj.write_bytes(bytes(data))
+    try:
+        bad = restore(incident.repo, "drill", "--backup", incident.backup_id)
+    finally:
+        obj.write_bytes(original)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "failed" in bad.stderr and "base.tar.zst" in bad.stderr, bad.stderr
+    records = sorted((incident.repo / "backups" / incident.backup_id).glob("drill-*.json"))
+    assert [json.loads(r.read_text())["ok"] for r in records] == [True, False]

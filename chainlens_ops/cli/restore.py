@@ -20,6 +20,7 @@ from chainlens_ops.cli.common import (
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.logical import LogicalResult, restore_logical
 from chainlens_ops.restore.physical import (
     ACTIONS,
@@ -220,3 +221,50 @@ def _print_result(result: RestoreResult) -> None:
         )
     else:
         console.print(f"start it with: pg_ctl -D {result.pgdata} start", markup=False)
+
+
+@app.command("drill")
+def drill_command(
+    ctx: typer.Context,
+    backup_id: Annotated[
+        str, typer.Option("--backup", help="Backup id, or `latest` (the newest base backup).")
+    ] = "latest",
+    scratch: Annotated[
+        Path | None,
+        typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
+    ] = 600.0,
+    db: DbOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Restore into a scratch folder on a free port, replay all archived WAL, read every
+    table, report RTO/RPO, remove the copy, record the result; exit 1 on any failure."""
+    repository = _repository(ctx, db.value if db else None, repo)
+    result = run_drill(
+        repository,
+        None if backup_id == "latest" else backup_id,
+        scratch_root=scratch,
+        timeout=timeout,
+        config_file=state(ctx).config_file,
+    )
+    if json_output:
+        print_json(result)
+    elif result.ok:
+        console.print(
+            f"drill passed: backup {result.backup_id} restored and promoted at "
+            f"{result.replay_lsn}; RTO {result.rto_seconds:.1f}s, RPO "
+            f"{'unknown' if result.rpo_seconds is None else f'{result.rpo_seconds:.0f}s'}; "
+            f"{len(result.row_counts)} table(s) read, "
+            f"{sum(result.row_counts.values())} row(s); recorded as {result.record_key}",
+            markup=False,
+        )
+    if not result.ok:
+        err_console.print(
+            f"chainlens-ops: error: drill of backup {result.backup_id or backup_id} failed: "
+            f"{result.error}",
+            markup=False,
+        )
+        raise typer.Exit(1)

@@ -55,9 +55,7 @@ def start_and_wait(
     pg_ctl = find_binary("pg_ctl", plan.backup.server_version // 10000)
     run_pg([pg_ctl, "-D", str(pgdata), "-l", str(log), "-o", f"-p {port}", "start"],
            timeout=60)  # fmt: skip
-    conninfo = f"port={port} dbname=postgres connect_timeout=5"
-    if not os.environ.get("PGHOST"):
-        conninfo += " host=127.0.0.1"
+    conninfo = local_conninfo(port)
     # `--latest` (or no target action applies): recovery ends at the end of the archive
     # and PostgreSQL promotes.
     wanted = action if plan.recovery_target is not None else "promote"
@@ -87,6 +85,18 @@ def start_and_wait(
             label = "promoted" if wanted == "promote" else "paused"
             return StartResult(port, label, lsn, timeline, str(log), time.monotonic() - started)
         time.sleep(POLL_S)
+
+
+def local_conninfo(port: int, dbname: str = "postgres") -> str:
+    conninfo = f"port={port} dbname={dbname} connect_timeout=5"
+    if not os.environ.get("PGHOST"):
+        conninfo += " host=127.0.0.1"
+    return conninfo
+
+
+def stop_server(pgdata: Path, major: int) -> None:
+    run_pg([find_binary("pg_ctl", major), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
+           timeout=60, check=False)  # fmt: skip
 
 
 def _poll(conninfo: str, wanted: str) -> tuple[str | None, int | None] | None:
