@@ -274,3 +274,25 @@ def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
     assert "failed" in bad.stderr and "base.tar.zst" in bad.stderr, bad.stderr
     records = sorted((incident.repo / "backups" / incident.backup_id).glob("drill-*.json"))
     assert [json.loads(r.read_text())["ok"] for r in records] == [True, False]
+
+
+def test_pause_at_a_restore_point_and_a_failed_start_shows_the_log(incident: Incident) -> None:
+    pgdata = incident.factory.dir("paused") / "data"
+    port = free_port()
+    proc = restore(incident.repo, "--target-name", "before-b", "--target-action", "pause",
+                   "--pgdata", str(pgdata), "--start", "--port", str(port))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    paused = PgCluster(pgdata, port)
+    incident.factory.made.append(paused)
+    assert "paused" in proc.stdout and "from the archived WAL" in proc.stderr, proc.stderr
+    assert paused.scalar("SELECT pg_is_in_recovery()") is True
+    assert tags(paused) == expected("A")
+    paused.stop()
+
+    # The port is taken (by the source): the server cannot start; the log's tail is shown.
+    busy = incident.factory.dir("busy") / "data"
+    proc = restore(incident.repo, "--latest", "--pgdata", str(busy), "--start",
+                   "--port", str(incident.source.port))  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stopped before reaching the target" in proc.stderr
+    assert "log:" in proc.stderr and "could not" in proc.stderr, proc.stderr

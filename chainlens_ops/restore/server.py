@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.errors import OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.process import run_pg
 from chainlens_ops.restore.plan import RestorePlan
@@ -53,8 +53,14 @@ def start_and_wait(
     port = port or 5432
     started = time.monotonic()
     pg_ctl = find_binary("pg_ctl", plan.backup.server_version // 10000)
-    run_pg([pg_ctl, "-D", str(pgdata), "-l", str(log), "-o", f"-p {port}", "start"],
-           timeout=60)  # fmt: skip
+    # -W: do not let pg_ctl wait (its 60 s default would give up on a long recovery
+    # while the server goes on); the loop below waits for the right state instead.
+    try:
+        run_pg([pg_ctl, "-D", str(pgdata), "-l", str(log), "-W", "-o", f"-p {port}", "start"],
+               timeout=60)  # fmt: skip
+    except PgCommandError as exc:
+        raise RecoveryFailed(f"the restored server did not start: {exc.one_line()}",
+                             _tail(log)) from None  # fmt: skip
     conninfo = local_conninfo(port)
     # `--latest` (or no target action applies): recovery ends at the end of the archive
     # and PostgreSQL promotes.
@@ -78,7 +84,9 @@ def start_and_wait(
             if wanted == "shutdown" and "recovery stopping" in text:
                 return StartResult(port, "shut down", _stop_lsn(text), None, str(log),
                                    time.monotonic() - started)  # fmt: skip
-            raise RecoveryFailed("the restored server stopped during recovery", _tail(log))
+            raise RecoveryFailed(
+                f"the restored server stopped before reaching the target (log {log})", _tail(log)
+            )
         state = _poll(conninfo, wanted)
         if state is not None:
             lsn, timeline = state
