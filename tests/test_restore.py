@@ -296,3 +296,41 @@ def test_pause_at_a_restore_point_and_a_failed_start_shows_the_log(incident: Inc
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stopped before reaching the target" in proc.stderr
     assert "log:" in proc.stderr and "could not" in proc.stderr, proc.stderr
+
+
+def test_latest_recovery_with_s3_gone_stops_instead_of_promoting(
+    make_cluster: ClusterFactory,
+) -> None:
+    """The settings `restore` writes make S3 trouble fatal to recovery: the restored
+    server never promotes short of the archive's end."""
+    server = MotoServer()
+    server.start()
+    try:
+        setup = S3Setup(make_cluster.dir("s3conf"), server, attempts=2)
+        server.create_bucket("gone")
+        repo = "s3://gone/cluster"
+        push = f"AWS_SHARED_CREDENTIALS_FILE={setup.credentials} {PUSH.split()[0]} " + (
+            f"--config {setup.config} wal push --repo {repo} %p"
+        )
+        source = make_cluster(start=False, archive_mode="on", archive_command=push)
+        source.start()
+        source.execute("CREATE TABLE t (n int, tag text)")
+        switch_and_wait(source)
+        made = setup.cli("backup", "--repo", repo, "--dsn", source.conninfo(), "--kind", "base")
+        assert made.returncode == 0, made.stderr
+        write_rows(source, "A")
+        switch_and_wait(source)
+        source.stop()
+        pgdata = make_cluster.dir("s3gone") / "data"
+        proc = setup.cli("restore", "--repo", repo, "--latest", "--pgdata", str(pgdata))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        server.stop()
+    copy = PgCluster(pgdata, free_port())
+    make_cluster.made.append(copy)
+    with pytest.raises(RuntimeError):
+        copy.start(timeout=60)
+    log = copy.read_log()
+    assert "exit code 255" in log, log[-3000:]
+    assert "database system is ready to accept connections" not in log
+    assert not list((pgdata / "pg_wal").glob("*.history"))  # never promoted
