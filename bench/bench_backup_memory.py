@@ -1,4 +1,5 @@
-"""Peak memory of a logical backup of a database whose dump is over 500 MB, beside pg_dump.
+"""Peak memory of backups of a database whose dump is over 500 MB, beside pg_dump and
+pg_basebackup.
 
     /opt/chainlens-ops/venv/bin/python bench/bench_backup_memory.py [--rows 3500000] [--keep]
 
@@ -9,6 +10,8 @@ runs, as the postgres OS user:
     chainlens-ops backup --kind logical   into a local repository, and into S3 (moto)
     pg_dump -Fc -Z9 > file                the seed's command (anchor)
     pg_dump -Fc > file                    pg_dump's default compression
+    chainlens-ops backup --kind base      local repository (the cluster then archives
+                                          into it), beside pg_basebackup -Ft -z -X none
 
 Peak RSS is the largest resident set of any process of the run (Linux's wait4 reports
 the maximum over the process and the children it waited for: chainlens-ops and its
@@ -100,6 +103,21 @@ def main() -> int:
             out = work / f"dump{level}.pgc"
             measure(label, ["sh", "-c", f'{PG_BIN}/pg_dump -Fc {level} -d "{dsn}" > {out}'],
                     env, lambda out=out: out.stat().st_size)  # type: ignore[misc]  # fmt: skip
+
+        # Base backups: the cluster archives into the local repository.
+        cluster.configure(archive_mode="on",
+                          archive_command=f"{CLI} wal push --repo file://{repo} %p")  # fmt: skip
+        cluster.restart()
+        cluster.execute("CREATE TABLE t AS SELECT 1; SELECT pg_switch_wal()")
+        time.sleep(3)
+        measure("chainlens-ops backup --kind base, local",
+                [str(CLI), "backup", "--kind", "base", "--quiet", "--repo", f"file://{repo}",
+                 "--dsn", dsn], env,
+                lambda: _tree_size(repo / "backups") - rows[1][3])  # fmt: skip
+        tar = work / "base.tgz"
+        basebackup = f'{PG_BIN}/pg_basebackup -d "{dsn}" -D - -Ft -z -X none -c fast'
+        measure("pg_basebackup -Ft -z -X none (anchor)", ["sh", "-c", f"{basebackup} > {tar}"],
+                env, lambda: tar.stat().st_size)  # fmt: skip
     finally:
         if moto is not None:
             moto.kill()
@@ -108,10 +126,14 @@ def main() -> int:
             cluster.stop(mode="immediate")
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    anchor = next((r for r in rows if "-Z9" in r[0]), None)
-    print(f"{'run':42} {'seconds':>8} {'peak RSS MB':>12} {'size MB':>9} {'time/size vs -Z9':>17}")
+    dump_anchor = next((r for r in rows if "-Z9" in r[0]), None)
+    base_anchor = next((r for r in rows if "pg_basebackup" in r[0]), None)
+    print(
+        f"{'run':42} {'seconds':>8} {'peak RSS MB':>12} {'size MB':>9} {'time/size vs anchor':>17}"
+    )
     for label, seconds, peak, size, note in rows:
         ratio = ""
+        anchor = base_anchor if "base" in label else dump_anchor
         if anchor and anchor[3] and size and "chainlens" in label:
             ratio = f"{seconds / anchor[1]:.2f}x / {size / anchor[3]:.2f}x"
         print(f"{label:42} {seconds:8.1f} {peak:12d} {size / MB:9.1f} {ratio:>17} {note}")
