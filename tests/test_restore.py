@@ -139,9 +139,11 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
     fresh = incident.factory.dir("refused") / "data"
     nonempty = incident.factory.dir("refused-full")
     (nonempty / "PG_VERSION").write_text("15\n")
+    live = incident.factory.dir("refused-live")  # a pid file naming a live process (ours)
+    (live / "postmaster.pid").write_text(f"{os.getpid()}\n{live}\n")
     cases: list[tuple[Path, list[str], str]] = [
         (nonempty, ["--latest"], "is not empty"),
-        (incident.source.data, ["--latest", "--force"], "running server"),
+        (live, ["--latest", "--force"], "running server"),
         (fresh, ["--target-time", "2001-01-01 00:00:00+00"], "recoverable window"),
         (fresh, ["--target-name", "no-such-point"], "unknown restore point"),
         (fresh, ["--target-time", "yesterday at noon"], "cannot read the target time"),
