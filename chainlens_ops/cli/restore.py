@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from chainlens_ops.cli.backup import _repository
 from chainlens_ops.cli.common import (
     DbOption,
     DsnOption,
@@ -19,7 +20,6 @@ from chainlens_ops.cli.common import (
 )
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.errors import UsageError
-from chainlens_ops.repository import Repository, repo_url
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.logical import LogicalResult, restore_logical
 from chainlens_ops.restore.physical import (
@@ -45,11 +45,6 @@ app = typer.Typer(
     help="Restore: point in time into a data folder, or a logical backup into a database.",
     invoke_without_command=True,
 )
-
-
-def _repository(ctx: typer.Context, db: str | None, repo: str | None) -> Repository:
-    settings = state(ctx).settings
-    return Repository(repo_url(settings, db=db, repo=repo), settings.s3)
 
 
 def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -> Target:
