@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from chainlens_ops import __version__
-from chainlens_ops.cli import backup, cache, check, daemon, partition, restore_point, schema, wal
+from chainlens_ops.cli import (
+    backup,
+    cache,
+    check,
+    daemon,
+    partition,
+    restore,
+    restore_point,
+    schema,
+    wal,
+)
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.entry import GLOBAL_OPTIONS
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
@@ -44,6 +54,7 @@ app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
 app.add_typer(wal.app, name="wal")
 app.add_typer(backup.app, name="backup")
+app.add_typer(restore.app, name="restore")
 app.add_typer(restore_point.app, name="restore-point")
 app.add_typer(cache.app, name="cache")
 app.add_typer(daemon.app, name="daemon")

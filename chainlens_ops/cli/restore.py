@@ -1,0 +1,265 @@
+"""`chainlens-ops restore`: point in time into a data folder (bare `restore` with a
+target and --pgdata), or a logical backup into a database (--backup with --dbname)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chainlens_ops.cli.backup import _repository
+from chainlens_ops.cli.common import (
+    DbOption,
+    DsnOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    state,
+)
+from chainlens_ops.cli.wal import RepoOption
+from chainlens_ops.errors import UsageError
+from chainlens_ops.restore.drill import run_drill
+from chainlens_ops.restore.logical import LogicalResult, restore_logical
+from chainlens_ops.restore.physical import (
+    ACTIONS,
+    ARCHIVE_MODES,
+    RestoreOptions,
+    RestoreResult,
+    check_data_dir,
+    restore,
+)
+from chainlens_ops.restore.plan import (
+    LATEST,
+    NAME,
+    RestorePlan,
+    Target,
+    make_plan,
+    parse_target_lsn,
+    parse_target_time,
+)
+from chainlens_ops.restore.server import RecoveryFailed
+
+app = typer.Typer(
+    help="Restore: point in time into a data folder, or a logical backup into a database.",
+    invoke_without_command=True,
+)
+
+
+def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -> Target:
+    given = [t for t in (time, name, lsn) if t is not None] + (["latest"] if latest else [])
+    if len(given) != 1:
+        raise UsageError("give exactly one of --target-time, --target-name, --target-lsn, --latest")
+    if time is not None:
+        return parse_target_time(time)
+    if lsn is not None:
+        return parse_target_lsn(lsn)
+    if name is not None:
+        return Target(NAME, name)
+    return Target(LATEST, "latest")
+
+
+@app.callback()
+def restore_command(
+    ctx: typer.Context,
+    target_time: Annotated[
+        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
+    ] = None,
+    target_name: Annotated[
+        str | None, typer.Option("--target-name", help="A restore point.")
+    ] = None,
+    target_lsn: Annotated[
+        str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
+    ] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Replay all archived WAL.")] = False,
+    pgdata: Annotated[
+        Path | None, typer.Option("--pgdata", help="Data folder to restore into (empty).")
+    ] = None,
+    backup_id: Annotated[
+        str | None, typer.Option("--backup", help="Backup id (default: chosen).")
+    ] = None,
+    target_action: Annotated[
+        str, typer.Option("--target-action", help="promote, pause or shutdown.")
+    ] = "promote",
+    archive_mode: Annotated[
+        str, typer.Option("--archive-mode", help="off (default) or preserve.")
+    ] = "off",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Move a non-empty --pgdata's contents aside.")
+    ] = False,
+    start: Annotated[
+        bool, typer.Option("--start", help="Start the server and wait for the target.")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port for --start (default 5432).")
+    ] = None,
+    start_timeout: Annotated[
+        float, typer.Option("--start-timeout", min=1, help="Seconds --start waits.")
+    ] = 600.0,
+    dbname: Annotated[
+        str | None, typer.Option("--dbname", help="Logical restore into this database.")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="pg_restore jobs (logical).")] = 1,
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Logical: replace objects in a non-empty database.")
+    ] = False,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Point in time: a target and --pgdata. Logical: --backup ID --dbname NAME."""
+    if ctx.invoked_subcommand is not None:
+        return
+    repository = _repository(ctx, db.value if db else None, repo)
+    if dbname is not None:
+        if backup_id is None or pgdata is not None:
+            raise UsageError("a logical restore takes --backup ID and --dbname NAME (no --pgdata)")
+        server = state(ctx).settings.target(db.value if db else None, dsn=dsn)
+        _print_logical(
+            restore_logical(repository, server, backup_id, dbname, jobs=jobs, clean=clean),
+            json_output,
+        )
+        return
+    target = _target(target_time, target_name, target_lsn, latest)
+    if pgdata is None:
+        raise UsageError("--pgdata is required for a point-in-time restore")
+    if target_action not in ACTIONS:
+        raise UsageError(f"--target-action must be one of {', '.join(ACTIONS)}")
+    if archive_mode not in ARCHIVE_MODES:
+        raise UsageError(f"--archive-mode must be one of {', '.join(ARCHIVE_MODES)}")
+    if port is not None and not start:
+        raise UsageError("--port needs --start")
+    options = RestoreOptions(
+        pgdata=pgdata, target_action=target_action, archive_mode=archive_mode, force=force,
+        dry_run=dry_run, start=start, port=port, start_timeout=start_timeout,
+        config_file=state(ctx).config_file,
+    )  # fmt: skip
+    check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
+    plan = make_plan(repository, target, backup_id)
+    if not json_output:
+        _print_plan(plan_lines(plan, options))
+    try:
+        result = restore(repository, plan, options)
+    except RecoveryFailed as exc:
+        err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
+        for line in exc.log_tail:
+            err_console.print(f"  log: {line}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    if json_output:
+        print_json(result)
+        return
+    _print_result(result)
+
+
+def _print_logical(result: LogicalResult, json_output: bool) -> None:
+    if json_output:
+        print_json(result)
+        return
+    spool = " (spooled to a temporary file for --jobs)" if result.spooled else ""
+    console.print(
+        f"restored backup {result.backup_id} into database {result.database}"
+        f"{' (created)' if result.created else ''}{spool} in {result.seconds:.1f}s",
+        markup=False,
+    )
+
+
+def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
+    t = plan.target
+    what = {"latest": "end of the archive (--latest)", "time": f"time {plan.recovery_target}",
+            "lsn": f"LSN {plan.recovery_target}",
+            "name": f"restore point {t.text} (at {plan.restore_point_lsn}, from the "
+                    f"{plan.restore_point_source})"}[t.kind]  # fmt: skip
+    lines = [
+        f"backup:   {plan.backup.id} (ended {plan.backup.finished_at[:19].replace('T', ' ')} UTC, "
+        f"timeline {plan.backup.timeline}, start WAL {plan.backup.start_wal})",
+        f"WAL:      {plan.wal_first} .. {plan.wal_last} (all present; newest archived "
+        f"{plan.newest_archived})",
+        f"target:   {what}; then {options.target_action if t.kind != LATEST else 'promote'}; "
+        "timeline latest",
+        f"timezone: {plan.timezone}",
+        f"into:     {options.pgdata} (archive_mode {options.archive_mode})"
+        + (" -- dry run, nothing will be written" if options.dry_run else ""),
+    ]
+    if plan.newest_transaction:
+        lines.insert(2, f"archive:  newest archived transaction at {plan.newest_transaction}")
+    return lines
+
+
+def _print_plan(lines: list[str]) -> None:
+    err_console.print("chainlens-ops: restore plan", markup=False)
+    for line in lines:
+        err_console.print(f"  {line}", markup=False)
+
+
+def _print_result(result: RestoreResult) -> None:
+    if result.dry_run:
+        console.print("dry run: nothing written", markup=False)
+        return
+    if result.moved_aside:
+        console.print(f"old contents moved aside to {result.moved_aside}", markup=False)
+    console.print(
+        f"restored {result.plan.backup.id} into {result.pgdata} ({result.extracted_bytes} bytes, "
+        f"checksums verified); recovery settings written",
+        markup=False,
+    )
+    if result.started:
+        s = result.started
+        console.print(
+            f"server on port {s.port}: {s.state} at {s.replay_lsn} on timeline {s.timeline} "
+            f"after {s.seconds:.1f}s (log {s.log})",
+            markup=False,
+        )
+    else:
+        console.print(f"start it with: pg_ctl -D {result.pgdata} start", markup=False)
+
+
+@app.command("drill")
+def drill_command(
+    ctx: typer.Context,
+    backup_id: Annotated[
+        str, typer.Option("--backup", help="Backup id, or `latest` (the newest base backup).")
+    ] = "latest",
+    scratch: Annotated[
+        Path | None,
+        typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
+    ] = 600.0,
+    db: DbOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Restore into a scratch folder on a free port, replay all archived WAL, read every
+    table, report RTO/RPO, remove the copy, record the result; exit 1 on any failure."""
+    repository = _repository(ctx, db.value if db else None, repo)
+    result = run_drill(
+        repository,
+        None if backup_id == "latest" else backup_id,
+        scratch_root=scratch,
+        timeout=timeout,
+        config_file=state(ctx).config_file,
+    )
+    if json_output:
+        print_json(result)
+    elif result.ok:
+        console.print(
+            f"drill passed: backup {result.backup_id} restored and promoted at "
+            f"{result.replay_lsn}; RTO {result.rto_seconds:.1f}s, RPO "
+            f"{'unknown' if result.rpo_seconds is None else f'{result.rpo_seconds:.0f}s'}; "
+            f"{len(result.row_counts)} table(s) read, "
+            f"{sum(result.row_counts.values())} row(s); recorded as {result.record_key}",
+            markup=False,
+        )
+    if not result.ok:
+        err_console.print(
+            f"chainlens-ops: error: drill of backup {result.backup_id or backup_id} failed: "
+            f"{result.error}",
+            markup=False,
+        )
+        raise typer.Exit(1)

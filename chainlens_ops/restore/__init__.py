@@ -1,0 +1,1 @@
+"""Restores: point in time from a base backup plus archived WAL, and logical."""

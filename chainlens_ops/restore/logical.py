@@ -1,0 +1,123 @@
+"""Logical restore: a `pg_dump -Fc` backup from the repository into a database.
+
+The dump streams from the repository, decompressed and checked against its manifest,
+into pg_restore's stdin: no local copy. `--jobs` needs a seekable file (pg_restore
+reads the table of contents, then jumps to each table's data), so with jobs > 1 the
+dump is first spooled to a temporary file (said in the result), then removed.
+
+The database is created when absent; an existing one must hold no tables (or views,
+sequences, ...) outside the system schemas unless `clean` (pg_restore --clean
+--if-exists drops what the dump recreates).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from chainlens_ops.backup.manifest import LOGICAL, read_manifest
+from chainlens_ops.backup.objects import CheckedReader
+from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
+from chainlens_ops.pg.connection import connect, server_version_num
+from chainlens_ops.pg.process import PgStream
+from chainlens_ops.repository import Repository
+
+DUMP_OBJECT = "dump.pgc.zst"
+
+
+@dataclass(frozen=True)
+class LogicalResult:
+    backup_id: str
+    database: str
+    created: bool
+    cleaned: bool
+    jobs: int
+    spooled: bool
+    restored_bytes: int
+    seconds: float
+
+
+def restore_logical(
+    repo: Repository,
+    target: DatabaseTarget,
+    backup_id: str,
+    dbname: str,
+    *,
+    jobs: int = 1,
+    clean: bool = False,
+) -> LogicalResult:
+    manifest = read_manifest(repo, backup_id)
+    if manifest.kind != LOGICAL:
+        raise UsageError(
+            f"backup {backup_id} is a {manifest.kind} backup; --dbname restores logical ones",
+            hint="restore a base backup with --pgdata and a target",
+        )
+    obj = next((o for o in manifest.objects if o.key.endswith("/" + DUMP_OBJECT)), None)
+    if obj is None:
+        raise OperationFailed(f"backup {backup_id} has no {DUMP_OBJECT}")
+    started = time.monotonic()
+    with connect(target) as conn:
+        major = major_of(server_version_num(conn))
+        exists = (
+            conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            is not None
+        )
+    if exists and not clean:
+        objects = _user_objects(target, dbname)
+        if objects:
+            raise UsageError(
+                f"database {dbname} already holds {objects} table(s) or other relations",
+                hint="restore into a new database, or pass --clean to replace what the dump holds",
+            )
+    if not exists:
+        with connect(target) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    conninfo, env = connection_for_binary(_with_db(target.conninfo, dbname))
+    argv = [find_binary("pg_restore", major), "--exit-on-error", "--no-owner", "-w", "-d", conninfo]
+    if clean:
+        argv += ["--clean", "--if-exists"]
+    with CheckedReader(repo.storage, obj) as reader:
+        if jobs > 1:
+            with tempfile.TemporaryDirectory(prefix="chainlens-restore-") as tmp:
+                spool = Path(tmp) / "dump.pgc"
+                with open(spool, "wb") as fh:
+                    shutil.copyfileobj(reader, fh, 1024 * 1024)
+                with PgStream([*argv, "-j", str(jobs), str(spool)], env=env) as proc:
+                    proc.wait()
+        else:
+            with PgStream(argv, env=env, stdin=reader) as proc:  # type: ignore[arg-type]
+                proc.wait()
+        restored = reader.raw_size
+    return LogicalResult(
+        backup_id=backup_id, database=dbname, created=not exists, cleaned=clean, jobs=jobs,
+        spooled=jobs > 1, restored_bytes=restored, seconds=time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _with_db(conninfo: str, dbname: str) -> str:
+    params = {k: v for k, v in conninfo_to_dict(conninfo).items() if v is not None}
+    params["dbname"] = dbname
+    return make_conninfo("", **{k: str(v) for k, v in params.items()})
+
+
+def _user_objects(target: DatabaseTarget, dbname: str) -> int:
+    other = DatabaseTarget(target.name, _with_db(target.conninfo, dbname), target.repo)
+    try:
+        with connect(other) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'"
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise OperationFailed(f"cannot inspect database {dbname}: {exc}") from None
+    return int(row[0]) if row else 0

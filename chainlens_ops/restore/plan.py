@@ -1,0 +1,289 @@
+"""The restore plan: which base backup, which WAL, which target; decided and checked
+before anything touches disk.
+
+Rules (the runbook an on-call engineer relies on):
+
+- the base backup is the newest valid one that ended before the target (`--backup`
+  overrides, and must itself have ended before it);
+- every WAL segment from the backup's start segment to the last one recovery needs must
+  be in the archive, along the newest timeline's history (`wal check`'s walk); the first
+  missing one is named. The last one needed: for an LSN target, the segment holding it;
+  for a restore point, the segment holding its record; for a time target and `--latest`,
+  the newest archived segment (a time maps to a WAL position only by reading WAL, and
+  recovery reads on until the first transaction end after the target, wherever it is);
+- a time target must be earlier than the newest transaction end in the archive (read
+  with pg_waldump from the newest segments), because PostgreSQL stops at the first
+  transaction end *after* the target and otherwise fails short of it;
+- a restore point comes from the catalog (`restore-points/<name>.json`) or, when the
+  catalog has no entry, from a RESTORE_POINT record in the archived WAL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from chainlens_ops.backup.manifest import BASE, BackupManifest, parse_time, read_catalog
+from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.repository import Repository
+from chainlens_ops.restore.walscan import (
+    find_restore_point,
+    lsn_text,
+    newest_transaction_time,
+)
+from chainlens_ops.storage import NotFound
+from chainlens_ops.wal.catalog import TimelineSpan, check_wal
+from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
+
+TIME = "time"
+NAME = "name"
+LSN = "lsn"
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # TIME, NAME, LSN or LATEST
+    text: str  # as the user gave it
+    time: datetime | None = None
+    lsn: int | None = None
+    assumed_utc: bool = False
+
+    @property
+    def timezone_note(self) -> str:
+        if self.kind != TIME:
+            return "n/a"
+        if self.assumed_utc:
+            return "UTC (the time had no offset: read as UTC)"
+        return f"offset given ({self.text})"
+
+
+def parse_target_time(text: str) -> Target:
+    """ISO 8601 with or without offset (none = UTC); psql's `2026-11-27 10:33:00.99+00`."""
+    cleaned = text.strip()
+    if cleaned.endswith(("Z", "z")):
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise UsageError(
+            f"cannot read the target time {text!r}",
+            hint="use ISO 8601, e.g. 2026-11-27T10:33:00+00:00 or '2026-11-27 10:33:00.99+00'",
+        ) from None
+    assumed = when.tzinfo is None
+    if assumed:
+        when = when.replace(tzinfo=UTC)
+    return Target(TIME, text, time=when, assumed_utc=assumed)
+
+
+def parse_target_lsn(text: str) -> Target:
+    try:
+        return Target(LSN, text, lsn=parse_lsn(text))
+    except ValueError:
+        raise UsageError(f"{text!r} is not an LSN (e.g. 0/3000148)") from None
+
+
+def postgres_time(when: datetime) -> str:
+    """recovery_target_time with an explicit offset (the server's own zone otherwise)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    repo: str
+    backup: BackupManifest
+    target: Target
+    recovery_target: str | None  # the value written for recovery_target_<kind>
+    wal_first: str
+    wal_last: str
+    newest_archived: str
+    newest_transaction: str | None
+    restore_point_lsn: str | None
+    restore_point_source: str | None  # "catalog" or "archived WAL"
+    seg_size: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def timezone(self) -> str:
+        return self.target.timezone_note
+
+
+def make_plan(repo: Repository, target: Target, backup_id: str | None = None) -> RestorePlan:
+    """Choose the backup and check the archive; UsageError/OperationFailed with one line
+    for anything that makes the restore impossible. Reads only."""
+    marker = repo.marker()
+    bases = [b for b in read_catalog(repo).valid if b.kind == BASE]  # newest first
+    if marker is None or not bases:
+        raise OperationFailed(
+            f"repository {repo.url} holds no base backup: point-in-time restore is not possible",
+            hint="take one with `chainlens-ops backup --kind base`",
+        )
+    seg_size = marker.wal_segment_size
+    check = check_wal(repo, start=bases[-1].start_wal)
+    if check.problems:
+        raise OperationFailed(f"the WAL archive cannot be followed: {check.problems[0]}")
+    if check.last is None:
+        raise OperationFailed(f"repository {repo.url} holds no WAL")
+    newest = check.last
+    newest_segno = parse_wal_name(newest).segno(seg_size)
+    oldest_start = _segno(bases[-1].start_wal, seg_size)
+    newest_first = _segments_on_path(check.path, newest_segno, oldest_start, seg_size)[::-1]
+    # Reading WAL costs a download per segment: only a time target needs it.
+    newest_tx = newest_transaction_time(repo, newest_first) if target.kind == TIME else None
+    window = _window(bases[-1], newest_tx, newest)
+
+    rp_lsn: int | None = None
+    rp_source: str | None = None
+    if target.kind == NAME:
+        rp_lsn, rp_source = _restore_point(repo, target.text, list(reversed(newest_first)))
+    backup = _choose(bases, target, rp_lsn, backup_id, window)
+
+    last_segno = newest_segno
+    recovery_target: str | None = None
+    if target.kind == TIME:
+        assert target.time is not None
+        if newest_tx is None or target.time >= newest_tx:
+            raise UsageError(
+                f"target {postgres_time(target.time)} is later than the newest archived WAL "
+                f"(newest transaction {_show(newest_tx)} in {newest}); recovery could not "
+                f"reach it. Recoverable window: {window}",
+                hint="use --latest to replay everything archived",
+            )
+        recovery_target = postgres_time(target.time)
+    elif target.kind == LSN:
+        assert target.lsn is not None
+        last_segno = target.lsn // seg_size
+        if last_segno > newest_segno:
+            raise UsageError(
+                f"target LSN {target.text} is later than the newest archived WAL ({newest})",
+                hint="use --latest to replay everything archived",
+            )
+        recovery_target = lsn_text(target.lsn)
+    elif target.kind == NAME:
+        assert rp_lsn is not None
+        last_segno = rp_lsn // seg_size
+        recovery_target = target.text
+
+    first_segno = _segno(backup.start_wal, seg_size)
+    for gap in check.gaps:
+        gap_segno = parse_wal_name(gap.first).segno(seg_size)
+        gap_last = parse_wal_name(gap.last).segno(seg_size)
+        if gap_last >= first_segno and gap_segno <= last_segno:
+            missing = gap.first if gap_segno >= first_segno else segment_name(
+                gap.timeline, first_segno, seg_size)  # fmt: skip
+            raise OperationFailed(
+                f"WAL segment {missing} is missing from the archive: backup {backup.id} "
+                f"needs every segment from {backup.start_wal} to "
+                f"{_name_on_path(check.path, last_segno, seg_size)}",
+                hint="see `chainlens-ops wal check`",
+            )
+    return RestorePlan(
+        repo=repo.url,
+        backup=backup,
+        target=target,
+        recovery_target=recovery_target,
+        wal_first=str(backup.start_wal),
+        wal_last=_name_on_path(check.path, last_segno, seg_size),
+        newest_archived=newest,
+        newest_transaction=_show(newest_tx) if newest_tx else None,
+        restore_point_lsn=lsn_text(rp_lsn) if rp_lsn is not None else None,
+        restore_point_source=rp_source,
+        seg_size=seg_size,
+    )
+
+
+def _choose(
+    bases: list[BackupManifest],
+    target: Target,
+    rp_lsn: int | None,
+    backup_id: str | None,
+    window: str,
+) -> BackupManifest:
+    def ended_before(b: BackupManifest) -> bool:
+        if target.kind == TIME:
+            assert target.time is not None
+            return parse_time(b.finished_at) <= target.time
+        if target.kind in (LSN, NAME):
+            limit = target.lsn if target.kind == LSN else rp_lsn
+            return b.stop_lsn is not None and limit is not None and parse_lsn(b.stop_lsn) <= limit
+        return True
+
+    if backup_id is not None:
+        chosen = next((b for b in bases if b.id == backup_id), None)
+        if chosen is None:
+            raise UsageError(
+                f"no valid base backup {backup_id} in the repository",
+                hint="see `chainlens-ops backup list`",
+            )
+        if not ended_before(chosen):
+            raise UsageError(
+                f"backup {backup_id} ended after the target {target.text}; "
+                f"recoverable window: {window}"
+            )
+        return chosen
+    for b in bases:
+        if ended_before(b):
+            return b
+    raise UsageError(
+        f"target {target.text} is earlier than the end of the earliest base backup; "
+        f"recoverable window: {window}"
+    )
+
+
+def _restore_point(repo: Repository, name: str, oldest_first: list[str]) -> tuple[int, str]:
+    from chainlens_ops.restore_points import COMPLETE, catalog_key
+
+    try:
+        with repo.storage.open(catalog_key(name)) as fh:
+            entry = json.loads(fh.read(1024 * 1024))
+        # A `pending` entry (its create was interrupted) names no point yet: the archived
+        # WAL decides, as for points made in SQL.
+        if entry.get("state", COMPLETE) == COMPLETE:
+            return parse_lsn(str(entry["lsn"])), "catalog"
+    except NotFound:
+        pass
+    except (ValueError, KeyError, TypeError):
+        raise OperationFailed(f"restore-point catalog entry {name!r} is damaged") from None
+    found = find_restore_point(repo, name, oldest_first)
+    if found is None:
+        raise UsageError(
+            f"unknown restore point {name!r}: not in the restore-point catalog, and no "
+            "RESTORE_POINT record of that name in the archived WAL since the oldest base backup",
+            hint="see `chainlens-ops restore-point list`",
+        )
+    return parse_lsn(found.lsn), "archived WAL"
+
+
+def _window(oldest: BackupManifest, newest_tx: datetime | None, newest: str) -> str:
+    return (
+        f"{oldest.finished_at[:19].replace('T', ' ')}+00 (end of backup {oldest.id}) .. "
+        f"{_show(newest_tx) if newest_tx else 'unknown time'} (newest archived WAL {newest})"
+    )
+
+
+def _show(when: datetime | None) -> str:
+    return postgres_time(when) if when else "none"
+
+
+def _segno(name: str | None, seg_size: int) -> int:
+    if not name:
+        raise OperationFailed("the base backup's manifest has no start WAL segment")
+    return parse_wal_name(name).segno(seg_size)
+
+
+def _timeline_for(path: list[TimelineSpan], segno: int) -> int:
+    for span in reversed(path):
+        if (span.first_segno is None or span.first_segno <= segno) and (
+            span.last_segno is None or segno <= span.last_segno
+        ):
+            return span.timeline
+    return path[-1].timeline
+
+
+def _name_on_path(path: list[TimelineSpan], segno: int, seg_size: int) -> str:
+    return segment_name(_timeline_for(path, segno), segno, seg_size)
+
+
+def _segments_on_path(path: list[TimelineSpan], last: int, first: int, seg_size: int) -> list[str]:
+    return [_name_on_path(path, s, seg_size) for s in range(first, last + 1)]
