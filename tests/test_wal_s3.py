@@ -196,8 +196,10 @@ def test_fetch_with_s3_down_is_fatal_not_missing(make_cluster: ClusterFactory) -
         assert "fatal" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert time.monotonic() - started < 30
         assert not (work / "b").exists()
+    # An unreachable repository is exit 3 for push (config/connection), with a hint.
     proc = setup.cli("wal", "push", "--repo", "s3://down/r", str(segment))
-    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.returncode == 3 and len(proc.stderr.strip().splitlines()) == 1
+    assert "AWS_SHARED_CREDENTIALS_FILE" in proc.stderr
 
 
 @pytest.mark.e2e
