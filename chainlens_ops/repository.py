@@ -120,6 +120,16 @@ class Repository:
     def display(self) -> str:
         return self.url
 
+    def require_present(self) -> None:
+        """For commands that read the repository: a local path that does not exist is an
+        error ("does not exist"), never an empty archive or catalog. (A missing S3 bucket
+        already fails in the backend.)"""
+        root = getattr(self.storage, "root", None)
+        if isinstance(root, str) and not os.path.isdir(root):
+            raise OperationFailed(
+                f"repository {self.url} does not exist", hint="check the path (--repo, repo =)"
+            )
+
     # -- the marker -------------------------------------------------------------------
 
     def marker(self, *, fresh: bool = False) -> RepoMarker | None:

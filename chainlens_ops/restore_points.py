@@ -188,6 +188,7 @@ def _entry_bytes(point: RestorePoint) -> bytes:
 
 def list_restore_points(repo: Repository, *, scan_wal: bool = True) -> list[RestorePoint]:
     """Catalog entries plus restore points found in the archived WAL, in LSN order."""
+    repo.require_present()
     catalog = list(_catalog(repo))
     points = list(catalog)
     if scan_wal:

@@ -45,6 +45,12 @@ COMMANDS = {
     "wal list": ("wal", "list", "--repo", "/nonexistent/repo"),
     "wal check": ("wal", "check", "--repo", "/nonexistent/repo"),
     "check": ("check",),
+    "backup": ("backup", "--repo", "/nonexistent/repo"),
+    "backup list": ("backup", "list", "--repo", "/nonexistent/repo"),
+    "restore-point list": ("restore-point", "list", "--repo", "/nonexistent/repo"),
+    "restore": ("restore", "--latest", "--pgdata", "/nonexistent/data", "--repo", "/r"),
+    "cache stats": ("cache", "stats"),
+    "daemon status": ("daemon", "status"),
     "wal push": ("wal", "push", "--repo", "/nonexistent/repo", "pg_wal/x"),
 }
 
@@ -131,6 +137,61 @@ CASES |= {
     "partition list: nothing names a server": Case(
         ("partition", "list"), 3, r"nothing names a server"
     ),
+    # Backups, restore points, restore, cache and the daemon.
+    "backup: bad --kind": Case(("backup", "--kind", "bogus"), 2, r"--kind"),
+    "backup: unreachable": Case(
+        ("backup", "--repo", "/r"), 3, r"cannot connect to the microservices", env=SERVERLESS
+    ),
+    "backup list: missing repository": Case(
+        ("backup", "list", "--repo", "/nonexistent/repo"), 1, r"does not exist"
+    ),
+    "backup list: bad repository URL": Case(
+        ("backup", "list", "--repo", "ftp://x/y"), 2, r"is not a file:///"
+    ),
+    "backup verify: unknown backup": Case(
+        ("backup", "verify", "--repo", "/nonexistent/repo", "nosuch"), 1, r"no backup nosuch"
+    ),
+    "backup prune: zero --keep-last": Case(
+        ("backup", "prune", "--keep-last", "0", "--repo", "/r"), 2, r"--keep-last must be"
+    ),
+    "backup prune: negative --keep-days": Case(
+        ("backup", "prune", "--keep-days", "-1", "--repo", "/r"), 2, r"--keep-days must not"
+    ),
+    "restore-point create: bad name": Case(
+        ("restore-point", "create", "bad name", "--repo", "/r"), 2, r"restore point name"
+    ),
+    "restore-point create: too long": Case(
+        ("restore-point", "create", "x" * 64, "--repo", "/r"), 2, r"at most 63"
+    ),
+    "restore-point create: unreachable": Case(
+        ("restore-point", "create", "ok1", "--repo", "/r"), 3, r"cannot connect", env=SERVERLESS
+    ),
+    "restore-point list: missing repository": Case(
+        ("restore-point", "list", "--repo", "/nonexistent/repo"), 1, r"does not exist"
+    ),
+    "restore: unparseable time": Case(
+        ("restore", "--target-time", "notatime", "--pgdata", "/var/tmp/x", "--repo", "/r"),
+        2,
+        r"cannot read the target time",
+    ),
+    "restore: bad LSN": Case(
+        ("restore", "--target-lsn", "zz", "--pgdata", "/var/tmp/x", "--repo", "/r"),
+        2,
+        r"is not an LSN",
+    ),
+    "restore: no base backup": Case(
+        ("restore", "--latest", "--pgdata", "/var/tmp/x", "--repo", "/nonexistent/repo"),
+        1,
+        r"holds no base backup",
+    ),
+    "cache cleanup: zero --batch-size": Case(
+        ("cache", "cleanup", "--batch-size", "0"), 2, r"--batch-size"
+    ),
+    "cache cleanup: unreachable": Case(
+        ("cache", "cleanup"), 3, r"cannot connect to the microservices", env=SERVERLESS
+    ),
+    "cache stats: nothing names a server": Case(("cache", "stats"), 3, r"nothing names a server"),
+    "daemon: no jobs file": Case(("daemon",), 3, r"needs a config file with \[\[jobs\]\]"),
 }
 
 
@@ -153,10 +214,14 @@ def test_bad_input_exit_code_and_one_error_line(case: Case, tmp_path: Path) -> N
 
 HELP_PATHS = [
     (),
-    *[(group,) for group in ("schema", "partition", "wal")],
+    *[(group,) for group in ("schema", "partition", "wal", "backup", "restore",
+                             "restore-point", "cache", "daemon")],
     ("schema", "apply"), ("schema", "status"), ("partition", "create-month"),
     ("partition", "ensure"), ("partition", "list"), ("partition", "retain"),
     ("wal", "push"), ("wal", "fetch"), ("wal", "list"), ("wal", "check"), ("check",),
+    ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("restore", "drill"),
+    ("restore-point", "create"), ("restore-point", "list"), ("cache", "cleanup"),
+    ("cache", "stats"), ("daemon", "status"),
 ]  # fmt: skip
 
 

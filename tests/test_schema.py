@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from pgharness import PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, run_cli, wait_for
 
@@ -375,21 +376,30 @@ def test_dry_run_prints_the_plan_and_changes_nothing(module_pg: PgCluster) -> No
 
 
 def test_concurrent_applies_run_each_file_exactly_once(module_pg: PgCluster, scratch: Path) -> None:
-    # A test migration that holds the first run inside its transaction, and counts its runs.
-    env, sql_dir, first = start_held_apply(
+    # A test migration that holds the first run inside its transaction (at the gate the
+    # test holds), and counts its runs. No timing: the gate opens only once the second
+    # run is seen waiting for the migration lock.
+    env, sql_dir, first, gate = start_held_apply(
         module_pg,
         scratch,
         "CREATE TABLE IF NOT EXISTS public.applied_runs (n int);\n"
         "INSERT INTO public.applied_runs VALUES (1);\n"
-        "SELECT pg_sleep(3);\n",
+        f"SELECT pg_advisory_xact_lock({GATE});\n",
     )
-    started_second = time.monotonic()
-    second = run_cli("schema", "apply", "--db", "supabase", env=env)
+    second = subprocess.Popen(
+        [*_cli_argv(), "schema", "apply", "--db", "supabase"],
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: waiting_on_advisory_locks(module_pg, env["supa"]) >= 2, timeout=60)
+    gate.close()  # the first run goes on; the second gets the lock after it
     _, err = first.communicate(timeout=60)
+    _, second_err = second.communicate(timeout=60)
     assert first.returncode == 0, err
-    assert second.returncode == 0, second.stderr
-    assert time.monotonic() - started_second > 0.5  # it waited for the lock
-    assert "another schema apply is running" in second.stderr
+    assert second.returncode == 0, second_err
+    assert "another schema apply is running" in second_err
     assert module_pg.scalar("SELECT count(*) FROM public.applied_runs", env["supa"]) == 1
     versions = module_pg.execute(
         "SELECT version, count(*) FROM chainlens_ops.schema_migrations GROUP BY 1", env["supa"]
@@ -399,8 +409,11 @@ def test_concurrent_applies_run_each_file_exactly_once(module_pg: PgCluster, scr
 
 
 def test_second_apply_gives_up_after_lock_wait(module_pg: PgCluster, scratch: Path) -> None:
-    env, _, first = start_held_apply(module_pg, scratch, "SELECT pg_sleep(4);\n")
+    env, _, first, gate = start_held_apply(
+        module_pg, scratch, f"SELECT pg_advisory_xact_lock({GATE});\n"
+    )
     second = run_cli("schema", "apply", "--db", "supabase", "--lock-wait", "300ms", env=env)
+    gate.close()
     first.communicate(timeout=60)
     assert second.returncode == 1
     assert "held the migration lock" in one_line_error(second, after_progress=True)
@@ -518,12 +531,27 @@ def test_unknown_db_is_a_usage_error() -> None:
     assert "--db" in one_line_error(proc)
 
 
+GATE = 7_770_001  # an advisory lock the test holds while a migration waits for it
+
+
+def waiting_on_advisory_locks(pg: PgCluster, dbname: str) -> int:
+    return int(
+        pg.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chainlens-ops' "
+            f"AND wait_event = 'advisory' AND datname = '{dbname}'"
+        )
+    )
+
+
 def start_held_apply(
     pg: PgCluster, scratch: Path, slow_sql: str
-) -> tuple[dict[str, str], Path, subprocess.Popen[str]]:
+) -> tuple[dict[str, str], Path, subprocess.Popen[str], psycopg.Connection[Any]]:
     """Fresh databases, the shipped SQL plus `900_slow.sql` (which must end in a
-    `SELECT pg_sleep(N)`), and a first `schema apply` that is sitting inside it."""
+    `SELECT pg_advisory_xact_lock(GATE)`), and a first `schema apply` that is sitting
+    inside it, held there until the test closes the returned connection (the gate)."""
     env = fresh_dbs(pg)
+    gate = pg.connect(env["supa"])
+    gate.execute(f"SELECT pg_advisory_lock({GATE})")
     sql_dir = copy_sql(scratch / f"sql-{uuid.uuid4().hex[:6]}")
     (sql_dir / "supabase" / "900_slow.sql").write_text(slow_sql)
     env = env | {"CHAINLENS_SQL_DIR": str(sql_dir)}
@@ -542,7 +570,7 @@ def start_held_apply(
         ),
         timeout=30,
     )
-    return env, sql_dir, first
+    return env, sql_dir, first, gate
 
 
 def _cli_argv() -> list[str]:

@@ -152,6 +152,7 @@ def list_command(
 ) -> None:
     """The catalog, newest first, and the recoverable window."""
     repository = _repository(ctx, db.value if db else None, repo)
+    repository.require_present()
     catalog = read_catalog(repository)
     valid = catalog.valid
     if json_output:

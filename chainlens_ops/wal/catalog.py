@@ -17,11 +17,10 @@ at the switch and cannot carry replay onto the new one). PostgreSQL never fetche
 from __future__ import annotations
 
 import io
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.wal.names import (
@@ -114,18 +113,9 @@ class _Scan:
     stored_bytes: int = 0
 
 
-def require_repository(repo: Repository) -> None:
-    """A local repository path that does not exist is an error, not an empty archive."""
-    root = getattr(repo.storage, "root", None)
-    if isinstance(root, str) and not os.path.isdir(root):
-        raise OperationFailed(
-            f"repository {repo.url} does not exist", hint="check the path (--repo, repo =)"
-        )
-
-
 def list_wal(repo: Repository) -> WalListing:
     """Segments per timeline, as contiguous ranges, with stored sizes."""
-    require_repository(repo)
+    repo.require_present()
     marker = repo.marker()
     scan = _scan(repo, marker.wal_segment_size if marker else DEFAULT_SEG_SIZE)
     timelines = []
@@ -155,7 +145,7 @@ def list_wal(repo: Repository) -> WalListing:
 def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     """Gaps between `start` (default: the oldest segment on the path) and the newest
     segment, along the newest timeline's history."""
-    require_repository(repo)
+    repo.require_present()
     marker = repo.marker()
     if marker is None:
         return WalCheck(repo.url, None, None, [], 0, [], ["the repository holds no WAL yet"])
