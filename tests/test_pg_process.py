@@ -177,6 +177,13 @@ def test_stderr_is_kept_as_a_bounded_tail() -> None:
     assert len(caught.value.stderr_tail) <= 8192
     assert caught.value.one_line().endswith("the real reason")
 
+    # A reader that retries after the failure gets it again, never a clean end.
+    with PgStream(["/bin/sh", "-c", "echo out; exit 3"]) as stream:
+        assert stream.read(100) == b"out\n"
+        for _ in range(2):
+            with pytest.raises(PgCommandError):
+                stream.read(100)
+
 
 def test_leaving_the_stream_early_kills_the_process() -> None:
     with PgStream(["/bin/sh", "-c", "yes"]) as stream:

@@ -118,23 +118,31 @@ class CheckedReader(io.RawIOBase):
         )
         self.raw_size = 0
         self._done = False
+        self._error: CorruptBackupObject | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self._error is not None:
+            raise self._error  # a retried read must never look like a clean end
         if self._done:
             return 0
         try:
             data = self._zstd.read(len(buffer))
+            if not data:
+                self._check()
         except zstandard.ZstdError as exc:
-            raise CorruptBackupObject(f"{self.obj.key} is damaged: zstd: {exc}") from None
+            self._error = CorruptBackupObject(f"{self.obj.key} is damaged: zstd: {exc}")
+            raise self._error from None
+        except CorruptBackupObject as exc:
+            self._error = exc
+            raise
         if data:
             buffer[: len(data)] = data
             self.raw_size += len(data)
             return len(data)
         self._done = True
-        self._check()
         return 0
 
     def drain(self) -> None:

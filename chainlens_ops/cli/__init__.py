@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from chainlens_ops import __version__
-from chainlens_ops.cli import backup, check, partition, restore, schema, wal
+from chainlens_ops.cli import backup, cache, check, daemon, partition, restore, schema, wal
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
@@ -41,6 +41,8 @@ app = typer.Typer(
 app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
 app.add_typer(wal.app, name="wal")
+app.add_typer(cache.app, name="cache")
+app.add_typer(daemon.app, name="daemon")
 app.add_typer(backup.app, name="backup")
 app.add_typer(restore.app, name="restore")
 app.command("check")(check.check_command)

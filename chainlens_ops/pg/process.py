@@ -75,6 +75,7 @@ class PgStream(io.RawIOBase):
         self._stopped_why: str | None = None
         self._finished = False
         self._feed_error: BaseException | None = None
+        self._error: BaseException | None = None
         self._tail = bytearray()
         self._tail_lock = threading.Lock()
         self._started = time.monotonic()
@@ -112,6 +113,8 @@ class PgStream(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         assert self._proc.stdout is not None
         if self._finished:
+            if self._error is not None:
+                raise self._error  # again: a retried read must never look like a clean end
             return 0
         self._waiting_since = time.monotonic()
         try:
@@ -121,7 +124,11 @@ class PgStream(io.RawIOBase):
         if n:
             self.bytes_read += n
             return n
-        self._finish()
+        try:
+            self._finish()
+        except BaseException as exc:
+            self._error = exc
+            raise
         return 0
 
     def stderr_tail(self) -> str:

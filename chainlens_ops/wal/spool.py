@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import zlib
 
+from chainlens_ops.atomic import write_file_atomic
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -105,16 +107,7 @@ def repo_id(url: str) -> str:
 def write_atomic(path: str, data: bytes) -> None:
     """Small file, temp + rename: a reader sees the whole file or none (no fsync: a
     spool entry lost in a crash costs only repeated work)."""
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    write_file_atomic(path, data, mode=FILE_MODE, durable=False)
 
 
 def _unlink(path: str) -> None:

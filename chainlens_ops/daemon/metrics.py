@@ -1,0 +1,133 @@
+"""The Prometheus textfile-collector file, rewritten atomically after each run.
+
+Job figures come from `chainlens_ops.job_runs`, so every replica writes the same picture
+(runs made by the other replicas included). WAL archiving comes from each database
+server's `pg_stat_archiver`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from chainlens_ops.atomic import write_file_atomic
+from chainlens_ops.config import DATABASES, Settings
+from chainlens_ops.daemon.history import JobRun, last_runs, wal_archiver
+from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg.connection import connect
+
+log = logging.getLogger("chainlens_ops.daemon")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    help: str
+    samples: list[tuple[dict[str, str], float]]
+
+
+def newest_backup_age_s(settings: Settings) -> dict[str, float]:
+    """Age of the newest backup per database.
+
+    TODO(backups): backups are being built on another branch; once their catalog exists,
+    return {database: seconds since the newest completed backup} from it. Until then no
+    `chainlens_ops_backup_newest_age_seconds` line is written (an absent series, not a
+    made-up value).
+    """
+    del settings
+    return {}
+
+
+def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
+    runs = last_runs(settings.target("microservices"))
+    names = sorted(job_names)
+    metrics = [
+        Metric(
+            "chainlens_ops_job_last_success_timestamp_seconds",
+            "When the job's last successful run finished (Unix time).",
+            _per_job(names, runs.succeeded, _finished_epoch),
+        ),
+        Metric(
+            "chainlens_ops_job_last_success_duration_seconds",
+            "How long the job's last successful run took.",
+            _per_job(names, runs.succeeded, lambda r: r.duration_s),
+        ),
+        Metric(
+            "chainlens_ops_job_last_run_succeeded",
+            "1 if the job's latest finished run succeeded, 0 if it failed.",
+            _per_job(names, runs.finished, lambda r: 1.0 if r.status == "succeeded" else 0.0),
+        ),
+    ]
+    wal_age: list[tuple[dict[str, str], float]] = []
+    wal_failed: list[tuple[dict[str, str], float]] = []
+    for db in DATABASES:
+        try:
+            with connect(settings.target(db)) as conn:
+                archiver = wal_archiver(conn)
+        except ChainlensError as exc:
+            log.warning("metrics: no WAL archiver figures for %s: %s", db, exc.one_line())
+            continue
+        if archiver.get("seconds_since_archived") is not None:
+            wal_age.append(({"db": db}, float(archiver["seconds_since_archived"])))
+        wal_failed.append(({"db": db}, float(archiver.get("failed_count") or 0)))
+    metrics.append(
+        Metric(
+            "chainlens_ops_wal_archive_lag_seconds",
+            "Seconds since the server last archived a WAL file (pg_stat_archiver).",
+            wal_age,
+        )
+    )
+    metrics.append(
+        Metric(
+            "chainlens_ops_wal_archive_failed_total",
+            "archive_command failures since the server's statistics reset.",
+            wal_failed,
+        )
+    )
+    backup_age = [({"db": db}, age) for db, age in newest_backup_age_s(settings).items()]
+    metrics.append(
+        Metric(
+            "chainlens_ops_backup_newest_age_seconds",
+            "Age of the newest completed backup.",
+            backup_age,
+        )
+    )
+    return metrics
+
+
+def render(metrics: list[Metric]) -> str:
+    lines: list[str] = []
+    for m in metrics:
+        if not m.samples:
+            continue
+        lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} gauge"]
+        for labels, value in m.samples:
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+            lines.append(f"{m.name}{{{label_text}}} {float(value)!r}")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: str, settings: Settings, job_names: Iterable[str]) -> None:
+    """Collect and atomically replace `path` (node_exporter never sees half a file)."""
+    write_file_atomic(path, render(collect(settings, job_names)).encode(), mode=0o644)
+
+
+def _per_job(
+    names: list[str], runs: dict[str, JobRun], value: Callable[[JobRun], float | None]
+) -> list[tuple[dict[str, str], float]]:
+    out: list[tuple[dict[str, str], float]] = []
+    for name in names:
+        run = runs.get(name)
+        figure = value(run) if run is not None else None
+        if figure is not None:
+            out.append(({"job": name}, float(figure)))
+    return out
+
+
+def _finished_epoch(run: JobRun) -> float | None:
+    return run.finished_at.timestamp() if run.finished_at else None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,110 @@
+"""One job run = one child process running the same CLI code (`python -m chainlens_ops`).
+
+A crash, a leak or a hang in a job cannot take the daemon down: the child has its own
+process group (and session), so a timeout or a shutdown kills it and anything it started
+(pg_dump, pg_basebackup) together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("chainlens_ops.daemon")
+
+KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a child's process group
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    succeeded: bool
+    exit_code: int | None
+    duration_s: float
+    error: str | None
+
+
+def child_argv(config_file: str | None, argv: Sequence[str]) -> list[str]:
+    config = ["--config", config_file] if config_file else []
+    # -P: `-m` would otherwise put the working folder first on sys.path, and a folder
+    # holding a `chainlens_ops` (a checkout, say) would run instead of the installed code.
+    return [sys.executable, "-P", "-m", "chainlens_ops", *config, *argv]
+
+
+class JobProcess:
+    """A running child; `wait()` enforces the timeout, `terminate()` is for shutdown."""
+
+    def __init__(self, job_name: str, argv: list[str]) -> None:
+        self.job_name = job_name
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._tail: deque[str] = deque(maxlen=20)
+        self._reader = threading.Thread(
+            target=self._read_output, name=f"out-{job_name}", daemon=True
+        )
+        self._reader.start()
+        self._stopped_by: str | None = None
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._tail.append(line)
+                log.info("[%s] %s", self.job_name, line)
+
+    def wait(self, timeout_s: float) -> RunOutcome:
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._stopped_by = self._stopped_by or f"timed out after {timeout_s:g}s"
+            self.kill_group()
+            code = self.proc.wait()
+        self._reader.join(timeout=5)
+        duration = time.monotonic() - self.started
+        if code == 0 and self._stopped_by is None:
+            return RunOutcome(True, 0, duration, None)
+        return RunOutcome(False, code, duration, self._error(code))
+
+    def terminate(self, why: str) -> None:
+        """Ask the child to stop (shutdown); `wait()` then records `why` as the error."""
+        self._stopped_by = why
+        self.kill_group()
+
+    def kill_group(self) -> None:
+        """SIGTERM the child's process group, SIGKILL it if still there after a grace."""
+        if not self._signal(signal.SIGTERM):
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=KILL_GRACE_S)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> bool:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _error(self, code: int) -> str:
+        if self._stopped_by:
+            return self._stopped_by
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        errors = [line for line in self._tail if line.startswith("chainlens-ops:")]
+        last = errors[-1] if errors else (self._tail[-1] if self._tail else "no output")
+        return f"exit code {code}: {last}"

@@ -1,0 +1,422 @@
+"""`chainlens-ops daemon` against a real microservices database: runs, history, failures,
+timeouts, two replicas, SIGTERM, bad configs."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
+from test_cache import add_cache_rows, micro_db
+
+from chainlens_ops.atomic import write_file_atomic
+from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.daemon import history
+from chainlens_ops.daemon.jobs import parse_daemon_config
+
+RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
+SECRET = "hunter2-not-for-logs"
+FAILS_FAST = "cache stats --dsn 'host=127.0.0.1 port=1 dbname=x'"
+
+
+class DaemonProc:
+    """A daemon started in the background, its stderr in a file."""
+
+    def __init__(
+        self,
+        config: Path,
+        *extra: str,
+        name: str = "daemon",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log = config.parent / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self.out = self.log.open("w")
+        # Started in a folder holding a decoy `chainlens_ops` package that fails: jobs
+        # must run the installed code, whatever the daemon's working folder holds.
+        decoy = config.parent / "decoy"
+        (decoy / "chainlens_ops").mkdir(parents=True, exist_ok=True)
+        (decoy / "chainlens_ops" / "__init__.py").write_text("")
+        (decoy / "chainlens_ops" / "__main__.py").write_text("raise SystemExit(42)\n")
+        self.proc = subprocess.Popen(
+            [str(CLI), "--config", str(config), "daemon", *extra],
+            env=cli_env(env),
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            cwd=decoy,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 15) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.out.close()
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
+
+
+def write_config(folder: Path, dsn: str, body: str) -> Path:
+    path = folder / f"config-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(f'[databases.microservices]\ndsn = "{dsn}"\n\n{body}')
+    return path
+
+
+@pytest.fixture
+def micro(module_pg: PgCluster) -> dict[str, str]:
+    return micro_db(module_pg)
+
+
+@pytest.fixture
+def folder(make_cluster: object) -> Path:
+    return make_cluster.dir("daemon")  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProc]]:
+    started: list[DaemonProc] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers: a job connecting there hangs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def test_daemon_runs_jobs_records_history_and_survives_failures_and_hangs(
+    module_pg: PgCluster,
+    micro: dict[str, str],
+    folder: Path,
+    daemons: list[DaemonProc],
+    silent_server: int,
+) -> None:
+    db = micro["micro"]
+    metrics = folder / "chainlens.prom"
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        f"""
+[[jobs]]
+name = "cache-cleanup"
+command = "cache cleanup --batch-size 50"
+every = "2s"
+
+[[jobs]]
+name = "always-fails"
+command = "{FAILS_FAST}"
+every = "2s"
+
+[[jobs]]
+name = "hangs"
+command = "cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout=60'"
+every = "2s"
+timeout = "1s"
+""",
+    )
+    daemon = DaemonProc(config, "--metrics-file", str(metrics))
+    daemons.append(daemon)
+
+    def runs(job: str, status: str) -> list[tuple[object, ...]]:
+        if module_pg.scalar("SELECT to_regclass('chainlens_ops.job_runs')", db) is None:
+            return []
+        return [r for r in module_pg.execute(RUNS, db) if r[0] == job and r[2] == status]
+
+    wait_for(lambda: runs("cache-cleanup", "succeeded"), timeout=20)
+    add_cache_rows(module_pg, db, 300, "-1 minute")  # expired rows arrive while it runs
+    add_cache_rows(module_pg, db, 5, "1 hour")
+    wait_for(
+        lambda: module_pg.scalar("SELECT count(*) FROM shared_cache.analysis_cache", db) == 5,
+        timeout=15,
+    )
+    wait_for(lambda: len(runs("always-fails", "failed")) >= 3, timeout=15)
+    wait_for(lambda: len(runs("hangs", "failed")) >= 2, timeout=15)
+    wait_for(lambda: len(runs("cache-cleanup", "succeeded")) >= 3, timeout=15)
+    assert daemon.proc.poll() is None, daemon.text()
+
+    all_runs = module_pg.execute(RUNS + " ORDER BY scheduled_for", db)
+    by_job: dict[str, list[tuple[object, ...]]] = {}
+    for row in all_runs:
+        by_job.setdefault(str(row[0]), []).append(row)
+    # every run of the failing job is recorded failed, with the child's one-line error
+    done = [r for r in by_job["always-fails"] if r[2] != "running"]
+    assert done and all(r[2] == "failed" for r in done)
+    assert all("exit code 3" in str(r[3]) and "cannot connect" in str(r[3]) for r in done)
+    hung = [r for r in by_job["hangs"] if r[2] != "running"]
+    assert all(r[2] == "failed" and r[3] == "timed out after 1s" for r in hung)
+    # ... while the cleanup job kept succeeding, on clock-aligned 2 s slots
+    cleanup = [r for r in by_job["cache-cleanup"] if r[2] != "running"]
+    assert len(cleanup) >= 3 and all(r[2] == "succeeded" for r in cleanup)
+    for row in all_runs:
+        slot = row[1]
+        assert isinstance(slot, datetime)
+        assert slot.timestamp() % 2 == 0 and row[4] == socket.gethostname()
+
+    status = run_cli("--config", str(config), "daemon", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    jobs = {j["name"]: j for j in json.loads(status.stdout)}
+    assert jobs["always-fails"]["last_status"] in ("failed", "running")
+    assert jobs["cache-cleanup"]["last_success"]["status"] == "succeeded"
+    next_fire = datetime.fromisoformat(jobs["cache-cleanup"]["next_fire"])
+    assert next_fire.timestamp() % 2 == 0
+    assert abs(next_fire - datetime.now(UTC)) <= timedelta(seconds=2)
+
+    table = run_cli("--config", str(config), "daemon", "status")
+    # every job has a last run; only the two that always fail have never succeeded
+    assert table.returncode == 0 and table.stdout.count("never") == 2, table.stdout
+    assert all(name in table.stdout for name in ("cache-cleanup", "always-fails", "every 2s"))
+
+    prom = metrics.read_text()
+    assert 'chainlens_ops_job_last_success_timestamp_seconds{job="cache-cleanup"}' in prom
+    assert 'chainlens_ops_job_last_run_succeeded{job="always-fails"} 0' in prom
+    assert 'chainlens_ops_wal_archive_failed_total{db="microservices"}' in prom
+
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 15, daemon.text()
+    assert "Traceback" not in daemon.text()
+
+
+def test_two_daemons_run_each_slot_exactly_once(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    daemons += [DaemonProc(config, name="a"), DaemonProc(config, name="b")]
+    time.sleep(10)
+    for d in daemons:
+        code, _ = d.stop()
+        assert code == 0, d.text()
+    rows = module_pg.execute(RUNS, micro["micro"])
+    started = sum(d.text().count(" started on ") for d in daemons)
+    slots = {r[1] for r in rows}
+    assert len(rows) >= 3, rows  # the job did run
+    # runs started (both replicas) == rows == distinct slots: no slot ran twice
+    assert started == len(rows) == len(slots)
+    assert all(r[2] == "succeeded" for r in rows), rows
+    # both replicas competed for the same slots: the losers said so
+    assert sum(d.text().count("taken by another replica") for d in daemons) >= 1
+
+
+BAD_CONFIGS = {
+    "unknown command": ('command = "cache sweep"\nevery = "1m"', "unknown command 'sweep'"),
+    "bad option": ('command = "cache cleanup --bogus"\nevery = "1m"', "--bogus"),
+    "bad cron": ('command = "cache cleanup"\ncron = "61 * * * *"', "cron"),
+    "six-field cron": ('command = "cache cleanup"\ncron = "0 0 * * * *"', "5-field"),
+    "both": ('command = "cache cleanup"\ncron = "0 * * * *"\nevery = "1h"', "exactly one"),
+    "neither": ('command = "cache cleanup"', "exactly one"),
+    "bad duration": ('command = "cache cleanup"\nevery = "5 minutes"', "every"),
+    "bad timeout": ('command = "cache cleanup"\nevery = "1h"\ntimeout = "0s"', "timeout"),
+    "unknown key": ('command = "cache cleanup"\nevery = "1h"\nretries = 3', "retries"),
+    "bad timezone": (
+        'command = "cache cleanup"\ncron = "0 2 * * *"\ntimezone = "Mars/Base"',
+        "Mars/Base",
+    ),
+    "runs the daemon": ('command = "daemon"\nevery = "1h"', "daemon"),
+    "password in argv": (
+        f'command = "cache stats --dsn \'host=x password={SECRET}\'"\nevery = "1h"',
+        "carries a password",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_is_refused_before_anything_runs(
+    module_pg: PgCluster, folder: Path, case: str
+) -> None:
+    name = f"bad_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    body, expected = BAD_CONFIGS[case]
+    job = (
+        f'[[jobs]]\nname = "good"\ncommand = "cache stats"\nevery = "1s"\n\n'
+        f'[[jobs]]\nname = "broken"\n{body}\n'
+    )
+    config = write_config(folder, module_pg.conninfo(name), job)
+    proc = run_cli("--config", str(config), "daemon", timeout=30)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "job 'broken'" in lines[0] and expected in lines[0], lines
+    assert SECRET not in proc.stderr + proc.stdout
+    # refused before anything ran: not even the history table was made
+    assert module_pg.scalar("SELECT to_regclass('chainlens_ops.job_runs')", name) is None
+
+
+def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
+    job = '[[jobs]]\nname = "twice"\ncommand = "cache stats"\nevery = "1h"\n'
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job + "\n" + job)
+    proc = run_cli("daemon", "--config", str(config))
+    assert proc.returncode == 3 and "job 'twice': the name is used by another job" in proc.stderr
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x", job)
+    proc = run_cli("--config", str(config), "daemon", "--metrics-file", "/nonexistent/m.prom")
+    assert proc.returncode == 3 and "cannot write in /nonexistent" in proc.stderr
+    config = write_config(folder, "host=127.0.0.1 port=1 dbname=x connect_timeout=3", job)
+    proc = run_cli("--config", str(config), "daemon")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1 and "cannot connect" in lines[0], lines
+
+
+def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
+    config = parse_daemon_config(
+        {
+            "daemon": {"job_timeout": "2h"},
+            "jobs": [
+                {"name": "i", "command": "cache stats", "every": "15m"},
+                {
+                    "name": "c",
+                    "command": "cache stats",
+                    "cron": "30 2 * * *",
+                    "timezone": "Europe/Berlin",
+                },
+            ],
+        },
+        "test.toml",
+        lambda argv: None,
+    )
+    interval, cron = config.jobs
+    now = datetime(2026, 3, 1, 10, 7, 12, tzinfo=UTC)
+    assert interval.next_fire(now) == datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
+    # three missed slots, one run: the latest one
+    assert interval.latest_due(datetime(2026, 3, 1, 9, 15, tzinfo=UTC), now) == datetime(
+        2026, 3, 1, 10, 0, tzinfo=UTC
+    )
+    assert cron.next_fire(now) == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)  # 02:30 CET
+    assert interval.timeout_s == cron.timeout_s == 7200  # [daemon] job_timeout
+
+
+def test_sigterm_lets_a_running_job_finish_and_stops_one_that_overstays(
+    module_pg: PgCluster, folder: Path, daemons: list[DaemonProc], silent_server: int
+) -> None:
+    name = f"term_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    hang = f"cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout="
+    config = write_config(
+        folder,
+        module_pg.conninfo(name),
+        f"""
+[daemon]
+stop_timeout = "8s"
+
+[[jobs]]
+name = "finishes"
+command = "{hang}3'"
+every = "1s"
+
+[[jobs]]
+name = "overstays"
+command = "{hang}120'"
+every = "1s"
+""",
+    )
+    daemon = DaemonProc(config)
+    daemons.append(daemon)
+    wait_for(lambda: daemon.text().count(" started on ") >= 2, timeout=20)
+    # a job never overlaps itself: the next slot is skipped while the run goes on
+    skipped = re.compile(r"job overstays: slot \S+ skipped: the previous run is still going")
+    wait_for(lambda: skipped.search(daemon.text()), timeout=10)
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 15, daemon.text()
+    rows = {r[0]: r for r in module_pg.execute(RUNS, name)}
+    # the job that could finish within stop_timeout did, with its own result...
+    assert rows["finishes"][2] == "failed" and "exit code 3" in rows["finishes"][3]
+    # ...the one that could not was stopped (its process group killed) and recorded so
+    assert rows["overstays"][3] == "stopped: daemon shut down (SIGTERM)"
+    assert all(r[2] != "running" for r in module_pg.execute(RUNS, name))
+    assert [r[0] for r in module_pg.execute(RUNS, name)].count("overstays") == 1
+    assert "Traceback" not in daemon.text()
+
+
+def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    db = micro["micro"]
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    first = DaemonProc(config, name="dies", env={"CHAINLENS_CRASH_AT": "daemon-after-claim"})
+    daemons.append(first)
+    assert first.proc.wait(timeout=20) == -signal.SIGKILL
+    (left,) = module_pg.execute(RUNS, db)
+    assert left[2] == "running"  # claimed, never finished: its daemon died
+
+    daemons.append(DaemonProc(config, name="next"))
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=20)
+    rows = {r[1]: r for r in module_pg.execute(RUNS, db)}
+    assert rows[left[1]][2:4] == (
+        "failed",
+        "abandoned: the daemon running it stopped before the run finished",
+    )
+
+
+def test_old_history_is_pruned_and_recent_kept(module_pg: PgCluster) -> None:
+    name = f"prune_{uuid.uuid4().hex[:8]}"
+    module_pg.createdb(name)
+    target = DatabaseTarget(name="microservices", conninfo=module_pg.conninfo(name))
+    history.ensure_table(target)
+    history.ensure_table(target)  # idempotent
+    module_pg.execute(
+        "INSERT INTO chainlens_ops.job_runs (job_name, scheduled_for, status, host) VALUES "
+        "('j', now() - interval '40 days', 'succeeded', 'h'), "
+        "('j', now() - interval '20 days', 'failed', 'h'), "
+        "('j', now() - interval '1 minute', 'succeeded', 'h')",
+        name,
+    )
+    assert history.prune(target, 30) == 1
+    assert module_pg.scalar("SELECT count(*) FROM chainlens_ops.job_runs", name) == 2
+
+
+def test_daemon_rides_out_a_database_outage(
+    pg: PgCluster, folder: Path, daemons: list[DaemonProc]
+) -> None:
+    env = micro_db(pg)
+    config = write_config(
+        folder,
+        env["CHAINLENS_MICROSERVICES_DSN"] + " connect_timeout=2",
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    daemon = DaemonProc(config)
+    daemons.append(daemon)
+    wait_for(lambda: " succeeded in " in daemon.text(), timeout=20)
+    pg.stop()
+    wait_for(lambda: "not run: cannot claim it" in daemon.text(), timeout=20)
+    assert daemon.proc.poll() is None
+    pg.start()
+    before = daemon.text().count(" succeeded in ")
+    wait_for(lambda: daemon.text().count(" succeeded in ") > before, timeout=20)
+    code, _ = daemon.stop()
+    assert code == 0 and "Traceback" not in daemon.text()
+    rows = pg.execute(RUNS, env["micro"])
+    assert rows and all(r[2] in ("succeeded", "failed") for r in rows)
+
+
+def test_metrics_file_is_replaced_whole_and_leaves_no_temp_files(folder: Path) -> None:
+    path = folder / "metrics.prom"
+    path.write_text("old\n")
+    write_file_atomic(str(path), b"new\n")
+    assert path.read_text() == "new\n" and oct(path.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(FileNotFoundError):
+        write_file_atomic(str(folder / "missing" / "m.prom"), b"x")
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]
