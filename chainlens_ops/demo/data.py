@@ -28,8 +28,8 @@ INSERT INTO onchain_analysis.price_history (project_id, price, market_cap, volum
 SELECT 'project-' || (g % 40), 1 + (g % 97) / 7.0, 1000000 + g, 50000 + g,
        now() - (g % 150) * interval '1 day'
 FROM generate_series(1, 6000) g;
-INSERT INTO onchain_analysis.project_analyses (project_id, chain_id)
-SELECT 'project-' || g, 1 FROM generate_series(1, 40) g;
+INSERT INTO onchain_analysis.project_analyses (project_id, chain_id, risk_score, confidence)
+SELECT 'project-' || g, 1, g % 100, 0.9 FROM generate_series(1, 40) g;
 INSERT INTO shared_cache.analysis_cache (cache_key, project_id, analysis_type, cached_data,
                                          ttl_seconds, expires_at)
 SELECT 'onchain:project-' || g, 'project-' || (g % 40), 'onchain', '{"score": 1}', 3600,

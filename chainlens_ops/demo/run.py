@@ -152,30 +152,28 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:  # noqa: PLR0915 - a
     _write_config(config, primary, repo)
     result = DemoResult(str(root), primary.port, restored.port, str(config), str(repo))
     r = _Runner(say)
-    old_umask = os.umask(0o002)
-    try:
-        if sandbox.as_root():
-            sandbox.give_to_server_user(repo)
-            os.chmod(repo, 0o2775)  # root's files get group postgres, writable by it
-        archive = f"{shlex.quote(tool)} wal push --repo {shlex.quote(str(repo))} %p"
-        with r.step("start sandbox cluster") as d:
-            sandbox.init_cluster(primary, archive)
-            sandbox.start(primary)
-            d.append(f"PostgreSQL {sandbox.MAJOR} on 127.0.0.1:{primary.port}, data {primary.pgdata}")
-            d.append(f"archive_command = {archive}")
-        for db in DATABASES:
-            _execute(primary.conninfo("postgres"), f"CREATE DATABASE {db}")
-        settings = load_settings(config, env={})
-        _steps_with_data(r, settings, primary, result)
-        _steps_incident_restore(r, settings, primary, restored, repo, result)
-        with r.step("cache cleanup") as d:
-            cleaned = cleanup_cache(settings)
-            d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
-        _step_daemon(r, settings, config, options.daemon_seconds)
-        with r.step("sizes") as d:
-            d.append(f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}")
-    finally:
-        os.umask(old_umask)
+    if sandbox.as_root():
+        # The tool refuses root for restores and another owner's repository: the whole
+        # demo runs as the server's user, as a DBA would run the tool.
+        sandbox.give_to_server_user(root)
+        sandbox.become_server_user()
+    archive = f"{shlex.quote(tool)} wal push --repo {shlex.quote(str(repo))} %p"
+    with r.step("start sandbox cluster") as d:
+        sandbox.init_cluster(primary, archive)
+        sandbox.start(primary)
+        d.append(f"PostgreSQL {sandbox.MAJOR} on 127.0.0.1:{primary.port}, data {primary.pgdata}")
+        d.append(f"archive_command = {archive}")
+    for db in DATABASES:
+        _execute(primary.conninfo("postgres"), f"CREATE DATABASE {db}")
+    settings = load_settings(config, env={})
+    _steps_with_data(r, settings, primary, result)
+    _steps_incident_restore(r, settings, primary, restored, repo, result)
+    with r.step("cache cleanup") as d:
+        cleaned = cleanup_cache(settings)
+        d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
+    _step_daemon(r, settings, config, options.daemon_seconds)
+    with r.step("sizes") as d:
+        d.append(f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}")
     result.steps = r.steps
     return result
 

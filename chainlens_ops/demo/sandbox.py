@@ -77,6 +77,15 @@ def give_to_server_user(path: Path) -> None:
                 os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
+def become_server_user() -> None:
+    """Drop root for the rest of this process: it runs as the server's user from here on."""
+    entry = pwd.getpwnam(PG_USER)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ.update(HOME=entry.pw_dir, USER=PG_USER, LOGNAME=PG_USER)
+
+
 def _run(argv: list[str], what: str) -> None:
     done = subprocess.run(server_argv(argv), capture_output=True, text=True, check=False)
     if done.returncode != 0:
