@@ -132,7 +132,7 @@ def tear_down(root: Path) -> bool:
     """Stop every sandbox server under `root` and remove it; False when nothing was there."""
     if not root.exists():
         return False
-    for pid_file in root.glob("*/postmaster.pid"):
+    for pid_file in root.glob("*/data/postmaster.pid"):
         stop(pid_file.parent)
     shutil.rmtree(root)
     return True
