@@ -9,10 +9,12 @@ from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli.common import console, err_console
+from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.demo import DemoOptions, DemoResult, run_demo, sandbox_root, tear_down_demo
 
 
 def demo_command(
+    ctx: typer.Context,
     down: Annotated[
         bool, typer.Option("--down", help="Stop and remove the sandbox, then exit.")
     ] = False,
@@ -31,7 +33,10 @@ def demo_command(
         err_console.print(f"chainlens-ops: note: the postgres user cannot enter this folder; "
                           f"the sandbox lives in {root}", markup=False)  # fmt: skip
     console.print(f"[bold]chainlens-ops demo[/] — sandbox in {root}")
-    result = run_demo(DemoOptions(root=root, daemon_seconds=daemon_seconds), console.print)
+    result = run_demo(
+        DemoOptions(root, command_checker(ctx.find_root().command), daemon_seconds),
+        console.print,
+    )
     _print_summary(result)
 
 

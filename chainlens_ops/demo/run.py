@@ -21,7 +21,7 @@ import psycopg
 from chainlens_ops.backup.take import BackupOptions, take_backup
 from chainlens_ops.cache import cleanup_cache
 from chainlens_ops.config import DATABASES, Settings, load_settings
-from chainlens_ops.daemon.jobs import read_daemon_config
+from chainlens_ops.daemon.jobs import CommandCheck, read_daemon_config
 from chainlens_ops.daemon.scheduler import Daemon
 from chainlens_ops.demo import data, sandbox
 from chainlens_ops.demo.sandbox import Cluster
@@ -35,12 +35,14 @@ from chainlens_ops.schema import apply_schema
 __all__ = ["DemoOptions", "DemoResult", "Step", "run_demo", "tear_down_demo"]
 
 RESTORE_POINT = "demo-before-incident"
+DAEMON_JOBS = (("cache-cleanup", "cache cleanup", "15s"), ("partitions", "partition ensure", "30s"))
 Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     root: Path
+    check_command: CommandCheck  # validates the daemon jobs' command lines (the real CLI)
     daemon_seconds: float = 60.0
     tool: str = ""  # our executable, as PostgreSQL runs it (default: found next to python)
 
@@ -81,21 +83,27 @@ def _write_config(path: Path, primary: Cluster, repo: Path) -> None:
     lines = [f'repo = "{repo}"', ""]
     for db in DATABASES:
         lines += [f"[databases.{db}]", f'dsn = "{primary.conninfo(db)}"', ""]
-    lines += ["[daemon]", 'job_timeout = "60s"', "",
-              "[[jobs]]", 'name = "cache-cleanup"', 'command = "cache cleanup"', 'every = "15s"', "",
-              "[[jobs]]", 'name = "partitions"', 'command = "partition ensure"', 'every = "30s"']  # fmt: skip
+    lines += ["[daemon]", 'job_timeout = "60s"', ""]
+    for name, command, every in DAEMON_JOBS:
+        lines += [
+            "[[jobs]]",
+            f'name = "{name}"',
+            f'command = "{command}"',
+            f'every = "{every}"',
+            "",
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _query(conninfo: str, statement: str) -> int:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute(statement).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(statement).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
 def _execute(conninfo: str, script: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(script)  # type: ignore[arg-type]
+        conn.execute(script)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -131,14 +139,15 @@ def _wait_archived(conninfo: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = conn.execute(
-                "SELECT last_archived_wal, failed_count FROM pg_stat_archiver").fetchone()
+                "SELECT last_archived_wal, failed_count FROM pg_stat_archiver"
+            ).fetchone()
             if got and got[0] is not None and str(got[0]) >= wanted:
                 return
             time.sleep(0.2)
     raise OperationFailed(f"WAL segment {wanted} was not archived within {timeout:g}s")
 
 
-def run_demo(options: DemoOptions, say: Say) -> DemoResult:  # noqa: PLR0915 - a story
+def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     root = options.root
     sandbox.tear_down(root)  # a second run starts clean
     root.mkdir(parents=True)
@@ -171,9 +180,11 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:  # noqa: PLR0915 - a
     with r.step("cache cleanup") as d:
         cleaned = cleanup_cache(settings)
         d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
-    _step_daemon(r, settings, config, options.daemon_seconds)
+    _step_daemon(r, settings, config, options.daemon_seconds, options.check_command)
     with r.step("sizes") as d:
-        d.append(f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}")
+        d.append(
+            f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}"
+        )
     result.steps = r.steps
     return result
 
@@ -192,8 +203,10 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
     with r.step("partition ensure") as d:
         ensured = ensure_partitions(settings)
         moved = sum(m.rows_moved for m in ensured.months)
-        d.append(f"{len(ensured.created)} monthly partitions created ({ensured.first}..{ensured.last})"
-                 + (f", {moved} rows moved out of the default" if moved else ""))
+        d.append(
+            f"{len(ensured.created)} monthly partitions created ({ensured.first}..{ensured.last})"
+            + (f", {moved} rows moved out of the default" if moved else "")
+        )
     with r.step("base and logical backups") as d:
         for kind in ("base", "logical"):
             for db in DATABASES if kind == "logical" else DATABASES[:1]:
@@ -204,7 +217,11 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
 
 
 def _steps_incident_restore(
-    r: _Runner, settings: Settings, primary: Cluster, restored: Cluster, repo: Path,
+    r: _Runner,
+    settings: Settings,
+    primary: Cluster,
+    restored: Cluster,
+    repo: Path,
     result: DemoResult,
 ) -> None:
     conninfo = primary.conninfo("supabase")
@@ -220,8 +237,9 @@ def _steps_incident_restore(
         _execute(conninfo, data.INCIDENT_SQL)
         _wait_archived(conninfo)
         d.append(f"restore point {RESTORE_POINT!r}; target time {target_time}")
-        d.append("incident: UPDATE user_profiles SET tier='free' (no WHERE); "
-                 "DELETE active subscriptions")
+        d.append(
+            "incident: UPDATE user_profiles SET tier='free' (no WHERE); DELETE active subscriptions"
+        )
     with r.step("restore --target-time into a second sandbox") as d:
         repository = Repository(str(repo), settings.s3)
         plan = make_plan(repository, parse_target_time(target_time))
@@ -231,13 +249,17 @@ def _steps_incident_restore(
         os.chmod(restored.pgdata, 0o700)
         sandbox.start(restored)
         _wait_promoted(restored.conninfo("supabase"))
-        d.append(f"from {plan.backup.id}, {_mb(done.extracted_bytes)} extracted; "
-                 f"running on 127.0.0.1:{restored.port}")
+        d.append(
+            f"from {plan.backup.id}, {_mb(done.extracted_bytes)} extracted; "
+            f"running on 127.0.0.1:{restored.port}"
+        )
     after = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
     back = {k: _query(restored.conninfo("supabase"), q) for k, q in data.PROBE_SQL.items()}
     result.comparison = [(k, after[k], back[k]) for k in data.PROBE_SQL]
     if back != before:
-        raise OperationFailed(f"the restored data differs from before the incident: {back} vs {before}")
+        raise OperationFailed(
+            f"the restored data differs from before the incident: {back} vs {before}"
+        )
 
 
 def _wait_promoted(conninfo: str, timeout: float = 120.0) -> None:
@@ -252,13 +274,11 @@ def _wait_promoted(conninfo: str, timeout: float = 120.0) -> None:
     raise OperationFailed(f"the restored server did not finish recovery within {timeout:g}s")
 
 
-def _step_daemon(r: _Runner, settings: Settings, config: Path, seconds: float) -> None:
-    from chainlens_ops.cli import app  # the job commands are checked against the real CLI
-    from chainlens_ops.cli.daemon import command_checker
-    import typer
-
+def _step_daemon(
+    r: _Runner, settings: Settings, config: Path, seconds: float, check: CommandCheck
+) -> None:
     with r.step(f"daemon for {seconds:g}s") as d:
-        daemon_config = read_daemon_config(str(config), command_checker(typer.main.get_command(app)))
+        daemon_config = read_daemon_config(str(config), check)
         daemon = Daemon(settings, daemon_config)
         timer = threading.Timer(seconds, daemon.stop.set)
         timer.start()
@@ -266,4 +286,5 @@ def _step_daemon(r: _Runner, settings: Settings, config: Path, seconds: float) -
             outcome = daemon.run()
         finally:
             timer.cancel()
-        d.append(f"{outcome.runs_started} job runs started ({', '.join(j.name for j in daemon_config.jobs)})")
+        names = ", ".join(j.name for j in daemon_config.jobs)
+        d.append(f"{outcome.runs_started} job runs started ({names})")
