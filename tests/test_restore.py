@@ -149,6 +149,8 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
         (fresh, ["--target-time", "yesterday at noon"], "cannot read the target time"),
         (fresh, ["--target-time", "2099-01-01T00:00:00Z"], "later than the newest archived WAL"),
         (fresh, ["--target-time", "2026-11-27", "--latest"], "exactly one of"),
+        (fresh, ["--target-lsn", "FF/0"], "later than the newest archived WAL"),
+        (fresh, ["--target-lsn", "not-an-lsn"], "is not an LSN"),
     ]
     for pgdata, args, message in cases:
         before = snapshot(pgdata)
@@ -268,8 +270,14 @@ def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
     data[len(data) // 2] ^= 0xFF
     original = obj.read_bytes()
     obj.write_bytes(bytes(data))
+    fresh = incident.factory.dir("corrupt") / "data"
     try:
         bad = restore(incident.repo, "drill", "--backup", incident.backup_id)
+        # A plain restore of the damaged object removes what it extracted.
+        broken = restore(incident.repo, "--latest", "--backup", incident.backup_id,
+                         "--pgdata", str(fresh))  # fmt: skip
+        assert broken.returncode == 1 and "base.tar.zst is damaged" in broken.stderr, broken.stderr
+        assert not fresh.exists()
     finally:
         obj.write_bytes(original)
     assert bad.returncode == 1, bad.stdout + bad.stderr

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -172,8 +172,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
     if options.start:
         started = start_and_wait(pgdata, plan, options.target_action, options.port,
                                  options.start_timeout)  # fmt: skip
-        result = RestoreResult(**{**result.__dict__, "started": started,
-                                  "seconds": time.monotonic() - started_at})  # fmt: skip
+        result = replace(result, started=started, seconds=time.monotonic() - started_at)
     return result
 
 

@@ -33,7 +33,7 @@ from chainlens_ops.restore.walscan import (
     newest_transaction_time,
 )
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.catalog import TimelineSpan, check_wal, list_wal
+from chainlens_ops.wal.catalog import TimelineSpan, check_wal
 from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
 
 TIME = "time"
@@ -282,9 +282,3 @@ def _name_on_path(path: list[TimelineSpan], segno: int, seg_size: int) -> str:
 
 def _segments_on_path(path: list[TimelineSpan], last: int, first: int, seg_size: int) -> list[str]:
     return [_name_on_path(path, s, seg_size) for s in range(first, last + 1)]
-
-
-def newest_archived_segment(repo: Repository) -> str | None:
-    """The newest archived segment name over all timelines (for reports)."""
-    lasts = [r.last for tl in list_wal(repo).timelines for r in tl.ranges]
-    return max(lasts, key=lambda n: (n[8:], n[:8])) if lasts else None

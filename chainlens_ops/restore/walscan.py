@@ -28,7 +28,7 @@ from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.names import parse_lsn, parse_wal_name
+from chainlens_ops.wal.names import parse_wal_name
 from chainlens_ops.wal.objfmt import decode
 
 MAX_SEGMENTS_FOR_TIME = 16  # newest segments read looking for the newest transaction end
@@ -99,10 +99,6 @@ def find_restore_point(
 
 def lsn_text(lsn: int) -> str:
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def lsn_value(text: str) -> int:
-    return parse_lsn(text)
 
 
 def _parse_time(text: str) -> datetime:
