@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -33,14 +34,15 @@ def demo_command(
         err_console.print(f"chainlens-ops: note: the postgres user cannot enter this folder; "
                           f"the sandbox lives in {root}", markup=False)  # fmt: skip
     console.print(f"[bold]chainlens-ops demo[/] — sandbox in {root}")
+    prefix = "runuser -u postgres -- " if os.geteuid() == 0 else ""
     result = run_demo(
         DemoOptions(root, command_checker(ctx.find_root().command), daemon_seconds),
         console.print,
     )
-    _print_summary(result)
+    _print_summary(result, prefix)
 
 
-def _print_summary(result: DemoResult) -> None:
+def _print_summary(result: DemoResult, prefix: str) -> None:
     side = Table(title="After the incident vs restored to just before it", box=box.SIMPLE)
     side.add_column("")
     side.add_column(f"primary :{result.primary_port} (damaged)", justify="right")
@@ -57,9 +59,10 @@ def _print_summary(result: DemoResult) -> None:
         summary.add_row(step.name, f"{step.seconds:.1f}", step.detail)
     console.print(summary)
     cfg = result.config_file
-    console.print("Explore further:", markup=False)
+    console.print("Explore further" + (" (as the postgres user: the sandbox is its)" if prefix
+                  else "") + ":", markup=False)  # fmt: skip
     for line in (
-        f"export CHAINLENS_CONFIG={cfg}",
+        f"export CHAINLENS_CONFIG={cfg}  # runuser keeps it",
         "chainlens-ops schema status",
         "chainlens-ops partition list",
         "chainlens-ops backup list --db supabase",
@@ -68,4 +71,5 @@ def _print_summary(result: DemoResult) -> None:
         f"psql 'host=127.0.0.1 port={result.restored_port} dbname=supabase user=postgres'",
         "chainlens-ops demo --down",
     ):
-        console.print(f"  {line}", markup=False)
+        tool = line.startswith(("chainlens-ops", "psql"))
+        console.print(f"  {prefix if tool else ''}{line}", markup=False)
