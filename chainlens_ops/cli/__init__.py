@@ -14,7 +14,18 @@ from typing import Annotated
 import typer
 
 from chainlens_ops import __version__
-from chainlens_ops.cli import backup, cache, check, daemon, demo, partition, restore, schema, wal
+from chainlens_ops.cli import (
+    backup,
+    cache,
+    check,
+    daemon,
+    demo,
+    partition,
+    restore,
+    schema,
+    status,
+    wal,
+)
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
@@ -47,6 +58,7 @@ app.add_typer(backup.app, name="backup")
 app.add_typer(restore.app, name="restore")
 app.command("check")(check.check_command)
 app.command("demo")(demo.demo_command)
+app.command("status")(status.status_command)
 
 
 def _version(value: bool) -> None:
