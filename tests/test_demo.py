@@ -3,6 +3,7 @@ removes everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -56,6 +57,21 @@ def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> 
     assert _count(restored, paid) > 0 and _count(restored, active) > 0
     assert _count(restored, "SELECT count(*) FROM public.usage_events") == 6000
     assert "Summary" in done.stdout and "demo --down" in done.stdout
+
+    # `status` on the sandbox: the demo's older months wait in the default partitions,
+    # so it flags them (exit 1) with the fixing command; the rest is healthy.
+    config = demo_cwd / ".demo" / "chainlens-ops.toml"
+    status = subprocess.run(
+        ["runuser", "-u", "postgres", "--", str(CLI), "--config", str(config), "status",
+         "--json"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 1, status.stderr
+    checks = {(c["area"], c["database"]): c for c in json.loads(status.stdout)}
+    for key in (("schema", "supabase"), ("backups", "supabase"), ("wal archive", "supabase"),
+                ("backups", "microservices"), ("cache", "microservices")):  # fmt: skip
+        assert checks[key]["ok"], checks[key]
+    flagged = checks[("partitions", "supabase")]
+    assert not flagged["ok"] and "partition create-month" in flagged["fix"]
 
     down = subprocess.run([str(CLI), "demo", "--down"], cwd=demo_cwd, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
