@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from chainlens_ops.errors import OperationFailed
 from chainlens_ops.partitions.create import ensure_partitions
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore
+from chainlens_ops.restore.physical import _tool_path as executable_path
 from chainlens_ops.restore.plan import make_plan, parse_target_time
 from chainlens_ops.schema import apply_schema
 
@@ -63,16 +63,6 @@ class DemoResult:
     repo: str
     steps: list[Step] = field(default_factory=list)
     comparison: list[tuple[str, int, int]] = field(default_factory=list)  # (what, now, restored)
-
-
-def tool_path() -> str:
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "chainlens-ops" and argv0.exists():
-        return str(argv0.resolve())
-    sibling = Path(sys.executable).parent / "chainlens-ops"
-    if sibling.exists():
-        return str(sibling)
-    raise OperationFailed("cannot find the installed chainlens-ops executable for archive_command")
 
 
 def tear_down_demo(root: Path) -> bool:
@@ -154,7 +144,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     os.chmod(root, 0o755)
     repo = root / "repo"
     repo.mkdir()
-    tool = options.tool or tool_path()
+    tool = options.tool or executable_path()
     primary = Cluster("primary", root / "primary" / "data", sandbox.free_port())
     restored = Cluster("restored", root / "restored" / "data", sandbox.free_port())
     config = root / "chainlens-ops.toml"
