@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # As many pytest workers as the machine has cores, at most 4.
 JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: system-deps bench-deps install deps test lint format bench clean
+.PHONY: system-deps bench-deps install deps test lint format bench clean demo
 
 # Debian packages (PostgreSQL 15, python3-venv); bench-deps adds the benchmark anchors.
 system-deps:
@@ -57,6 +57,13 @@ lint: deps
 format: deps
 	$(VENV)/bin/ruff format chainlens_ops tests bench scripts
 	$(VENV)/bin/ruff check --fix chainlens_ops tests bench scripts
+
+# The newcomer path: PostgreSQL when missing, the venv, then the narrated demo.
+DEMO_ARGS ?=
+demo:
+	@test -x /usr/lib/postgresql/15/bin/initdb || bash scripts/install-system-deps.sh
+	$(MAKE) install VENV=$(VENV)
+	$(VENV)/bin/chainlens-ops demo $(DEMO_ARGS)
 
 bench: bench-deps install
 	$(VENV)/bin/python bench/run.py

@@ -51,6 +51,7 @@ COMMANDS = {
     "restore": ("restore", "--latest", "--pgdata", "/nonexistent/data", "--repo", "/r"),
     "cache stats": ("cache", "stats"),
     "daemon status": ("daemon", "status"),
+    "status": ("status",),
     "wal push": ("wal", "push", "--repo", "/nonexistent/repo", "pg_wal/x"),
 }
 
@@ -221,7 +222,7 @@ HELP_PATHS = [
     ("wal", "push"), ("wal", "fetch"), ("wal", "list"), ("wal", "check"), ("check",),
     ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("restore", "drill"),
     ("restore-point", "create"), ("restore-point", "list"), ("cache", "cleanup"),
-    ("cache", "stats"), ("daemon", "status"),
+    ("cache", "stats"), ("daemon", "status"), ("status",), ("demo",),
 ]  # fmt: skip
 
 

@@ -19,10 +19,12 @@ from chainlens_ops.cli import (
     cache,
     check,
     daemon,
+    demo,
     partition,
     restore,
     restore_point,
     schema,
+    status,
     wal,
 )
 from chainlens_ops.cli.common import GlobalState, err_console
@@ -59,6 +61,8 @@ app.add_typer(restore_point.app, name="restore-point")
 app.add_typer(cache.app, name="cache")
 app.add_typer(daemon.app, name="daemon")
 app.command("check")(check.check_command)
+app.command("status")(status.status_command)
+app.command("demo")(demo.demo_command)
 
 
 def _version(value: bool) -> None:

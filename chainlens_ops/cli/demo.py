@@ -1,0 +1,75 @@
+"""`chainlens-ops demo`: the whole lifecycle on a sandbox cluster, narrated."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from chainlens_ops.cli.common import console, err_console
+from chainlens_ops.cli.daemon import command_checker
+from chainlens_ops.demo import DemoOptions, DemoResult, run_demo, sandbox_root, tear_down_demo
+
+
+def demo_command(
+    ctx: typer.Context,
+    down: Annotated[
+        bool, typer.Option("--down", help="Stop and remove the sandbox, then exit.")
+    ] = False,
+    daemon_seconds: Annotated[
+        float, typer.Option("--daemon-seconds", min=1, help="How long the daemon step runs.")
+    ] = 60.0,
+) -> None:
+    """Run the whole mission on a sandbox PostgreSQL under ./.demo (no server or config)."""
+    root = sandbox_root()
+    if down:
+        removed = tear_down_demo(root)
+        console.print(f"sandbox {root} " + ("stopped and removed" if removed else "was not there"),
+                      markup=False)  # fmt: skip
+        return
+    if root.name != ".demo":
+        err_console.print(f"chainlens-ops: note: the postgres user cannot enter this folder; "
+                          f"the sandbox lives in {root}", markup=False)  # fmt: skip
+    console.print(f"[bold]chainlens-ops demo[/] — sandbox in {root}")
+    prefix = "runuser -u postgres -- " if os.geteuid() == 0 else ""
+    result = run_demo(
+        DemoOptions(root, command_checker(ctx.find_root().command), daemon_seconds),
+        console.print,
+    )
+    _print_summary(result, prefix)
+
+
+def _print_summary(result: DemoResult, prefix: str) -> None:
+    side = Table(title="After the incident vs restored to just before it", box=box.SIMPLE)
+    side.add_column("")
+    side.add_column(f"primary :{result.primary_port} (damaged)", justify="right")
+    side.add_column(f"restored :{result.restored_port}", justify="right")
+    for what, now, back in result.comparison:
+        mark = "" if now == back else " ✗"
+        side.add_row(what, f"{now}{mark}", str(back))
+    console.print(side)
+    summary = Table(title="Summary", box=box.SIMPLE)
+    summary.add_column("step")
+    summary.add_column("seconds", justify="right")
+    summary.add_column("result / sizes")
+    for step in result.steps:
+        summary.add_row(step.name, f"{step.seconds:.1f}", step.detail)
+    console.print(summary)
+    cfg = result.config_file
+    console.print("Explore further" + (" (as the postgres user: the sandbox is its)" if prefix
+                  else "") + ":", markup=False)  # fmt: skip
+    for line in (
+        f"export CHAINLENS_CONFIG={cfg}  # runuser keeps it",
+        "chainlens-ops schema status",
+        "chainlens-ops partition list",
+        "chainlens-ops backup list --db supabase",
+        "chainlens-ops wal list --db supabase",
+        "chainlens-ops cache stats",
+        f"psql 'host=127.0.0.1 port={result.restored_port} dbname=supabase user=postgres'",
+        "chainlens-ops demo --down",
+    ):
+        tool = line.startswith(("chainlens-ops", "psql"))
+        console.print(f"  {prefix if tool else ''}{line}", markup=False)

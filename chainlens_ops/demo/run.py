@@ -1,0 +1,280 @@
+"""`chainlens-ops demo`: the whole mission on a sandbox cluster, step by step.
+
+Each step calls the same core function the CLI command calls; only PostgreSQL itself
+runs our executable (archive_command = `wal push`, restore_command = `wal fetch`).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from chainlens_ops.backup.take import BackupOptions, take_backup
+from chainlens_ops.cache import cleanup_cache
+from chainlens_ops.config import DATABASES, Settings, load_settings
+from chainlens_ops.daemon.jobs import CommandCheck, read_daemon_config
+from chainlens_ops.daemon.scheduler import Daemon
+from chainlens_ops.demo import data, sandbox
+from chainlens_ops.demo.sandbox import Cluster
+from chainlens_ops.errors import OperationFailed
+from chainlens_ops.partitions.create import ensure_partitions
+from chainlens_ops.repository import Repository
+from chainlens_ops.restore.physical import RestoreOptions, restore
+from chainlens_ops.restore.physical import _tool_path as executable_path
+from chainlens_ops.restore.plan import make_plan, parse_target_time
+from chainlens_ops.schema import apply_schema
+
+__all__ = ["DemoOptions", "DemoResult", "Step", "run_demo", "tear_down_demo"]
+
+RESTORE_POINT = "demo-before-incident"
+DAEMON_JOBS = (("cache-cleanup", "cache cleanup", "15s"), ("partitions", "partition ensure", "30s"))
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    root: Path
+    check_command: CommandCheck  # validates the daemon jobs' command lines (the real CLI)
+    daemon_seconds: float = 60.0
+    tool: str = ""  # our executable, as PostgreSQL runs it (default: found next to python)
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    detail: str
+
+
+@dataclass
+class DemoResult:
+    root: str
+    primary_port: int
+    restored_port: int
+    config_file: str
+    repo: str
+    steps: list[Step] = field(default_factory=list)
+    comparison: list[tuple[str, int, int]] = field(default_factory=list)  # (what, now, restored)
+
+
+def tear_down_demo(root: Path) -> bool:
+    return sandbox.tear_down(root)
+
+
+def _write_config(path: Path, primary: Cluster, repo: Path) -> None:
+    lines = [f'repo = "{repo}"', ""]
+    for db in DATABASES:
+        lines += [f"[databases.{db}]", f'dsn = "{primary.conninfo(db)}"', ""]
+    lines += ["[daemon]", 'job_timeout = "60s"', ""]
+    for name, command, every in DAEMON_JOBS:
+        lines += [
+            "[[jobs]]",
+            f'name = "{name}"',
+            f'command = "{command}"',
+            f'every = "{every}"',
+            "",
+        ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _query(conninfo: str, statement: str) -> int:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(statement).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _execute(conninfo: str, script: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(script)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class _Runner:
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.steps: list[Step] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[list[str]]:
+        self.say(f"[bold cyan]▶ {name}[/]")
+        detail: list[str] = []
+        started = time.monotonic()
+        yield detail
+        seconds = time.monotonic() - started
+        self.steps.append(Step(name, seconds, "; ".join(detail)))
+        for line in detail:
+            self.say(f"  {line}")
+
+
+def _wait_archived(conninfo: str, timeout: float = 60.0) -> None:
+    """Switch WAL and wait until the archiver has the segment (so a restore can reach it)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        wanted = str(row[0]) if row else ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = conn.execute(
+                "SELECT last_archived_wal, failed_count FROM pg_stat_archiver"
+            ).fetchone()
+            if got and got[0] is not None and str(got[0]) >= wanted:
+                return
+            time.sleep(0.2)
+    raise OperationFailed(f"WAL segment {wanted} was not archived within {timeout:g}s")
+
+
+def run_demo(options: DemoOptions, say: Say) -> DemoResult:
+    root = options.root
+    sandbox.tear_down(root)  # a second run starts clean
+    root.mkdir(parents=True)
+    os.chmod(root, 0o755)
+    repo = root / "repo"
+    repo.mkdir()
+    tool = options.tool or executable_path()
+    primary = Cluster("primary", root / "primary" / "data", sandbox.free_port())
+    restored = Cluster("restored", root / "restored" / "data", sandbox.free_port())
+    config = root / "chainlens-ops.toml"
+    _write_config(config, primary, repo)
+    result = DemoResult(str(root), primary.port, restored.port, str(config), str(repo))
+    r = _Runner(say)
+    if sandbox.as_root():
+        # The tool refuses root for restores and another owner's repository: the whole
+        # demo runs as the server's user, as a DBA would run the tool.
+        sandbox.give_to_server_user(root)
+        sandbox.become_server_user()
+    archive = f"{shlex.quote(tool)} wal push --repo {shlex.quote(str(repo))} %p"
+    with r.step("start sandbox cluster") as d:
+        sandbox.init_cluster(primary, archive)
+        sandbox.start(primary)
+        d.append(f"PostgreSQL {sandbox.MAJOR} on 127.0.0.1:{primary.port}, data {primary.pgdata}")
+        d.append(f"archive_command = {archive}")
+    for db in DATABASES:
+        _execute(primary.conninfo("postgres"), f"CREATE DATABASE {db}")
+    settings = load_settings(config, env={})
+    _steps_with_data(r, settings, primary, result)
+    _steps_incident_restore(r, settings, primary, restored, repo, result)
+    with r.step("cache cleanup") as d:
+        cleaned = cleanup_cache(settings)
+        d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
+    _step_daemon(r, settings, config, options.daemon_seconds, options.check_command)
+    with r.step("sizes") as d:
+        d.append(
+            f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}"
+        )
+    result.steps = r.steps
+    return result
+
+
+def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: DemoResult) -> None:
+    with r.step("schema apply") as d:
+        for db in DATABASES:
+            applied = apply_schema(settings.target(db))
+            d.append(f"{db}: {len(applied.applied)} files applied")
+    with r.step("generate sample data") as d:
+        _execute(primary.conninfo("supabase"), data.SUPABASE_SQL)
+        _execute(primary.conninfo("microservices"), data.MICROSERVICES_SQL)
+        users = _query(primary.conninfo("supabase"), "SELECT count(*) FROM public.user_profiles")
+        events = _query(primary.conninfo("supabase"), "SELECT count(*) FROM public.usage_events")
+        d.append(f"{users} users, {events} usage events over 5 months, 6000 prices, 400 cache rows")
+    with r.step("partition ensure") as d:
+        ensured = ensure_partitions(settings)
+        moved = sum(m.rows_moved for m in ensured.months)
+        d.append(
+            f"{len(ensured.created)} monthly partitions created ({ensured.first}..{ensured.last})"
+            + (f", {moved} rows moved out of the default" if moved else "")
+        )
+    with r.step("base and logical backups") as d:
+        for kind in ("base", "logical"):
+            for db in DATABASES if kind == "logical" else DATABASES[:1]:
+                target = settings.target(db)
+                taken = take_backup(target, Repository(str(Path(result.repo)), settings.s3),
+                                    BackupOptions(kind=kind))  # fmt: skip
+                d.append(f"{kind} {db}: {taken.id} ({_mb(taken.size_bytes)}, {taken.seconds:.1f}s)")
+
+
+def _steps_incident_restore(
+    r: _Runner,
+    settings: Settings,
+    primary: Cluster,
+    restored: Cluster,
+    repo: Path,
+    result: DemoResult,
+) -> None:
+    conninfo = primary.conninfo("supabase")
+    with r.step("restore point, then an incident") as d:
+        _execute(conninfo, f"SELECT pg_create_restore_point('{RESTORE_POINT}')")
+        before = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
+        time.sleep(1.0)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', "
+                               "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')").fetchone()  # fmt: skip
+        target_time = str(row[0]) if row else ""
+        time.sleep(1.0)
+        _execute(conninfo, data.INCIDENT_SQL)
+        _wait_archived(conninfo)
+        d.append(f"restore point {RESTORE_POINT!r}; target time {target_time}")
+        d.append(
+            "incident: UPDATE user_profiles SET tier='free' (no WHERE); DELETE active subscriptions"
+        )
+    with r.step("restore --target-time into a second sandbox") as d:
+        repository = Repository(str(repo), settings.s3)
+        plan = make_plan(repository, parse_target_time(target_time))
+        restored.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        done = restore(repository, plan, RestoreOptions(pgdata=restored.pgdata))
+        sandbox.give_to_server_user(restored.pgdata.parent)
+        os.chmod(restored.pgdata, 0o700)
+        sandbox.start(restored)
+        _wait_promoted(restored.conninfo("supabase"))
+        d.append(
+            f"from {plan.backup.id}, {_mb(done.extracted_bytes)} extracted; "
+            f"running on 127.0.0.1:{restored.port}"
+        )
+    after = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
+    back = {k: _query(restored.conninfo("supabase"), q) for k, q in data.PROBE_SQL.items()}
+    result.comparison = [(k, after[k], back[k]) for k in data.PROBE_SQL]
+    if back != before:
+        raise OperationFailed(
+            f"the restored data differs from before the incident: {back} vs {before}"
+        )
+
+
+def _wait_promoted(conninfo: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _query(conninfo, "SELECT CASE WHEN pg_is_in_recovery() THEN 0 ELSE 1 END") == 1:
+                return
+        except psycopg.Error:
+            pass
+        time.sleep(0.3)
+    raise OperationFailed(f"the restored server did not finish recovery within {timeout:g}s")
+
+
+def _step_daemon(
+    r: _Runner, settings: Settings, config: Path, seconds: float, check: CommandCheck
+) -> None:
+    with r.step(f"daemon for {seconds:g}s") as d:
+        daemon_config = read_daemon_config(str(config), check)
+        daemon = Daemon(settings, daemon_config)
+        timer = threading.Timer(seconds, daemon.stop.set)
+        timer.start()
+        try:
+            outcome = daemon.run()
+        finally:
+            timer.cancel()
+        names = ", ".join(j.name for j in daemon_config.jobs)
+        d.append(f"{outcome.runs_started} job runs started ({names})")
