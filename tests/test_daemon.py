@@ -415,7 +415,7 @@ def test_daemon_rides_out_a_database_outage(
 def test_metrics_file_is_replaced_whole_and_leaves_no_temp_files(folder: Path) -> None:
     path = folder / "metrics.prom"
     path.write_text("old\n")
-    write_bytes_atomic(str(path), b"new\n")
+    write_bytes_atomic(str(path), b"new\n", mode=0o644)
     assert path.read_text() == "new\n" and oct(path.stat().st_mode & 0o777) == "0o644"
     with pytest.raises(FileNotFoundError):
         write_bytes_atomic(str(folder / "missing" / "m.prom"), b"x")

@@ -77,8 +77,10 @@ def status_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
         print_json([_as_json(j) for j in jobs])
         return
     table = Table(box=box.SIMPLE_HEAD, title="times in UTC")
-    for heading in ("job", "schedule", "next", "last run", "status", "last success", "error"):
-        table.add_column(heading, no_wrap=heading != "error")
+    for heading in ("job", "schedule", "next", "last run", "status", "last success"):
+        table.add_column(heading, no_wrap=True)
+    # The error folds anywhere (long DSN-like words too), so names and times are never cut.
+    table.add_column("error", overflow="fold", ratio=1)
     for j in jobs:
         last, ok = j.last_run, j.last_success
         table.add_row(
