@@ -184,7 +184,7 @@ timeout = "1s"
     table = run_cli("--config", str(config), "daemon", "status")
     # every job has a last run; only the two that always fail have never succeeded
     assert table.returncode == 0 and table.stdout.count("never") == 2, table.stdout
-    assert all(name in table.stdout for name in ("cache-cleanup", "always-fails", "every 2s"))
+    assert all(n in table.stdout for n in ("cache-cleanup", "always-fails", "every 2s")), table.stdout
 
     prom = metrics.read_text()
     assert 'chainlens_ops_job_last_success_timestamp_seconds{job="cache-cleanup"}' in prom

@@ -180,10 +180,10 @@ CASES |= {
         2,
         r"is not an LSN",
     ),
-    "restore: no base backup": Case(
+    "restore: as root": Case(
         ("restore", "--latest", "--pgdata", "/var/tmp/x", "--repo", "/nonexistent/repo"),
-        1,
-        r"holds no base backup",
+        2,
+        r"run the restore as the OS user that runs PostgreSQL",
     ),
     "cache cleanup: zero --batch-size": Case(
         ("cache", "cleanup", "--batch-size", "0"), 2, r"--batch-size"

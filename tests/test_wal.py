@@ -485,19 +485,14 @@ def test_stale_temp_files_are_swept_by_push_and_reported_by_check(
     repo = work / "repo"
     names = [f"00000001000000000000000{i}" for i in (2, 3)]
     segs = [write(work / "pg_wal" / n, fake_segment(n, sysid=9)) for n in names]
-    assert (
-        run_cli(
-            "wal",
-            "push",
-            "--repo",
-            str(repo),
-            "--spool",
-            str(work / "spool"),
-            str(segs[0]),
-            user="postgres",
-        ).returncode
-        == 0
-    )
+
+    def push(segment: Path) -> None:
+        spool = str(work / "spool")
+        proc = run_cli("wal", "push", "--repo", str(repo), "--spool", spool, str(segment),
+                       user="postgres")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+    push(segs[0])
     folder = repo / "wal" / names[0][:16]
     old = time.time() - 2 * 3600
 
@@ -510,34 +505,10 @@ def test_stale_temp_files_are_swept_by_push_and_reported_by_check(
     for stamp in (work / "spool").glob("*/temp-sweep"):
         stamp.unlink()  # as if the last sweep was long ago
     stale = plant("1")
-    assert (
-        run_cli(
-            "wal",
-            "push",
-            "--repo",
-            str(repo),
-            "--spool",
-            str(work / "spool"),
-            str(segs[1]),
-            user="postgres",
-        ).returncode
-        == 0
-    )
+    push(segs[1])
     assert not stale.exists() and fresh.exists()
     stale = plant("2")  # the sweep ran just now: the next push does not walk the repository
-    assert (
-        run_cli(
-            "wal",
-            "push",
-            "--repo",
-            str(repo),
-            "--spool",
-            str(work / "spool"),
-            str(segs[1]),
-            user="postgres",
-        ).returncode
-        == 0
-    )
+    push(segs[1])
     assert stale.exists()
     proc = run_cli("wal", "check", "--repo", str(repo), user="postgres")
     assert "1 stale temp file(s) of killed pushes found, 1 removed" in proc.stdout, proc.stdout
