@@ -181,10 +181,15 @@ timeout = "1s"
     assert next_fire.timestamp() % 2 == 0
     assert abs(next_fire - datetime.now(UTC)) <= timedelta(seconds=2)
 
-    table = run_cli("--config", str(config), "daemon", "status")
-    # every job has a last run; only the two that always fail have never succeeded
-    assert table.returncode == 0 and table.stdout.count("never") == 2, table.stdout
-    assert all(n in table.stdout for n in ("cache-cleanup", "always-fails", "every 2s")), table.stdout
+    # At 80 columns: every job has a last run; only the two that always fail have never
+    # succeeded; names and schedules are whole, the errors below the table.
+    table = run_cli("--config", str(config), "daemon", "status", env={"COLUMNS": "80"})
+    shown = table.stdout
+    assert table.returncode == 0 and shown.count("never") == 2, shown
+    assert all(n in shown for n in ("cache-cleanup", "always-fails", "every 2s")), shown
+    rows = [line for line in shown.splitlines() if not line.startswith(("always-fails:", "hangs:"))]
+    assert max(len(line) for line in rows) <= 80, shown
+    assert "always-fails: exit code" in shown, shown
 
     prom = metrics.read_text()
     assert 'chainlens_ops_job_last_success_timestamp_seconds{job="cache-cleanup"}' in prom

@@ -77,22 +77,29 @@ def status_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
         print_json([_as_json(j) for j in jobs])
         return
     table = Table(box=box.SIMPLE_HEAD, title="times in UTC")
-    for heading in ("job", "schedule", "next", "last run", "status", "last success"):
-        table.add_column(heading, no_wrap=True)
-    # The error folds anywhere (long DSN-like words too), so names and times are never cut.
-    table.add_column("error", overflow="fold", ratio=1)
+    # Job names, schedules and statuses are never cut; times fold at 80 columns; errors
+    # go below the table, where they can take the whole width.
+    for heading in ("job", "schedule", "status"):
+        widest = max([len(heading), *(len(_cell(j, heading)) for j in jobs)])
+        table.add_column(heading, no_wrap=True, min_width=widest)
+    for heading in ("next", "last run", "last success"):
+        table.add_column(heading, overflow="fold")
+    errors: list[str] = []
     for j in jobs:
         last, ok = j.last_run, j.last_success
         table.add_row(
             j.name,
             j.schedule,
+            _cell(j, "status"),
             _when(j.next_fire),
             _when(last.scheduled_for) if last else "never",
-            j.last_status or "",
             _when(ok.finished_at) if ok else "never",
-            (last.error or "") if last else "",
         )
+        if last and last.error:
+            errors.append(f"{j.name}: {last.error}")
     console.print(table)
+    for line in errors:
+        console.print(line, markup=False)
 
 
 def _config(ctx: typer.Context) -> DaemonConfig:
@@ -131,6 +138,10 @@ def command_checker(root: Any) -> CommandCheck:
             raise ValueError("prints help instead of doing anything") from None
 
     return check
+
+
+def _cell(job: JobStatus, heading: str) -> str:
+    return {"job": job.name, "schedule": job.schedule, "status": job.last_status or ""}[heading]
 
 
 def _when(value: datetime | None) -> str:
