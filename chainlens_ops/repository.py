@@ -253,6 +253,13 @@ def _random_id() -> str:
     return os.urandom(8).hex()
 
 
+def open_repository(
+    settings: Settings, *, db: str | None = None, repo: str | None = None
+) -> Repository:
+    """The repository for `db` (see `repo_url`), with the configured S3 settings."""
+    return Repository(repo_url(settings, db=db, repo=repo), settings.s3)
+
+
 def _parse_marker(raw: bytes, url: str) -> RepoMarker:
     fields: dict[str, str] = {}
     try:

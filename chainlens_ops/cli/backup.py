@@ -31,12 +31,13 @@ from chainlens_ops.cli.common import (
     console,
     err_console,
     print_json,
+    repository_for,
     state,
     to_jsonable,
 )
 from chainlens_ops.cli.wal import RepoOption, _size
 from chainlens_ops.errors import ChainlensError, UsageError
-from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import list_wal
 
 app = typer.Typer(
@@ -52,11 +53,6 @@ class Kind(StrEnum):
 
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no notices.")]
-
-
-def _repository(ctx: typer.Context, db: str | None, repo: str | None) -> Repository:
-    settings = state(ctx).settings
-    return Repository(repo_url(settings, db=db, repo=repo), settings.s3)
 
 
 def _say(quiet: bool) -> Callable[[str], None]:
@@ -111,7 +107,7 @@ def backup_command(
     failures: list[tuple[str, ChainlensError]] = []
     for target in targets:
         try:
-            repository = _repository(ctx, target.name, repo)
+            repository = repository_for(ctx, target.name, repo)
             with _progress_bar(show_bar, f"{target.name}") as progress:
                 options = BackupOptions(
                     kind=kind.value, progress=progress, notify=_say(quiet), wal_wait_s=wal_timeout
@@ -151,7 +147,7 @@ def list_command(
     json_output: JsonOption = False,
 ) -> None:
     """The catalog, newest first, and the recoverable window."""
-    repository = _repository(ctx, db.value if db else None, repo)
+    repository = repository_for(ctx, db.value if db else None, repo)
     repository.require_present()
     catalog = read_catalog(repository)
     valid = catalog.valid
@@ -209,7 +205,7 @@ def verify_command(
     """Re-read every object and check it; exit 1 naming any bad object."""
     if (backup_id is None) == (not latest):
         raise UsageError("give a backup id or --latest (not both)")
-    repository = _repository(ctx, db.value if db else None, repo)
+    repository = repository_for(ctx, db.value if db else None, repo)
     result = verify_backup(repository, backup_id, extract_to=extract_to)
     if json_output:
         data = to_jsonable(result)
@@ -241,7 +237,7 @@ def prune_command(
     """Remove backups beyond retention (never the newest valid one) and WAL no retained
     base backup needs."""
     result = prune_backups(
-        _repository(ctx, db.value if db else None, repo),
+        repository_for(ctx, db.value if db else None, repo),
         keep_last=keep_last, keep_days=keep_days, dry_run=dry_run,
         notify=_say(json_output),
     )  # fmt: skip

@@ -19,7 +19,7 @@ from chainlens_ops.cli.common import (
 )
 from chainlens_ops.config import parse_duration_ms
 from chainlens_ops.health import check_archiving
-from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.repository import open_repository
 
 
 def check_command(
@@ -46,7 +46,7 @@ def check_command(
     timeout_s = parse_duration_ms(timeout, "--timeout", flag=True) / 1000
     settings = state(ctx).settings
     target = settings.target(db.value if db else None, dsn=dsn)
-    repository = Repository(repo_url(settings, db=target.name, repo=repo), settings.s3)
+    repository = open_repository(settings, db=target.name, repo=repo)
     report = check_archiving(target, repository, timeout_s=timeout_s)
     if json_output:
         data = to_jsonable(report)

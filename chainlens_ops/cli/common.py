@@ -17,6 +17,7 @@ from rich.console import Console
 from chainlens_ops.config import DatabaseTarget, Settings, load_settings
 from chainlens_ops.pg import connection as db
 from chainlens_ops.record import as_dict
+from chainlens_ops.repository import Repository, open_repository
 
 # Piped or in a cron log there is no terminal width: rich would assume 80 columns and cut
 # file and partition names short with an ellipsis. Give tables room instead.
@@ -64,6 +65,11 @@ class GlobalState:
         if self._settings is None:
             self._settings = load_settings(self.config_file)
         return self._settings
+
+
+def repository_for(ctx: typer.Context, db: str | None, repo: str | None) -> Repository:
+    """The repository a command names (`--repo`, else the database's configured one)."""
+    return open_repository(state(ctx).settings, db=db, repo=repo)
 
 
 def state(ctx: typer.Context) -> GlobalState:

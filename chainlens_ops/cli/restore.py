@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from chainlens_ops.cli.backup import _repository
 from chainlens_ops.cli.common import (
     DbOption,
     DsnOption,
@@ -16,6 +15,7 @@ from chainlens_ops.cli.common import (
     console,
     err_console,
     print_json,
+    repository_for,
     state,
 )
 from chainlens_ops.cli.wal import RepoOption
@@ -115,7 +115,7 @@ def restore_command(
     """Point in time: a target and --pgdata. Logical: --backup ID --dbname NAME."""
     if ctx.invoked_subcommand is not None:
         return
-    repository = _repository(ctx, db.value if db else None, repo)
+    repository = repository_for(ctx, db.value if db else None, repo)
     if dbname is not None:
         if backup_id is None or pgdata is not None:
             raise UsageError("a logical restore takes --backup ID and --dbname NAME (no --pgdata)")
@@ -237,7 +237,7 @@ def drill_command(
 ) -> None:
     """Restore into a scratch folder on a free port, replay all archived WAL, read every
     table, report RTO/RPO, remove the copy, record the result; exit 1 on any failure."""
-    repository = _repository(ctx, db.value if db else None, repo)
+    repository = repository_for(ctx, db.value if db else None, repo)
     result = run_drill(
         repository,
         None if backup_id == "latest" else backup_id,

@@ -7,8 +7,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from chainlens_ops.cli.common import DbOption, DsnOption, JsonOption, console, print_json, state
-from chainlens_ops.repository import Repository, repo_url
+from chainlens_ops.cli.common import (
+    DbOption,
+    DsnOption,
+    JsonOption,
+    console,
+    print_json,
+    repository_for,
+    state,
+)
+from chainlens_ops.repository import open_repository
 from chainlens_ops.restore_points import create_restore_point, list_restore_points
 
 app = typer.Typer(
@@ -44,7 +52,7 @@ def create_command(
     """
     settings = state(ctx).settings
     target = settings.target(db.value if db else None, dsn=dsn)
-    repository = Repository(repo_url(settings, db=target.name, repo=repo), settings.s3)
+    repository = open_repository(settings, db=target.name, repo=repo)
     point = create_restore_point(target, repository, name, timeout_s=timeout)
     if json_output:
         print_json(point)
@@ -64,9 +72,7 @@ def list_command(
     json_output: JsonOption = False,
 ) -> None:
     """Restore points in the catalog and in the archived WAL (points made in SQL)."""
-    settings = state(ctx).settings
-    url = repo_url(settings, db=db.value if db else None, repo=repo)
-    points = list_restore_points(Repository(url, settings.s3))
+    points = list_restore_points(repository_for(ctx, db.value if db else None, repo))
     if json_output:
         print_json(points)
         return

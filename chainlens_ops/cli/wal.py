@@ -13,9 +13,16 @@ import typer
 from rich.table import Table
 
 from chainlens_ops.cli import hooks
-from chainlens_ops.cli.common import DbOption, JsonOption, console, err_console, print_json, state
+from chainlens_ops.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    repository_for,
+    state,
+)
 from chainlens_ops.errors import FETCH_FATAL, ChainlensError
-from chainlens_ops.repository import Repository, repo_url
 from chainlens_ops.wal.archive import archive_segment, restore_segment
 from chainlens_ops.wal.catalog import check_wal, list_wal
 
@@ -37,12 +44,6 @@ SpoolOption = Annotated[
     str | None,
     typer.Option("--spool", help="Spool folder (default: spool_dir, or next to the data folder)."),
 ]
-
-
-def _repository(ctx: typer.Context, db: DbOption, repo: str | None) -> Repository:
-    settings = state(ctx).settings
-    url = repo_url(settings, db=db.value if db else None, repo=repo)
-    return Repository(url, settings.s3)
 
 
 @app.command("push")
@@ -109,7 +110,7 @@ def list_command(
     json_output: JsonOption = False,
 ) -> None:
     """Segments per timeline: contiguous ranges, partial segments, stored sizes."""
-    listing = list_wal(_repository(ctx, db, repo))
+    listing = list_wal(repository_for(ctx, db.value if db else None, repo))
     if json_output:
         print_json(listing)
         return
@@ -164,7 +165,7 @@ def check_command(
 
     Exit 1 when a segment is missing (each gap is named).
     """
-    result = check_wal(_repository(ctx, db, repo), start=start)
+    result = check_wal(repository_for(ctx, db.value if db else None, repo), start=start)
     if json_output:
         print_json({**_plain(result), "ok": result.ok})
     elif result.first:
