@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from chainlens_ops.config import Settings
 from chainlens_ops.errors import OperationFailed, UsageError
@@ -51,6 +52,7 @@ class CacheStats:
     total_bytes: int
     hits: int
     by_type: list[AnalysisTypeStats] = field(default_factory=list)
+    oldest_expired_at: datetime | None = None  # when the longest-expired row expired
 
 
 def cleanup_cache(
@@ -92,6 +94,9 @@ def cache_stats(settings: Settings, *, dsn: str | None = None) -> CacheStats:
                        coalesce(sum(hit_count), 0)
                   FROM {CACHE_TABLE} GROUP BY analysis_type ORDER BY analysis_type"""
         ).fetchall()
+        oldest = conn.execute(
+            f"SELECT min(expires_at) FROM {CACHE_TABLE} WHERE expires_at < now()"
+        ).fetchone()
         size_row = conn.execute(
             "SELECT pg_total_relation_size(%s::regclass)", (CACHE_TABLE,)
         ).fetchone()
@@ -102,6 +107,7 @@ def cache_stats(settings: Settings, *, dsn: str | None = None) -> CacheStats:
         total_bytes=int(size_row[0]) if size_row else 0,
         hits=sum(t.hits for t in by_type),
         by_type=by_type,
+        oldest_expired_at=oldest[0] if oldest else None,
     )
 
 

@@ -59,17 +59,18 @@ def _print_summary(result: DemoResult, prefix: str) -> None:
         summary.add_row(step.name, f"{step.seconds:.1f}", step.detail)
     console.print(summary)
     cfg = result.config_file
+    tool = result.tool
     console.print("Explore further" + (" (as the postgres user: the sandbox is its)" if prefix
                   else "") + ":", markup=False)  # fmt: skip
     for line in (
-        f"export CHAINLENS_CONFIG={cfg}  # runuser keeps it",
-        "chainlens-ops schema status",
-        "chainlens-ops partition list",
-        "chainlens-ops backup list --db supabase",
-        "chainlens-ops wal list --db supabase",
-        "chainlens-ops cache stats",
-        f"psql 'host=127.0.0.1 port={result.restored_port} dbname=supabase user=postgres'",
-        "chainlens-ops demo --down",
+        f"export CHAINLENS_CONFIG={cfg}" + ("  # runuser keeps it" if prefix else ""),
+        f"{prefix}{tool} status",
+        f"{prefix}{tool} partition list",
+        f"{prefix}{tool} backup list --db supabase",
+        f"{prefix}{tool} restore-point list --db supabase",
+        f"{prefix}{tool} wal check --db supabase",
+        f"{prefix}{tool} cache stats",
+        f"{prefix}psql 'host=127.0.0.1 port={result.restored_port} dbname=supabase user=postgres'",
+        f"{tool} demo --down",
     ):
-        tool = line.startswith(("chainlens-ops", "psql"))
-        console.print(f"  {prefix if tool else ''}{line}", markup=False)
+        console.print(f"  {line}", markup=False, soft_wrap=True)

@@ -142,9 +142,10 @@ def list_wal(repo: Repository) -> WalListing:
     )
 
 
-def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
+def check_wal(repo: Repository, *, start: str | None = None, clean_stale: bool = True) -> WalCheck:
     """Gaps between `start` (default: the oldest segment on the path) and the newest
-    segment, along the newest timeline's history."""
+    segment, along the newest timeline's history. `clean_stale=False` only counts the
+    temp files of killed writers (for read-only callers such as `status`)."""
     repo.require_present()
     marker = repo.marker()
     if marker is None:
@@ -194,7 +195,7 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     gaps = _group(missing, seg_size)
     first_span = next((s for s in path if _holds(s, first)), path[0])
     last_span = next((s for s in reversed(path) if _holds(s, last)), path[-1])
-    stale, removed = _clean_stale_temp(repo)
+    stale, removed = _clean_stale_temp(repo, remove=clean_stale)
     return WalCheck(
         stale_temp_files=stale,
         stale_temp_removed=removed,
@@ -208,7 +209,7 @@ def check_wal(repo: Repository, *, start: str | None = None) -> WalCheck:
     )
 
 
-def _clean_stale_temp(repo: Repository) -> tuple[int, int]:
+def _clean_stale_temp(repo: Repository, *, remove: bool = True) -> tuple[int, int]:
     """(found, removed) temp files of killed writers; removal is best effort (a check
     run by a user who may not write the repository still reports them)."""
     storage = repo.storage
@@ -216,6 +217,8 @@ def _clean_stale_temp(repo: Repository) -> tuple[int, int]:
     if stale is None:
         return 0, 0
     found = len(stale())
+    if not remove:
+        return found, 0
     try:
         return found, storage.remove_stale_temp() if found else 0  # type: ignore[attr-defined]
     except StorageError:

@@ -1,0 +1,85 @@
+"""Proof that a backup is good: the verify and drill records kept beside it.
+
+    backups/<id>/drill-<YYYYMMDDTHHMMSS>Z.json    `restore drill` (chainlens_ops.restore.drill)
+    backups/<id>/verify-<YYYYMMDDTHHMMSS>Z.json   `backup verify`
+
+A record is a JSON object with at least `ok` (true or false) and, when it failed,
+`error`; the time it was made is in its name (UTC). `status`, `backup list` and anything
+else that shows whether a backup was proven read them here, so the layout has one reader.
+A record that cannot be read counts as a failed proof (it says so), never as a pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from chainlens_ops.backup.manifest import backup_prefix
+from chainlens_ops.repository import Repository
+from chainlens_ops.storage import NotFound
+
+DRILL = "drill"
+VERIFY = "verify"
+PROOF_KINDS = (VERIFY, DRILL)
+_NAME = re.compile(r"(verify|drill)-(\d{8}T\d{6})Z?\.json")
+_MAX_RECORD = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Proof:
+    backup_id: str
+    kind: str  # VERIFY or DRILL
+    at: datetime  # when it was made (UTC, from the record's name)
+    ok: bool
+    detail: str  # the error of a failed proof; a short summary of a passed one
+    key: str
+
+
+def proof_key(backup_id: str, kind: str, when: datetime) -> str:
+    """Where a record of `kind` made at `when` goes."""
+    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{backup_prefix(backup_id)}{kind}-{stamp}Z.json"
+
+
+def proof_keys(repo: Repository, backup_id: str) -> list[tuple[str, datetime, str]]:
+    """(kind, time, key) of every record of `backup_id`, oldest first."""
+    found = []
+    prefix = backup_prefix(backup_id)
+    for info in repo.storage.list(prefix):
+        match = _NAME.fullmatch(info.key[len(prefix) :])
+        if match:
+            when = datetime.strptime(match.group(2), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+            found.append((match.group(1), when, info.key))
+    return sorted(found, key=lambda k: (k[1], k[2]))
+
+
+def read_proof(repo: Repository, backup_id: str, kind: str, when: datetime, key: str) -> Proof:
+    try:
+        with repo.storage.open(key) as fh:
+            data = json.loads(fh.read(_MAX_RECORD))
+        ok = data["ok"]
+        if not isinstance(ok, bool):
+            raise TypeError(ok)
+    except NotFound:
+        return Proof(backup_id, kind, when, False, "the record vanished while being read", key)
+    except (ValueError, KeyError, TypeError):
+        return Proof(backup_id, kind, when, False, f"{key} is damaged", key)
+    return Proof(backup_id, kind, when, ok, _detail(kind, ok, data), key)
+
+
+def latest_proofs(repo: Repository, backup_id: str) -> dict[str, Proof]:
+    """The newest record of each kind for `backup_id` (kinds never recorded are absent)."""
+    newest: dict[str, tuple[datetime, str]] = {}
+    for kind, when, key in proof_keys(repo, backup_id):
+        newest[kind] = (when, key)  # oldest first: the last one wins
+    return {kind: read_proof(repo, backup_id, kind, *found) for kind, found in newest.items()}
+
+
+def _detail(kind: str, ok: bool, data: dict[str, object]) -> str:
+    if not ok:
+        return str(data.get("error") or f"the {kind} failed")
+    if kind == DRILL and isinstance(data.get("rto_seconds"), int | float):
+        return f"restored and promoted; RTO {float(data['rto_seconds']):.0f}s"  # type: ignore[arg-type]
+    return "passed"
