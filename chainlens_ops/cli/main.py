@@ -28,12 +28,15 @@ from chainlens_ops.cli import (
     wal,
 )
 from chainlens_ops.cli.common import GlobalState, err_console
+from chainlens_ops.cli.helptext import polish
 from chainlens_ops.entry import GLOBAL_OPTIONS
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
 try:  # Typer >= 0.2x ships its own copy of click
+    from typer._click import core as click_core
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover - older Typer on upstream click
+    from click import core as click_core  # type: ignore[no-redef]
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 EXIT_CODES_HELP = (
@@ -48,15 +51,16 @@ app = typer.Typer(
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 app.add_typer(schema.app, name="schema")
 app.add_typer(partition.app, name="partition")
 app.add_typer(wal.app, name="wal")
-app.add_typer(backup.app, name="backup")
-app.add_typer(restore.app, name="restore")
+# `backup` and `restore` act on their own; their subcommands are optional.
+app.add_typer(backup.app, name="backup", subcommand_metavar="[COMMAND [ARGS]...]")
+app.add_typer(restore.app, name="restore", subcommand_metavar="[COMMAND [ARGS]...]")
 app.add_typer(restore_point.app, name="restore-point")
 app.add_typer(cache.app, name="cache")
 app.add_typer(daemon.app, name="daemon")
@@ -108,11 +112,18 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
+def build_command() -> click_core.Command:
+    """The click command tree, with help written to fit (chainlens_ops.cli.helptext)."""
+    command = typer.main.get_command(app)
+    polish(command)
+    return command
+
+
 def run(args: list[str]) -> int:
     """Run the CLI on `args`, returning the process exit code."""
     args = hoist_global_options(args)
     verbose = "-v" in args or "--verbose" in args
-    command = typer.main.get_command(app)
+    command = build_command()
     try:
         result = command.main(args=args, prog_name="chainlens-ops", standalone_mode=False)
     except ChainlensError as exc:
