@@ -35,7 +35,9 @@ from __future__ import annotations
 import os
 
 from chainlens_ops.configcheck import (
+    DATABASE_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
+    S3_KEYS,
     boolean,
     check,
     duration_ms,
@@ -226,7 +228,7 @@ def _database_table(value: object, what: str) -> None:
     params = table(value, what)
     checks: dict[str, Callable[[object, str], object]] = dict.fromkeys(_CONNINFO_KEYS, text)
     checks |= {"port": port, "dsn": text, "ssl": boolean, "repo": text}
-    check(params, checks, f"{what}.")
+    check(params, {key: checks[key] for key in DATABASE_KEYS}, f"{what}.")
 
 
 def _databases(value: object, what: str) -> None:
@@ -243,11 +245,11 @@ def _s3(value: object, what: str) -> None:
         "read_timeout": duration_ms,
         "max_attempts": lambda v, w: whole_number(v, w, 1, 20),
     }
-    check(table(value, what), checks, f"{what}.")
+    check(table(value, what), {key: checks[key] for key in S3_KEYS}, f"{what}.")
 
 
 def _owned_elsewhere(value: object, what: str) -> None:
-    """Sections whose contents their own modules check (daemon, backup)."""
+    """Sections whose contents their own modules check (daemon, jobs, backup)."""
 
 
 def _validate(data: Mapping[str, Any]) -> None:

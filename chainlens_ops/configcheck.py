@@ -13,8 +13,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
 
-# Top-level keys. `jobs`, `daemon` and `backup` belong to the daemon and backup modules,
-# which check their own contents; extend this tuple when a new section is added.
+# Every key the config file may hold, by section: the one list the loaders check against
+# and the README's configuration reference is tested against (tests/test_readme.py).
+# `databases.<db>`, `[s3]` and the top level are checked in config.py; `[daemon]` and
+# `[[jobs]]` in daemon/jobs.py. A new key goes here first.
 KNOWN_TOP_LEVEL_KEYS = (
     "default_db",
     "repo",
@@ -27,6 +29,45 @@ KNOWN_TOP_LEVEL_KEYS = (
     "daemon",
     "backup",
 )
+DATABASE_KEYS = (
+    "dsn",
+    "host",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "sslmode",
+    "passfile",
+    "ssl",
+    "repo",
+)
+S3_KEYS = (
+    "endpoint_url",
+    "region",
+    "sse",
+    "sse_kms_key_id",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+)
+DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
+JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
+# `[backup]` is reserved for the backup module's settings: accepted, read by nothing yet.
+BACKUP_KEYS: tuple[str, ...] = ()
+SECTIONS = ("databases", "s3", "jobs", "daemon", "backup")
+
+
+def known_keys() -> list[str]:
+    """Every key as the README names it: `repo`, `databases.<db>.host`, `s3.region`,
+    `daemon.job_timeout`, `jobs.name` (`[[jobs]]` entries)."""
+    keys = [k for k in KNOWN_TOP_LEVEL_KEYS if k not in SECTIONS]
+    keys += [f"databases.<db>.{k}" for k in DATABASE_KEYS]
+    keys += [f"s3.{k}" for k in S3_KEYS]
+    keys += [f"daemon.{k}" for k in DAEMON_KEYS]
+    keys += [f"jobs.{k}" for k in JOB_KEYS]
+    keys += [f"backup.{k}" for k in BACKUP_KEYS]
+    return keys
+
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
 DURATION_FORM = "a duration such as 500ms, 30s, 2m or 1h (a bare number is seconds)"

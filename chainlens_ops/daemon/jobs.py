@@ -31,11 +31,12 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from chainlens_ops import configcheck
 from chainlens_ops.config import redact_conninfo
 from chainlens_ops.errors import ConfigError
 
-JOB_KEYS = frozenset({"name", "command", "cron", "every", "timezone", "timeout"})
-DAEMON_KEYS = frozenset({"job_timeout", "stop_timeout", "history_days", "metrics_file"})
+JOB_KEYS = frozenset(configcheck.JOB_KEYS)
+DAEMON_KEYS = frozenset(configcheck.DAEMON_KEYS)
 DEFAULT_JOB_TIMEOUT_S = 3600
 DEFAULT_STOP_TIMEOUT_S = 10
 DEFAULT_HISTORY_DAYS = 30
