@@ -71,7 +71,7 @@ class Check:
 class TableFacts:
     table: str
     current_month: bool  # the current month's partition exists
-    months_ahead: int  # full months after the current one that have a partition
+    months_ahead: int  # months after the current one with a partition, without a hole
     newest_month: str | None
     default_rows: int
     default_months: list[str]
@@ -195,9 +195,8 @@ def _partitions(settings: Settings, db: str, now: datetime) -> Check:
         months = sorted((p.lower, p.upper) for p in t.partitions
                         if not p.is_default and p.lower and p.upper)  # fmt: skip
         current = any(lo <= now < up for lo, up in months)
+        ahead = _months_ahead(months, now)
         newest = max((up for _, up in months), default=None)
-        ahead = 0 if newest is None else max(
-            0, (newest.year - now.year) * 12 + newest.month - now.month - 1)  # fmt: skip
         last = None if newest is None else f"{(newest - timedelta(days=1)):%Y-%m}"
         facts.append(TableFacts(t.table, current, ahead, last, t.default_rows or 0,
                                 t.default_months))  # fmt: skip
@@ -214,6 +213,17 @@ def _partitions(settings: Settings, db: str, now: datetime) -> Check:
         for f in facts
     )
     return Check("partitions", db, not fixes, detail or "no managed tables", fixes, facts)
+
+
+def _months_ahead(months: list[tuple[datetime, datetime]], now: datetime) -> int:
+    """How many months after the current one have their partition, without a hole."""
+    starts = {(lo.astimezone(UTC).year, lo.astimezone(UTC).month) for lo, _ in months}
+    year, month, ahead = now.year, now.month, 0
+    while True:
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        if (year, month) not in starts:
+            return ahead
+        ahead += 1
 
 
 def _archive(settings: Settings, repos: _Repos, db: str, now: datetime) -> Check:

@@ -66,12 +66,23 @@ def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> 
          "--json"], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert status.returncode == 1, status.stderr
-    checks = {(c["area"], c["database"]): c for c in json.loads(status.stdout)}
+    report = json.loads(status.stdout)
+    checks = {(c["area"], c["database"]): c for c in report["checks"]}
     for key in (("schema", "supabase"), ("backups", "supabase"), ("wal archive", "supabase"),
                 ("backups", "microservices"), ("cache", "microservices")):  # fmt: skip
         assert checks[key]["ok"], checks[key]
     flagged = checks[("partitions", "supabase")]
-    assert not flagged["ok"] and "partition create-month" in flagged["fix"]
+    assert not flagged["ok"]
+    months = flagged["facts"][0]["default_months"]
+    assert months and flagged["fixes"] == [
+        f"chainlens-ops partition create-month public.usage_events {m}" for m in months
+    ]
+    # The demo drilled its base backup and set a restore point inside the window.
+    newest = {b["kind"]: b for b in checks[("backups", "supabase")]["facts"]}
+    assert newest["base"]["drilled"]["ok"] is True
+    (window,) = report["windows"]
+    assert [p["name"] for p in window["window"]["restore_points"]] == ["demo-before-incident"]
+    assert window["databases"] == ["supabase", "microservices"]
 
     down = subprocess.run([str(CLI), "demo", "--down"], cwd=demo_cwd, capture_output=True,
                           text=True, timeout=120)  # fmt: skip

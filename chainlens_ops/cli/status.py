@@ -58,18 +58,17 @@ def _render(report: StatusReport) -> None:
     for w in report.windows:
         console.print()
         console.print(f"[bold]recoverable window[/] {escape(w.repo)} ({', '.join(w.databases)})",
-                      overflow="fold")  # fmt: skip
+                      soft_wrap=False, overflow="fold")  # fmt: skip
         if w.window is None:
-            console.print(f"  cannot read it: {escape(w.error or '')}")
+            console.print(f"  cannot read it: {escape(w.error or '')}", soft_wrap=False)
             continue
         spans = w.window.recoverable
         if spans:
-            text = ", ".join(f"{s.start:%Y-%m-%d %H:%M:%S} .. {s.end:%Y-%m-%d %H:%M:%S}"
-                             for s in spans)  # fmt: skip
-            console.print(f"  --target-time reaches {text} UTC", markup=False)
+            text = ", ".join(f"{_stamp(s.start, now)} .. {_stamp(s.end, now)}" for s in spans)
+            console.print(f"  --target-time reaches (UTC) {text}", markup=False, soft_wrap=False)
         else:
             console.print("  no point in time is recoverable yet (a base backup and the WAL "
-                          "after it are needed)", markup=False)  # fmt: skip
+                          "after it are needed)", markup=False, soft_wrap=False)  # fmt: skip
         for line in draw_window(w.window, now, width - 2):
             console.print("  " + line, markup=False, no_wrap=True, overflow="crop")
     if report.jobs:
@@ -78,7 +77,7 @@ def _render(report: StatusReport) -> None:
         console.print(_jobs_table(report.jobs, now))
         for j in report.jobs:
             if j.last_run and j.last_run.status == "failed" and j.last_run.error:
-                console.print(f"  {j.name}: {j.last_run.error}", markup=False, overflow="fold")
+                console.print(f"  {j.name}: {j.last_run.error}", markup=False, soft_wrap=False)
 
 
 def _fix_lines(fixes: list[str]) -> list[str]:
@@ -95,6 +94,10 @@ def _fix_lines(fixes: list[str]) -> list[str]:
         else:
             lines += [f"{head} {last}" if "(" not in head else head for last in lasts]
     return lines
+
+
+def _stamp(at: datetime, now: datetime) -> str:
+    return f"{at:%H:%M:%S}" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M:%S}"
 
 
 def _when(at: datetime | None, now: datetime) -> str:
