@@ -54,9 +54,9 @@ def _print_summary(result: DemoResult, prefix: str) -> None:
     summary = Table(title="Summary", box=box.SIMPLE)
     summary.add_column("step")
     summary.add_column("seconds", justify="right")
-    summary.add_column("result / sizes")
+    summary.add_column("result", overflow="fold")
     for step in result.steps:
-        summary.add_row(step.name, f"{step.seconds:.1f}", step.detail)
+        summary.add_row(step.name, f"{step.seconds:.1f}", step.summary or step.detail)
     console.print(summary)
     cfg = result.config_file
     tool = result.tool

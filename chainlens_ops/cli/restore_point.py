@@ -76,7 +76,14 @@ def list_command(
     if json_output:
         print_json(points)
         return
-    table = Table("name", "lsn", "timeline", "time", "source")
+    # Nothing is ever cut short (a cut time is no use for --target-time): narrow
+    # terminals fold the long columns instead.
+    table = Table()
+    table.add_column("name", overflow="fold")
+    table.add_column("lsn", no_wrap=True)
+    table.add_column("timeline", overflow="fold")
+    table.add_column("time", overflow="fold", min_width=20)
+    table.add_column("source", overflow="fold")
     for p in points:
         shown = p.source if p.state == "complete" else f"{p.source} ({p.state})"
         table.add_row(p.name, p.lsn or "-", str(p.timeline or "-"), p.time or "-", shown)

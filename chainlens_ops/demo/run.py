@@ -55,7 +55,14 @@ class DemoOptions:
 class Step:
     name: str
     seconds: float
-    detail: str
+    detail: str  # what the narration said
+    summary: str = ""  # a few words for the summary table
+
+
+class StepLog(list[str]):
+    """The narration lines of a step, and its summary for the closing table."""
+
+    summary = ""
 
 
 @dataclass
@@ -115,13 +122,13 @@ class _Runner:
         self.steps: list[Step] = []
 
     @contextmanager
-    def step(self, name: str) -> Iterator[list[str]]:
+    def step(self, name: str) -> Iterator[StepLog]:
         self.say(f"[bold cyan]▶ {name}[/]")
-        detail: list[str] = []
+        detail = StepLog()
         started = time.monotonic()
         yield detail
         seconds = time.monotonic() - started
-        self.steps.append(Step(name, seconds, "; ".join(detail)))
+        self.steps.append(Step(name, seconds, "; ".join(detail), detail.summary))
         for line in detail:
             self.say(f"  {line}")
 
@@ -167,6 +174,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         sandbox.start(primary)
         d.append(f"PostgreSQL {sandbox.MAJOR} on 127.0.0.1:{primary.port}, data {primary.pgdata}")
         d.append(f"archive_command = {archive}")
+        d.summary = f"PostgreSQL {sandbox.MAJOR}, port {primary.port}"
     for db in DATABASES:
         _execute(primary.conninfo("postgres"), f"CREATE DATABASE {db}")
     settings = load_settings(config, env={})
@@ -176,11 +184,13 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     with r.step("cache cleanup") as d:
         cleaned = cleanup_cache(settings)
         d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
+        d.summary = f"{cleaned.deleted} expired rows deleted"
     _step_daemon(r, settings, config, options.daemon_seconds, options.check_command)
     with r.step("sizes") as d:
         d.append(
             f"repository {_mb(_dir_bytes(repo))}, primary data {_mb(_dir_bytes(primary.pgdata))}"
         )
+        d.summary = d[0]
     result.steps = r.steps
     return result
 
@@ -190,12 +200,14 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
         for db in DATABASES:
             applied = apply_schema(settings.target(db))
             d.append(f"{db}: {len(applied.applied)} files applied")
+            d.summary += f"{', ' if d.summary else ''}{db} {len(applied.applied)} files"
     with r.step("generate sample data") as d:
         _execute(primary.conninfo("supabase"), data.SUPABASE_SQL)
         _execute(primary.conninfo("microservices"), data.MICROSERVICES_SQL)
         users = _query(primary.conninfo("supabase"), "SELECT count(*) FROM public.user_profiles")
         events = _query(primary.conninfo("supabase"), "SELECT count(*) FROM public.usage_events")
         d.append(f"{users} users, {events} usage events over 5 months, 6000 prices, 400 cache rows")
+        d.summary = f"{users} users, {events} events, 6000 prices"
     with r.step("partition ensure") as d:
         ensured = ensure_partitions(settings)
         moved = sum(m.rows_moved for m in ensured.months)
@@ -203,6 +215,7 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
             f"{len(ensured.created)} monthly partitions created ({ensured.first}..{ensured.last})"
             + (f", {moved} rows moved out of the default" if moved else "")
         )
+        d.summary = f"{len(ensured.created)} created, {moved} rows moved"
     with r.step("base and logical backups") as d:
         for kind in ("base", "logical"):
             for db in DATABASES if kind == "logical" else DATABASES[:1]:
@@ -210,6 +223,7 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
                 taken = take_backup(target, Repository(str(Path(result.repo)), settings.s3),
                                     BackupOptions(kind=kind))  # fmt: skip
                 d.append(f"{kind} {db}: {taken.id} ({_mb(taken.size_bytes)}, {taken.seconds:.1f}s)")
+                d.summary += f"{', ' if d.summary else ''}{kind} {db} {_mb(taken.size_bytes)}"
 
 
 def _steps_incident_restore(
@@ -237,6 +251,7 @@ def _steps_incident_restore(
         d.append(
             "incident: UPDATE user_profiles SET tier='free' (no WHERE); DELETE active subscriptions"
         )
+        d.summary = f"{RESTORE_POINT}; UPDATE, DELETE"
     with r.step("restore --target-time into a second sandbox") as d:
         repository = Repository(str(repo), settings.s3)
         plan = make_plan(repository, parse_target_time(target_time))
@@ -250,6 +265,7 @@ def _steps_incident_restore(
             f"from {plan.backup.id}, {_mb(done.extracted_bytes)} extracted; "
             f"running on 127.0.0.1:{restored.port}"
         )
+        d.summary = f"{_mb(done.extracted_bytes)} extracted, promoted, port {restored.port}"
     after = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
     back = {k: _query(restored.conninfo("supabase"), q) for k, q in data.PROBE_SQL.items()}
     result.comparison = [(k, after[k], back[k]) for k in data.PROBE_SQL]
@@ -267,12 +283,14 @@ def _steps_prove(r: _Runner, repository: Repository) -> None:
             d.append(f"{backup.id}: {'ok' if checked.ok else 'FAILED'}")
             if not checked.ok:
                 raise OperationFailed(f"backup {backup.id} failed verification")
+        d.summary = f"{len(d)} backups ok"
     with r.step("restore drill") as d:
         drill = run_drill(repository, None)
         if not drill.ok:
             raise OperationFailed(f"the restore drill failed: {drill.error}")
         d.append(f"{drill.backup_id} restored in a scratch copy and promoted; RTO "
                  f"{drill.rto_seconds or 0:.1f}s; {len(drill.row_counts)} tables read")  # fmt: skip
+        d.summary = f"RTO {drill.rto_seconds or 0:.1f}s, {len(drill.row_counts)} tables read"
 
 
 def _wait_promoted(conninfo: str, timeout: float = 120.0) -> None:
@@ -300,4 +318,6 @@ def _step_daemon(
         finally:
             timer.cancel()
         names = ", ".join(j.name for j in daemon_config.jobs)
-        d.append(f"{outcome.runs_started} job runs started ({names})")
+        runs = f"{outcome.runs_started} job run{'' if outcome.runs_started == 1 else 's'}"
+        d.append(f"{runs} started ({names})")
+        d.summary = runs
