@@ -123,6 +123,10 @@ CASES |= {
         r"cannot connect to the supabase",
         env=SERVERLESS,
     ),
+    "partition ensure --quiet: unreachable": Case(
+        ("partition", "ensure", "--quiet"), 3, r"cannot connect", env=SERVERLESS
+    ),
+    "status: bad --db": Case(("status", "--db", "nope"), 2, r"--db"),
     "partition list: unreachable": Case(
         ("partition", "list"), 3, r"cannot connect", env=SERVERLESS
     ),

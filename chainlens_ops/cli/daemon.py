@@ -116,8 +116,14 @@ def command_checker(root: Any) -> CommandCheck:
         if bad:
             raise ValueError(f"{bad[0]} does not belong in a job's command")
         command, parent = root, root.make_context("chainlens-ops", [], resilient_parsing=True)
+        outer = None  # the context a group that acts on its own is parsed in
         words = list(argv)
         while hasattr(command, "list_commands"):  # a group: the next word picks a command
+            if getattr(command, "invoke_without_command", False) and (
+                not words or words[0].startswith("-")
+            ):
+                parent = outer or parent  # `backup --db all`: the group itself runs
+                break
             if not words:
                 choices = ", ".join(command.list_commands(parent))
                 raise ValueError(f"{parent.command_path} needs a command ({choices})")
@@ -129,6 +135,7 @@ def command_checker(root: Any) -> CommandCheck:
                 raise ValueError("a job cannot run the daemon")
             command = sub
             if hasattr(command, "list_commands"):
+                outer = parent
                 parent = command.make_context(word, [], parent=parent, resilient_parsing=True)
         try:
             command.make_context(command.name, words, parent=parent)

@@ -50,7 +50,8 @@ SUMMARY = {
     "push": "Archive one WAL file (archive_command = 'chainlens-ops wal push %p').\n"
     "  Exit 0 only once it is durable in the repository; 1 failed; 2 usage; 3 config.",
     "fetch": "Restore one WAL file (restore_command = 'chainlens-ops wal fetch %f %p').\n"
-    "  Exit 0 restored; 1 not in the repository; 255 any other failure (fatal to recovery).",
+    "  Exit 0 restored; 1 not in the repository; 255 any other failure (fatal to\n"
+    "  recovery).",
 }
 
 
@@ -63,8 +64,11 @@ def usage(command: str) -> str:
         "",
         "Options:",
     ]
+    import textwrap  # help only: not on the push/fetch path
+
     for option, metavar, text in OPTIONS[command]:
-        lines.append(f"  {option} {metavar}".ljust(22) + text)
+        wrapped = textwrap.wrap(text, width=80 - 22)
+        lines.append(f"  {option} {metavar}".ljust(22) + f"\n{' ' * 22}".join(wrapped))
     lines.append("  -h, --help".ljust(22) + "show this message")
     return "\n".join(lines) + "\n"
 

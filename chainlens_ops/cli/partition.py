@@ -139,13 +139,20 @@ def ensure_command(
     table: TableOption = None,
     dsn: DsnOption = None,
     json_output: JsonOption = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print errors only (for cron: silent when all is well)."
+        ),
+    ] = False,
 ) -> None:
     """Make sure the current month and the next N exist for every managed table."""
-    announce_connections()
+    if not quiet:
+        announce_connections()
     result = ensure_partitions(state(ctx).settings, ahead=ahead, table=table, dsn=dsn)
     if json_output:
         print_json(result)
-    else:
+    elif not quiet:
         for m in result.created:
             moved = f", moved {m.rows_moved} rows from the default" if m.rows_moved else ""
             _say(f"created {m.partition}{moved}")
