@@ -1,13 +1,14 @@
 """The recoverable window drawn in text: base backups as marks, archived WAL as a bar,
-restore points as labels, on one time axis that ends now.
+restore points as labels, on one time axis that ends now. From `status`:
 
-    19:20:07                                                   now 19:31:40
-    B     B                                                    |
-    ░░░░░░████████████████████  ███████████                    |
-          ^ before-migration 19:24:02
-    █ recoverable  ░ archived, before any base backup  gap: blank
+    2026-11-28 19:45:26 UTC                                         now 19:46:18
+      B                                                                        |
+    ░░█████████████████████████████████                                        |
+      ^ demo-before-incident 19:45:27
+    B base backup  █ recoverable  ░ archived WAL no base backup can replay
 
-Plain strings, at most `width` columns: rich never has to fold them.
+Blank columns are gaps in the archive, or the time since the newest archived segment.
+Plain strings of at most `width` columns: rich never has to fold them.
 """
 
 from __future__ import annotations
