@@ -4,9 +4,10 @@
     backups/<id>/verify-<YYYYMMDDTHHMMSS>Z.json   `backup verify`
 
 A record is a JSON object with at least `ok` (true or false) and, when it failed,
-`error`; the time it was made is in its name (UTC). `status`, `backup list` and anything
-else that shows whether a backup was proven read them here, so the layout has one reader.
-A record that cannot be read counts as a failed proof (it says so), never as a pass.
+`error`; the time it was made is in its name (UTC). Writers name it with `proof_key`;
+`status`, `backup list` and anything else that shows whether a backup was proven read
+them with `latest_proofs`, so the layout has one writer of names and one reader. A record
+that cannot be read counts as a failed proof (it says so), never as a pass.
 """
 
 from __future__ import annotations

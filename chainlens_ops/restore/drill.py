@@ -23,7 +23,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.backup.manifest import backup_prefix, format_time
+from chainlens_ops.backup.manifest import format_time, parse_time
+from chainlens_ops.backup.proofs import DRILL, proof_key
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore
@@ -118,8 +119,7 @@ def _read_everything(port: int) -> tuple[dict[str, int], datetime | None]:
 
 
 def _record(repo: Repository, result: DrillResult) -> str:
-    stamp = result.started_at.replace(":", "").replace("-", "").split(".")[0]
-    key = f"{backup_prefix(str(result.backup_id))}drill-{stamp}Z.json"
+    key = proof_key(str(result.backup_id), DRILL, parse_time(result.started_at))
     body = json.dumps(asdict(result), indent=2).encode() + b"\n"
     repo.storage.put(key, io.BytesIO(body))
     return key
