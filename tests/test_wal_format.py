@@ -108,8 +108,18 @@ def test_envelope_round_trip_and_checksum(content: bytes) -> None:
         damaged[position] ^= 0x40
         with pytest.raises(CorruptObject):
             decode(io.BytesIO(bytes(damaged)), None, name="000000010000000000000001")
+        # `wal fetch` decodes without sha256: zstd's checksum alone must catch it.
+        with pytest.raises(CorruptObject):
+            decode(io.BytesIO(bytes(damaged)), io.BytesIO(), name=name, sha256=False)
     with pytest.raises(CorruptObject):
         decode(io.BytesIO(encoded[:-1]), None, name="000000010000000000000001")
+    with pytest.raises(CorruptObject):
+        decode(io.BytesIO(encoded[:-1]), io.BytesIO(), name=name, sha256=False)
+    unhashed = io.BytesIO()
+    assert decode(io.BytesIO(encoded), unhashed, name=name, sha256=False) == Digest(
+        len(content), ""
+    )
+    assert unhashed.getvalue() == content
     with pytest.raises(CorruptObject, match="holds"):
         decode(io.BytesIO(encoded), None, name="000000010000000000000002")
 

@@ -24,7 +24,7 @@ from chainlens_ops.pg.process import run_pg
 from chainlens_ops.restore.plan import RestorePlan
 
 LOG_NAME = "chainlens-restore.log"
-POLL_S = 0.3
+POLL_S = 0.1
 LOG_TAIL_LINES = 20
 
 
