@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
     extracted = cli(repo, "verify", base_id, "--extract-to", str(room))
     assert extracted.returncode == 0, extracted.stdout + extracted.stderr
     assert "pg_verifybackup ok" in extracted.stdout and not list(room.iterdir())
+    # Each verify is recorded beside the backup; `list` shows the latest as proof.
+    for b in listing(repo):
+        assert b["verified"]["ok"] is True and b["drilled"] is None, b
+    assert "verify ok" in cli(repo, "list").stdout
 
     # The logical backup restores with pg_restore to identical row counts.
     cluster.createdb("shop_restored")
@@ -129,8 +134,12 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
             bad = cli(repo, "verify", backup_id)
             assert bad.returncode == 1, (name, offset, bad.stdout)
             assert f"backups/{backup_id}/{name}" in bad.stderr, bad.stderr
+            proof = {b["id"]: b for b in listing(repo)}[backup_id]["verified"]
+            assert proof["ok"] is False and name in proof["detail"], proof
             flip_local(path, offset)
         assert cli(repo, "verify", backup_id).returncode == 0
+        time.sleep(1.05)  # records are named to the second: the next one is newer
+        assert {b["id"]: b for b in listing(repo)}[backup_id]["verified"]["ok"] is True
 
     # A manifest is part of the backup too: a damaged one is not listed as valid.
     manifest = repo / "backups" / logical_id / "manifest.json"

@@ -264,6 +264,7 @@ def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
     recorded = incident.repo / result["record_key"]
     assert json.loads(recorded.read_text())["ok"] is True
     assert not list(Path("/tmp").glob("chainlens-drill-*"))  # scratch removed
+    assert drilled(incident)["ok"] is True
 
     obj = incident.repo / "backups" / incident.backup_id / "base.tar.zst"
     data = bytearray(obj.read_bytes())
@@ -284,6 +285,16 @@ def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
     assert "failed" in bad.stderr and "base.tar.zst" in bad.stderr, bad.stderr
     records = sorted((incident.repo / "backups" / incident.backup_id).glob("drill-*.json"))
     assert [json.loads(r.read_text())["ok"] for r in records] == [True, False]
+    assert drilled(incident)["ok"] is False  # `backup list` shows the latest drill
+
+
+def drilled(incident: Incident) -> dict[str, Any]:
+    """The drill proof `backup list --json` shows for the incident's backup."""
+    proc = run_cli("backup", "list", "--repo", str(incident.repo), "--json", user="postgres")
+    assert proc.returncode == 0, proc.stderr
+    listed = {b["id"]: b for b in json.loads(proc.stdout)}
+    proof: dict[str, Any] = listed[incident.backup_id]["drilled"]
+    return proof
 
 
 def test_pause_at_a_restore_point_and_a_failed_start_shows_the_log(incident: Incident) -> None:

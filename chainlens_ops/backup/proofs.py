@@ -12,10 +12,12 @@ that cannot be read counts as a failed proof (it says so), never as a pass.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from chainlens_ops.backup.manifest import backup_prefix
 from chainlens_ops.repository import Repository
@@ -42,6 +44,15 @@ def proof_key(backup_id: str, kind: str, when: datetime) -> str:
     """Where a record of `kind` made at `when` goes."""
     stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{backup_prefix(backup_id)}{kind}-{stamp}Z.json"
+
+
+def record_proof(
+    repo: Repository, backup_id: str, kind: str, when: datetime, body: dict[str, Any]
+) -> str:
+    """Store a record (`body` must hold `ok`, and `error` when it failed); its key."""
+    key = proof_key(backup_id, kind, when)
+    repo.storage.put(key, io.BytesIO(json.dumps(body, indent=2).encode() + b"\n"))
+    return key
 
 
 def proof_keys(repo: Repository, backup_id: str) -> list[tuple[str, datetime, str]]:

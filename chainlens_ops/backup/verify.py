@@ -16,12 +16,14 @@ The first problem in an object names it; other objects are still checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 from chainlens_ops.backup.manifest import (
@@ -32,6 +34,7 @@ from chainlens_ops.backup.manifest import (
     read_manifest,
 )
 from chainlens_ops.backup.objects import CheckedReader, CorruptBackupObject
+from chainlens_ops.backup.proofs import VERIFY, record_proof
 from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
@@ -52,6 +55,7 @@ class VerifyResult:
     id: str
     kind: str
     checks: list[ObjectCheck] = field(default_factory=list)
+    recorded: str | None = None  # the key of the verify record, when it could be stored
 
     @property
     def ok(self) -> bool:
@@ -75,10 +79,23 @@ def verify_backup(
         manifest = valid[0]
     else:
         manifest = read_manifest(repo, backup_id)
+    when = datetime.now(UTC)
     checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
     if not manifest.objects:
         checks.append(ObjectCheck(manifest.id, False, "the manifest lists no objects"))
-    return VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
+    result = VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
+    # The proof `backup list` and `status` show; a repository that takes no writes
+    # (read-only mount) still gets its answer, only unrecorded.
+    failed = result.failed
+    body = {
+        "ok": result.ok,
+        "error": failed[0].detail if failed else None,
+        "checks": [asdict(c) for c in checks],
+        "pg_verifybackup": bool(extract_to),
+    }
+    with contextlib.suppress(OSError, ChainlensError):
+        result = replace(result, recorded=record_proof(repo, manifest.id, VERIFY, when, body))
+    return result
 
 
 def _check_object(

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog
+from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
 from chainlens_ops.backup.take import WAL_WAIT_S, BackupOptions, BackupResult, take_backup
 from chainlens_ops.backup.verify import verify_backup
@@ -151,8 +152,9 @@ def list_command(
     repository.require_present()
     catalog = read_catalog(repository)
     valid = catalog.valid
+    proofs = {b.id: latest_proofs(repository, b.id) for b in valid}
     if json_output:
-        print_json([b.to_dict() for b in valid])
+        print_json([{**b.to_dict(), **_proofs_json(proofs[b.id])} for b in valid])
         return
     if not valid:
         console.print(f"{repository.url}: no backups yet", markup=False)
@@ -160,19 +162,19 @@ def list_command(
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
         table.add_column("id", no_wrap=True)
-        for heading in ("database", "started (UTC)", "took", "size"):
+        for heading in ("took", "size", "proven (latest verify, drill)"):
             table.add_column(heading, overflow="fold")
         for b in valid:
             took = _seconds(b.started_at, b.finished_at)
-            table.add_row(b.id, b.database, b.started_at[:16].replace("T", " "), f"{took:.0f}s",
-                          _size(b.size_bytes))  # fmt: skip
+            table.add_row(b.id, f"{took:.0f}s", _size(b.size_bytes), _proofs_text(proofs[b.id]))
         console.print(table)
     bases = [b for b in valid if b.kind == BASE]
     if bases:
+        oldest = bases[-1]  # newest first
         newest = _newest_wal(repository)
         console.print(
-            f"recoverable window (point-in-time): {bases[-1].started_at[:19].replace('T', ' ')}"
-            f" ({bases[-1].start_wal}) .. newest archived WAL {newest or 'none'}",
+            f"recoverable window (point-in-time): {oldest.finished_at[:19].replace('T', ' ')}"
+            f" ({oldest.stop_wal or oldest.start_wal}) .. newest archived WAL {newest or 'none'}",
             markup=False,
         )
     else:
@@ -255,6 +257,27 @@ def prune_command(
         f"{result.wal_before or 'the oldest base backup (none kept: no WAL removed)'}",
         markup=False,
     )
+
+
+def _proofs_json(proofs: dict[str, Proof]) -> dict[str, Any]:
+    """`verified` and `drilled`: the latest record of each ({at, ok, detail}), or null."""
+    out: dict[str, Any] = {}
+    for kind, field_name in ((VERIFY, "verified"), (DRILL, "drilled")):
+        proof = proofs.get(kind)
+        out[field_name] = None if proof is None else {
+            "at": proof.at.isoformat(), "ok": proof.ok, "detail": proof.detail,
+        }  # fmt: skip
+    return out
+
+
+def _proofs_text(proofs: dict[str, Proof]) -> str:
+    parts = []
+    for kind in (VERIFY, DRILL):
+        proof = proofs.get(kind)
+        if proof is not None:
+            verdict = "ok" if proof.ok else "FAILED"
+            parts.append(f"{kind} {verdict} {proof.at:%m-%d %H:%M}")
+    return "; ".join(parts) or "-"
 
 
 def _newest_wal(repository: Repository) -> str | None:

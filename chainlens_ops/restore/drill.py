@@ -10,8 +10,6 @@ removes the scratch copy, and records the result in the catalog next to the back
 
 from __future__ import annotations
 
-import io
-import json
 import shutil
 import socket
 import tempfile
@@ -24,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.backup.manifest import format_time, parse_time
-from chainlens_ops.backup.proofs import DRILL, proof_key
+from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore
@@ -119,7 +117,5 @@ def _read_everything(port: int) -> tuple[dict[str, int], datetime | None]:
 
 
 def _record(repo: Repository, result: DrillResult) -> str:
-    key = proof_key(str(result.backup_id), DRILL, parse_time(result.started_at))
-    body = json.dumps(asdict(result), indent=2).encode() + b"\n"
-    repo.storage.put(key, io.BytesIO(body))
-    return key
+    when = parse_time(result.started_at)
+    return record_proof(repo, str(result.backup_id), DRILL, when, asdict(result))
