@@ -162,7 +162,7 @@ def list_command(
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
         table.add_column("id", no_wrap=True)
-        for heading in ("took", "size", "proven (latest verify, drill)"):
+        for heading in ("took", "size", "proven"):
             table.add_column(heading, overflow="fold")
         for b in valid:
             took = _seconds(b.started_at, b.finished_at)
@@ -276,7 +276,7 @@ def _proofs_text(proofs: dict[str, Proof]) -> str:
         proof = proofs.get(kind)
         if proof is not None:
             verdict = "ok" if proof.ok else "FAILED"
-            parts.append(f"{kind} {verdict} {proof.at:%m-%d %H:%M}")
+            parts.append(f"{kind} {verdict} {proof.at:%m-%d}")
     return "; ".join(parts) or "-"
 
 
