@@ -39,6 +39,7 @@ from chainlens_ops.configcheck import (
     KNOWN_TOP_LEVEL_KEYS,
     S3_KEYS,
     boolean,
+    byte_size,
     check,
     duration_ms,
     port,
@@ -102,6 +103,23 @@ class S3Settings:
 
 _DEFAULT_S3 = S3Settings()
 
+# Logical dumps: zstd level 10 with a 32 MB window is the best size that stays within
+# `pg_dump -Z9`'s time and under 200 MB of memory (bench/README.md, "Backups").
+DEFAULT_ZSTD_LEVEL = 10
+DEFAULT_SPOOL_RESERVE = 1024**3
+
+
+@record
+class BackupSettings:
+    """`[backup]`: how logical dumps are compressed, and the free space a `--jobs`
+    backup's local spool must leave on its disk beyond the dump's estimated size."""
+
+    zstd_level: int = DEFAULT_ZSTD_LEVEL
+    spool_reserve: int = DEFAULT_SPOOL_RESERVE
+
+
+_DEFAULT_BACKUP = BackupSettings()
+
 
 @record
 class Settings:
@@ -112,6 +130,7 @@ class Settings:
     s3: S3Settings = _DEFAULT_S3
     spool_dir: str | None = None
     config_file: str | None = None
+    backup: BackupSettings = _DEFAULT_BACKUP
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -190,6 +209,19 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
     if s3.sse not in (None, "AES256", "aws:kms"):
         raise ConfigError(f"CHAINLENS_S3_SSE must be AES256 or aws:kms, not {s3.sse!r}")
 
+    backup_table = data.get("backup", {})
+    env_level = env.get("CHAINLENS_BACKUP_ZSTD_LEVEL")
+    env_reserve = env.get("CHAINLENS_BACKUP_SPOOL_RESERVE")
+    backup = BackupSettings(
+        zstd_level=whole_number(env_level, "CHAINLENS_BACKUP_ZSTD_LEVEL", 1, 22)
+        if env_level
+        else backup_table.get("zstd_level", DEFAULT_ZSTD_LEVEL),
+        spool_reserve=byte_size(env_reserve, "CHAINLENS_BACKUP_SPOOL_RESERVE")
+        if env_reserve
+        else byte_size(backup_table.get("spool_reserve", DEFAULT_SPOOL_RESERVE),
+                       "backup.spool_reserve"),
+    )  # fmt: skip
+
     env_timeout = env.get("CHAINLENS_LOCK_TIMEOUT")
     env_retries = env.get("CHAINLENS_LOCK_RETRIES")
     return Settings(
@@ -204,6 +236,7 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         s3=s3,
         spool_dir=env.get("CHAINLENS_SPOOL_DIR") or data.get("spool_dir"),
         config_file=path,
+        backup=backup,
     )
 
 
@@ -248,8 +281,16 @@ def _s3(value: object, what: str) -> None:
     check(table(value, what), {key: checks[key] for key in S3_KEYS}, f"{what}.")
 
 
+def _backup(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {
+        "zstd_level": lambda v, w: whole_number(v, w, 1, 22),
+        "spool_reserve": byte_size,
+    }
+    check(table(value, what), checks, f"{what}.")
+
+
 def _owned_elsewhere(value: object, what: str) -> None:
-    """Sections whose contents their own modules check (daemon, jobs, backup)."""
+    """Sections whose contents their own modules check (daemon, jobs)."""
 
 
 def _validate(data: Mapping[str, Any]) -> None:
@@ -264,6 +305,7 @@ def _validate(data: Mapping[str, Any]) -> None:
         "spool_dir": text,
         "databases": _databases,
         "s3": _s3,
+        "backup": _backup,
     }
     check(data, checks)
 

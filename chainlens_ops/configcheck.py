@@ -52,8 +52,7 @@ S3_KEYS = (
 )
 DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
 JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
-# `[backup]` is reserved for the backup module's settings: accepted, read by nothing yet.
-BACKUP_KEYS: tuple[str, ...] = ()
+BACKUP_KEYS = ("zstd_level", "spool_reserve")
 SECTIONS = ("databases", "s3", "jobs", "daemon", "backup")
 
 
@@ -94,6 +93,43 @@ def duration_ms(value: object, what: str, *, error: type[Exception] = ConfigErro
     if not ms > 0 or ms != ms or ms > 365 * 86_400_000:
         raise error(f"{what} must be a positive duration of at most a year, not {value!r}")
     return max(1, int(ms))
+
+
+_UNITS_BYTES = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+SIZE_FORM = "a size such as 512MB, 2GB or 1TB (a bare number is bytes)"
+
+
+def byte_size(value: object, what: str) -> int:
+    """`"2GB"` -> 2 GiB (units are powers of 1024, as PostgreSQL's); a bare number is
+    bytes. Negative sizes are refused; zero is allowed."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be {SIZE_FORM}, not {value!r}")
+    if isinstance(value, int):
+        number, scale = float(value), 1
+    elif isinstance(value, str):
+        text_ = value.strip().lower().removesuffix("ib").removesuffix("i")
+        digits = text_.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+        unit = text_[len(digits) :].strip()
+        unit = unit + "b" if unit in ("k", "m", "g", "t") else unit
+        try:
+            number, scale = float(digits), _UNITS_BYTES[unit]
+        except (ValueError, KeyError):
+            raise ConfigError(f"{what} must be {SIZE_FORM}, not {value!r}") from None
+    else:
+        raise ConfigError(f"{what} must be {SIZE_FORM}, not {_kind(value)}")
+    if not number >= 0 or number != number or number * scale > 1024**6:
+        raise ConfigError(f"{what} must be {SIZE_FORM}, not {value!r}")
+    return int(number * scale)
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> "1.5 KiB": sizes for people (output, error lines)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def whole_number(value: object, what: str, low: int, high: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -157,9 +158,28 @@ def test_unknown_keys_anywhere_are_refused_with_a_suggestion(
 
 def test_sections_of_other_modules_are_accepted_unchecked(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n[backup]\nkind = "y"\n')
+    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
     assert {"jobs", "daemon", "backup"} <= set(KNOWN_TOP_LEVEL_KEYS)
     load_settings(path, env={})
+
+
+def test_backup_section_is_checked_at_load_time(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[backup]\nzstd_level = 15\nspool_reserve = "512MB"\n')
+    assert load_settings(path, env={}).backup.zstd_level == 15
+    assert load_settings(path, env={}).backup.spool_reserve == 512 * 1024**2
+    env = {"CHAINLENS_BACKUP_ZSTD_LEVEL": "3", "CHAINLENS_BACKUP_SPOOL_RESERVE": "0"}
+    assert (load_settings(path, env=env).backup.zstd_level,
+            load_settings(path, env=env).backup.spool_reserve) == (3, 0)  # fmt: skip
+    refused = {
+        'kind = "y"': "unknown key 'kind' in [backup]",
+        "zstd_level = 0": "backup.zstd_level must be a whole number",
+        "spool_reserve = -1": "backup.spool_reserve must be a size",
+    }
+    for body, message in refused.items():
+        path.write_text(f"[backup]\n{body}\n")
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_settings(path, env={})
 
 
 # Every key the file may hold, with a value of the right type.
@@ -174,6 +194,7 @@ GOOD = {
     "s3.endpoint_url": "http://x", "s3.region": "r", "s3.sse": "AES256",
     "s3.sse_kms_key_id": "k", "s3.connect_timeout": "5s", "s3.read_timeout": 30,
     "s3.max_attempts": 4,
+    "backup.zstd_level": 10, "backup.spool_reserve": "1GB",
 }  # fmt: skip
 
 toml_values = st.recursive(

@@ -147,6 +147,43 @@ CASES |= {
     "backup: unreachable": Case(
         ("backup", "--repo", "/r"), 3, r"cannot connect to the microservices", env=SERVERLESS
     ),
+    "backup: zero --jobs": Case(("backup", "--jobs", "0", "--repo", "/r"), 2, r"--jobs"),
+    "backup: --jobs for a base backup": Case(
+        ("backup", "--kind", "base", "--jobs", "2", "--repo", "/r"),
+        2,
+        r"--jobs needs --kind logical",
+        env=SERVERLESS,
+    ),
+    "backup --jobs: unreachable": Case(
+        ("backup", "--kind", "logical", "--jobs", "2", "--repo", "/r"),
+        3,
+        r"cannot connect to the microservices",
+        env=SERVERLESS,
+    ),
+    "backup: config zstd_level out of range": Case(
+        ("backup", "--repo", "/r"),
+        3,
+        r"backup\.zstd_level must be a whole number from 1 to 22",
+        config="[backup]\nzstd_level = 30",
+    ),
+    "backup: config bad spool_reserve": Case(
+        ("backup", "--repo", "/r"),
+        3,
+        r"backup\.spool_reserve must be a size",
+        config='[backup]\nspool_reserve = "lots"',
+    ),
+    "backup: config unknown [backup] key": Case(
+        ("backup", "--repo", "/r"),
+        3,
+        r"unknown key 'zstd_levle' in \[backup\].*zstd_level",
+        config="[backup]\nzstd_levle = 5",
+    ),
+    "backup: bad CHAINLENS_BACKUP_SPOOL_RESERVE": Case(
+        ("backup", "--repo", "/r"),
+        3,
+        r"CHAINLENS_BACKUP_SPOOL_RESERVE must be a size",
+        env={"CHAINLENS_BACKUP_SPOOL_RESERVE": "-5GB"},
+    ),
     "backup list: missing repository": Case(
         ("backup", "list", "--repo", "/nonexistent/repo"), 1, r"does not exist"
     ),

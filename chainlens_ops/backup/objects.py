@@ -23,10 +23,17 @@ from chainlens_ops.errors import OperationFailed
 from chainlens_ops.storage import NotFound
 from chainlens_ops.storage.protocol import Storage
 
-# Logical dumps are text-like and their bench anchor is `pg_dump -Z9` (slow): level 6
-# buys size at ~35 MB/s on two threads. Base backups are pages, much of them free space,
-# where level 3 (pgBackRest's default) compresses nearly as well at twice the speed.
-ZSTD_LEVEL = 6
+# Logical dumps (their level is `[backup] zstd_level`, default config.DEFAULT_ZSTD_LEVEL)
+# are compressed with a 32 MB window instead of the 4-8 MB of zstd's levels: a database
+# repeats values across far-apart rows (the ChainLens data: a pool of 50,000 user UUIDs
+# in every month of events), and the window is what finds them again (0.84x of
+# `pg_dump -Z9` at level 10 instead of 0.86x; bench/README.md has the measurements).
+# Two workers on 4 MB jobs (each with 8 MB of the data before it) keep zstd's memory
+# near 70 MB, so a backup to S3 stays under 200 MB. Base backups are pages, much of
+# them free space, where level 3 (pgBackRest's default) compresses nearly as well as
+# any level, at several times the speed.
+LOGICAL_WINDOW_LOG = 25
+ZSTD_JOB_SIZE = 4 * 1024 * 1024
 ZSTD_LEVEL_BASE = 3
 ZSTD_THREADS = 2  # compression overlaps with pg_dump's own work; S3 uploads block anyway
 READ_SIZE = 1024 * 1024
@@ -40,10 +47,17 @@ class CorruptBackupObject(OperationFailed):
 
 
 class _Counting(io.RawIOBase):
-    """Passes reads through, counting bytes and hashing them (sha256)."""
+    """Passes reads through, counting bytes and hashing them (sha256, unless `hashed`
+    is False: the raw side of a compressor needs only its size, and hashing it would
+    cost a second of CPU per 500 MB)."""
 
     def __init__(
-        self, source: BinaryIO, progress: Progress | None = None, tap: Tap | None = None
+        self,
+        source: BinaryIO,
+        progress: Progress | None = None,
+        tap: Tap | None = None,
+        *,
+        hashed: bool = True,
     ) -> None:
         super().__init__()
         self._source = source
@@ -51,6 +65,7 @@ class _Counting(io.RawIOBase):
         self._tap = tap
         self.size = 0
         self.digest = hashlib.sha256()
+        self._hashed = hashed
 
     def readable(self) -> bool:
         return True
@@ -62,7 +77,8 @@ class _Counting(io.RawIOBase):
         data = self._source.read(size)
         if data:
             self.size += len(data)
-            self.digest.update(data)
+            if self._hashed:
+                self.digest.update(data)
             if self._tap is not None:
                 self._tap(data)
             if self._progress is not None:
@@ -80,14 +96,16 @@ def store_compressed(
     key: str,
     source: BinaryIO,
     *,
-    level: int = ZSTD_LEVEL,
+    level: int,
+    window_log: int | None = None,
     threads: int = ZSTD_THREADS,
     progress: Progress | None = None,
     tap: Tap | None = None,
 ) -> BackupObject:
-    """Compress `source` with zstd into `key`; the object's size and sha256 as stored."""
-    raw = _Counting(source, progress, tap)
-    compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    """Compress `source` with zstd into `key`; the object's size and sha256 as stored.
+    `window_log`: a longer window than `level`'s own (see LOGICAL_WINDOW_LOG)."""
+    raw = _Counting(source, progress, tap, hashed=False)
+    compressor = zstandard.ZstdCompressor(compression_params=_params(level, window_log, threads))
     reader = compressor.stream_reader(raw, read_size=READ_SIZE, closefd=False)  # type: ignore[arg-type]
     with reader as compressed:
         stored = _Counting(compressed)
@@ -96,6 +114,19 @@ def store_compressed(
         raise OperationFailed(f"{key}: stored {info.size} bytes, sent {stored.size}")
     return BackupObject(key=key, size=stored.size, sha256=stored.digest.hexdigest(),
                         raw_size=raw.size)  # fmt: skip
+
+
+def _params(
+    level: int, window_log: int | None, threads: int
+) -> zstandard.ZstdCompressionParameters:
+    extra: dict[str, int] = {}
+    if window_log is not None:
+        # The job size is set because zstd's default is 4x the window (a 128 MB job
+        # would leave one worker idle for most of a dump and hold 128 MB more).
+        extra = {"window_log": window_log, "job_size": ZSTD_JOB_SIZE if threads else 0}
+    return zstandard.ZstdCompressionParameters.from_level(
+        level, threads=threads, write_checksum=True, **extra
+    )
 
 
 class CheckedReader(io.RawIOBase):

@@ -35,9 +35,22 @@ from chainlens_ops.backup.manifest import (
     utc_now,
     write_manifest,
 )
-from chainlens_ops.backup.objects import ZSTD_LEVEL_BASE, Progress, store_compressed
+from chainlens_ops.backup.objects import (
+    LOGICAL_WINDOW_LOG,
+    ZSTD_LEVEL_BASE,
+    Progress,
+    store_compressed,
+)
+from chainlens_ops.backup.spool import (
+    DirectoryDump,
+    dump_and_store,
+    require_room,
+    spool_folder,
+    spool_root,
+)
 from chainlens_ops.backup.tarsniff import TarSniffer
-from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.config import DEFAULT_SPOOL_RESERVE, DEFAULT_ZSTD_LEVEL, DatabaseTarget
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
@@ -64,6 +77,11 @@ class BackupOptions:
     cancel: threading.Event | None = None
     lock_wait_s: float = DEFAULT_WAIT_S
     wal_wait_s: float = WAL_WAIT_S
+    zstd_level: int = DEFAULT_ZSTD_LEVEL  # logical dumps ([backup] zstd_level)
+    jobs: int = 1  # logical: > 1 is pg_dump -Fd -j N, spooled locally (backup.spool)
+    spool_dir: str | None = None  # where that spool goes (see spool.spool_root)
+    spool_reserve: int = DEFAULT_SPOOL_RESERVE  # free space it must leave on that disk
+    stage: Callable[[str], None] | None = None  # "dump", "store": what progress counts
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,7 @@ class _Cluster:
     seg_size: int
     archive_mode: str
     last_archived: str | None
+    database_size: int
 
 
 def take_backup(
@@ -109,6 +128,10 @@ def take_backup(
     options = options or BackupOptions()
     if options.kind not in KINDS:
         raise UsageError(f"--kind must be one of {', '.join(KINDS)}, not {options.kind!r}")
+    if options.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, not {options.jobs}")
+    if options.jobs > 1 and options.kind != LOGICAL:
+        raise UsageError("--jobs needs --kind logical (pg_dump's parallel directory format)")
     notices: list[str] = []
 
     def notify(line: str) -> None:
@@ -133,6 +156,12 @@ def take_backup(
             )  # fmt: skip
     if options.kind == "auto":
         notify(f"{target.name}: {reason}")
+    spool_free = 0
+    if kind == LOGICAL and options.jobs > 1:  # refused before anything is written
+        spool_free = require_room(
+            spool_root(options.spool_dir), cluster.database_size, options.spool_reserve,
+            f"the --jobs {options.jobs} dump of {cluster.database}",
+        )  # fmt: skip
 
     lock = RepositoryLock(
         repo.storage, f"backup --kind {kind} --db {target.name}",
@@ -147,10 +176,15 @@ def take_backup(
             )
         backup_id = new_backup_id(repo, started, kind, target.name)
         wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
-        if kind == LOGICAL:
-            obj = _logical(target, cluster, backup_id, repo, options)
+        if kind == LOGICAL and options.jobs > 1:
+            objects = _logical_parallel(
+                target, cluster, backup_id, repo, options, notify, spool_free
+            )
+        elif kind == LOGICAL:
+            objects = [_logical(target, cluster, backup_id, repo, options)]
         else:
             obj, wal = _base(target, cluster, backup_id, repo, options)
+            objects = [obj]
         lock.check()
         finished = utc_now()
         manifest = BackupManifest(
@@ -160,7 +194,7 @@ def take_backup(
                 str(cluster.system_identifier) if cluster.system_identifier is not None else None
             ),
             started_at=format_time(started), finished_at=format_time(finished),
-            objects=[obj], tool_version=__version__,
+            objects=objects, tool_version=__version__,
         )  # fmt: skip
         manifest = replace(manifest, **wal)
         crash_point("backup-before-manifest")
@@ -211,7 +245,8 @@ def _inspect(conn: Connection) -> _Cluster:
     row = conn.execute(
         "SELECT current_database(), current_setting('server_version_num')::int, "
         "current_setting('archive_mode'), current_setting('wal_segment_size'), "
-        "(SELECT last_archived_wal FROM pg_stat_archiver)"
+        "(SELECT last_archived_wal FROM pg_stat_archiver), "
+        "pg_database_size(current_database())"
     ).fetchone()
     assert row is not None
     try:
@@ -227,6 +262,7 @@ def _inspect(conn: Connection) -> _Cluster:
         seg_size=_size_setting(str(row[3])),
         archive_mode=str(row[2]),
         last_archived=row[4],
+        database_size=int(row[5]),
     )
 
 
@@ -254,8 +290,29 @@ def _logical(
     with PgStream(argv, env=env, cancel=options.cancel) as stream:
         return store_compressed(
             repo.storage, backup_prefix(backup_id) + "dump.pgc.zst", stream,  # type: ignore[arg-type]
-            progress=options.progress,
+            level=options.zstd_level, window_log=LOGICAL_WINDOW_LOG, progress=options.progress,
         )  # fmt: skip
+
+
+def _logical_parallel(
+    target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
+    options: BackupOptions, notify: Callable[[str], None], free: int,
+) -> list[BackupObject]:  # fmt: skip
+    """`pg_dump -Fd -j N` through a local spool (chainlens_ops.backup.spool)."""
+    dsn, env = _binary_args(target)
+    run = DirectoryDump(
+        argv=[find_binary("pg_dump", major_of(cluster.version)), "-w", "-d", dsn], env=env,
+        jobs=options.jobs, level=options.zstd_level, cancel=options.cancel,
+        progress=options.progress, stage=options.stage,
+    )  # fmt: skip
+    with spool_folder(spool_root(options.spool_dir), f"backup-{backup_id}") as folder:
+        notify(
+            f"{target.name}: --jobs {options.jobs} needs pg_dump's directory format, which "
+            f"writes to local disk: spooling in {folder} (about "
+            f"{format_bytes(cluster.database_size)}, "
+            f"{format_bytes(free)} free), removed once stored"
+        )
+        return dump_and_store(run, folder, repo.storage, backup_id)
 
 
 _LABEL_START = re.compile(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)")

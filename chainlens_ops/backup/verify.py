@@ -4,7 +4,9 @@ Every object: its size and sha256 against the manifest, and its zstd frame (zstd
 content checksum). Then what the object holds:
 
 - logical: `pg_restore --list` parses the dump's table of contents (the rest of the
-  object is still read and checked);
+  object is still read and checked); a `--jobs` backup (pg_dump's directory format,
+  one object per file) has its `toc.dat` fetched into a spool folder for
+  `pg_restore --list`, and every table's data file the TOC names must be in the backup;
 - base: the tar is read to its end (each header's checksum, each member's length), and
   each file is checked against the `backup_manifest` that pg_basebackup put in the tar:
   present, same size, same SHA-256, and the manifest's own checksum. These are
@@ -28,6 +30,7 @@ from typing import BinaryIO
 
 from chainlens_ops.backup.manifest import (
     BASE,
+    LOGICAL,
     BackupManifest,
     BackupObject,
     read_catalog,
@@ -35,6 +38,14 @@ from chainlens_ops.backup.manifest import (
 )
 from chainlens_ops.backup.objects import CheckedReader, CorruptBackupObject
 from chainlens_ops.backup.proofs import VERIFY, record_proof
+from chainlens_ops.backup.spool import (
+    TOC,
+    fetch_directory,
+    is_directory,
+    member_name,
+    spool_folder,
+    spool_root,
+)
 from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
@@ -67,11 +78,16 @@ class VerifyResult:
 
 
 def verify_backup(
-    repo: Repository, backup_id: str | None, *, extract_to: str | None = None
+    repo: Repository,
+    backup_id: str | None,
+    *,
+    extract_to: str | None = None,
+    spool_dir: str | None = None,
 ) -> VerifyResult:
     """Check backup `backup_id`, or the newest valid one when None. With `extract_to`
     (a folder with room for the whole database), a base backup is also extracted there
-    and checked by PostgreSQL's own pg_verifybackup, then the extraction is removed."""
+    and checked by PostgreSQL's own pg_verifybackup, then the extraction is removed.
+    `spool_dir`: where a directory-format dump's `toc.dat` is fetched to."""
     if backup_id is None:
         valid = read_catalog(repo).valid
         if not valid:
@@ -80,7 +96,10 @@ def verify_backup(
     else:
         manifest = read_manifest(repo, backup_id)
     when = datetime.now(UTC)
-    checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
+    if manifest.kind == LOGICAL and is_directory(manifest):
+        checks = _check_directory(repo, manifest, spool_root(spool_dir))
+    else:
+        checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
     if not manifest.objects:
         checks.append(ObjectCheck(manifest.id, False, "the manifest lists no objects"))
     result = VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
@@ -131,6 +150,70 @@ def _check_dump(reader: CheckedReader, server_version: int) -> str:
     except PgCommandError as exc:
         raise OperationFailed(f"pg_restore --list cannot read it: {exc.one_line()}") from None
     return f"pg_restore --list reads {entries} entries"
+
+
+def _check_directory(repo: Repository, manifest: BackupManifest, root: str) -> list[ObjectCheck]:
+    """Every object read and checked; `toc.dat` also listed by pg_restore, and each
+    table's data file it names present in the backup."""
+    checks: list[ObjectCheck] = []
+    toc: BackupObject | None = None
+    members: set[str] = set()
+    for obj in manifest.objects:
+        try:
+            name = member_name(manifest, obj)
+        except OperationFailed as exc:
+            checks.append(ObjectCheck(obj.key, False, exc.one_line()))
+            continue
+        members.add(name)
+        if name == TOC:
+            toc = obj
+            continue
+        try:
+            with CheckedReader(repo.storage, obj) as reader:
+                reader.drain()
+        except CorruptBackupObject as exc:
+            checks.append(ObjectCheck(obj.key, False, exc.one_line()))
+            continue
+        checks.append(ObjectCheck(obj.key, True, f"sha256 ok, {name}"))
+    if toc is None:
+        checks.insert(0, ObjectCheck(manifest.id, False, f"the backup has no {TOC}"))
+        return checks
+    try:
+        with spool_folder(root, f"verify-{manifest.id}") as folder:
+            fetch_directory(repo.storage, manifest, [toc], folder)
+            detail = _list_directory(folder, members, manifest)
+    except CorruptBackupObject as exc:
+        checks.insert(0, ObjectCheck(toc.key, False, exc.one_line()))
+    except ChainlensError as exc:
+        checks.insert(0, ObjectCheck(toc.key, False, f"{toc.key}: {exc.one_line()}"))
+    else:
+        checks.insert(0, ObjectCheck(toc.key, True, f"sha256 ok, {detail}"))
+    return checks
+
+
+def _list_directory(folder: str, members: set[str], manifest: BackupManifest) -> str:
+    pg_restore = find_binary("pg_restore", major_of(manifest.server_version))
+    result = run_pg([pg_restore, "--list", folder], check=False)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise OperationFailed(f"pg_restore --list cannot read it: {last}")
+    entries = [line for line in result.stdout.splitlines() if line and not line.startswith(";")]
+    data_files = 0
+    for line in entries:
+        dump_id, _, rest = line.partition(";")
+        fields = rest.split()
+        if fields[2:4] == ["TABLE", "DATA"]:
+            wanted = f"{dump_id.strip()}.dat"
+        elif fields[2:3] == ["BLOBS"]:
+            wanted = "blobs.toc"
+        else:
+            continue
+        if wanted not in members:
+            raise OperationFailed(
+                f"the dump's table of contents needs {wanted}, which is not in the backup"
+            )
+        data_files += 1
+    return f"pg_restore --list reads {len(entries)} entries, all {data_files} data files present"
 
 
 def _check_extracted(reader: CheckedReader, manifest: BackupManifest, extract_to: str) -> str:

@@ -64,16 +64,38 @@ def _say(quiet: bool) -> Callable[[str], None]:
     return say
 
 
+_STAGES = {"dump": "pg_dump -j to the spool", "store": "storing"}
+
+
+class _Bar:
+    """Bytes, rate and elapsed time on a terminal (stderr); one line per stage of a
+    `--jobs` backup (its dump into the spool, then its storing)."""
+
+    def __init__(self, bar: Progress, label: str) -> None:
+        self._bar = bar
+        self._label = label
+        self._task = bar.add_task(label, total=None)
+
+    def advance(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+
+    def stage(self, name: str) -> None:
+        if self._bar.tasks[self._task].completed:
+            self._bar.stop_task(self._task)
+            self._task = self._bar.add_task("", total=None)
+        described = f"{self._label}: {_STAGES.get(name, name)}"
+        self._bar.update(self._task, description=described)
+
+
 @contextmanager
-def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int], None] | None]:
+def _progress_bar(enabled: bool, label: str) -> Iterator[_Bar | None]:
     if not enabled:
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=err_console, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.advance(task, n)
+        yield _Bar(bar, label)
 
 
 @app.callback()
@@ -89,6 +111,15 @@ def backup_command(
     repo: RepoOption = None,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Logical: pg_dump -j N (directory format, spooled on local disk first).",
+        ),
+    ] = 1,
     wal_timeout: Annotated[
         float,
         typer.Option(
@@ -109,10 +140,13 @@ def backup_command(
     for target in targets:
         try:
             repository = repository_for(ctx, target.name, repo)
-            with _progress_bar(show_bar, f"{target.name}") as progress:
+            with _progress_bar(show_bar, f"{target.name}") as bar:
                 options = BackupOptions(
-                    kind=kind.value, progress=progress, notify=_say(quiet), wal_wait_s=wal_timeout
-                )
+                    kind=kind.value, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
+                    progress=bar.advance if bar else None, stage=bar.stage if bar else None,
+                    zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
+                    spool_reserve=settings.backup.spool_reserve,
+                )  # fmt: skip
                 result = take_backup(target, repository, options, earlier=results)
         except ChainlensError as exc:
             if len(targets) == 1:
@@ -208,7 +242,9 @@ def verify_command(
     if (backup_id is None) == (not latest):
         raise UsageError("give a backup id or --latest (not both)")
     repository = repository_for(ctx, db.value if db else None, repo)
-    result = verify_backup(repository, backup_id, extract_to=extract_to)
+    result = verify_backup(
+        repository, backup_id, extract_to=extract_to, spool_dir=state(ctx).settings.spool_dir
+    )
     if json_output:
         data = to_jsonable(result)
         data["ok"] = result.ok

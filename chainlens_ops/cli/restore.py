@@ -119,11 +119,13 @@ def restore_command(
     if dbname is not None:
         if backup_id is None or pgdata is not None:
             raise UsageError("a logical restore takes --backup ID and --dbname NAME (no --pgdata)")
-        server = state(ctx).settings.target(db.value if db else None, dsn=dsn)
-        _print_logical(
-            restore_logical(repository, server, backup_id, dbname, jobs=jobs, clean=clean),
-            json_output,
-        )
+        settings = state(ctx).settings
+        server = settings.target(db.value if db else None, dsn=dsn)
+        logical = restore_logical(
+            repository, server, backup_id, dbname, jobs=jobs, clean=clean,
+            spool_dir=settings.spool_dir, spool_reserve=settings.backup.spool_reserve,
+        )  # fmt: skip
+        _print_logical(logical, json_output)
         return
     target = _target(target_time, target_name, target_lsn, latest)
     if pgdata is None:
@@ -160,7 +162,11 @@ def _print_logical(result: LogicalResult, json_output: bool) -> None:
     if json_output:
         print_json(result)
         return
-    spool = " (spooled to a temporary file for --jobs)" if result.spooled else ""
+    spool = (
+        " (spooled to local disk first: pg_restore -j and directory-format dumps need files)"
+        if result.spooled
+        else ""
+    )
     console.print(
         f"restored backup {result.backup_id} into database {result.database}"
         f"{' (created)' if result.created else ''}{spool} in {result.seconds:.1f}s",

@@ -22,6 +22,7 @@ from chainlens_ops.cli.common import (
     repository_for,
     state,
 )
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import FETCH_FATAL, ChainlensError
 from chainlens_ops.wal.archive import archive_segment, restore_segment
 from chainlens_ops.wal.catalog import check_wal, list_wal
@@ -204,10 +205,4 @@ def _plain(value: object) -> dict[str, object]:
     return data
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+_size = format_bytes  # the backup commands print sizes the same way

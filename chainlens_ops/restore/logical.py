@@ -3,7 +3,11 @@
 The dump streams from the repository, decompressed and checked against its manifest,
 into pg_restore's stdin: no local copy. `--jobs` needs a seekable file (pg_restore
 reads the table of contents, then jumps to each table's data), so with jobs > 1 the
-dump is first spooled to a temporary file (said in the result), then removed.
+dump is first spooled to a file (said in the result), then removed. A `backup --jobs`
+backup is pg_dump's directory format, which pg_restore reads only from a directory: its
+files are always spooled into one. Spools go under `spool_dir` (else $TMPDIR, else
+/var/tmp), owner-only, after a check that the disk has room for the dump plus
+`spool_reserve`.
 
 The database is created when absent; an existing one must hold no tables (or views,
 sequences, ...) outside the system schemas unless `clean` (pg_restore --clean
@@ -12,18 +16,25 @@ sequences, ...) outside the system schemas unless `clean` (pg_restore --clean
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from chainlens_ops.backup.manifest import LOGICAL, read_manifest
+from chainlens_ops.backup.manifest import LOGICAL, BackupManifest, BackupObject, read_manifest
 from chainlens_ops.backup.objects import CheckedReader
+from chainlens_ops.backup.spool import (
+    fetch_directory,
+    is_directory,
+    require_room,
+    spool_folder,
+    spool_root,
+)
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
@@ -54,6 +65,8 @@ def restore_logical(
     *,
     jobs: int = 1,
     clean: bool = False,
+    spool_dir: str | None = None,
+    spool_reserve: int = 0,
 ) -> LogicalResult:
     manifest = read_manifest(repo, backup_id)
     if manifest.kind != LOGICAL:
@@ -61,9 +74,14 @@ def restore_logical(
             f"backup {backup_id} is a {manifest.kind} backup; --dbname restores logical ones",
             hint="restore a base backup with --pgdata and a target",
         )
-    obj = next((o for o in manifest.objects if o.key.endswith("/" + DUMP_OBJECT)), None)
-    if obj is None:
+    directory = is_directory(manifest)
+    obj = None if directory else _dump_object(manifest)
+    if obj is None and not directory:
         raise OperationFailed(f"backup {backup_id} has no {DUMP_OBJECT}")
+    spooled = directory or jobs > 1
+    root = spool_root(spool_dir)
+    if spooled:  # refused before the database is created
+        require_room(root, manifest.raw_bytes, spool_reserve, f"the dump of backup {backup_id}")
     started = time.monotonic()
     with connect(target) as conn:
         major = major_of(server_version_num(conn))
@@ -78,29 +96,54 @@ def restore_logical(
                 f"database {dbname} already holds {objects} table(s) or other relations",
                 hint="restore into a new database, or pass --clean to replace what the dump holds",
             )
-    if not exists:
-        with connect(target) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    conninfo, env = connection_for_binary(_with_db(target.conninfo, dbname))
-    argv = [find_binary("pg_restore", major), "--exit-on-error", "--no-owner", "-w", "-d", conninfo]
+    argv = [find_binary("pg_restore", major), "--exit-on-error", "--no-owner", "-w"]
     if clean:
         argv += ["--clean", "--if-exists"]
-    with CheckedReader(repo.storage, obj) as reader:
-        if jobs > 1:
-            with tempfile.TemporaryDirectory(prefix="chainlens-restore-") as tmp:
-                spool = Path(tmp) / "dump.pgc"
-                with open(spool, "wb") as fh:
-                    shutil.copyfileobj(reader, fh, 1024 * 1024)
-                with PgStream([*argv, "-j", str(jobs), str(spool)], env=env) as proc:
-                    proc.wait()
-        else:
-            with PgStream(argv, env=env, stdin=reader) as proc:  # type: ignore[arg-type]
+    if jobs > 1:
+        argv += ["-j", str(jobs)]
+    with ExitStack() as stack:
+        if spooled:  # fetched and checked before the database is created
+            folder = stack.enter_context(spool_folder(root, f"restore-{backup_id}"))
+            path, restored = _spool(repo, manifest, obj, folder)
+        if not exists:
+            with connect(target) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        conninfo, env = connection_for_binary(_with_db(target.conninfo, dbname))
+        argv += ["-d", conninfo]
+        if spooled:
+            with PgStream([*argv, path], env=env) as proc:
                 proc.wait()
-        restored = reader.raw_size
+        else:
+            assert obj is not None
+            with (
+                CheckedReader(repo.storage, obj) as reader,
+                PgStream(argv, env=env, stdin=reader) as proc,  # type: ignore[arg-type]
+            ):
+                proc.wait()
+                restored = reader.raw_size
     return LogicalResult(
         backup_id=backup_id, database=dbname, created=not exists, cleaned=clean, jobs=jobs,
-        spooled=jobs > 1, restored_bytes=restored, seconds=time.monotonic() - started,
+        spooled=spooled, restored_bytes=restored, seconds=time.monotonic() - started,
     )  # fmt: skip
+
+
+def _spool(
+    repo: Repository, manifest: BackupManifest, obj: BackupObject | None, folder: str
+) -> tuple[str, int]:
+    """The dump in `folder`, checked against the manifest: a directory-format dump's
+    files into `folder`/dump, a custom-format dump into `folder`/dump.pgc. (path, bytes)"""
+    if obj is None:
+        path = os.path.join(folder, "dump")
+        os.mkdir(path, 0o700)
+        return path, fetch_directory(repo.storage, manifest, manifest.objects, path)
+    path = os.path.join(folder, "dump.pgc")
+    with CheckedReader(repo.storage, obj) as reader, open(path, "xb") as fh:
+        shutil.copyfileobj(reader, fh, 1024 * 1024)
+        return path, reader.raw_size
+
+
+def _dump_object(manifest: BackupManifest) -> BackupObject | None:
+    return next((o for o in manifest.objects if o.key.endswith("/" + DUMP_OBJECT)), None)
 
 
 def _with_db(conninfo: str, dbname: str) -> str:
