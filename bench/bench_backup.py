@@ -98,6 +98,24 @@ def make_cluster(base: Path, pgbr_conf: Path, repo: Path) -> tuple[PgCluster, Pa
     return cluster, sock
 
 
+def cluster_with_pgbackrest(base: Path) -> tuple[PgCluster, Path, list[str]]:
+    """A started cluster archiving into both repositories: ours (base/repo) and a
+    pgBackRest stanza `bench` (base/pgbr); returns it, our repo, pgBackRest's argv."""
+    repo = make_shared_dir(base / "repo", mode=0o700)
+    conf = base / "pgbackrest.conf"
+    for sub in ("pgbr", "pgbr-log", "pgbr-lock"):
+        make_shared_dir(base / sub, mode=0o700)
+    cluster, sock = make_cluster(base, conf, repo)
+    conf.write_text(
+        f"[global]\nrepo1-path={base}/pgbr\ncompress-type=zst\nlog-level-console=warn\n"
+        f"log-level-file=off\nlock-path={base}/pgbr-lock\nlog-path={base}/pgbr-log\n"
+        f"start-fast=y\n[bench]\npg1-path={cluster.data}\npg1-port={cluster.port}\n"
+        f"pg1-socket-path={sock}\npg1-user=postgres\n"
+    )
+    os.chmod(conf, 0o644)
+    return cluster, repo, ["pgbackrest", f"--config={conf}", "--stanza=bench"]
+
+
 def load_dataset(cluster: PgCluster, mb: float, env: dict[str, str]) -> None:
     for db in DBS.values():
         cluster.createdb(db)
@@ -130,19 +148,7 @@ def main() -> int:
     cluster: PgCluster | None = None
     moto: subprocess.Popen[bytes] | None = None
     try:
-        repo = make_shared_dir(base / "repo", mode=0o700)
-        conf = base / "pgbackrest.conf"
-        for sub in ("pgbr", "pgbr-log", "pgbr-lock"):
-            make_shared_dir(base / sub, mode=0o700)
-        cluster, sock = make_cluster(base, conf, repo)
-        conf.write_text(
-            f"[global]\nrepo1-path={base}/pgbr\ncompress-type=zst\nlog-level-console=warn\n"
-            f"log-level-file=off\nlock-path={base}/pgbr-lock\nlog-path={base}/pgbr-log\n"
-            f"start-fast=y\n[bench]\npg1-path={cluster.data}\npg1-port={cluster.port}\n"
-            f"pg1-socket-path={sock}\npg1-user=postgres\n"
-        )
-        os.chmod(conf, 0o644)
-        pgbr = ["pgbackrest", f"--config={conf}", "--stanza=bench"]
+        cluster, repo, pgbr = cluster_with_pgbackrest(base)
         have_pgbr = bool(shutil.which("pgbackrest"))
         if have_pgbr:
             code, _, err = run_as_postgres([*pgbr, "stanza-create"], cwd=base, env=env)

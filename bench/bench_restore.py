@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import psycopg  # noqa: E402
-from bench_backup import make_cluster  # noqa: E402
+from bench_backup import cluster_with_pgbackrest  # noqa: E402
 from bench_wal import base_env, run_as_postgres  # noqa: E402
 from pgharness import CLI, PG_BIN, PgCluster, as_postgres, free_port, make_shared_dir  # noqa: E402
 
@@ -112,19 +112,7 @@ def main() -> int:
     rows: dict[str, int] = {}
     phases: dict[str, list[float]] = {"pgBackRest": [], "chainlens-ops": []}  # to the start
     try:
-        repo = make_shared_dir(base / "repo", mode=0o700)
-        conf = base / "pgbackrest.conf"
-        for sub in ("pgbr", "pgbr-log", "pgbr-lock"):
-            make_shared_dir(base / sub, mode=0o700)
-        cluster, sock = make_cluster(base, conf, repo)
-        conf.write_text(
-            f"[global]\nrepo1-path={base}/pgbr\ncompress-type=zst\nlog-level-console=warn\n"
-            f"log-level-file=off\nlock-path={base}/pgbr-lock\nlog-path={base}/pgbr-log\n"
-            f"start-fast=y\n[bench]\npg1-path={cluster.data}\npg1-port={cluster.port}\n"
-            f"pg1-socket-path={sock}\npg1-user=postgres\n"
-        )
-        os.chmod(conf, 0o644)
-        pgbr = ["pgbackrest", f"--config={conf}", "--stanza=bench"]
+        cluster, repo, pgbr = cluster_with_pgbackrest(base)
         run([*pgbr, "stanza-create"], cwd=base, env=env)
         pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
                    "-U", "postgres"]  # fmt: skip
