@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,8 @@ sys.path.insert(0, str(HERE))
 import psycopg  # noqa: E402
 from bench_backup import cluster_with_pgbackrest  # noqa: E402
 from bench_wal import base_env, run_as_postgres  # noqa: E402
-from pgharness import CLI, PG_BIN, PgCluster, as_postgres, free_port, make_shared_dir  # noqa: E402
+from pgharness import CLI, PG_BIN, PgCluster, free_port, make_shared_dir  # noqa: E402
+from test_wal import switch_and_wait  # noqa: E402
 
 
 def run(argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
@@ -76,22 +76,6 @@ def server_start(log: Path) -> float:
     raise SystemExit(f"{log}: no 'starting PostgreSQL' line")
 
 
-def switch_and_wait(cluster: PgCluster) -> None:
-    segment = cluster.scalar("SELECT pg_walfile_name(pg_switch_wal())")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done = cluster.scalar("SELECT last_archived_wal FROM pg_stat_archiver")
-        if done is not None and done >= segment:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"{segment} was not archived within 120 s")
-
-
-def stop(pgdata: Path) -> None:
-    subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-m", "immediate",
-                                "-w", "stop"]), capture_output=True, check=False)  # fmt: skip
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=20, help="pgbench scale (20: ~320 MB)")
@@ -128,7 +112,7 @@ def main() -> int:
         target = str(cluster.scalar("SELECT now()::text"))
         time.sleep(0.5)
         run([*pgbench, "-n", "-c", "2", "-t", "3000"], cwd=base, env=env)
-        switch_and_wait(cluster)
+        switch_and_wait(cluster, timeout=120)
         wal = int(cluster.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
         print(f"target {target}; WAL written {wal / 2**20:.0f} MB", flush=True)
 
@@ -158,7 +142,7 @@ def main() -> int:
                     phases[tool].append(server_start(pgdata / "chainlens-restore.log") - wall)
                 times[tool].append(time.perf_counter() - started)
                 rows.setdefault(tool, history_rows(port))
-                stop(pgdata)
+                PgCluster(pgdata, port).stop("immediate")
                 shutil.rmtree(pgdata, ignore_errors=True)
                 print(
                     f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s (restore "

@@ -36,7 +36,8 @@ from chainlens_ops.cli.common import (
     state,
     to_jsonable,
 )
-from chainlens_ops.cli.wal import RepoOption, _size
+from chainlens_ops.cli.wal import RepoOption
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import ChainlensError, UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import list_wal
@@ -162,8 +163,8 @@ def backup_command(
             if not quiet and result.covered_by is None:
                 err_console.print(
                     f"chainlens-ops: {result.kind} backup of {result.target} "
-                    f"({result.database} at {result.server}): {_size(result.size_bytes)} "
-                    f"stored ({_size(result.raw_bytes)} raw) in {result.seconds:.1f}s",
+                    f"({result.database} at {result.server}): {format_bytes(result.size_bytes)} "
+                    f"stored ({format_bytes(result.raw_bytes)} raw) in {result.seconds:.1f}s",
                     markup=False,
                 )
     if json_output:
@@ -200,7 +201,9 @@ def list_command(
             table.add_column(heading, overflow="fold")
         for b in valid:
             took = _seconds(b.started_at, b.finished_at)
-            table.add_row(b.id, f"{took:.0f}s", _size(b.size_bytes), _proofs_text(proofs[b.id]))
+            table.add_row(
+                b.id, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
+            )
         console.print(table)
     bases = [b for b in valid if b.kind == BASE]
     if bases:
@@ -289,7 +292,7 @@ def prune_command(
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
-        f"{result.wal_removed} WAL file(s) ({_size(result.wal_bytes_removed)}) older than "
+        f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "
         f"{result.wal_before or 'the oldest base backup (none kept: no WAL removed)'}",
         markup=False,
     )

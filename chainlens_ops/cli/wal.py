@@ -141,12 +141,12 @@ def list_command(
                 r.first,
                 r.last,
                 str(r.count),
-                _size(r.stored_bytes),
+                format_bytes(r.stored_bytes),
                 ", ".join(notes) if i == 0 else "",
             )
     console.print(table)
     console.print(
-        f"{listing.repo}: {listing.objects} objects, {_size(listing.stored_bytes)} stored",
+        f"{listing.repo}: {listing.objects} objects, {format_bytes(listing.stored_bytes)} stored",
         markup=False,
     )
 
@@ -203,6 +203,3 @@ def _plain(value: object) -> dict[str, object]:
     data = to_jsonable(value)
     assert isinstance(data, dict)
     return data
-
-
-_size = format_bytes  # the backup commands print sizes the same way
