@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # As many pytest workers as the machine has cores, at most 4.
 JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
-.PHONY: system-deps bench-deps install deps test lint format bench clean demo
+.PHONY: system-deps bench-deps install deps test unit lint format bench clean demo
 
 # Debian packages (PostgreSQL 15, python3-venv); bench-deps adds the benchmark anchors.
 system-deps:
@@ -46,8 +46,14 @@ install: deps
 	chmod a+rx $(dir $(VENV))
 	chmod -R a+rX $(VENV)
 
+# Both tiers: the unit tier (pure logic, tests/unit) and the integration tier (real
+# clusters as the postgres user, moto; tests/integration), which needs root and the install.
 test: install
 	CHAINLENS_TEST_VENV=$(VENV) $(VENV)/bin/python -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+# The fast tier alone: no root, no PostgreSQL, no network, no install (imports the work tree).
+unit: deps
+	$(VENV)/bin/python -m pytest -n $(JOBS) -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check chainlens_ops tests bench scripts

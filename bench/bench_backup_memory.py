@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
 from bench_wal import _wait_http, base_env, make_cluster, run_as_postgres
 from pgharness import CLI, PG_BIN, VENV, PgCluster, free_port, make_shared_dir

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
 # The tool measured is the one installed beside the python running this script.
 os.environ.setdefault("CHAINLENS_TEST_VENV", str(Path(sys.executable).parent.parent))
 

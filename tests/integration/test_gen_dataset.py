@@ -10,7 +10,7 @@ from pathlib import Path
 from pgharness import PgCluster, run_cli
 from test_schema import fresh_dbs
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gen_dataset.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gen_dataset.py"
 
 
 def generate(pg: PgCluster, mb: str) -> dict[str, str]:

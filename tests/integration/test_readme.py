@@ -46,7 +46,7 @@ from chainlens_ops.config import DATABASES, build_settings
 from chainlens_ops.configcheck import known_keys
 from chainlens_ops.daemon.jobs import parse_daemon_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = (README, ROOT / "docs" / "reference.md")
 MARKER = "<!-- readme-test: sandbox -->"

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.pgharness import CLI
+from pgharness import CLI
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from pgharness import PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, run_cli, wait_for
 
-REPO_SQL = Path(__file__).resolve().parent.parent / "sql"
+REPO_SQL = Path(__file__).resolve().parents[2] / "sql"
 
 SUPABASE_TABLES = {
     "public.user_profiles",

@@ -27,7 +27,7 @@ from pgharness import (
     remove_tree,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _installed_is_current() -> str | None:
