@@ -35,9 +35,11 @@ from __future__ import annotations
 import os
 
 from chainlens_ops.configcheck import (
+    BACKUP_KEYS,
     DATABASE_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
     S3_KEYS,
+    STATUS_KEYS,
     boolean,
     byte_size,
     check,
@@ -116,9 +118,29 @@ class BackupSettings:
 
     zstd_level: int = DEFAULT_ZSTD_LEVEL
     spool_reserve: int = DEFAULT_SPOOL_RESERVE
+    # Retention for `backup prune` when it is given no --keep-* flag (the daemon's job).
+    keep_last: int | None = None
+    keep_days: float | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
 
 
 _DEFAULT_BACKUP = BackupSettings()
+
+
+@record
+class StatusSettings:
+    """`[status]`: when the archive backlog (segments waiting for archive_command) needs
+    attention (warn) and when it is urgent (critical): by count, or by the oldest's age."""
+
+    backlog_warn_segments: int = 8
+    backlog_critical_segments: int = 64
+    backlog_warn_age_s: float = 300.0
+    backlog_critical_age_s: float = 1800.0
+
+
+_DEFAULT_STATUS = StatusSettings()
 
 
 @record
@@ -131,6 +153,7 @@ class Settings:
     spool_dir: str | None = None
     config_file: str | None = None
     backup: BackupSettings = _DEFAULT_BACKUP
+    status: StatusSettings = _DEFAULT_STATUS
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -220,6 +243,20 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         if env_reserve
         else byte_size(backup_table.get("spool_reserve", DEFAULT_SPOOL_RESERVE),
                        "backup.spool_reserve"),
+        keep_last=backup_table.get("keep_last"),
+        keep_days=backup_table.get("keep_days"),
+        keep_daily=backup_table.get("keep_daily"),
+        keep_weekly=backup_table.get("keep_weekly"),
+        keep_monthly=backup_table.get("keep_monthly"),
+    )  # fmt: skip
+    status_table = data.get("status", {})
+    status = StatusSettings(
+        backlog_warn_segments=status_table.get("backlog_warn_segments", 8),
+        backlog_critical_segments=status_table.get("backlog_critical_segments", 64),
+        backlog_warn_age_s=duration_ms(status_table.get("backlog_warn_age", "5m"),
+                                       "status.backlog_warn_age") / 1000,
+        backlog_critical_age_s=duration_ms(status_table.get("backlog_critical_age", "30m"),
+                                           "status.backlog_critical_age") / 1000,
     )  # fmt: skip
 
     env_timeout = env.get("CHAINLENS_LOCK_TIMEOUT")
@@ -237,6 +274,7 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         spool_dir=env.get("CHAINLENS_SPOOL_DIR") or data.get("spool_dir"),
         config_file=path,
         backup=backup,
+        status=status,
     )
 
 
@@ -282,11 +320,35 @@ def _s3(value: object, what: str) -> None:
 
 
 def _backup(value: object, what: str) -> None:
+    def count(v: object, w: str) -> object:
+        return whole_number(v, w, 1, 100_000)
+
     checks: dict[str, Callable[[object, str], object]] = {
         "zstd_level": lambda v, w: whole_number(v, w, 1, 22),
         "spool_reserve": byte_size,
+        "keep_last": count,
+        "keep_days": _days,
+        "keep_daily": count,
+        "keep_weekly": count,
+        "keep_monthly": count,
     }
-    check(table(value, what), checks, f"{what}.")
+    check(table(value, what), {key: checks[key] for key in BACKUP_KEYS}, f"{what}.")
+
+
+def _days(value: object, what: str) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(f"{what} must be a number of days (0 or more), not {value!r}")
+    return value
+
+
+def _status(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {
+        "backlog_warn_segments": lambda v, w: whole_number(v, w, 1, 1_000_000),
+        "backlog_critical_segments": lambda v, w: whole_number(v, w, 1, 1_000_000),
+        "backlog_warn_age": duration_ms,
+        "backlog_critical_age": duration_ms,
+    }
+    check(table(value, what), {key: checks[key] for key in STATUS_KEYS}, f"{what}.")
 
 
 def _owned_elsewhere(value: object, what: str) -> None:
@@ -306,6 +368,7 @@ def _validate(data: Mapping[str, Any]) -> None:
         "databases": _databases,
         "s3": _s3,
         "backup": _backup,
+        "status": _status,
     }
     check(data, checks)
 

@@ -28,6 +28,7 @@ KNOWN_TOP_LEVEL_KEYS = (
     "jobs",
     "daemon",
     "backup",
+    "status",
 )
 DATABASE_KEYS = (
     "dsn",
@@ -52,8 +53,22 @@ S3_KEYS = (
 )
 DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
 JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
-BACKUP_KEYS = ("zstd_level", "spool_reserve")
-SECTIONS = ("databases", "s3", "jobs", "daemon", "backup")
+BACKUP_KEYS = (
+    "zstd_level",
+    "spool_reserve",
+    "keep_last",
+    "keep_days",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+)
+STATUS_KEYS = (
+    "backlog_warn_segments",
+    "backlog_critical_segments",
+    "backlog_warn_age",
+    "backlog_critical_age",
+)
+SECTIONS = ("databases", "s3", "jobs", "daemon", "backup", "status")
 
 
 def known_keys() -> list[str]:
@@ -65,6 +80,7 @@ def known_keys() -> list[str]:
     keys += [f"daemon.{k}" for k in DAEMON_KEYS]
     keys += [f"jobs.{k}" for k in JOB_KEYS]
     keys += [f"backup.{k}" for k in BACKUP_KEYS]
+    keys += [f"status.{k}" for k in STATUS_KEYS]
     return keys
 
 

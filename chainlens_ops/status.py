@@ -13,6 +13,9 @@ What needs action, and why the thresholds are where they are:
 - WAL archive: archive_mode off, the archiver failing now (its last failure is newer
   than its last success), the server's last archived segment not in this repository
   (archive_command archives elsewhere), gaps on the restore path (`wal check`'s walk);
+- WAL backlog: segments finished but not archived yet (`pg_ls_archive_statusdir()`),
+  staged warn then critical by count or by the oldest's age (`[status]` thresholds):
+  a stuck archiver fills `pg_wal` and then the disk;
 - backups: none, the newest older than 26 h (a daily backup two hours late), archived
   WAL but no base backup (no point-in-time restore), the newest verify or drill failed;
 - cache: rows expired for more than 2 h (the hourly cleanup is not running); a few
@@ -34,11 +37,13 @@ from chainlens_ops.backup.manifest import BASE, LOGICAL, BackupManifest, Catalog
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.cache import cache_stats
 from chainlens_ops.config import DATABASES, Settings
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.daemon.history import JobRun
 from chainlens_ops.daemon.jobs import CommandCheck, JobSpec, read_daemon_config
 from chainlens_ops.daemon.status import daemon_status
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
+from chainlens_ops.pg.backlog import OK, Backlog, backlog_level, read_backlog
 from chainlens_ops.pg.connection import connect
 from chainlens_ops.repository import Repository, open_repository
 from chainlens_ops.storage import NotFound
@@ -93,6 +98,13 @@ class ArchiveFacts:
     gaps: list[WalGap]
     problems: list[str]
     stale_temp_files: int
+
+
+@dataclass(frozen=True)
+class BacklogFacts:
+    level: str  # ok, warn, critical
+    backlog: Backlog
+    last_failed_wal: str | None
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,22 @@ def _archive(settings: Settings, repos: _Repos, db: str, now: datetime) -> Check
     return Check("wal archive", db, not fixes, _archive_detail(facts, now), fixes, facts)
 
 
+def _backlog(settings: Settings, db: str) -> Check:
+    with connect(settings.target(db)) as conn:
+        backlog = read_backlog(conn)
+        row = conn.execute("SELECT last_failed_wal FROM pg_stat_archiver").fetchone()
+    level = backlog_level(backlog, settings.status)
+    facts = BacklogFacts(level, backlog, row[0] if row else None)
+    detail = f"{backlog.segments} segment(s) waiting to be archived"
+    if backlog.segments:
+        detail += f" ({format_bytes(backlog.bytes)}, oldest {backlog.oldest_age_s or 0:.0f}s)"
+    if level == OK:
+        return Check("wal backlog", db, True, detail, [], facts)
+    cause = f"; archiver's last failure: {facts.last_failed_wal}" if facts.last_failed_wal else ""
+    fixes = [f"chainlens-ops check --db {db} (archiving is behind or stuck{cause})"]
+    return Check("wal backlog", db, False, f"{level.upper()}: {detail}", fixes, facts)
+
+
 def _gaps_after_newest_base(repos: _Repos, repo: Repository, check: WalCheck) -> bool:
     """Gaps that break a restore to now. Older ones only cut off older times, which a new
     base backup cannot mend either; the detail still counts them."""
@@ -424,6 +452,7 @@ def collect_status(
         run("schema", n, lambda n=n: _schema(settings, n))  # type: ignore[misc]
         run("partitions", n, lambda n=n: _partitions(settings, n, now))  # type: ignore[misc]
         run("wal archive", n, lambda n=n: _archive(settings, repos, n, now))  # type: ignore[misc]
+        run("wal backlog", n, lambda n=n: _backlog(settings, n))  # type: ignore[misc]
         run("backups", n, lambda n=n: _backups(repos, n, now))  # type: ignore[misc]
     jobs: list[JobFacts] = []
     if "microservices" in names:

@@ -80,10 +80,15 @@ class RecoverableWindow:
         return self.recoverable[-1].end if self.recoverable else None
 
 
-def recoverable_window(repo: Repository, check: WalCheck | None = None) -> RecoverableWindow:
+def recoverable_window(
+    repo: Repository, check: WalCheck | None = None, *, only: set[str] | None = None
+) -> RecoverableWindow:
     """The window of `repo`; `check` is a `check_wal` of it already made (else made here,
-    without removing anything). Reads only."""
+    without removing anything). `only`: count just these backups (the window a prune
+    would leave). Reads only."""
     bases = sorted((b for b in read_catalog(repo).valid if b.kind == BASE), key=_finished)
+    if only is not None:
+        bases = [b for b in bases if b.id in only]
     points = [
         PointLabel(p.name, _point_time(p.time), p.lsn)
         for p in list_restore_points(repo, scan_wal=False)

@@ -1,8 +1,11 @@
 """`chainlens-ops backup prune`: retention by backup time, and the WAL no backup needs.
 
-- A valid backup is kept when any rule keeps it: among the newest `keep_last` of its
-  target database, or started within `keep_days`. Each target's newest valid backup is
-  always kept.
+- A valid backup is kept when any rule of the policy keeps it, or it is pinned
+  (`chainlens_ops.backup.retention` says which rules, per target database and per kind);
+  each target's newest valid backup and newest point-in-time base are always kept.
+- The recoverable window left afterwards is computed before anything is removed (the
+  dry run shows it); a prune that would leave no restorable base backup where there was
+  one refuses.
 - A pruned backup loses its manifest first (it leaves the catalog at once), then its
   objects: a prune cut short leaves leftovers, never a listed backup missing objects.
 - Leftovers of failed backups (objects without a manifest) are removed. Running backups
@@ -16,21 +19,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from chainlens_ops.backup.manifest import (
-    BASE,
-    BackupManifest,
     backup_prefix,
     manifest_key,
     read_catalog,
     utc_now,
 )
-from chainlens_ops.errors import UsageError
+from chainlens_ops.backup.pins import read_pins
+from chainlens_ops.backup.retention import RetentionPolicy, pitr_capable, select_retained
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
 from chainlens_ops.wal.names import HISTORY, parse_wal_name
+from chainlens_ops.window import RecoverableWindow, recoverable_window
 
 
 @dataclass(frozen=True)
@@ -45,24 +49,21 @@ class PruneResult:
     wal_bytes_removed: int = 0
     damaged: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # kept id -> why
+    pinned: list[str] = field(default_factory=list)
+    window_after: RecoverableWindow | None = None  # what point-in-time restores remain
 
 
 def prune_backups(
     repo: Repository,
     *,
-    keep_last: int | None = None,
-    keep_days: float | None = None,
+    policy: RetentionPolicy,
     dry_run: bool = False,
     now: datetime | None = None,
     lock_wait_s: float = DEFAULT_WAIT_S,
     notify: Callable[[str], None] | None = None,
 ) -> PruneResult:
-    if keep_last is None and keep_days is None:
-        raise UsageError("say what to keep: --keep-last N and/or --keep-days D")
-    if keep_last is not None and keep_last < 1:
-        raise UsageError("--keep-last must be at least 1")
-    if keep_days is not None and keep_days < 0:
-        raise UsageError("--keep-days must not be negative")
+    policy.check()
     notices: list[str] = []
 
     def note(line: str) -> None:
@@ -73,10 +74,20 @@ def prune_backups(
     lock = RepositoryLock(repo.storage, "backup prune", wait_s=lock_wait_s, notify=note)
     with lock.hold():
         catalog = read_catalog(repo)
-        keep = retained(catalog.valid, keep_last, keep_days, now or utc_now())
-        removed = [b for b in catalog.valid if b.id not in keep]
-        bases = [b for b in catalog.valid if b.id in keep and b.kind == BASE and b.start_wal]
-        wal_before = min((str(b.start_wal)[:24] for b in bases), key=_segno_key, default=None)
+        pins = read_pins(repo)
+        reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins)
+        removed = [b for b in catalog.valid if b.id not in reasons]
+        kept_bases = [b for b in catalog.valid if b.id in reasons and pitr_capable(b)]
+        wal_before = min((str(b.start_wal)[:24] for b in kept_bases), key=_segno_key,
+                         default=None)  # fmt: skip
+        before = recoverable_window(repo)
+        after = recoverable_window(repo, only={b.id for b in kept_bases})
+        if _restorable(before) and not _restorable(after):
+            raise OperationFailed(
+                "this prune would leave no base backup a point-in-time restore can start "
+                f"from in {repo.url}",
+                hint="keep more (--keep-last, --keep-days) or pin a restorable base backup",
+            )
         wal = _old_wal(repo, wal_before) if wal_before else []
         if not dry_run:
             for backup in removed:
@@ -90,7 +101,7 @@ def prune_backups(
     return PruneResult(
         repo=repo.url,
         dry_run=dry_run,
-        kept=[b.id for b in catalog.valid if b.id in keep],
+        kept=[b.id for b in catalog.valid if b.id in reasons],
         removed=[b.id for b in removed],
         leftovers=catalog.without_manifest,
         wal_before=wal_before,
@@ -98,25 +109,14 @@ def prune_backups(
         wal_bytes_removed=sum(size for _, size in wal),
         damaged=catalog.damaged,
         notices=notices,
+        reasons={b.id: reasons[b.id] for b in catalog.valid if b.id in reasons},
+        pinned=sorted(i for i in pins if i in reasons),
+        window_after=after,
     )
 
 
-def retained(
-    valid: list[BackupManifest], keep_last: int | None, keep_days: float | None, now: datetime
-) -> set[str]:
-    """Ids kept (`valid` is newest first). The rules apply per target database, so a
-    repository holding both databases' backups keeps N of each; each target's newest
-    backup is always kept."""
-    keep: set[str] = set()
-    for target in {b.target for b in valid}:
-        mine = [b for b in valid if b.target == target]
-        keep |= {b.id for b in mine[:1]}
-        if keep_last is not None:
-            keep |= {b.id for b in mine[:keep_last]}
-        if keep_days is not None:
-            cutoff = now - timedelta(days=keep_days)
-            keep |= {b.id for b in mine if b.started() >= cutoff}
-    return keep
+def _restorable(window: RecoverableWindow) -> bool:
+    return any(mark.restorable for mark in window.base_backups)
 
 
 def _delete_backup(repo: Repository, backup_id: str) -> None:

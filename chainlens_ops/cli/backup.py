@@ -1,4 +1,4 @@
-"""`chainlens-ops backup`: take a backup (bare), `list`, `verify`, `prune`."""
+"""`chainlens-ops backup`: take a backup (bare), `list`, `verify`, `prune`, `pin`, `unpin`."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog
+from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog, utc_now
+from chainlens_ops.backup.pins import Pin, read_pins, set_pin
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
+from chainlens_ops.backup.retention import RetentionPolicy
 from chainlens_ops.backup.take import WAL_WAIT_S, BackupOptions, BackupResult, take_backup
 from chainlens_ops.backup.verify import verify_backup
 from chainlens_ops.cli.common import (
@@ -36,14 +38,16 @@ from chainlens_ops.cli.common import (
     state,
     to_jsonable,
 )
+from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import ChainlensError, UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import list_wal
+from chainlens_ops.window import RecoverableWindow
 
 app = typer.Typer(
-    help="Backups into the repository: take one (bare `backup`), list, verify, prune.",
+    help="Backups into the repository: take one (bare `backup`), list, verify, prune, pin.",
     invoke_without_command=True,
 )
 
@@ -188,8 +192,12 @@ def list_command(
     catalog = read_catalog(repository)
     valid = catalog.valid
     proofs = {b.id: latest_proofs(repository, b.id) for b in valid}
+    pins = read_pins(repository)
     if json_output:
-        print_json([{**b.to_dict(), **_proofs_json(proofs[b.id])} for b in valid])
+        print_json([
+            {**b.to_dict(), **_proofs_json(proofs[b.id]), "pinned": _pin_json(pins.get(b.id))}
+            for b in valid
+        ])  # fmt: skip
         return
     if not valid:
         console.print(f"{repository.url}: no backups yet", markup=False)
@@ -201,10 +209,15 @@ def list_command(
             table.add_column(heading, overflow="fold")
         for b in valid:
             took = _seconds(b.started_at, b.finished_at)
+            mark = " *" if b.id in pins else ""
             table.add_row(
-                b.id, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
+                b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
             )
         console.print(table)
+        for b in valid:
+            if b.id in pins:
+                note = pins[b.id].note
+                console.print(f"* pinned {b.id}" + (f": {note}" if note else ""), markup=False)
     bases = [b for b in valid if b.kind == BASE]
     if bases:
         oldest = bases[-1]  # newest first
@@ -265,37 +278,113 @@ def verify_command(
 def prune_command(
     ctx: typer.Context,
     keep_last: Annotated[
-        int | None, typer.Option("--keep-last", help="Keep the newest N backups.")
+        int | None,
+        typer.Option("--keep-last", metavar="N", help="Keep the newest N of each kind."),
     ] = None,
     keep_days: Annotated[
-        float | None, typer.Option("--keep-days", help="Keep backups from the last D days.")
+        float | None,
+        typer.Option("--keep-days", metavar="D", help="Keep backups from the last D days."),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only.")] = False,
+    keep_daily: Annotated[
+        int | None,
+        typer.Option("--keep-daily", metavar="N", help="Newest of each of the last N days."),
+    ] = None,
+    keep_weekly: Annotated[
+        int | None,
+        typer.Option("--keep-weekly", metavar="N", help="Newest of each of the last N weeks."),
+    ] = None,
+    keep_monthly: Annotated[
+        int | None,
+        typer.Option("--keep-monthly", metavar="N", help="Newest of each of the last N months."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what goes and the window left; change nothing.")
+    ] = False,
     db: DbOption = None,
     repo: RepoOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Remove backups beyond retention (never the newest valid one) and WAL no retained
-    base backup needs."""
+    """Remove backups beyond retention (never pinned ones, nor the newest valid one) and
+    WAL no retained base backup needs."""
+    asked = RetentionPolicy(keep_last, keep_days, keep_daily, keep_weekly, keep_monthly)
     result = prune_backups(
         repository_for(ctx, db.value if db else None, repo),
-        keep_last=keep_last, keep_days=keep_days, dry_run=dry_run,
-        notify=_say(json_output),
+        policy=asked.or_configured(state(ctx).settings.backup),
+        dry_run=dry_run, notify=_say(json_output),
     )  # fmt: skip
     if json_output:
-        print_json(result)
+        data = to_jsonable(result)
+        data["window_after"] = _window_json(result.window_after)
+        print_json(data)
         return
     verb = "would remove" if dry_run else "removed"
     for backup_id in result.removed:
         console.print(f"{verb} {backup_id}", markup=False)
     for backup_id in result.leftovers:
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
+    for backup_id in result.kept:
+        console.print(f"keep {backup_id} ({', '.join(result.reasons[backup_id])})", markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
         f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "
         f"{result.wal_before or 'the oldest base backup (none kept: no WAL removed)'}",
         markup=False,
     )
+    if result.window_after is not None:
+        console.print("recoverable window afterwards:", markup=False)
+        width = min(console.width, 80) if console.is_terminal else 80
+        for line in draw_window(result.window_after, utc_now(), width):
+            console.print(f"  {line}", markup=False)
+
+
+@app.command("pin")
+def pin_command(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(help="Backup id (see `backup list`).")],
+    note: Annotated[
+        str | None, typer.Option("--note", help="Why it is kept (shown by `backup list`).")
+    ] = None,
+    db: DbOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Keep a backup whatever the retention policy says."""
+    result = set_pin(repository_for(ctx, db.value if db else None, repo), backup_id,
+                     pinned=True, note=note, notify=_say(json_output))  # fmt: skip
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"pinned {backup_id}" + (f": {note}" if note else ""), markup=False)
+
+
+@app.command("unpin")
+def unpin_command(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(help="Backup id (see `backup list`).")],
+    db: DbOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Let retention remove a pinned backup again."""
+    result = set_pin(repository_for(ctx, db.value if db else None, repo), backup_id,
+                     pinned=False, notify=_say(json_output))  # fmt: skip
+    if json_output:
+        print_json(result)
+    else:
+        state_ = "unpinned" if result.changed else "was not pinned:"
+        console.print(f"{state_} {backup_id}", markup=False)
+
+
+def _window_json(window: RecoverableWindow | None) -> dict[str, Any] | None:
+    if window is None:
+        return None
+    return {
+        "start": window.start.isoformat() if window.start else None,
+        "end": window.end.isoformat() if window.end else None,
+        "spans": [{"start": s.start.isoformat(), "end": s.end.isoformat()}
+                  for s in window.recoverable],
+        "restorable_bases": [m.id for m in window.base_backups if m.restorable],
+    }  # fmt: skip
 
 
 def _proofs_json(proofs: dict[str, Proof]) -> dict[str, Any]:
@@ -307,6 +396,10 @@ def _proofs_json(proofs: dict[str, Proof]) -> dict[str, Any]:
             "at": proof.at.isoformat(), "ok": proof.ok, "detail": proof.detail,
         }  # fmt: skip
     return out
+
+
+def _pin_json(pin: Pin | None) -> dict[str, Any] | None:
+    return None if pin is None else {"note": pin.note, "at": pin.at}
 
 
 def _proofs_text(proofs: dict[str, Proof]) -> str:

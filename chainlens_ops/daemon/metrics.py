@@ -11,10 +11,13 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import psycopg
+
 from chainlens_ops.atomicfile import write_bytes_atomic
 from chainlens_ops.config import DATABASES, Settings
 from chainlens_ops.daemon.history import JobRun, last_runs, wal_archiver
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg.backlog import read_backlog
 from chainlens_ops.pg.connection import connect
 
 log = logging.getLogger("chainlens_ops.daemon")
@@ -74,16 +77,36 @@ def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
     ]
     wal_age: list[tuple[dict[str, str], float]] = []
     wal_failed: list[tuple[dict[str, str], float]] = []
+    ready: list[tuple[dict[str, str], float]] = []
+    ready_age: list[tuple[dict[str, str], float]] = []
     for db in DATABASES:
         try:
             with connect(settings.target(db)) as conn:
                 archiver = wal_archiver(conn)
-        except ChainlensError as exc:
-            log.warning("metrics: no WAL archiver figures for %s: %s", db, exc.one_line())
+                backlog = read_backlog(conn)
+        except (ChainlensError, psycopg.Error) as exc:
+            why = exc.one_line() if isinstance(exc, ChainlensError) else str(exc).strip()
+            log.warning("metrics: no WAL archiver figures for %s: %s", db, why)
             continue
         if archiver.get("seconds_since_archived") is not None:
             wal_age.append(({"db": db}, float(archiver["seconds_since_archived"])))
         wal_failed.append(({"db": db}, float(archiver.get("failed_count") or 0)))
+        ready.append(({"db": db}, float(backlog.segments)))
+        ready_age.append(({"db": db}, float(backlog.oldest_age_s or 0.0)))
+    metrics.append(
+        Metric(
+            "chainlens_ops_wal_ready_segments",
+            "WAL segments finished and waiting for archive_command (archive_status/*.ready).",
+            ready,
+        )
+    )
+    metrics.append(
+        Metric(
+            "chainlens_ops_wal_ready_oldest_age_seconds",
+            "Seconds the oldest segment waiting for archive_command has waited (0: none).",
+            ready_age,
+        )
+    )
     metrics.append(
         Metric(
             "chainlens_ops_wal_archive_lag_seconds",
@@ -109,7 +132,52 @@ def collect(settings: Settings, job_names: Iterable[str]) -> list[Metric]:
             backup_age,
         )
     )
+    metrics += repository_metrics(settings)
     return metrics
+
+
+def repository_metrics(settings: Settings) -> list[Metric]:
+    """Per database: the recoverable window's start and end, and the age of the newest
+    passed verify and drill of any of its backups. Read from each repository once."""
+    from chainlens_ops.backup.manifest import read_catalog, utc_now
+    from chainlens_ops.backup.proofs import DRILL, VERIFY, latest_proofs
+    from chainlens_ops.repository import open_repository
+    from chainlens_ops.window import recoverable_window
+
+    start: list[tuple[dict[str, str], float]] = []
+    end: list[tuple[dict[str, str], float]] = []
+    proof_age: dict[str, list[tuple[dict[str, str], float]]] = {VERIFY: [], DRILL: []}
+    now = utc_now()
+    for db in DATABASES:
+        if not settings.target(db).repo:
+            continue
+        try:
+            repo = open_repository(settings, db=db)
+            window = recoverable_window(repo)
+            backups = [b for b in read_catalog(repo).valid if b.target == db]
+            proofs = [latest_proofs(repo, b.id) for b in backups]
+        except ChainlensError as exc:
+            log.warning("metrics: no repository figures for %s: %s", db, exc.one_line())
+            continue
+        if window.start is not None and window.end is not None:
+            start.append(({"db": db}, window.start.timestamp()))
+            end.append(({"db": db}, window.end.timestamp()))
+        for kind, samples in proof_age.items():
+            passed = [p[kind].at for p in proofs if kind in p and p[kind].ok]
+            if passed:
+                samples.append(({"db": db}, (now - max(passed)).total_seconds()))
+    return [
+        Metric("chainlens_ops_recoverable_window_start_timestamp_seconds",
+               "Oldest time a point-in-time restore can reach (Unix time).", start),
+        Metric("chainlens_ops_recoverable_window_end_timestamp_seconds",
+               "Newest time a point-in-time restore can reach (Unix time).", end),
+        Metric("chainlens_ops_backup_verify_newest_age_seconds",
+               "Seconds since the newest passed `backup verify` of this database.",
+               proof_age[VERIFY]),
+        Metric("chainlens_ops_backup_drill_newest_age_seconds",
+               "Seconds since the newest passed `restore drill` of this database.",
+               proof_age[DRILL]),
+    ]  # fmt: skip
 
 
 def render(metrics: list[Metric]) -> str:

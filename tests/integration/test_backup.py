@@ -333,30 +333,3 @@ def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFact
 @pytest.fixture(autouse=True)
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CHAINLENS_CRASH_AT", raising=False)
-
-
-def test_retention_applies_per_target_database() -> None:
-    """One repository may hold both databases' backups: N of each are kept."""
-    from datetime import UTC, datetime, timedelta
-
-    from chainlens_ops.backup.manifest import BackupManifest, format_time
-    from chainlens_ops.backup.prune import retained
-
-    now = datetime(2026, 11, 28, tzinfo=UTC)
-
-    def made(i: int, target: str, days_ago: float) -> BackupManifest:
-        started = format_time(now - timedelta(days=days_ago))
-        return BackupManifest(
-            id=f"{i}-{target}", kind="logical", target=target, database="d", server="s",
-            server_version=150000, system_identifier=None, started_at=started,
-            finished_at=started, objects=[], tool_version="t",
-        )  # fmt: skip
-
-    # Newest first, as the catalog lists them: supabase's are all older than microservices'.
-    valid = [made(i, "microservices", i) for i in range(4)]
-    valid += [made(10 + i, "supabase", 10 + i) for i in range(3)]
-    assert retained(valid, 2, None, now) == {"0-microservices", "1-microservices",
-                                             "10-supabase", "11-supabase"}  # fmt: skip
-    assert retained(valid, None, 0, now) == {"0-microservices", "10-supabase"}
-    assert retained(valid, 1, 2.5, now) == {"0-microservices", "1-microservices",
-                                            "2-microservices", "10-supabase"}  # fmt: skip
