@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages chainlens-ops and its test suite need, if missing:
 # PostgreSQL 15 (server and client binaries, and the `postgres` OS user the test
-# clusters run as), python3-venv (the venv the `postgres` user can run), make.
+# clusters run as), python3-venv (the venv the `postgres` user can run), make,
+# prometheus (its promtool tests the alert rules).
 # With --bench, also the anchors the benchmarks compare against.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ need=()
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v make >/dev/null || need+=(make)
 command -v runuser >/dev/null || need+=(util-linux)
+# promtool checks and tests the alert rules in scripts/ (the suite runs it).
+command -v promtool >/dev/null || need+=(prometheus)
 if [ "${1:-}" = "--bench" ]; then
     command -v pgbackrest >/dev/null || need+=(pgbackrest)
     command -v barman-cloud-wal-archive >/dev/null || need+=(barman-cli-cloud)

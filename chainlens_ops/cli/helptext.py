@@ -37,6 +37,8 @@ SUMMARIES = {
     "backup list": "The catalog and the recoverable window.",
     "backup verify": "Re-read a backup and check every object.",
     "backup prune": "Remove backups and WAL beyond retention.",
+    "backup pin": "Keep a backup whatever retention says.",
+    "backup unpin": "Let retention remove a pinned backup.",
     "restore": "Point-in-time or logical restore; drills.",
     "restore drill": "Prove a backup restores, in a scratch copy.",
     "restore-point": "Named restore points: create, list.",

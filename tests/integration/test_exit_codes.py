@@ -199,6 +199,18 @@ CASES |= {
     "backup prune: negative --keep-days": Case(
         ("backup", "prune", "--keep-days", "-1", "--repo", "/r"), 2, r"--keep-days must not"
     ),
+    "backup prune: zero --keep-daily": Case(
+        ("backup", "prune", "--keep-daily", "0", "--repo", "/r"), 2, r"--keep-daily must be"
+    ),
+    "backup prune: nothing to keep": Case(
+        ("backup", "prune", "--repo", "/r"), 2, r"say what to keep"
+    ),
+    "backup pin: missing repository": Case(
+        ("backup", "pin", "x", "--repo", "/nonexistent/repo"), 1, r"does not exist"
+    ),
+    "backup pin: note too long": Case(
+        ("backup", "pin", "x", "--note", "n" * 600, "--repo", "/r"), 2, r"--note is 600"
+    ),
     "restore-point create: bad name": Case(
         ("restore-point", "create", "bad name", "--repo", "/r"), 2, r"restore point name"
     ),
@@ -261,7 +273,8 @@ HELP_PATHS = [
     ("schema", "apply"), ("schema", "status"), ("partition", "create-month"),
     ("partition", "ensure"), ("partition", "list"), ("partition", "retain"),
     ("wal", "push"), ("wal", "fetch"), ("wal", "list"), ("wal", "check"), ("check",),
-    ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("restore", "drill"),
+    ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("backup", "pin"),
+    ("backup", "unpin"), ("restore", "drill"),
     ("restore-point", "create"), ("restore-point", "list"), ("cache", "cleanup"),
     ("cache", "stats"), ("daemon", "status"), ("status",), ("demo",),
 ]  # fmt: skip
