@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from chainlens_ops.backup.manifest import (
-    BASE,
     BackupManifest,
     backup_prefix,
     manifest_key,
@@ -31,6 +30,7 @@ from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
 from chainlens_ops.wal.names import HISTORY, parse_wal_name
+from chainlens_ops.window import recoverable_window, span_lines
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class PruneResult:
     wal_bytes_removed: int = 0
     damaged: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    # --dry-run: the recoverable window once the plan is carried out (span_lines)
+    window: list[str] | None = None
 
 
 def prune_backups(
@@ -75,9 +77,16 @@ def prune_backups(
         catalog = read_catalog(repo)
         keep = retained(catalog.valid, keep_last, keep_days, now or utc_now())
         removed = [b for b in catalog.valid if b.id not in keep]
-        bases = [b for b in catalog.valid if b.id in keep and b.kind == BASE and b.start_wal]
+        kept = [b for b in catalog.bases if b.id in keep]
+        bases = [b for b in kept if b.start_wal]
         wal_before = min((str(b.start_wal)[:24] for b in bases), key=_segno_key, default=None)
         wal = _old_wal(repo, wal_before) if wal_before else []
+        # The WAL removed is older than every kept base backup: the kept ones alone
+        # make the window that remains (the one window, chainlens_ops.window).
+        window = None
+        if dry_run:
+            after = recoverable_window(repo, catalog=catalog, bases=kept)
+            window = span_lines(after.recoverable)
         if not dry_run:
             for backup in removed:
                 lock.check()
@@ -98,6 +107,7 @@ def prune_backups(
         wal_bytes_removed=sum(size for _, size in wal),
         damaged=catalog.damaged,
         notices=notices,
+        window=window,
     )
 
 
