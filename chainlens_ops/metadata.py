@@ -53,7 +53,8 @@ class Fields:
         self, data: object, where: str, *, known: Iterable[str] | None = None, path: str = ""
     ) -> None:
         if not isinstance(data, dict):
-            raise DamagedMetadata(where, f"{path or 'the record'} is not a JSON object")
+            what = f"field {path.rstrip('.')!r}" if path else "the record"
+            raise DamagedMetadata(where, f"{what} is not a JSON object")
         self.data: dict[str, Any] = data
         self.where = where
         self.known = None if known is None else frozenset(known)
