@@ -224,7 +224,7 @@ def test_damaged_metadata_is_one_line_and_the_rest_still_lists_and_restores(
                            str(fresh)), "rp-bad.json")  # fmt: skip
     plan = ops.cli("restore", "--target-name", "rp-good", "--dry-run", "--pgdata", str(fresh))
     assert plan.returncode == 0, plan.stderr
-    code, report = ops.status()
+    _, report = ops.status()
     assert report["windows"][0]["window"] is not None
     assert any("rp-bad.json" in p for p in report["windows"][0]["window"]["problems"])
     entry.unlink()
