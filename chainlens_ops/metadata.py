@@ -9,19 +9,24 @@ field. Callers decide what a damaged record means for them (`backup list` shows 
 backup as damaged, the restore planner passes it over, a scan-cache entry is rebuilt),
 so a damaged record never becomes a traceback, and never hides the healthy ones.
 
-This layer is about parsed JSON only; how the bytes are stored (compressed, encrypted)
-is the repository's business.
+The repository marker (flat TOML, `chainlens_ops.repository`) is read into a dict and
+checked by the same `Fields`. That is on the `wal push` hot path, so this module imports
+neither `json` (only `load_json` needs it) nor `typing` at run time.
+
+This layer is about parsed records only; how the bytes are stored (compressed,
+encrypted) is the repository's business.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
-
 from chainlens_ops.errors import ChainlensError, OperationFailed
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 MAX_RECORD = 16 * 1024 * 1024  # bytes read of one record; a bigger one is damaged anyway
 _REQUIRED: Any = object()
 
@@ -37,6 +42,8 @@ class DamagedMetadata(OperationFailed):
 
 def load_json(raw: bytes, where: str, *, known: Iterable[str] | None = None) -> Fields:
     """The top-level JSON object of `raw` (the record stored at `where`)."""
+    import json
+
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
