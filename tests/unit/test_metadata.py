@@ -278,6 +278,12 @@ def test_every_marker_field_garbled_is_one_line() -> None:
                 _parse_marker(missing.encode(), "file:///r")
     with pytest.raises(ChainlensError, match="is damaged"):
         _parse_marker(b"format = 1\nsystem_identifier", "file:///r")  # truncated
+    odd = "".join(f"{k} = {'3000000' if k == 'wal_segment_size' else v}\n" for k, v in good.items())
+    with pytest.raises(ChainlensError, match="'wal_segment_size' is not a power of two"):
+        _parse_marker(odd.encode(), "file:///r")
+    sound = "".join(f"{k} = {v}\n" for k, v in good.items())
+    marker = _parse_marker(sound.encode(), "file:///r")
+    assert (marker.system_identifier, marker.wal_segment_size) == (7712345678901234567, 1 << 24)
 
 
 def test_load_json_refuses_what_is_not_an_object_or_not_json() -> None:
