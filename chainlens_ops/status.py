@@ -14,7 +14,8 @@ What needs action, and why the thresholds are where they are:
   than its last success), the server's last archived segment not in this repository
   (archive_command archives elsewhere), gaps on the restore path (`wal check`'s walk);
 - backups: none, the newest older than 26 h (a daily backup two hours late), archived
-  WAL but no base backup (no point-in-time restore), the newest verify or drill failed;
+  WAL but no base backup (no point-in-time restore), the newest verify or drill failed,
+  a damaged manifest (it may be the newest: an older backup never passes for it);
 - cache: rows expired for more than 2 h (the hourly cleanup is not running); a few
   expired rows between runs are normal;
 - daemon: a job whose last run failed, a slot missed by more than 5 minutes (the
