@@ -39,6 +39,7 @@ import os
 
 from chainlens_ops import __version__
 from chainlens_ops.errors import ConfigError, OperationFailed
+from chainlens_ops.metadata import DamagedMetadata, Fields
 from chainlens_ops.record import record
 from chainlens_ops.storage import AlreadyExists, NotFound, open_storage
 from chainlens_ops.wal.names import HISTORY, WalName
@@ -261,32 +262,47 @@ def open_repository(
 
 
 def _parse_marker(raw: bytes, url: str) -> RepoMarker:
-    fields: dict[str, str] = {}
+    """The marker, checked by the metadata layer: one line naming the field otherwise."""
+    where = f"repository {url}: {MARKER_KEY}"
+    values: dict[str, object] = {}
     try:
-        for line in raw.decode("utf-8").splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                key, sep, value = line.partition("=")
-                if not sep:
-                    raise ValueError(line)
-                fields[key.strip()] = value.strip().strip('"')
-        marker = RepoMarker(
-            format=int(fields["format"]),
-            system_identifier=int(fields["system_identifier"]),
-            wal_segment_size=int(fields["wal_segment_size"]),
-            pg_version=int(fields.get("pg_version", 0)),
-            created_at=fields.get("created_at", ""),
-            created_by=fields.get("created_by", ""),
-            repository_id=fields.get("repository_id", ""),
-        )
-    except (ValueError, KeyError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DamagedMetadata(where, "not UTF-8 text") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            value = value.strip()
+            if not sep:
+                raise DamagedMetadata(where, f"line {line[:30]!r} is not `key = value`")
+            quoted = len(value) >= 2 and value[0] == value[-1] == '"'
+            values[key.strip()] = value[1:-1] if quoted else _toml_int(value)
+    if isinstance(values.get("system_identifier"), int):  # unquoted: older writers
+        values["system_identifier"] = str(values["system_identifier"])
+    fields = Fields(values, where)
+    version = fields.integer("format", minimum=1)
+    if version > FORMAT:
         raise OperationFailed(
-            f"repository {url}: {MARKER_KEY} is damaged or not a chainlens-ops marker"
-        ) from None
-    if marker.format > FORMAT:
-        raise OperationFailed(
-            f"repository {url} has format {marker.format}; this chainlens-ops understands "
-            f"up to {FORMAT}",
+            f"repository {url} has format {version}; this chainlens-ops understands up to {FORMAT}",
             hint="upgrade chainlens-ops",
         )
-    return marker
+    seg_size = fields.integer("wal_segment_size", minimum=1)
+    if seg_size & (seg_size - 1) or not 1 << 20 <= seg_size <= 1 << 30:
+        raise fields.damaged("wal_segment_size", "is not a power of two from 1 MB to 1 GB")
+    return RepoMarker(
+        format=version,
+        system_identifier=int(fields.parsed("system_identifier", int, "a number")),
+        wal_segment_size=seg_size,
+        pg_version=fields.integer("pg_version", 0),
+        created_at=fields.text("created_at", ""),
+        created_by=fields.text("created_by", ""),
+        repository_id=fields.text("repository_id", ""),
+    )
+
+
+def _toml_int(value: str) -> object:
+    try:
+        return int(value)
+    except ValueError:
+        return value

@@ -33,12 +33,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.atomicfile import unlink_quietly as _unlink
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.errors import OperationFailed, PgCommandError, UsageError
+from chainlens_ops.metadata import MAX_RECORD, DamagedMetadata, Fields, load_json
 from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.process import run_pg
@@ -55,6 +57,7 @@ CATALOG = "catalog"
 WAL = "wal"
 PENDING = "pending"
 COMPLETE = "complete"
+DAMAGED = "damaged"
 
 # `rmgr: XLOG  len (rec/tot): 98/ 98, tx: 0, lsn: 0/0301B0E8, prev 0/..., desc: RESTORE_POINT x`
 _WALDUMP_RE = re.compile(
@@ -76,8 +79,9 @@ class RestorePoint:
     database: str | None = None
     system_identifier: str | None = None
     segment: str | None = None
-    state: str = COMPLETE
+    state: str = COMPLETE  # PENDING, COMPLETE, or DAMAGED (a catalog entry unreadable)
     archived: bool = True
+    problem: str | None = None  # why a DAMAGED entry cannot be read (one line)
 
 
 def validate_name(name: str) -> str:
@@ -179,6 +183,7 @@ def _wait_archived(repo: Repository, segment: str, timeout_s: float, name: str) 
 def _entry_bytes(point: RestorePoint) -> bytes:
     data: dict[str, Any] = asdict(point)
     data.pop("source")
+    data.pop("problem")
     data["created_by"] = f"chainlens-ops {__version__}"
     return json.dumps(data, indent=2).encode() + b"\n"
 
@@ -218,14 +223,84 @@ def _same_point(cat: RestorePoint, wal: RestorePoint) -> bool:
 
 
 def _catalog(repo: Repository) -> Iterator[RestorePoint]:
+    """Every catalog entry; one that cannot be read is yielded as DAMAGED (with its
+    problem), so the others still list and a restore to them still works."""
     for info in repo.storage.list(RESTORE_POINTS_PREFIX):
         rest = info.key[len(RESTORE_POINTS_PREFIX) :]
         if "/" in rest or not rest.endswith(".json"):
             continue
-        with repo.storage.open(info.key) as fh:
-            data = json.loads(fh.read())
-        data.pop("created_by", None)
-        yield RestorePoint(**{**data, "source": CATALOG})
+        name = rest.removesuffix(".json")
+        try:
+            with repo.storage.open(info.key) as fh:
+                raw = fh.read(MAX_RECORD)
+            yield parse_entry(raw, f"{repo.url}: {info.key}", name)
+        except NotFound:
+            continue  # removed since the listing
+        except DamagedMetadata as exc:
+            yield RestorePoint(name, "", 0, None, CATALOG, state=DAMAGED, archived=False,
+                               problem=exc.one_line())  # fmt: skip
+
+
+def catalog_entry(repo: Repository, name: str) -> RestorePoint | None:
+    """The catalog entry of `name`, None when there is none; DamagedMetadata when it
+    cannot be read."""
+    key = catalog_key(name)
+    try:
+        with repo.storage.open(key) as fh:
+            raw = fh.read(MAX_RECORD)
+    except NotFound:
+        return None
+    return parse_entry(raw, f"{repo.url}: {key}", name)
+
+
+_ENTRY_FIELDS = ("name", "lsn", "timeline", "time", "database", "system_identifier",
+                 "segment", "state", "archived", "created_by")  # fmt: skip
+_SCANNED_FIELDS = ("name", "lsn", "timeline", "time", "source", "database",
+                   "system_identifier", "segment", "state", "archived")  # fmt: skip
+
+
+def parse_entry(raw: bytes, where: str, name: str) -> RestorePoint:
+    """A catalog entry (`restore-points/<name>.json`) read through the metadata layer."""
+    fields = load_json(raw, where, known=_ENTRY_FIELDS)
+    point = _read_point(fields, CATALOG)
+    fields.opt_text("created_by")
+    fields.finish()
+    if point.name != name:
+        raise fields.damaged("name", f"is {point.name!r}, not the entry's own name {name!r}")
+    return point
+
+
+def _read_point(fields: Fields, source: str) -> RestorePoint:
+    state = fields.choice("state", (PENDING, COMPLETE), COMPLETE)
+    complete = state == COMPLETE
+    return RestorePoint(
+        name=fields.parsed("name", validate_name, "a restore point name"),
+        lsn=fields.parsed("lsn", parse_lsn, "an LSN") if complete else fields.text("lsn", ""),
+        timeline=fields.integer("timeline", minimum=1 if complete else 0),
+        time=fields.opt_parsed("time", datetime.fromisoformat, "a time"),
+        source=source,
+        database=fields.opt_text("database"),
+        system_identifier=fields.opt_parsed("system_identifier", int, "a number"),
+        segment=fields.opt_parsed("segment", parse_wal_name, "a WAL file name"),
+        state=state,
+        archived=fields.flag("archived", True),
+    )
+
+
+def parse_scanned(raw: bytes, where: str) -> list[RestorePoint]:
+    """A WAL scan-cache entry (`restore-points/scanned/<segment>.json`); DamagedMetadata
+    when unreadable, and for another format (the caller scans the segment again)."""
+    fields = load_json(raw, where, known=("format", "points"))
+    if fields.integer("format") != SCAN_FORMAT:
+        raise fields.damaged("format", f"is not {SCAN_FORMAT}")
+
+    def point(sub: Fields) -> RestorePoint:
+        sub.choice("source", (WAL,), WAL)
+        return _read_point(sub, WAL)
+
+    points = fields.records("points", point, _SCANNED_FIELDS)
+    fields.finish()
+    return points
 
 
 def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
@@ -247,11 +322,13 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
     todo: list[str] = []
     for segment in segments:
         if segment in cached:
-            with repo.storage.open(SCANNED_PREFIX + segment + ".json") as fh:
-                data = json.loads(fh.read())
-            if data.get("format") == SCAN_FORMAT:
-                yield from (RestorePoint(**p) for p in data["points"])
+            key = SCANNED_PREFIX + segment + ".json"
+            try:
+                with repo.storage.open(key) as fh:
+                    yield from parse_scanned(fh.read(MAX_RECORD), f"{repo.url}: {key}")
                 continue
+            except (NotFound, DamagedMetadata):
+                pass  # a cache: an unreadable entry is scanned again and rewritten
         todo.append(segment)
     if not todo:
         return
@@ -272,11 +349,17 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
             ]
             yield from points
             if following in present:  # a record crossing into it was read whole: final
-                body = {"format": SCAN_FORMAT, "points": [asdict(p) for p in points]}
+                body = {"format": SCAN_FORMAT, "points": [_scanned(p) for p in points]}
                 repo.storage.put(
                     SCANNED_PREFIX + segment + ".json", io.BytesIO(json.dumps(body).encode())
                 )
             _unlink(os.path.join(tmp, segment))
+
+
+def _scanned(point: RestorePoint) -> dict[str, Any]:
+    data = asdict(point)
+    data.pop("problem")
+    return data
 
 
 def _decode_to(repo: Repository, name: str, folder: str) -> None:

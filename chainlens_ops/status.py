@@ -17,7 +17,8 @@ What needs action, and why the thresholds are where they are:
   staged warn then critical by count or by the oldest's age (`[status]` thresholds):
   a stuck archiver fills `pg_wal` and then the disk;
 - backups: none, the newest older than 26 h (a daily backup two hours late), archived
-  WAL but no base backup (no point-in-time restore), the newest verify or drill failed;
+  WAL but no base backup (no point-in-time restore), the newest verify or drill failed,
+  a damaged manifest (it may be the newest: an older backup never passes for it);
 - cache: rows expired for more than 2 h (the hourly cleanup is not running); a few
   expired rows between runs are normal;
 - daemon: a job whose last run failed, a slot missed by more than 5 minutes (the
@@ -353,6 +354,12 @@ def _backups(repos: _Repos, db: str, now: datetime) -> Check:
         if n.drilled is not None and not n.drilled.ok:
             fixes.append(f"chainlens-ops restore drill --backup {n.id}")
     detail = "; ".join(_backup_detail(n) for n in newest) or "no backup in the repository"
+    damaged = repos.catalog(repo).damaged
+    if damaged:
+        # A damaged manifest may be the newest backup: never let an older one pass for it.
+        detail += f"; {len(damaged)} damaged manifest(s): {', '.join(damaged)}"
+        fixes += [f"chainlens-ops backup list --db {db} (the manifest of {i} is damaged)"
+                  for i in damaged]  # fmt: skip
     return Check("backups", db, not fixes, detail, list(dict.fromkeys(fixes)), newest)
 
 
@@ -480,7 +487,8 @@ def _windows(repos: _Repos, names: list[str]) -> list[RepositoryWindow]:
     for url, dbs in by_repo.items():
         repo = repos.of(dbs[0])
         try:
-            out.append(RepositoryWindow(url, dbs, recoverable_window(repo, repos.wal_check(repo))))
+            window = recoverable_window(repo, repos.wal_check(repo), catalog=repos.catalog(repo))
+            out.append(RepositoryWindow(url, dbs, window))
         except ChainlensError as exc:
             out.append(RepositoryWindow(url, dbs, None, exc.one_line()))
     return out

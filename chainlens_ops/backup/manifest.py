@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.metadata import MAX_RECORD, Fields, load_json
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
 from chainlens_ops.storage import NotFound
+from chainlens_ops.wal.names import parse_lsn, parse_wal_name
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -127,7 +129,7 @@ def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
     key = manifest_key(backup_id)
     try:
         with repo.storage.open(key) as fh:
-            raw = fh.read(16 * 1024 * 1024)
+            raw = fh.read(MAX_RECORD)
     except NotFound:
         raise OperationFailed(
             f"no backup {backup_id} in repository {repo.url}",
@@ -137,17 +139,61 @@ def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
 
 
 def parse_manifest(raw: bytes, where: str) -> BackupManifest:
-    try:
-        data = json.loads(raw)
-        data.pop("size_bytes", None)
-        data.pop("raw_bytes", None)
-        data["objects"] = [BackupObject(**o) for o in data["objects"]]
-        manifest = BackupManifest(**data)
-    except (ValueError, TypeError, KeyError):
-        raise OperationFailed(f"{where} is damaged or not a backup manifest") from None
-    if manifest.format > MANIFEST_FORMAT:
-        raise OperationFailed(f"{where} has format {manifest.format}", hint="upgrade chainlens-ops")
+    """A manifest read through the metadata layer: DamagedMetadata (one line naming the
+    object and the field) for anything missing, mistyped or unreadable."""
+    fields = load_json(raw, where, known=_MANIFEST_FIELDS)
+    version = fields.integer("format", MANIFEST_FORMAT, minimum=1)
+    if version > MANIFEST_FORMAT:
+        raise OperationFailed(f"{where} has format {version}", hint="upgrade chainlens-ops")
+    manifest = BackupManifest(
+        id=fields.text("id"),
+        kind=fields.choice("kind", (BASE, LOGICAL)),
+        target=fields.text("target"),
+        database=fields.text("database"),
+        server=fields.text("server", empty=True),
+        server_version=fields.integer("server_version"),
+        system_identifier=fields.opt_parsed("system_identifier", int, "a number"),
+        started_at=fields.parsed("started_at", parse_time, "a UTC time"),
+        finished_at=fields.parsed("finished_at", parse_time, "a UTC time"),
+        objects=fields.records("objects", _read_object, _OBJECT_FIELDS),
+        tool_version=fields.text("tool_version", empty=True),
+        status=fields.text("status", COMPLETE),
+        timeline=fields.opt_integer("timeline", minimum=1),
+        start_lsn=fields.opt_parsed("start_lsn", parse_lsn, "an LSN"),
+        stop_lsn=fields.opt_parsed("stop_lsn", parse_lsn, "an LSN"),
+        start_wal=fields.opt_parsed("start_wal", parse_wal_name, "a WAL file name"),
+        stop_wal=fields.opt_parsed("stop_wal", parse_wal_name, "a WAL file name"),
+        backup_label=fields.opt_text("backup_label"),
+        compression=fields.text("compression", "zstd"),
+        format=version,
+        notes=fields.texts("notes"),
+    )
+    # Totals are derived (to_dict writes them for readers of the JSON): they must agree.
+    for total, value in (("size_bytes", manifest.size_bytes), ("raw_bytes", manifest.raw_bytes)):
+        if fields.has(total) and fields.integer(total) != value:
+            raise fields.damaged(total, f"is not the sum of its objects' ({value})")
+    fields.finish()
+    if manifest.kind == BASE and manifest.valid and not manifest.start_wal:
+        raise fields.damaged("start_wal", "is missing (a base backup needs it)")
     return manifest
+
+
+def _read_object(fields: Fields) -> BackupObject:
+    return BackupObject(
+        key=fields.text("key"),
+        size=fields.integer("size"),
+        sha256=fields.parsed("sha256", _sha256, "a SHA-256 in hex"),
+        raw_size=fields.integer("raw_size", 0),
+    )
+
+
+def _sha256(text: str) -> None:
+    if len(text) != 64 or text.strip("0123456789abcdef"):
+        raise ValueError(text)
+
+
+_OBJECT_FIELDS = ("key", "size", "sha256", "raw_size")
+_MANIFEST_FIELDS = (*BackupManifest.__dataclass_fields__, "size_bytes", "raw_bytes")
 
 
 @dataclass(frozen=True)
@@ -158,6 +204,12 @@ class Catalog:
     backups: list[BackupManifest]  # newest first
     without_manifest: list[str]
     damaged: list[str]
+    problems: dict[str, str] = field(default_factory=dict)  # damaged id -> the one line
+
+    @property
+    def bases(self) -> list[BackupManifest]:
+        """The valid base backups, newest first: what a point-in-time restore starts from."""
+        return [b for b in self.valid if b.kind == BASE]
 
     @property
     def valid(self) -> list[BackupManifest]:
@@ -172,14 +224,15 @@ def read_catalog(repo: Repository) -> Catalog:
         if name:
             folders[backup_id] = folders.get(backup_id, False) or name == MANIFEST_NAME
     backups: list[BackupManifest] = []
-    damaged: list[str] = []
+    problems: dict[str, str] = {}
     for backup_id, has_manifest in folders.items():
         if not has_manifest:
             continue
         try:
             backups.append(read_manifest(repo, backup_id))
-        except OperationFailed:
-            damaged.append(backup_id)
+        except OperationFailed as exc:  # damaged, or gone since the listing
+            problems[backup_id] = exc.one_line()
     backups.sort(key=lambda b: (b.started_at, b.id), reverse=True)
     missing = sorted(i for i, has in folders.items() if not has)
-    return Catalog(backups=backups, without_manifest=missing, damaged=damaged)
+    damaged = sorted(problems, reverse=True)  # newest first, as the ids sort by time
+    return Catalog(backups, missing, damaged, {i: problems[i] for i in damaged})

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chainlens_ops.backup.manifest import backup_prefix
+from chainlens_ops.metadata import MAX_RECORD, DamagedMetadata, load_json
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
 
@@ -27,7 +28,6 @@ DRILL = "drill"
 VERIFY = "verify"
 PROOF_KINDS = (VERIFY, DRILL)
 _NAME = re.compile(r"(verify|drill)-(\d{8}T\d{6})Z?\.json")
-_MAX_RECORD = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,15 @@ def proof_keys(repo: Repository, backup_id: str) -> list[tuple[str, datetime, st
 def read_proof(repo: Repository, backup_id: str, kind: str, when: datetime, key: str) -> Proof:
     try:
         with repo.storage.open(key) as fh:
-            data = json.loads(fh.read(_MAX_RECORD))
-        ok = data["ok"]
-        if not isinstance(ok, bool):
-            raise TypeError(ok)
+            fields = load_json(fh.read(MAX_RECORD), f"{repo.url}: {key}")
+        ok = fields.flag("ok")
+        error = fields.opt_text("error")
+        rto = fields.number("rto_seconds") if kind == DRILL else None
     except NotFound:
         return Proof(backup_id, kind, when, False, "the record vanished while being read", key)
-    except (ValueError, KeyError, TypeError):
-        return Proof(backup_id, kind, when, False, f"{key} is damaged", key)
-    return Proof(backup_id, kind, when, ok, _detail(kind, ok, data), key)
+    except DamagedMetadata as exc:
+        return Proof(backup_id, kind, when, False, exc.one_line(), key)
+    return Proof(backup_id, kind, when, ok, _detail(kind, ok, error, rto), key)
 
 
 def latest_proofs(repo: Repository, backup_id: str) -> dict[str, Proof]:
@@ -89,9 +89,9 @@ def latest_proofs(repo: Repository, backup_id: str) -> dict[str, Proof]:
     return {kind: read_proof(repo, backup_id, kind, *found) for kind, found in newest.items()}
 
 
-def _detail(kind: str, ok: bool, data: dict[str, object]) -> str:
+def _detail(kind: str, ok: bool, error: str | None, rto: float | None) -> str:
     if not ok:
-        return str(data.get("error") or f"the {kind} failed")
-    if kind == DRILL and isinstance(data.get("rto_seconds"), int | float):
-        return f"restored and promoted; RTO {float(data['rto_seconds']):.0f}s"  # type: ignore[arg-type]
+        return error or f"the {kind} failed"
+    if kind == DRILL and rto is not None:
+        return f"restored and promoted; RTO {rto:.0f}s"
     return "passed"

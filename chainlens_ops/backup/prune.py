@@ -34,7 +34,7 @@ from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
 from chainlens_ops.wal.names import HISTORY, parse_wal_name
-from chainlens_ops.window import RecoverableWindow, recoverable_window
+from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ class PruneResult:
     notices: list[str] = field(default_factory=list)
     reasons: dict[str, list[str]] = field(default_factory=dict)  # kept id -> why
     pinned: list[str] = field(default_factory=list)
-    window_after: RecoverableWindow | None = None  # what point-in-time restores remain
+    # The recoverable window once the plan is carried out (and as `span_lines`).
+    window_after: RecoverableWindow | None = None
+    window: list[str] | None = None
 
 
 def prune_backups(
@@ -77,11 +79,13 @@ def prune_backups(
         pins = read_pins(repo)
         reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins)
         removed = [b for b in catalog.valid if b.id not in reasons]
-        kept_bases = [b for b in catalog.valid if b.id in reasons and pitr_capable(b)]
-        wal_before = min((str(b.start_wal)[:24] for b in kept_bases), key=_segno_key,
-                         default=None)  # fmt: skip
-        before = recoverable_window(repo)
-        after = recoverable_window(repo, only={b.id for b in kept_bases})
+        kept = [b for b in catalog.bases if b.id in reasons]
+        wal_before = min((str(b.start_wal)[:24] for b in kept if pitr_capable(b)),
+                         key=_segno_key, default=None)  # fmt: skip
+        # The WAL removed is older than every kept base backup: the kept ones alone
+        # make the window that remains (the one window, chainlens_ops.window).
+        before = recoverable_window(repo, catalog=catalog)
+        after = recoverable_window(repo, catalog=catalog, bases=kept)
         if _restorable(before) and not _restorable(after):
             raise OperationFailed(
                 "this prune would leave no base backup a point-in-time restore can start "
@@ -112,6 +116,7 @@ def prune_backups(
         reasons={b.id: reasons[b.id] for b in catalog.valid if b.id in reasons},
         pinned=sorted(i for i in pins if i in reasons),
         window_after=after,
+        window=span_lines(after.recoverable),
     )
 
 

@@ -50,6 +50,7 @@ from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
 from chainlens_ops.repository import Repository
+from chainlens_ops.window import missing_own_wal
 
 _CHUNK = 1024 * 1024
 
@@ -102,6 +103,8 @@ def verify_backup(
         checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
     if not manifest.objects:
         checks.append(ObjectCheck(manifest.id, False, "the manifest lists no objects"))
+    if manifest.kind == BASE:
+        checks.append(_check_own_wal(repo, manifest))
     result = VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
     # The proof `backup list` and `status` show; a repository that takes no writes
     # (read-only mount) still gets its answer, only unrecorded.
@@ -115,6 +118,18 @@ def verify_backup(
     with contextlib.suppress(OSError, ChainlensError):
         result = replace(result, recorded=record_proof(repo, manifest.id, VERIFY, when, body))
     return result
+
+
+def _check_own_wal(repo: Repository, manifest: BackupManifest) -> ObjectCheck:
+    """The WAL from the backup's start to its stop segment: without it the backup can
+    never be restored, however good its tar is."""
+    own = f"{manifest.start_wal} .. {manifest.stop_wal or manifest.start_wal}"
+    missing = missing_own_wal(repo, manifest)
+    if missing is not None:
+        return ObjectCheck(manifest.id, False, f"WAL segment {missing} is missing from the "
+                           f"archive: backup {manifest.id} needs its own WAL ({own}) to be "
+                           "restorable at all")  # fmt: skip
+    return ObjectCheck(manifest.id, True, f"its own WAL ({own}) is archived")
 
 
 def _check_object(

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog, utc_now
+from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
 from chainlens_ops.backup.pins import Pin, read_pins, set_pin
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
@@ -42,9 +42,7 @@ from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import ChainlensError, UsageError
-from chainlens_ops.repository import Repository
-from chainlens_ops.wal.catalog import list_wal
-from chainlens_ops.window import RecoverableWindow
+from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
 
 app = typer.Typer(
     help="Backups into the repository: take one (bare `backup`), list, verify, prune, pin.",
@@ -58,6 +56,7 @@ class Kind(StrEnum):
     logical = "logical"
 
 
+WINDOW_LABEL = "recoverable window (UTC):"
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no notices.")]
 
 
@@ -186,7 +185,8 @@ def list_command(
     repo: RepoOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """The catalog, newest first, and the recoverable window."""
+    """The catalog, newest first (damaged backups too), and the recoverable window.
+    Exit 1 when a backup's manifest is damaged."""
     repository = repository_for(ctx, db.value if db else None, repo)
     repository.require_present()
     catalog = read_catalog(repository)
@@ -197,9 +197,9 @@ def list_command(
         print_json([
             {**b.to_dict(), **_proofs_json(proofs[b.id]), "pinned": _pin_json(pins.get(b.id))}
             for b in valid
-        ])  # fmt: skip
-        return
-    if not valid:
+        ] + [{"id": i, "status": "damaged", "error": catalog.problems[i]}
+             for i in catalog.damaged])  # fmt: skip
+    elif not valid and not catalog.damaged:
         console.print(f"{repository.url}: no backups yet", markup=False)
     else:
         table = Table()
@@ -207,7 +207,11 @@ def list_command(
         table.add_column("id", no_wrap=True)
         for heading in ("took", "size", "proven"):
             table.add_column(heading, overflow="fold")
-        for b in valid:
+        rows = [(b.id, b) for b in valid] + [(i, None) for i in catalog.damaged]
+        for backup_id, b in sorted(rows, key=lambda row: row[0], reverse=True):
+            if b is None:
+                table.add_row(backup_id, "-", "-", "DAMAGED manifest")
+                continue
             took = _seconds(b.started_at, b.finished_at)
             mark = " *" if b.id in pins else ""
             table.add_row(
@@ -218,23 +222,21 @@ def list_command(
             if b.id in pins:
                 note = pins[b.id].note
                 console.print(f"* pinned {b.id}" + (f": {note}" if note else ""), markup=False)
-    bases = [b for b in valid if b.kind == BASE]
-    if bases:
-        oldest = bases[-1]  # newest first
-        newest = _newest_wal(repository)
-        console.print(
-            f"recoverable window (point-in-time): {oldest.finished_at[:19].replace('T', ' ')}"
-            f" ({oldest.stop_wal or oldest.start_wal}) .. newest archived WAL {newest or 'none'}",
-            markup=False,
-        )
-    else:
-        console.print("no base backup: point-in-time restore is not possible", markup=False)
-    if catalog.without_manifest:
-        console.print(
-            f"{len(catalog.without_manifest)} incomplete backup(s) without a manifest "
-            "(failed or running; `backup prune` removes failed ones)",
-            markup=False,
-        )
+    if not json_output:
+        window = recoverable_window(repository, catalog=catalog)
+        for i, line in enumerate(span_lines(window.recoverable)):
+            console.print(f"{WINDOW_LABEL if i == 0 else '':{len(WINDOW_LABEL)}} {line}",
+                          markup=False)  # fmt: skip
+        if catalog.without_manifest:
+            console.print(
+                f"{len(catalog.without_manifest)} incomplete backup(s) without a manifest "
+                "(failed or running; `backup prune` removes failed ones)",
+                markup=False,
+            )
+    for backup_id in catalog.damaged:
+        err_console.print(f"chainlens-ops: error: {catalog.problems[backup_id]}", markup=False)
+    if catalog.damaged:
+        raise typer.Exit(1)
 
 
 @app.command("verify")
@@ -318,6 +320,14 @@ def prune_command(
         print_json(data)
         return
     verb = "would remove" if dry_run else "removed"
+    if result.window is not None:
+        label = "recoverable window after it (UTC):"
+        for i, line in enumerate(result.window):
+            console.print(f"{label if i == 0 else '':{len(label)}} {line}", markup=False)
+    if result.window_after is not None:  # drawn as `status` draws it
+        width = min(console.width, 80) if console.is_terminal else 80
+        for line in draw_window(result.window_after, utc_now(), width):
+            console.print(f"  {line}", markup=False)
     for backup_id in result.removed:
         console.print(f"{verb} {backup_id}", markup=False)
     for backup_id in result.leftovers:
@@ -330,11 +340,6 @@ def prune_command(
         f"{result.wal_before or 'the oldest base backup (none kept: no WAL removed)'}",
         markup=False,
     )
-    if result.window_after is not None:
-        console.print("recoverable window afterwards:", markup=False)
-        width = min(console.width, 80) if console.is_terminal else 80
-        for line in draw_window(result.window_after, utc_now(), width):
-            console.print(f"  {line}", markup=False)
 
 
 @app.command("pin")
@@ -410,12 +415,6 @@ def _proofs_text(proofs: dict[str, Proof]) -> str:
             verdict = "ok" if proof.ok else "FAILED"
             parts.append(f"{kind} {verdict} {proof.at:%m-%d}")
     return "; ".join(parts) or "-"
-
-
-def _newest_wal(repository: Repository) -> str | None:
-    listing = list_wal(repository)
-    lasts = [r.last for tl in listing.timelines for r in tl.ranges]
-    return max(lasts, key=lambda name: (name[8:], name[:8])) if lasts else None
 
 
 def _seconds(start: str, end: str) -> float:

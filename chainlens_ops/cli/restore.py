@@ -193,6 +193,7 @@ def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
     ]
     if plan.newest_transaction:
         lines.insert(2, f"archive:  newest archived transaction at {plan.newest_transaction}")
+    lines += [f"{'window:' if i == 0 else '':9} {line}" for i, line in enumerate(plan.window)]
     return lines
 
 

@@ -12,6 +12,7 @@ from chainlens_ops.cli.common import (
     DsnOption,
     JsonOption,
     console,
+    err_console,
     print_json,
     repository_for,
     state,
@@ -75,6 +76,8 @@ def list_command(
     points = list_restore_points(repository_for(ctx, db.value if db else None, repo))
     if json_output:
         print_json(points)
+        if any(p.problem for p in points):
+            raise typer.Exit(1)
         return
     # Nothing is ever cut short (a cut time is no use for --target-time): narrow
     # terminals fold the long columns instead.
@@ -88,3 +91,8 @@ def list_command(
         shown = p.source if p.state == "complete" else f"{p.source} ({p.state})"
         table.add_row(p.name, p.lsn or "-", str(p.timeline or "-"), p.time or "-", shown)
     console.print(table)
+    damaged = [p for p in points if p.problem]
+    for p in damaged:
+        err_console.print(f"chainlens-ops: error: {p.problem}", markup=False)
+    if damaged:
+        raise typer.Exit(1)

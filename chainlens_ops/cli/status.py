@@ -12,6 +12,7 @@ from chainlens_ops.cli.common import DbOption, JsonOption, console, print_json, 
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.status import JobFacts, StatusReport, collect_status
+from chainlens_ops.window import span_lines
 
 
 def status_command(
@@ -62,13 +63,9 @@ def _render(report: StatusReport) -> None:
         if w.window is None:
             console.print(f"  cannot read it: {escape(w.error or '')}", soft_wrap=False)
             continue
-        spans = w.window.recoverable
-        if spans:
-            text = ", ".join(f"{_stamp(s.start, now)} .. {_stamp(s.end, now)}" for s in spans)
-            console.print(f"  --target-time reaches (UTC) {text}", markup=False, soft_wrap=False)
-        else:
-            console.print("  no point in time is recoverable yet (a base backup and the WAL "
-                          "after it are needed)", markup=False, soft_wrap=False)  # fmt: skip
+        console.print("  --target-time reaches (UTC, each span's end excluded):")
+        for line in span_lines(w.window.recoverable):
+            console.print(f"    {line}", markup=False, soft_wrap=False)
         for line in draw_window(w.window, now, width - 2):
             console.print("  " + line, markup=False, no_wrap=True, overflow="crop")
     if report.jobs:
@@ -94,10 +91,6 @@ def _fix_lines(fixes: list[str]) -> list[str]:
         else:
             lines += [f"{head} {last}" if "(" not in head else head for last in lasts]
     return lines
-
-
-def _stamp(at: datetime, now: datetime) -> str:
-    return f"{at:%H:%M:%S}" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M:%S}"
 
 
 def _when(at: datetime | None, now: datetime) -> str:

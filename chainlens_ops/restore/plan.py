@@ -20,21 +20,22 @@ Rules (the runbook an on-call engineer relies on):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from chainlens_ops.backup.manifest import BASE, BackupManifest, parse_time, read_catalog
+from chainlens_ops.backup.manifest import BackupManifest, read_catalog
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import Repository
-from chainlens_ops.restore.walscan import (
-    find_restore_point,
-    lsn_text,
-    newest_transaction_time,
-)
-from chainlens_ops.storage import NotFound
+from chainlens_ops.restore.walscan import find_restore_point, lsn_text
 from chainlens_ops.wal.catalog import TimelineSpan, check_wal
 from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
+from chainlens_ops.window import (
+    RecoverableWindow,
+    recoverable_window,
+    span_lines,
+    target_time_text,
+    window_text,
+)
 
 TIME = "time"
 NAME = "name"
@@ -84,9 +85,8 @@ def parse_target_lsn(text: str) -> Target:
         raise UsageError(f"{text!r} is not an LSN (e.g. 0/3000148)") from None
 
 
-def postgres_time(when: datetime) -> str:
-    """recovery_target_time with an explicit offset (the server's own zone otherwise)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+# recovery_target_time with an explicit offset (the server's own zone otherwise).
+postgres_time = target_time_text
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class RestorePlan:
     restore_point_source: str | None  # "catalog" or "archived WAL"
     seg_size: int
     notes: list[str] = field(default_factory=list)
+    window: list[str] = field(default_factory=list)  # span_lines of the recoverable window
 
     @property
     def timezone(self) -> str:
@@ -113,7 +114,10 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     """Choose the backup and check the archive; UsageError/OperationFailed with one line
     for anything that makes the restore impossible. Reads only."""
     marker = repo.marker()
-    bases = [b for b in read_catalog(repo).valid if b.kind == BASE]  # newest first
+    catalog = read_catalog(repo)
+    if backup_id is not None and backup_id in catalog.problems:
+        raise OperationFailed(catalog.problems[backup_id])
+    bases = catalog.bases  # newest first; damaged manifests are passed over
     if marker is None or not bases:
         raise OperationFailed(
             f"repository {repo.url} holds no base backup: point-in-time restore is not possible",
@@ -129,28 +133,26 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     newest_segno = parse_wal_name(newest).segno(seg_size)
     oldest_start = _segno(bases[-1].start_wal, seg_size)
     newest_first = _segments_on_path(check.path, newest_segno, oldest_start, seg_size)[::-1]
-    # Reading WAL costs a download per segment: only a time target needs it.
-    newest_tx = newest_transaction_time(repo, newest_first) if target.kind == TIME else None
-    window = _window(bases[-1], newest_tx, newest)
+    # The one window every command shows (chainlens_ops.window): a time target is
+    # accepted exactly when it lies in it.
+    window = recoverable_window(repo, check, catalog=catalog)
+    shown = window_text(window.recoverable)
 
     rp_lsn: int | None = None
     rp_source: str | None = None
     if target.kind == NAME:
         rp_lsn, rp_source = _restore_point(repo, target.text, list(reversed(newest_first)))
-    backup = _choose(bases, target, rp_lsn, backup_id, window)
+    backup = _choose(bases, target, rp_lsn, backup_id, shown, window)
 
     last_segno = newest_segno
     recovery_target: str | None = None
+    newest_tx: datetime | None = None
     if target.kind == TIME:
-        assert target.time is not None
-        if newest_tx is None or target.time >= newest_tx:
-            raise UsageError(
-                f"target {postgres_time(target.time)} is later than the newest archived WAL "
-                f"(newest transaction {_show(newest_tx)} in {newest}); recovery could not "
-                f"reach it. Recoverable window: {window}",
-                hint="use --latest to replay everything archived",
-            )
-        recovery_target = postgres_time(target.time)
+        mark = window.mark(backup.id)
+        assert mark is not None and mark.replays_to is not None  # _choose checked it
+        newest_tx = mark.reach
+        last_segno = parse_wal_name(mark.replays_to).segno(seg_size)
+        recovery_target = postgres_time(target.time)  # type: ignore[arg-type]
     elif target.kind == LSN:
         assert target.lsn is not None
         last_segno = target.lsn // seg_size
@@ -190,6 +192,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
         restore_point_lsn=lsn_text(rp_lsn) if rp_lsn is not None else None,
         restore_point_source=rp_source,
         seg_size=seg_size,
+        window=span_lines(window.recoverable),
     )
 
 
@@ -198,12 +201,14 @@ def _choose(
     target: Target,
     rp_lsn: int | None,
     backup_id: str | None,
-    window: str,
+    shown: str,
+    window: RecoverableWindow,
 ) -> BackupManifest:
     def ended_before(b: BackupManifest) -> bool:
         if target.kind == TIME:
             assert target.time is not None
-            return parse_time(b.finished_at) <= target.time
+            mark = window.mark(b.id)
+            return mark is not None and mark.reaches(target.time)
         if target.kind in (LSN, NAME):
             limit = target.lsn if target.kind == LSN else rp_lsn
             return b.stop_lsn is not None and limit is not None and parse_lsn(b.stop_lsn) <= limit
@@ -218,33 +223,39 @@ def _choose(
             )
         if not ended_before(chosen):
             raise UsageError(
-                f"backup {backup_id} ended after the target {target.text}; "
-                f"recoverable window: {window}"
+                f"backup {backup_id} cannot reach the target {target.text}; "
+                f"recoverable window: {shown}"
             )
         return chosen
     for b in bases:
         if ended_before(b):
             return b
-    raise UsageError(
-        f"target {target.text} is earlier than the end of the earliest base backup; "
-        f"recoverable window: {window}"
-    )
+    if target.kind != TIME:
+        raise UsageError(
+            f"target {target.text} is earlier than the end of the earliest base backup; "
+            f"recoverable window: {shown}"
+        )
+    assert target.time is not None
+    if window.end is None or target.time >= window.end:
+        newest = "no time is recoverable" if window.end is None else (
+            f"newest transaction {postgres_time(window.end)}")  # fmt: skip
+        raise UsageError(
+            f"target {postgres_time(target.time)} is later than the newest archived WAL can "
+            f"reach ({newest}); recoverable window: {shown}",
+            hint="use --latest to replay everything archived",
+        )
+    raise UsageError(f"target {target.text} is outside the recoverable window: {shown}")
 
 
 def _restore_point(repo: Repository, name: str, oldest_first: list[str]) -> tuple[int, str]:
-    from chainlens_ops.restore_points import COMPLETE, catalog_key
+    from chainlens_ops.restore_points import COMPLETE, catalog_entry
 
-    try:
-        with repo.storage.open(catalog_key(name)) as fh:
-            entry = json.loads(fh.read(1024 * 1024))
-        # A `pending` entry (its create was interrupted) names no point yet: the archived
-        # WAL decides, as for points made in SQL.
-        if entry.get("state", COMPLETE) == COMPLETE:
-            return parse_lsn(str(entry["lsn"])), "catalog"
-    except NotFound:
-        pass
-    except (ValueError, KeyError, TypeError):
-        raise OperationFailed(f"restore-point catalog entry {name!r} is damaged") from None
+    # DamagedMetadata (one line naming the entry and the field) when it cannot be read.
+    entry = catalog_entry(repo, name)
+    # A `pending` entry (its create was interrupted) names no point yet: the archived
+    # WAL decides, as for points made in SQL.
+    if entry is not None and entry.state == COMPLETE:
+        return parse_lsn(entry.lsn), "catalog"
     found = find_restore_point(repo, name, oldest_first)
     if found is None:
         raise UsageError(
@@ -253,13 +264,6 @@ def _restore_point(repo: Repository, name: str, oldest_first: list[str]) -> tupl
             hint="see `chainlens-ops restore-point list`",
         )
     return parse_lsn(found.lsn), "archived WAL"
-
-
-def _window(oldest: BackupManifest, newest_tx: datetime | None, newest: str) -> str:
-    return (
-        f"{oldest.finished_at[:19].replace('T', ' ')}+00 (end of backup {oldest.id}) .. "
-        f"{_show(newest_tx) if newest_tx else 'unknown time'} (newest archived WAL {newest})"
-    )
 
 
 def _show(when: datetime | None) -> str:

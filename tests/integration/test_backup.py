@@ -141,11 +141,15 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
         time.sleep(1.05)  # records are named to the second: the next one is newer
         assert {b["id"]: b for b in listing(repo)}[backup_id]["verified"]["ok"] is True
 
-    # A manifest is part of the backup too: a damaged one is not listed as valid.
+    # A manifest is part of the backup too: a damaged one is listed as damaged (never
+    # as valid, never left out), and the listing exits 1 naming it.
     manifest = repo / "backups" / logical_id / "manifest.json"
     original = manifest.read_bytes()
     manifest.write_bytes(original[:-20])
-    assert [b["id"] for b in listing(repo)] == [base_id]
+    proc = cli(repo, "list", "--json")
+    assert proc.returncode == 1 and f"{logical_id}/manifest.json is damaged" in proc.stderr
+    listed = {b["id"]: b["status"] for b in json.loads(proc.stdout)}
+    assert listed == {base_id: "complete", logical_id: "damaged"}, listed
     manifest.write_bytes(original)
 
 

@@ -9,6 +9,7 @@ No row needs a running server: unreachable ones point at a closed loopback port.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import pytest
 from pgharness import run_cli
 
+DAMAGED_ID = "20261206T100000Z-logical-supabase"
 DEAD = "host=127.0.0.1 port=1 dbname=x user=u password=hunter2 connect_timeout=2"
 SERVERLESS = {"CHAINLENS_MICROSERVICES_DSN": DEAD, "CHAINLENS_SUPABASE_DSN": DEAD}
 
@@ -246,12 +248,54 @@ CASES |= {
     ),
     "cache stats: nothing names a server": Case(("cache", "stats"), 3, r"nothing names a server"),
     "daemon: no jobs file": Case(("daemon",), 3, r"needs a config file with \[\[jobs\]\]"),
-}
+    # Damaged metadata (a repository built by `damaged_repository`): one line, exit 1.
+    "backup list: damaged manifest": Case(
+        ("backup", "list", "--repo", "DAMAGED_REPO"), 1,
+        rf"{DAMAGED_ID}/manifest\.json is damaged: field 'objects\[0\]\.size'",
+    ),
+    "backup verify: damaged manifest": Case(
+        ("backup", "verify", "--repo", "DAMAGED_REPO", DAMAGED_ID), 1,
+        r"manifest\.json is damaged: field 'objects\[0\]\.size' should be an integer",
+    ),
+    "restore-point list: damaged entry": Case(
+        ("restore-point", "list", "--repo", "DAMAGED_REPO"), 1,
+        r"restore-points/rp\.json is damaged: truncated JSON",
+    ),
+    "backup list: damaged marker": Case(
+        ("backup", "list", "--repo", "DAMAGED_MARKER"), 1, r"chainlens-repo\.toml is damaged"
+    ),
+}  # fmt: skip
+
+
+def damaged_repository(root: Path, marker: bool) -> Path:
+    """A repository (no server needed) with a manifest whose size is text and a truncated
+    restore-point entry; with `marker`, its marker is damaged instead."""
+    (root / "backups" / DAMAGED_ID).mkdir(parents=True)
+    (root / "restore-points").mkdir()
+    (root / "chainlens-repo.toml").write_text(
+        'format = 1\nsystem_identifier = "1"\nwal_segment_size = '
+        + ("sixteen" if marker else "16777216")
+        + "\npg_version = 15\n"
+    )
+    manifest = {
+        "id": DAMAGED_ID, "kind": "logical", "target": "supabase", "database": "supabase",
+        "server": "h:1", "server_version": 150000, "system_identifier": "1",
+        "started_at": "2026-12-06T10:00:00.000000Z",
+        "finished_at": "2026-12-06T10:00:01.000000Z",
+        "objects": [{"key": "k", "size": "1234", "sha256": "ab" * 32}], "tool_version": "0",
+    }  # fmt: skip
+    (root / "backups" / DAMAGED_ID / "manifest.json").write_text(json.dumps(manifest))
+    (root / "restore-points" / "rp.json").write_text('{"name": "rp", "lsn": "0/30')
+    return root
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_bad_input_exit_code_and_one_error_line(case: Case, tmp_path: Path) -> None:
     args = case.args
+    for token, marker in (("DAMAGED_REPO", False), ("DAMAGED_MARKER", True)):
+        if token in args:
+            repo = str(damaged_repository(tmp_path / token.lower(), marker))
+            args = tuple(repo if a == token else a for a in args)
     if case.config is not None:
         config = tmp_path / "ops.toml"
         config.write_text(case.config)

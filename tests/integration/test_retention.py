@@ -170,7 +170,7 @@ def test_prune_dry_run_shows_the_window_left_and_refuses_to_leave_none(
     first = base_backup(cluster, repo)
     plan = prune(repo, "--keep-last", "1", "--dry-run")
     assert plan.returncode == 0, plan.stderr
-    assert "recoverable window afterwards:" in plan.stdout, plan.stdout
+    assert "recoverable window after it (UTC):" in plan.stdout, plan.stdout
 
     # A newer base backup whose own WAL is gone cannot start a restore: pruning the
     # older, restorable one would leave no point-in-time restore at all.

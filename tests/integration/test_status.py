@@ -162,6 +162,8 @@ def test_healthy_is_exit_0_and_schema_partition_cache_problems_name_their_fix(op
 
 def test_wal_gaps_and_a_failing_archiver_are_flagged_and_the_window_shows_them(ops: Ops) -> None:
     first = healthy(ops)
+    # A span of the window ends at the newest transaction end after its backup.
+    ops.cluster.execute("CREATE TABLE after_first_base (n int)")
     assert ops.cli("restore-point", "create", "rp-one").returncode == 0
     segments = [switch_and_wait(ops.cluster) for _ in range(3)]
     window = ops.status()[1]["windows"][0]["window"]
@@ -183,6 +185,7 @@ def test_wal_gaps_and_a_failing_archiver_are_flagged_and_the_window_shows_them(o
 
     # A new base backup mends a restore to now; the old gap stays counted, not flagged.
     ops.fix(archive["fixes"][0])
+    ops.cluster.execute("CREATE TABLE after_second_base (n int)")
     switch_and_wait(ops.cluster)
     archive = ops.check("wal archive")
     assert archive["ok"] and "1 gap" in archive["detail"], archive
