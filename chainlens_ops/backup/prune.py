@@ -10,6 +10,9 @@
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
+- Running restores and drills hold claims (`chainlens_ops.repoclaim`): a claimed backup
+  is kept, and with it the WAL it needs; while a restore is still planning (its claim
+  names no backup yet) nothing is removed. Each is said in a notice.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
 )
 from chainlens_ops.errors import UsageError
+from chainlens_ops.repoclaim import Claim, live_claims
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
@@ -74,6 +78,8 @@ def prune_backups(
     with lock.hold():
         catalog = read_catalog(repo)
         keep = retained(catalog.valid, keep_last, keep_days, now or utc_now())
+        keep |= _claimed(catalog.valid, keep, live_claims(repo.storage, remove_stale=not dry_run),
+                         note)  # fmt: skip
         removed = [b for b in catalog.valid if b.id not in keep]
         bases = [b for b in catalog.valid if b.id in keep and b.kind == BASE and b.start_wal]
         wal_before = min((str(b.start_wal)[:24] for b in bases), key=_segno_key, default=None)
@@ -117,6 +123,24 @@ def retained(
             cutoff = now - timedelta(days=keep_days)
             keep |= {b.id for b in mine if b.started() >= cutoff}
     return keep
+
+
+def _claimed(
+    valid: list[BackupManifest], keep: set[str], claims: list[Claim], note: Callable[[str], None]
+) -> set[str]:
+    """The ids running restores need that retention would remove (all, while one plans)."""
+    if any(c.backup_id is None for c in claims):
+        planning = next(c for c in claims if c.backup_id is None)
+        note(f"nothing pruned: {planning.describe()} is planning a restore from this repository")
+        return {b.id for b in valid}
+    extra: set[str] = set()
+    for claim in claims:
+        if claim.backup_id in keep or claim.backup_id in extra:
+            continue
+        if any(b.id == claim.backup_id for b in valid):
+            extra.add(str(claim.backup_id))
+            note(f"kept backup {claim.backup_id} and its WAL: {claim.describe()} is restoring it")
+    return extra
 
 
 def _delete_backup(repo: Repository, backup_id: str) -> None:
