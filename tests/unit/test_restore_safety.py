@@ -235,6 +235,6 @@ def test_a_claim_waits_while_a_prune_holds_the_lock(tmp_path: Path) -> None:
         assert "is being pruned by `backup prune`" in caught.value.one_line()
         assert list(storage.list(CLAIM_PREFIX)) == []  # a refused claim is withdrawn
     # Another holder (a backup) does not make a restore wait.
-    with RepositoryLock(storage, "backup --kind base").hold():
-        with RestoreClaim(storage, "restore", wait_s=0.5).hold():
-            assert len(live_claims(storage)) == 1
+    backup = RepositoryLock(storage, "backup --kind base")
+    with backup.hold(), RestoreClaim(storage, "restore", wait_s=0.5).hold():
+        assert len(live_claims(storage)) == 1
