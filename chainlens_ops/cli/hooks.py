@@ -71,7 +71,11 @@ def usage(command: str) -> str:
 
     for option, metavar, text in OPTIONS[command]:
         wrapped = textwrap.wrap(text, width=80 - 22)
-        lines.append(f"  {option} {metavar}".ljust(22) + f"\n{' ' * 22}".join(wrapped))
+        head = f"  {option} {metavar}"
+        if len(head) > 20:  # too long for the column: the text starts on the next line
+            lines.append(head)
+            head = ""
+        lines.append(head.ljust(22) + f"\n{' ' * 22}".join(wrapped))
     lines.append("  -h, --help".ljust(22) + "show this message")
     return "\n".join(lines) + "\n"
 
