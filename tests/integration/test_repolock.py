@@ -115,9 +115,7 @@ def test_a_killed_holders_lock_is_taken_over_after_expiry(repo_url: str, tmp_pat
     assert log.read_text().split()[-2:] == ["end", str(heir.pid)]
 
 
-def test_a_killed_holder_of_this_host_is_taken_over_at_once(
-    repo_url: str, tmp_path: Path
-) -> None:
+def test_a_killed_holder_of_this_host_is_taken_over_at_once(repo_url: str, tmp_path: Path) -> None:
     """kill -9 at the crash point `repo-lock-acquired` with a 120 s ttl: the next taker
     does not wait for the expiry, since the owner's process is gone from this host."""
     log = tmp_path / "log"
