@@ -28,11 +28,14 @@ from chainlens_ops.repolock import (
     owner_is_dead_here,
     process_identity,
 )
-from chainlens_ops.restore.physical import restore_command
+from chainlens_ops.restore.physical import replay_shortfall, restore_command
 from chainlens_ops.restore.plan import (
+    LATEST,
     LSN,
     NAME,
     TIME,
+    RestorePlan,
+    Target,
     parse_target_lsn,
     parse_target_name,
     parse_target_time,
@@ -238,3 +241,42 @@ def test_a_claim_waits_while_a_prune_holds_the_lock(tmp_path: Path) -> None:
     backup = RepositoryLock(storage, "backup --kind base")
     with backup.hold(), RestoreClaim(storage, "restore", wait_s=0.5).hold():
         assert len(live_claims(storage)) == 1
+
+
+# -- did replay reach the plan? (the backstop after the server says it is done) ----------
+
+
+def plan_for(target: Target, wal_last: str, **fields: object) -> RestorePlan:
+    """A plan with only what the replay check reads (no backup is opened)."""
+    values: dict[str, object] = {
+        "repo": "file:///r", "backup": None, "target": target, "recovery_target": None,
+        "wal_first": "000000010000000000000002", "wal_last": wal_last,
+        "newest_archived": wal_last, "newest_transaction": None, "restore_point_lsn": None,
+        "restore_point_source": None, "seg_size": 16 * MB,
+    }  # fmt: skip
+    values.update(fields)
+    return RestorePlan(**values)  # type: ignore[arg-type]
+
+
+def test_replay_short_of_the_plan_is_named() -> None:
+    latest = plan_for(Target(LATEST, "latest"), "000000010000000000000009")
+    assert replay_shortfall(latest, "0/9000128", "") is None
+    assert replay_shortfall(latest, "0/A000000", "") is None  # after a WAL switch record
+    short = replay_shortfall(latest, "0/5FFFF00", "")
+    assert short is not None and "did not reach 000000010000000000000009" in short
+    assert replay_shortfall(latest, None, "") is not None
+    # A record filling the whole last segment ends past it: its fetch is the proof.
+    log = 'LOG:  restored log file "000000010000000000000009" from archive\n'
+    assert replay_shortfall(latest, "0/8FFFF00", log) is None
+
+    lsn = parse_target_lsn("0/7000100")
+    at_lsn = plan_for(lsn, "000000010000000000000007", recovery_target="0/7000100")
+    assert replay_shortfall(at_lsn, "0/7000100", "") is None
+    assert "0/7000100" in str(replay_shortfall(at_lsn, "0/60000A0", ""))
+    point = plan_for(Target(NAME, "before-b"), "000000010000000000000004",
+                     recovery_target="before-b", restore_point_lsn="0/4000200")  # fmt: skip
+    assert replay_shortfall(point, "0/4000228", "") is None
+    assert "before-b" in str(replay_shortfall(point, "0/3000000", ""))
+    when = plan_for(parse_target_time("2026-11-27 10:33:00+00"), "000000010000000000000009")
+    assert replay_shortfall(when, "0/5000000", "LOG:  recovery stopping before commit") is None
+    assert replay_shortfall(when, "0/5000000", "") is not None
