@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 
 ENV = "CHAINLENS_CRASH_AT"
+PAUSE_ENV = "CHAINLENS_PAUSE_AT"
+PAUSE_DIR_ENV = "CHAINLENS_PAUSE_DIR"
+PAUSE_MAX_S = 300.0
 _SIGKILL = 9  # signal.SIGKILL; the `signal` module is not imported on the hot path
 
 
@@ -20,3 +23,27 @@ def crash_point(name: str) -> None:
     """SIGKILL this process if CHAINLENS_CRASH_AT names this point."""
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), _SIGKILL)
+
+
+def pause_point(name: str) -> None:
+    """Hold the first process that reaches this point until a test lets it go.
+
+    When CHAINLENS_PAUSE_AT names this point: create `<CHAINLENS_PAUSE_DIR>/<name>.reached`
+    (only the first process to get there pauses; the file is created exclusively), then
+    wait until `<name>.go` exists (at most PAUSE_MAX_S). So a race test lands its move
+    at an exact place on every run: e.g. a prune while a restore's server replays.
+    """
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    folder = os.environ.get(PAUSE_DIR_ENV) or "."
+    try:
+        os.close(os.open(os.path.join(folder, name + ".reached"), os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError:
+        return  # another process paused here already (or the folder is unusable)
+    import time
+
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while not os.path.exists(os.path.join(folder, name + ".go")):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)

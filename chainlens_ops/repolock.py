@@ -7,7 +7,12 @@ processes *and hosts* (an S3 bucket, or a folder on shared storage):
   (`if_absent`: `If-None-Match: *` on S3, `link()` locally), so exactly one taker wins;
 - it names its owner (host, pid, command, time) and carries an expiry; while held, a
   heartbeat thread rewrites it every ttl/3 with a later expiry, so long work keeps it;
-- a waiter that finds the lock expired takes it over, after winning a conditional put of
+- a waiter that finds the lock expired takes it over, and so does one that finds it held
+  by a process *of this host* that no longer exists (pid and process start time, so a
+  reused pid is not mistaken for the owner): a killed backup does not block the next one
+  for a ttl. For another host's owner only the expiry counts. Hosts are told apart by
+  hostname: two hosts sharing a repository must not share one;
+- the takeover happens only after winning a conditional put of
   `locks/takeover-<token of the dead lock>` (only one waiter can win that for a given
   dead lock) and re-reading that the dead lock is still the one in place; the takeover
   is reported in one line naming the dead owner;
@@ -37,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
@@ -66,6 +72,7 @@ class LockOwner:
     command: str
     acquired_at: str
     expires_at: float
+    process: str = ""  # process_identity(pid) when written; "" from older versions
 
     def describe(self) -> str:
         return f"`{self.command}` (pid {self.pid} on {self.host}, since {self.acquired_at})"
@@ -74,7 +81,7 @@ class LockOwner:
         return json.dumps(self.__dict__, indent=1).encode() + b"\n"
 
 
-def _parse(raw: bytes) -> LockOwner | None:
+def parse_owner(raw: bytes) -> LockOwner | None:
     try:
         data = json.loads(raw)
         return LockOwner(
@@ -84,13 +91,50 @@ def _parse(raw: bytes) -> LockOwner | None:
             command=str(data["command"]),
             acquired_at=str(data["acquired_at"]),
             expires_at=float(data["expires_at"]),
+            process=str(data.get("process", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def _when(epoch: float) -> str:
+def utc_text(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def process_identity(pid: int) -> str | None:
+    """`<boot id>:<start time in clock ticks>` of a live process; None when there is no
+    such process (or /proc cannot tell). A pid reused after the owner died has another
+    start time, and one reused after a reboot another boot id."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20:
+        return None
+    return f"{_boot_id()}:{fields[19]}"  # field 22 of proc(5): starttime
+
+
+def owner_is_dead_here(owner: LockOwner) -> bool:
+    """True only when `owner` names a process of this host that no longer exists.
+
+    Another host's owner, an owner written without a process identity, or a system
+    without /proc: False (only the expiry decides then)."""
+    if owner.host != socket.gethostname() or not owner.process:
+        return False
+    if not os.path.isdir("/proc/self"):
+        return False
+    return process_identity(owner.pid) != owner.process
 
 
 def default_ttl() -> float:
@@ -143,14 +187,15 @@ class RepositoryLock:
                 if current is not None
                 else (mtime or 0) + self.ttl_s < time.time()  # unreadable: judge by age
             )
-            if expired:
+            dead_here = current is not None and not expired and owner_is_dead_here(current)
+            if expired or dead_here:
                 taken = self._take_over(current)
                 if taken is not None:
                     return taken
             if time.monotonic() >= deadline:
                 who = current.describe() if current else "an unreadable lock"
-                until = f", expires {_when(current.expires_at)}" if current else ""
-                if expired:
+                until = f", expires {utc_text(current.expires_at)}" if current else ""
+                if expired or dead_here:
                     until = " (expired; another process is taking it over)"
                 raise RepositoryLocked(
                     f"repository {self.storage.url} is locked by {who}{until}",
@@ -193,15 +238,7 @@ class RepositoryLock:
     # -- internals --------------------------------------------------------------------
 
     def _fresh(self) -> LockOwner:
-        now = time.time()
-        return LockOwner(
-            token=secrets.token_hex(12),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            command=self.command,
-            acquired_at=_when(now),
-            expires_at=now + self.ttl_s,
-        )
+        return own_owner(self.command, self.ttl_s)
 
     def _held(self, owner: LockOwner) -> LockOwner:
         self.owner = owner
@@ -209,6 +246,7 @@ class RepositoryLock:
         self._lost = None
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="repo-lock")
         self._heartbeat.start()
+        crash_point("repo-lock-acquired")
         return owner
 
     def _read(self) -> tuple[LockOwner | None, float | None]:
@@ -219,7 +257,7 @@ class RepositoryLock:
                 raw = fh.read(64 * 1024)
         except NotFound:
             return None, None
-        return _parse(raw), info.mtime
+        return parse_owner(raw), info.mtime
 
     def _take_over(self, dead: LockOwner | None) -> LockOwner | None:
         token = dead.token if dead is not None else "unreadable"
@@ -243,10 +281,15 @@ class RepositoryLock:
         if (again.token if again else None) != (dead.token if dead else None) or mtime is None:
             return None  # the lock changed meanwhile: start over
         self.storage.put(LOCK_KEY, io.BytesIO(mine.to_bytes()))
-        if dead is not None:
+        if dead is not None and dead.expires_at >= time.time():
+            notice = (
+                f"took over the repository lock of {dead.describe()}: its process no "
+                "longer exists on this host"
+            )
+        elif dead is not None:
             notice = (
                 f"took over the repository lock of {dead.describe()}, which expired at "
-                f"{_when(dead.expires_at)} without being refreshed (its process is gone "
+                f"{utc_text(dead.expires_at)} without being refreshed (its process is gone "
                 "or hung)"
             )
         else:
@@ -285,6 +328,31 @@ class RepositoryLock:
                     self.storage.delete(info.key)
         except StorageError:
             pass  # markers are small; the next release tries again
+
+
+_OWN_IDENTITY: dict[int, str] = {}
+
+
+def _own_identity() -> str:
+    """This process's identity (cached per pid: a forked child is another process)."""
+    pid = os.getpid()
+    if pid not in _OWN_IDENTITY:
+        _OWN_IDENTITY[pid] = process_identity(pid) or ""
+    return _OWN_IDENTITY[pid]
+
+
+def own_owner(command: str, ttl_s: float) -> LockOwner:
+    """A new owner record naming this process (the lock's, or a restore claim's)."""
+    now = time.time()
+    return LockOwner(
+        token=secrets.token_hex(12),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        command=command,
+        acquired_at=utc_text(now),
+        expires_at=now + ttl_s,
+        process=_own_identity(),
+    )
 
 
 def repository_lock(

@@ -13,6 +13,9 @@
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
+- Running restores and drills hold claims (`chainlens_ops.repoclaim`): a claimed backup
+  is kept, and with it the WAL it needs; while a restore is still planning (its claim
+  names no backup yet) nothing is removed. Each is said in a notice.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chainlens_ops.backup.manifest import (
+    BackupManifest,
     backup_prefix,
     manifest_key,
     read_catalog,
@@ -30,6 +34,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.pins import read_pins
 from chainlens_ops.backup.retention import RetentionPolicy, pitr_capable, select_retained
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.repoclaim import Claim, live_claims
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
@@ -77,7 +82,9 @@ def prune_backups(
     with lock.hold():
         catalog = read_catalog(repo)
         pins = read_pins(repo)
-        reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins)
+        claims = live_claims(repo.storage, remove_stale=not dry_run)
+        reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins,
+                                  in_use=_claimed(catalog.valid, claims, note))  # fmt: skip
         removed = [b for b in catalog.valid if b.id not in reasons]
         kept = [b for b in catalog.bases if b.id in reasons]
         wal_before = min((str(b.start_wal)[:24] for b in kept if pitr_capable(b)),
@@ -122,6 +129,23 @@ def prune_backups(
 
 def _restorable(window: RecoverableWindow) -> bool:
     return any(mark.restorable for mark in window.base_backups)
+
+
+def _claimed(
+    valid: list[BackupManifest], claims: list[Claim], note: Callable[[str], None]
+) -> set[str]:
+    """The ids running restores and drills use (all of them, while one still plans)."""
+    planning = next((c for c in claims if c.backup_id is None), None)
+    if planning is not None:
+        note(f"nothing pruned: {planning.describe()} is planning a restore from this repository")
+        return {b.id for b in valid}
+    ids = {b.id for b in valid}
+    used: set[str] = set()
+    for claim in claims:
+        if claim.backup_id in ids and claim.backup_id not in used:
+            used.add(str(claim.backup_id))
+            note(f"kept backup {claim.backup_id} and its WAL: {claim.describe()} is restoring it")
+    return used
 
 
 def _delete_backup(repo: Repository, backup_id: str) -> None:

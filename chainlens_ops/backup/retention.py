@@ -8,7 +8,7 @@ the nightly base backup out of `--keep-last`):
 - `keep_days D`: every backup started within the last D days.
 - `keep_daily N` / `keep_weekly N` / `keep_monthly N`: the newest backup of each of the
   N most recent UTC days / ISO weeks / months that hold a backup of the kind.
-- A pinned backup is always kept.
+- A pinned backup is always kept, and so is one a running restore or drill uses.
 - Whatever the policy: each target's newest valid backup, and its newest backup a
   point-in-time restore can start from, are kept.
 - A backup that a kept backup depends on (an incremental's parent, and so up its chain)
@@ -30,6 +30,7 @@ from chainlens_ops.errors import UsageError
 NEWEST = "newest"
 NEWEST_PITR = "newest point-in-time base"
 PINNED = "pinned"
+IN_USE = "in use by a running restore"
 PARENT = "needed by a kept incremental"
 LAST = "keep-last"
 DAYS = "keep-days"
@@ -109,6 +110,7 @@ def select_retained(
     policy: RetentionPolicy,
     now: datetime,
     pinned: Iterable[str] = (),
+    in_use: Iterable[str] = (),
 ) -> dict[str, list[str]]:
     """The ids kept, each with the reasons it is kept (the rest go)."""
     backups = sorted(valid, key=_order, reverse=True)
@@ -122,6 +124,7 @@ def select_retained(
                 reasons[backup_id].append(why)
 
     keep((i for i in pinned if i in by_id), PINNED)
+    keep((i for i in in_use if i in by_id), IN_USE)
     for target in sorted({b.target for b in backups}):
         ours = [b for b in backups if b.target == target]
         keep([ours[0].id], NEWEST)

@@ -8,7 +8,8 @@ and the daemon call too), and the exit code comes from the result or the error.
 
 Exit codes:
     wal push   0 archived (durable); 1 failed; 2 usage error; 3 configuration error
-    wal fetch  0 restored; 1 not in the repository (a confirmed absence, and only that);
+    wal fetch  0 restored; 1 not in the repository (a confirmed absence, and only that, of
+               a segment the restore does not require: see --required-through);
                255 anything else, usage errors included (PostgreSQL stops recovery
                instead of ending it early)
 """
@@ -43,7 +44,9 @@ OPTIONS = {
     "push": (*COMMON_OPTIONS, ("--look-ahead", "N", "also upload up to N other .ready files "
                                "in parallel (default: 16 for S3, 0 for a local repository)")),
     "fetch": (*COMMON_OPTIONS, ("--prefetch", "N", "download the next N segments in parallel "
-                                "(default: 8 for S3, 0 for a local repository)")),
+                                "(default: 8 for S3, 0 for a local repository)"),
+              ("--required-through", "SEGMENTS", "a missing segment up to these (one per "
+               "timeline, comma-separated; `restore` writes it) is fatal (255), not absent")),
 }  # fmt: skip
 ARGUMENTS = {"push": ("PATH",), "fetch": ("NAME", "DEST")}
 SUMMARY = {
@@ -68,7 +71,11 @@ def usage(command: str) -> str:
 
     for option, metavar, text in OPTIONS[command]:
         wrapped = textwrap.wrap(text, width=80 - 22)
-        lines.append(f"  {option} {metavar}".ljust(22) + f"\n{' ' * 22}".join(wrapped))
+        head = f"  {option} {metavar}"
+        if len(head) > 20:  # too long for the column: the text starts on the next line
+            lines.append(head)
+            head = ""
+        lines.append(head.ljust(22) + f"\n{' ' * 22}".join(wrapped))
     lines.append("  -h, --help".ljust(22) + "show this message")
     return "\n".join(lines) + "\n"
 
@@ -187,7 +194,7 @@ def fetch_main(args: list[str]) -> int:
         name, dest = parsed.positional
         return restore_segment(
             load_settings(parsed.config), name, dest, prefetch=parsed.count("--prefetch"),
-            **_where(parsed),
+            required_through=parsed.options.get("--required-through"), **_where(parsed),
         )  # fmt: skip
 
     return _hook_main(args, "fetch", call, fetch_summary)

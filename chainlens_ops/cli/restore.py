@@ -28,15 +28,14 @@ from chainlens_ops.restore.physical import (
     RestoreOptions,
     RestoreResult,
     check_data_dir,
-    restore,
+    planned_restore,
 )
 from chainlens_ops.restore.plan import (
     LATEST,
-    NAME,
     RestorePlan,
     Target,
-    make_plan,
     parse_target_lsn,
+    parse_target_name,
     parse_target_time,
 )
 from chainlens_ops.restore.server import RecoveryFailed
@@ -56,7 +55,7 @@ def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -
     if lsn is not None:
         return parse_target_lsn(lsn)
     if name is not None:
-        return Target(NAME, name)
+        return parse_target_name(name)
     return Target(LATEST, "latest")
 
 
@@ -142,11 +141,13 @@ def restore_command(
         config_file=state(ctx).config_file,
     )  # fmt: skip
     check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
-    plan = make_plan(repository, target, backup_id)
-    if not json_output:
-        _print_plan(plan_lines(plan, options))
+
+    def show(plan: RestorePlan) -> None:
+        if not json_output:
+            _print_plan(plan_lines(plan, options))
+
     try:
-        result = restore(repository, plan, options)
+        result = planned_restore(repository, target, backup_id, options, on_plan=show)
     except RecoveryFailed as exc:
         err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
         for line in exc.log_tail:

@@ -85,6 +85,10 @@ def fetch_command(
         int | None,
         typer.Option("--prefetch", help="Download the next N segments ahead (default: 8 for S3)."),
     ] = None,
+    required_through: Annotated[
+        str | None,
+        typer.Option("--required-through", help="Missing up to these segments is fatal (255)."),
+    ] = None,
 ) -> None:
     """Restore one WAL file: restore_command = 'chainlens-ops wal fetch %f %p'.
 
@@ -93,7 +97,8 @@ def fetch_command(
     gs = state(ctx)
     where = {"db": db.value if db else None, "repo": repo, "spool_dir": spool}
     try:
-        result = restore_segment(gs.settings, name, dest, prefetch=prefetch, **where)
+        result = restore_segment(gs.settings, name, dest, prefetch=prefetch,
+                                 required_through=required_through, **where)  # fmt: skip
     except Exception as exc:
         message = exc.one_line() if isinstance(exc, ChainlensError) else repr(exc)
         hooks.say(f"error: wal fetch: fatal: {message}")

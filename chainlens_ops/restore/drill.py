@@ -25,8 +25,8 @@ from chainlens_ops.backup.manifest import format_time, parse_time
 from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.repository import Repository
-from chainlens_ops.restore.physical import RestoreOptions, restore
-from chainlens_ops.restore.plan import LATEST, Target, make_plan
+from chainlens_ops.restore.physical import RestoreOptions, planned_restore
+from chainlens_ops.restore.plan import LATEST, RestorePlan, Target
 from chainlens_ops.restore.server import local_conninfo, stop_server
 
 
@@ -64,14 +64,19 @@ def run_drill(
     pgdata = scratch / "data"
     major = 15
     started = False
-    try:
-        plan = make_plan(repo, Target(LATEST, "latest"), backup_id)
+    options = RestoreOptions(pgdata=pgdata, start=True, port=free_port(),
+                             start_timeout=timeout, config_file=config_file)  # fmt: skip
+
+    def planned(plan: RestorePlan) -> None:
+        nonlocal major, started
         result.backup_id = plan.backup.id
         major = plan.backup.server_version // 10000
-        options = RestoreOptions(pgdata=pgdata, start=True, port=free_port(),
-                                 start_timeout=timeout, config_file=config_file)  # fmt: skip
         started = True
-        restored = restore(repo, plan, options)
+
+    try:
+        # Under a claim on the repository, so a prune keeps what the drill replays.
+        restored = planned_restore(repo, Target(LATEST, "latest"), backup_id, options,
+                                   command="restore drill", on_plan=planned)  # fmt: skip
         assert restored.started is not None
         result.rto_seconds = round(time.monotonic() - began, 3)
         result.replay_lsn = restored.started.replay_lsn

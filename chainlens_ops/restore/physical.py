@@ -5,6 +5,18 @@ optionally start the server and wait until it reached the target.
 Nothing is written before every check has passed (`check_data_dir`, `make_plan`).
 A failure during extraction removes what the extraction wrote (the folder was empty or
 its old contents had been moved aside, which are kept and named).
+
+A restore never promotes short of its plan:
+- `planned_restore` holds a claim on the repository (`chainlens_ops.repoclaim`) from
+  before the plan until the server reached its target, so `backup prune` keeps the
+  backup and the WAL it reads;
+- the restore_command it writes names the plan's last segments (`wal fetch
+  --required-through`): one that is missing when the server asks for it stops recovery
+  (fatal), instead of ending it early;
+- after the server says it is done, `check_replay_reached` compares where replay got
+  with the plan (the end of the archive for `--latest`, the target LSN or restore
+  point): short of it, the server is stopped and the restore fails saying what was
+  missing.
 """
 
 from __future__ import annotations
@@ -16,16 +28,21 @@ import shutil
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from chainlens_ops.backup.objects import CheckedReader
+from chainlens_ops.crashpoints import pause_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
+from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
-from chainlens_ops.restore.plan import LATEST, RestorePlan
-from chainlens_ops.restore.server import StartResult, start_and_wait
+from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
+from chainlens_ops.restore.server import RecoveryFailed, StartResult, start_and_wait, stop_server
+from chainlens_ops.restore.walscan import lsn_text
+from chainlens_ops.wal.names import parse_lsn, parse_wal_name
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
@@ -105,8 +122,11 @@ def live_postmaster(pgdata: Path) -> int | None:
     return pid
 
 
-def restore_command(repo: Repository, config_file: Path | None) -> str:
-    """Our `wal fetch` as PostgreSQL runs it: the same tool, repository and config."""
+def restore_command(
+    repo: Repository, config_file: Path | None, required: tuple[str, ...] = ()
+) -> str:
+    """Our `wal fetch` as PostgreSQL runs it: the same tool, repository and config, and
+    the plan's last segments, which it must not answer "absent" for."""
     tool = _tool_path()
     parts: list[str] = []
     creds = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
@@ -117,7 +137,10 @@ def restore_command(repo: Repository, config_file: Path | None) -> str:
                              if os.environ.get("CHAINLENS_CONFIG") else None)  # fmt: skip
     if config is not None:
         parts += ["--config", shlex.quote(str(config.resolve()))]
-    parts += ["wal", "fetch", "--repo", shlex.quote(repo.url), "%f", "%p"]
+    parts += ["wal", "fetch", "--repo", shlex.quote(repo.url)]
+    if required:
+        parts += ["--required-through", ",".join(required)]
+    parts += ["%f", "%p"]
     # '%' in a path would be read as a placeholder by PostgreSQL.
     fixed = [p if p in ("%f", "%p") else p.replace("%", "%%") for p in parts]
     return " ".join(fixed)
@@ -136,6 +159,30 @@ def _tool_path() -> str:
     raise OperationFailed("cannot find the chainlens-ops executable for restore_command")
 
 
+def planned_restore(
+    repo: Repository,
+    target: Target,
+    backup_id: str | None,
+    options: RestoreOptions,
+    *,
+    command: str = "restore",
+    on_plan: Callable[[RestorePlan], None] | None = None,
+) -> RestoreResult:
+    """Plan and carry out a restore under a claim on the repository (see the module
+    docstring); `on_plan` sees the plan before anything is written."""
+    if options.dry_run:
+        plan = make_plan(repo, target, backup_id)
+        if on_plan is not None:
+            on_plan(plan)
+        return restore(repo, plan, options)
+    with RestoreClaim(repo.storage, command).hold() as claim:
+        plan = make_plan(repo, target, backup_id)
+        claim.scope(plan.backup.id)
+        if on_plan is not None:
+            on_plan(plan)
+        return restore(repo, plan, options)
+
+
 def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> RestoreResult:
     """Carry out `plan` into options.pgdata (see the module docstring)."""
     pgdata = options.pgdata
@@ -143,7 +190,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
     if options.dry_run:
         return RestoreResult(plan=plan, pgdata=str(pgdata), dry_run=True)
     started_at = time.monotonic()
-    command = restore_command(repo, options.config_file)
+    command = restore_command(repo, options.config_file, plan.required_wal)
     moved = _move_aside(pgdata) if pgdata.is_dir() and any(pgdata.iterdir()) else None
     created = not pgdata.exists()
     pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -170,10 +217,66 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
         seconds=time.monotonic() - started_at,
     )  # fmt: skip
     if options.start:
-        started = start_and_wait(pgdata, plan, options.target_action, options.port,
-                                 options.start_timeout)  # fmt: skip
+        try:
+            started = start_and_wait(pgdata, plan, options.target_action, options.port,
+                                     options.start_timeout)  # fmt: skip
+        except RecoveryFailed as exc:
+            missing = next((line for line in exc.log_tail if "required WAL segment" in line), None)
+            if missing is not None:
+                exc.message += ": " + missing.split("error: wal fetch: fatal: ", 1)[-1]
+            raise
+        check_replay_reached(pgdata, plan, started)
         result = replace(result, started=started, seconds=time.monotonic() - started_at)
     return result
+
+
+def check_replay_reached(pgdata: Path, plan: RestorePlan, started: StartResult) -> None:
+    """Raise RecoveryFailed (after stopping the server) unless replay got as far as the
+    plan: into its last segment for `--latest`, to the target LSN or restore point."""
+    if started.state == "shut down":
+        return  # stopped after "recovery stopping": the target was reached
+    short = replay_shortfall(plan, started.replay_lsn, _read_text(Path(started.log)))
+    if short is None:
+        return
+    stop_server(pgdata, plan.backup.server_version // 10000)
+    raise RecoveryFailed(
+        f"the restored server {started.state} at {started.replay_lsn}, short of the plan: "
+        f"{short}; WAL was missing when the server asked for it. The server was stopped; "
+        f"do not use {pgdata}",
+        _read_text(Path(started.log)).splitlines()[-20:],
+    )
+
+
+def replay_shortfall(plan: RestorePlan, replay_lsn: str | None, log: str) -> str | None:
+    """What replay is missing compared with the plan (None: it got there)."""
+    kind = plan.target.kind
+    if kind == TIME:
+        return None if "recovery stopping" in log else "the target time was not reached"
+    try:
+        replayed = parse_lsn(replay_lsn) if replay_lsn else None
+    except ValueError:
+        replayed = None
+    if kind in (LSN, NAME):
+        goal = plan.target.lsn if kind == LSN else (
+            parse_lsn(plan.restore_point_lsn) if plan.restore_point_lsn else None)  # fmt: skip
+        if goal is None or (replayed is not None and replayed >= goal):
+            return None
+        return f"the target {plan.recovery_target} (at {lsn_text(goal)}) was not reached"
+    assert kind == LATEST
+    last = parse_wal_name(plan.wal_last).segno(plan.seg_size)
+    if replayed is not None and replayed // plan.seg_size >= last:
+        return None
+    # A record that fills the whole last segment ends past it: fetching it is enough.
+    if f'restored log file "{plan.wal_last}" from archive' in log:
+        return None
+    return f"replay did not reach {plan.wal_last}, the newest archived segment when it began"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _move_aside(pgdata: Path) -> str:
@@ -199,6 +302,7 @@ def _extract(repo: Repository, plan: RestorePlan, pgdata: Path) -> int:
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")
     with CheckedReader(repo.storage, obj) as reader:
+        pause_point("restore-extracting")
         buffered = io.BufferedReader(reader, 1024 * 1024)
         try:
             with tarfile.open(fileobj=buffered, mode="r|") as tar:

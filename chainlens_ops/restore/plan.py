@@ -20,6 +20,7 @@ Rules (the runbook an on-call engineer relies on):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -60,8 +61,18 @@ class Target:
         return f"offset given ({self.text})"
 
 
+_LSN_RE = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+MAX_TARGET_TEXT = 64  # longer than any time or LSN anyone types: echoed back shortened
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= MAX_TARGET_TEXT else text[:MAX_TARGET_TEXT] + "...")
+
+
 def parse_target_time(text: str) -> Target:
     """ISO 8601 with or without offset (none = UTC); psql's `2026-11-27 10:33:00.99+00`."""
+    if len(text) > MAX_TARGET_TEXT:
+        raise UsageError(f"cannot read the target time {_shown(text)}: too long")
     cleaned = text.strip()
     if cleaned.endswith(("Z", "z")):
         cleaned = cleaned[:-1] + "+00:00"
@@ -69,7 +80,7 @@ def parse_target_time(text: str) -> Target:
         when = datetime.fromisoformat(cleaned)
     except ValueError:
         raise UsageError(
-            f"cannot read the target time {text!r}",
+            f"cannot read the target time {_shown(text)}",
             hint="use ISO 8601, e.g. 2026-11-27T10:33:00+00:00 or '2026-11-27 10:33:00.99+00'",
         ) from None
     assumed = when.tzinfo is None
@@ -79,10 +90,31 @@ def parse_target_time(text: str) -> Target:
 
 
 def parse_target_lsn(text: str) -> Target:
-    try:
-        return Target(LSN, text, lsn=parse_lsn(text))
-    except ValueError:
-        raise UsageError(f"{text!r} is not an LSN (e.g. 0/3000148)") from None
+    """Two hex numbers of at most 32 bits each, as PostgreSQL prints them."""
+    if not _LSN_RE.fullmatch(text.strip()):
+        raise UsageError(f"{_shown(text)} is not an LSN (e.g. 0/3000148)")
+    return Target(LSN, text, lsn=parse_lsn(text))
+
+
+def parse_target_name(text: str) -> Target:
+    """A restore point name as user input, checked before any lookup: 1 to 63 bytes
+    (PostgreSQL's limit), no '/' (it names a catalog object) and no control or blank
+    characters (no restore point made by `restore-point create` or found in the WAL
+    holds them). Points made in SQL with other characters are still found."""
+    size = len(text.encode())
+    if not text:
+        raise UsageError("--target-name is empty: give a restore point name")
+    if size > 63:
+        raise UsageError(
+            f"restore point name {_shown(text)} is {size} bytes; PostgreSQL allows at most 63"
+        )
+    bad = next((c for c in text if c == "/" or c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise UsageError(
+            f"restore point name {_shown(text)} holds {bad!r}, which no restore point name holds",
+            hint="see `chainlens-ops restore-point list`",
+        )
+    return Target(NAME, text)
 
 
 # recovery_target_time with an explicit offset (the server's own zone otherwise).
@@ -104,6 +136,9 @@ class RestorePlan:
     seg_size: int
     notes: list[str] = field(default_factory=list)
     window: list[str] = field(default_factory=list)  # span_lines of the recoverable window
+    # The last segment recovery must replay on each timeline of the path, oldest first
+    # (`wal fetch --required-through`): missing any of them is fatal, never "absent".
+    required_wal: tuple[str, ...] = ()
 
     @property
     def timezone(self) -> str:
@@ -193,7 +228,26 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
         restore_point_source=rp_source,
         seg_size=seg_size,
         window=span_lines(window.recoverable),
+        required_wal=required_through(check.path, first_segno, last_segno, seg_size),
     )
+
+
+def required_through(
+    path: list[TimelineSpan], first: int, last: int, seg_size: int
+) -> tuple[str, ...]:
+    """Per timeline the path takes between segments `first` and `last`, the last segment
+    read from it, oldest first (the `--required-through` value of `wal fetch`)."""
+    ends: list[str] = []
+    current: int | None = None
+    for segno in range(first, last + 1):
+        tli = _timeline_for(path, segno)
+        if tli != current:
+            if current is not None:
+                ends.append(segment_name(current, segno - 1, seg_size))
+            current = tli
+    if current is not None:
+        ends.append(segment_name(current, last, seg_size))
+    return tuple(ends)
 
 
 def _choose(

@@ -90,10 +90,12 @@ def restore_segment(
     repo: str | None = None,
     spool_dir: str | None = None,
     prefetch: int | None = None,
+    required_through: str | None = None,
 ) -> FetchResult:
     """`wal fetch` from settings: open the archive, restore `name` to `dest`."""
-    from chainlens_ops.wal.fetch import fetch_wal
+    from chainlens_ops.wal.fetch import fetch_wal, parse_required
 
+    required = parse_required(required_through) if required_through is not None else ()
     opened, spool = open_archive(settings, db=db, repo=repo, spool_dir=spool_dir, wal_path=dest)
     count = parallel_count(prefetch, prefetch_default(opened), "--prefetch")
-    return fetch_wal(opened, name, dest, spool=spool, prefetch=count)
+    return fetch_wal(opened, name, dest, spool=spool, prefetch=count, required=required)

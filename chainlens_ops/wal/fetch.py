@@ -8,6 +8,14 @@ raises, and the caller exits with a status PostgreSQL treats as fatal. DEST is w
 to a temp file in its folder and renamed into place only after the object's checksum has
 been verified.
 
+Required WAL (`--required-through`, written by `restore` and drills into the
+restore_command): the last segment the restore's plan must replay, one per timeline of
+the plan's path (oldest first, comma-separated). A segment up to it, on the timeline the
+path uses for it, is *required*: if it is missing now (pruned, deleted, lost), the
+answer is fatal (255), never "absent" (1), because "absent" would make PostgreSQL end
+recovery there and promote a short copy. Requests for other timelines (PostgreSQL's
+probes for newer timelines, or its fallback to an older one) stay ordinary.
+
 Prefetch: a fetch that has to go to the repository also downloads the next N segments
 of the timeline, in parallel, into the spool (outside `pg_wal`); PostgreSQL's next calls
 are then served from there. Spooled objects keep the repository format and are verified
@@ -20,7 +28,8 @@ import os
 
 from chainlens_ops.atomicfile import unlink_quietly as _unlink
 from chainlens_ops.atomicfile import write_atomic
-from chainlens_ops.errors import FETCH_MISSING, UsageError
+from chainlens_ops.crashpoints import pause_point
+from chainlens_ops.errors import FETCH_MISSING, OperationFailed, UsageError
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository, data_folder_system_identifier
 from chainlens_ops.storage import NotFound
@@ -35,6 +44,29 @@ if TYPE_CHECKING:
 PREFETCH_THREADS = 4
 REPOSITORY = "repository"
 SPOOL = "spool"
+
+
+class RequiredWalMissing(OperationFailed):
+    """A segment the restore's plan needs is not in the repository (any more)."""
+
+
+def parse_required(text: str) -> tuple[WalName, ...]:
+    """`--required-through`: segment names, one per timeline, oldest first."""
+    names = tuple(parse_wal_name(part.strip()) for part in text.split(",") if part.strip())
+    if not names or any(n.kind != SEGMENT for n in names):
+        raise UsageError(f"--required-through takes WAL segment names, not {text!r}")
+    return names
+
+
+def is_required(wal: WalName, required: tuple[WalName, ...]) -> bool:
+    """Is `wal` on the plan's path at or before its end? The first entry whose end is at
+    or after `wal` says which timeline the path takes there."""
+    if wal.kind != SEGMENT:
+        return False
+    for end in required:
+        if (end.log, end.seg) >= (wal.log, wal.seg):
+            return end.tli == wal.tli
+    return False
 
 
 @record
@@ -62,8 +94,10 @@ def fetch_wal(
     *,
     spool: Spool | None = None,
     prefetch: int = 0,
+    required: tuple[WalName, ...] = (),
 ) -> FetchResult:
-    """Restore `name` (PostgreSQL's %f) from `repo` to `dest` (%p)."""
+    """Restore `name` (PostgreSQL's %f) from `repo` to `dest` (%p); RequiredWalMissing
+    when it is missing but `required` says the restore needs it."""
     wal = parse_wal_name(name)
     dest = os.path.abspath(dest)
     if not os.path.isdir(os.path.dirname(dest)):
@@ -83,14 +117,14 @@ def fetch_wal(
 
     ahead = _prefetch_names(repo, wal, spool, prefetch)
     if not ahead:
-        return _fetch_direct(repo, wal, dest, spool)
+        return _fetch_direct(repo, wal, dest, spool, required)
     assert spool is not None
     from concurrent.futures import ThreadPoolExecutor  # only when there is work ahead
 
     with ThreadPoolExecutor(max_workers=min(PREFETCH_THREADS, len(ahead))) as pool:
         futures = [pool.submit(_download, repo, spool, other) for other in ahead]
         try:
-            result = _fetch_direct(repo, wal, dest, spool)
+            result = _fetch_direct(repo, wal, dest, spool, required)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -114,12 +148,22 @@ def write_verified(src: BinaryIO, dest: str, name: str, *, where: str) -> int:
     return size
 
 
-def _fetch_direct(repo: Repository, wal: WalName, dest: str, spool: Spool | None) -> FetchResult:
+def _fetch_direct(
+    repo: Repository, wal: WalName, dest: str, spool: Spool | None, required: tuple[WalName, ...]
+) -> FetchResult:
     key = repo.wal_key(wal)
+    pause_point("wal-fetch-segment" if wal.kind == SEGMENT else "wal-fetch-other")
     try:
         with repo.storage.open(key) as src:
             size = write_verified(src, dest, wal.name, where=f"{repo.url}: {key}")
     except NotFound:
+        if is_required(wal, required):
+            raise RequiredWalMissing(
+                f"required WAL segment {wal.name} is missing from repository {repo.url}: "
+                f"the restore's plan replays through {required[-1].name}, and recovery must "
+                "not end before it",
+                hint="was it pruned or deleted during the restore? see `chainlens-ops wal check`",
+            ) from None
         repo.confirm_absent(wal.name, data_folder_system_identifier(dest))
         if spool is not None and wal.kind == SEGMENT:
             # Past the end of the archive: what was prefetched will not be asked for.

@@ -106,6 +106,11 @@ CASES |= {
     "wal fetch: bad --prefetch": Case(
         ("wal", "fetch", "--prefetch", "x", "a", "b"), 255, r"--prefetch takes"
     ),
+    "wal fetch: bad --required-through": Case(
+        ("wal", "fetch", "--required-through", "x", "000000010000000000000001", "/tmp/d"),
+        255,
+        r"fatal: .*not a WAL",
+    ),
     # Configuration and connection: 3.
     "missing --config": Case(
         ("--config", "/nonexistent.toml", "schema", "status"), 3, r"does not exist"
@@ -232,6 +237,24 @@ CASES |= {
     ),
     "restore: bad LSN": Case(
         ("restore", "--target-lsn", "zz", "--pgdata", "/var/tmp/x", "--repo", "/r"),
+        2,
+        r"is not an LSN",
+    ),
+    "restore: target name with a path": Case(
+        ("restore", "--target-name", "../x", "--pgdata", "/var/tmp/x", "--repo", "/r"),
+        2,
+        r"restore point name '\.\./x' holds '/'",
+    ),
+    "restore: 300-character target name": Case(
+        ("restore", "--target-name", "x" * 300, "--pgdata", "/var/tmp/x", "--repo", "/r"),
+        2,
+        r"is 300 bytes; PostgreSQL allows at most 63",
+    ),
+    "restore: empty target name": Case(
+        ("restore", "--target-name", "", "--pgdata", "/var/tmp/x", "--repo", "/r"), 2, r"empty"
+    ),
+    "restore: signed LSN": Case(
+        ("restore", "--target-lsn", "-1/0", "--pgdata", "/var/tmp/x", "--repo", "/r"),
         2,
         r"is not an LSN",
     ),

@@ -1,8 +1,10 @@
-"""The repository lock across processes, on both backends: writers never interleave, and a
-lock left by a killed process is taken over once it expired, naming the dead owner."""
+"""The repository lock across processes, on both backends: writers never interleave; a
+lock left by a killed process of another host is taken over once it expired, and one of
+this host at once (its process is gone), naming the dead owner."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -92,6 +94,9 @@ def test_a_killed_holders_lock_is_taken_over_after_expiry(repo_url: str, tmp_pat
     with storage.open(LOCK_KEY) as fh:
         left = json.loads(fh.read())
     assert left["pid"] == dead.pid and left["command"] == "test-writer"
+    # As if it had run on another host: there, only the expiry tells that it died.
+    left["host"] = "another-host"
+    storage.put(LOCK_KEY, io.BytesIO(json.dumps(left).encode()))
 
     # Before it expires, a writer that will not wait is refused, naming the owner.
     impatient = RepositoryLock(storage, "backup", wait_s=0)
@@ -108,6 +113,26 @@ def test_a_killed_holders_lock_is_taken_over_after_expiry(repo_url: str, tmp_pat
     assert "without being refreshed" in out
     assert time.monotonic() - started < 30
     assert log.read_text().split()[-2:] == ["end", str(heir.pid)]
+
+
+def test_a_killed_holder_of_this_host_is_taken_over_at_once(repo_url: str, tmp_path: Path) -> None:
+    """kill -9 at the crash point `repo-lock-acquired` with a 120 s ttl: the next taker
+    does not wait for the expiry, since the owner's process is gone from this host."""
+    log = tmp_path / "log"
+    dead = writer(repo_url, log, 1, 120, CHAINLENS_CRASH_AT="repo-lock-acquired")
+    dead.wait(timeout=60)
+    assert dead.returncode == -9 and not log.exists()  # killed right after taking it
+    with storage_of(repo_url).open(LOCK_KEY) as fh:
+        left = json.loads(fh.read())
+    assert left["pid"] == dead.pid and left["expires_at"] > time.time() + 60
+    started = time.monotonic()
+    heir = writer(repo_url, log, 1, 120)
+    out, err = heir.communicate(timeout=60)
+    assert heir.returncode == 0, err
+    assert f"took over the repository lock of `test-writer` (pid {dead.pid} on" in out
+    assert "no longer exists on this host" in out
+    assert time.monotonic() - started < 15
+    assert log.read_text().split() == ["start", str(heir.pid), "end", str(heir.pid)]
 
 
 def test_the_heartbeat_keeps_a_long_hold_and_a_stalled_holder_loses_it(repo_url: str) -> None:
