@@ -20,3 +20,23 @@ def crash_point(name: str) -> None:
     """SIGKILL this process if CHAINLENS_CRASH_AT names this point."""
     if os.environ.get(ENV) == name:
         os.kill(os.getpid(), _SIGKILL)
+
+
+PAUSE_ENV = "CHAINLENS_PAUSE_AT"
+PAUSE_LIMIT_S = 600.0
+
+
+def pause_point(name: str) -> None:
+    """Wait here (up to PAUSE_LIMIT_S) if CHAINLENS_PAUSE_AT names this point, after
+    saying so on stderr: a test then signals the process at an exact place (a SIGTERM
+    while a scratch server is recovering) instead of at a moment chance picks."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    import sys
+    import time
+
+    sys.stderr.write(f"chainlens-ops: paused at {name} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -39,6 +39,7 @@ SUMMARIES = {
     "backup prune": "Remove backups and WAL beyond retention.",
     "restore": "Point-in-time or logical restore; drills.",
     "restore drill": "Prove a backup restores, in a scratch copy.",
+    "restore table": "Tables as they were at a target, in a new schema.",
     "restore-point": "Named restore points: create, list.",
     "restore-point create": "Create a restore point and archive it.",
     "restore-point list": "Restore points in the catalog and the WAL.",
@@ -80,6 +81,8 @@ METAVARS = {
     "--daemon-seconds": "SECONDS",
     "--dbname": "NAME",
     "--scratch": "DIR",
+    "--into-schema": "SCHEMA",
+    "--db-only": "NAME",
     "--metrics-file": "FILE",
 }
 

@@ -25,6 +25,7 @@ from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.plan import LATEST, RestorePlan
+from chainlens_ops.restore.selective import Selection, write_placeholder
 from chainlens_ops.restore.server import StartResult, start_and_wait
 
 ACTIONS = ("promote", "pause", "shutdown")
@@ -43,6 +44,8 @@ class RestoreOptions:
     port: int | None = None
     start_timeout: float = 600.0
     config_file: Path | None = None
+    # Only these databases readable (`restore --db-only`, `restore table`): see selective.py
+    selection: Selection | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class RestoreResult:
     dry_run: bool
     moved_aside: str | None = None
     extracted_bytes: int = 0
+    skipped_bytes: int = 0  # written as sparse placeholders
     settings: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     started: StartResult | None = None
@@ -148,7 +152,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
     created = not pgdata.exists()
     pgdata.mkdir(mode=0o700, exist_ok=True)
     try:
-        extracted = _extract(repo, plan, pgdata)
+        extracted, skipped = _extract(repo, plan, pgdata, options.selection)
         (pgdata / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(pgdata, 0o700)
         settings = RecoverySettings(
@@ -166,7 +170,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
         raise
     result = RestoreResult(
         plan=plan, pgdata=str(pgdata), dry_run=False, moved_aside=moved,
-        extracted_bytes=extracted, settings=written,
+        extracted_bytes=extracted, skipped_bytes=skipped, settings=written,
         seconds=time.monotonic() - started_at,
     )  # fmt: skip
     if options.start:
@@ -194,21 +198,28 @@ def _move_aside(pgdata: Path) -> str:
     return str(aside)
 
 
-def _extract(repo: Repository, plan: RestorePlan, pgdata: Path) -> int:
+def _extract(
+    repo: Repository, plan: RestorePlan, pgdata: Path, selection: Selection | None = None
+) -> tuple[int, int]:
     obj = next((o for o in plan.backup.objects if o.key.endswith("/" + BASE_OBJECT)), None)
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")
+    skipped = 0
     with CheckedReader(repo.storage, obj) as reader:
         buffered = io.BufferedReader(reader, 1024 * 1024)
         try:
             with tarfile.open(fileobj=buffered, mode="r|") as tar:
                 for member in tar:
                     _check_member(member)
+                    if selection is not None and selection.skips(member):
+                        write_placeholder(member, pgdata)
+                        skipped += member.size
+                        continue
                     tar.extract(member, pgdata)
         except tarfile.TarError as exc:
             raise OperationFailed(f"{obj.key} is not a readable tar stream: {exc}") from None
         reader.drain()  # the rest of the stream, so the size and sha256 are checked
-        return reader.raw_size
+        return reader.raw_size, skipped
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
