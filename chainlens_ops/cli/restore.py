@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from chainlens_ops.cli.common import (
     DbOption,
@@ -371,13 +370,12 @@ def _print_table_result(result: TableRestoreResult) -> None:
     if result.dry_run:
         console.print("dry run: nothing written", markup=False)
         return
-    grid = Table(box=None, pad_edge=False)
-    for column in ("table", "restored as", "shape", "rows live", "rows restored"):
-        grid.add_column(column, no_wrap=True)
     for t in result.tables:
-        live = "(gone)" if t.rows_live is None else str(t.rows_live)
-        grid.add_row(t.table, t.restored_as, t.shape, live, str(t.rows_restored))
-    console.print(grid)
+        live = "gone live" if t.rows_live is None else f"{t.rows_live} rows live"
+        console.print(
+            f"{t.table} -> {t.restored_as}: {t.rows_restored} rows restored, {live} ({t.shape})",
+            markup=False,
+        )
     console.print(
         f"{format_bytes(result.extracted_bytes - result.skipped_bytes)} extracted, "
         f"{format_bytes(result.skipped_bytes)} skipped; recovery {result.recovery_seconds:.1f}s; "

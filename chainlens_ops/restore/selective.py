@@ -8,8 +8,10 @@ the right size that holds zeros (a zero page is a valid "new" page, and the firs
 to every page after the backup's checkpoint carries a full-page image, which replaces
 it), so each skipped file is written as a sparse file of its size: it takes no disk
 blocks and costs no writes. This is what pgBackRest's `--db-include` does. A skipped
-database is present but unusable (connecting to it fails); its `PG_VERSION` and
-`pg_filenode.map` are kept (a few bytes) so the folder still looks like a database.
+database is present but unusable: its `PG_VERSION` is left out, so a connection to it
+fails with one FATAL line ("PG_VERSION is missing") instead of reading zeroed catalogs,
+which PANICs (and so restarts) the whole server; `DROP DATABASE` still works on it.
+Its `pg_filenode.map` (512 bytes, rewritten whole by WAL) is kept as it was.
 
 The tar stream itself is still read through (zstd cannot seek); skipping saves the
 writes, which are most of an extraction's time on a large cluster. Tablespaces do not
@@ -23,8 +25,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-# Tiny files kept in a skipped database's folder, so it still looks like a database.
-KEPT_IN_SKIPPED = ("PG_VERSION", "pg_filenode.map")
+KEPT_IN_SKIPPED = ("pg_filenode.map",)
+# Left out of a skipped database: without it a connection fails cleanly (see above).
+LEFT_OUT = "PG_VERSION"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ def skipped_database(name: str, keep_oids: frozenset[int]) -> bool:
 def write_placeholder(member: tarfile.TarInfo, pgdata: Path) -> None:
     """A sparse file of the member's size (its content is never read or written)."""
     path = pgdata / member.name
+    if path.name == LEFT_OUT:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

@@ -121,6 +121,15 @@ def no_scratch_left(scratch: Path) -> None:
             assert str(scratch) not in cmdline or "pytest" in cmdline, cmdline
 
 
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent that never reaps it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_incident_tables_come_back_beside_the_live_ones(scene: Scene) -> None:
     scratch = scene.factory.dir("scratch")
     before = schemas(scene)
@@ -260,8 +269,7 @@ def test_sigterm_mid_recovery_leaves_no_scratch(scene: Scene) -> None:
         rest = proc.stderr.read()
         assert proc.wait(timeout=60) == 143, rest
     assert "stopped by SIGTERM" in rest
-    with pytest.raises(ProcessLookupError):
-        os.kill(postmaster, 0)
+    assert not alive(postmaster)
     no_scratch_left(scratch)
     assert schemas(scene) == before
 
@@ -279,6 +287,8 @@ def test_db_only_restores_one_readable_database(scene: Scene) -> None:
     scene.factory.made.append(restored)
     assert "skipped" in proc.stdout
     assert restored.scalar("SELECT count(*) FROM user_profiles WHERE tier = 'pro'", "shop") == 210
-    with pytest.raises(psycopg.Error):
+    # A skipped database refuses connections with one FATAL line; the server stays up.
+    with pytest.raises(psycopg.OperationalError, match="PG_VERSION"):
         restored.scalar("SELECT count(*) FROM filler", "big")
+    assert restored.scalar("SELECT count(*) FROM subscriptions", "shop") == 100
     restored.stop()
