@@ -46,7 +46,7 @@ def _print_summary(result: DemoResult, prefix: str) -> None:
     side = Table(title="After the incident vs restored to just before it", box=box.SIMPLE)
     side.add_column("")
     side.add_column(f"live :{result.primary_port} (damaged)", justify="right")
-    side.add_column(f"restored ({result.restored_schema})", justify="right")
+    side.add_column(result.restored_schema, justify="right")
     for what, now, back in result.comparison:
         mark = "" if now == back else " ✗"
         side.add_row(what, f"{now}{mark}", str(back))

@@ -305,6 +305,7 @@ def _load(
             restored[shape.live_name] = _copy_table(src, dst, schema, shape)
         dst.commit()
         live_rows = {s.live_name: _live_count(dst, s.live_name) for s in shapes}
+        live_cols = {s.live_name: _live_columns(dst, s.live_name) for s in shapes}
         dst.rollback()
     for shape in shapes:
         live_name = ".".join(shape.live_name)
@@ -316,7 +317,7 @@ def _load(
                 shape=_shape_label(shape),
                 rows_live=live_rows[shape.live_name],
                 rows_restored=restored[shape.live_name],
-                put_back_sql=put_back_sql(shape, schema, live_rows[shape.live_name] is not None),
+                put_back_sql=put_back_sql(shape, schema, live_cols[shape.live_name]),
             )
         )
     return outcomes
@@ -362,6 +363,16 @@ def _copy_table(
     return int(row[0]) if row else 0
 
 
+def _live_columns(conn: psycopg.Connection[Any], name: tuple[str, str]) -> list[str] | None:
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND "
+        "c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        name,
+    ).fetchall()
+    return [str(r[0]) for r in rows] or None
+
+
 def _live_count(conn: psycopg.Connection[Any], name: tuple[str, str]) -> int | None:
     quoted = sql.Identifier(*name).as_string(conn)
     found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (quoted,)).fetchone()
@@ -372,35 +383,35 @@ def _live_count(conn: psycopg.Connection[Any], name: tuple[str, str]) -> int | N
     return int(got[0]) if got else 0
 
 
-def put_back_sql(shape: _Shape, schema: str, live_exists: bool) -> str:
-    """A sketch to review and run by hand: never run by the tool."""
+def put_back_sql(shape: _Shape, schema: str, live_columns: list[str] | None) -> str:
+    """A sketch to review and run by hand, never run by the tool. `live_columns`: the
+    live table's columns in order (None: the table is gone live)."""
     live = ".".join(_q(p) for p in shape.live_name)
     restored = f"{_q(schema)}.{_q(shape.live_name[1])}"
-    if not live_exists:
+    if live_columns is None:
         return f"ALTER TABLE {restored} SET SCHEMA {_q(shape.live_name[0])};"
     cols = [c for c, _, _ in shape.columns]
-    col_list = ", ".join(_q(c) for c in cols)
+    same = cols == live_columns  # then `*` lines up, and the sketch stays short
+    into = live if same else f"{live} ({', '.join(_q(c) for c in cols)})"
+    picked = "r.*" if same else ", ".join(f"r.{_q(c)}" for c in cols)
     if not shape.primary_key:
         return (
-            f"INSERT INTO {live} ({col_list})\n  SELECT {col_list} FROM {restored}\n"
-            f"  EXCEPT ALL SELECT {col_list} FROM {live};"
+            f"-- rows missing live (deleted or changed since the target):\n"
+            f"INSERT INTO {into} SELECT {picked} FROM {restored} r\n"
+            f"  EXCEPT ALL SELECT {picked.replace('r.', 'l.')} FROM {live} l;"
         )
-    key = ", ".join(f"l.{_q(c)}" for c in shape.primary_key)
-    rkey = ", ".join(f"r.{_q(c)}" for c in shape.primary_key)
+    match = " AND ".join(f"l.{_q(c)} = r.{_q(c)}" for c in shape.primary_key)
     lines = [
-        f"-- rows deleted since the target:\nINSERT INTO {live} ({col_list})\n"
-        f"  SELECT {', '.join('r.' + _q(c) for c in cols)} FROM {restored} r\n"
-        f"  WHERE NOT EXISTS (SELECT 1 FROM {live} l WHERE ({key}) = ({rkey}));"
+        f"-- rows deleted since the target:\nINSERT INTO {into} SELECT {picked} FROM {restored} r\n"
+        f"  WHERE NOT EXISTS (SELECT FROM {live} l WHERE {match});"
     ]
     rest = [c for c in cols if c not in shape.primary_key]
     if rest:
-        sets = ", ".join(f"{_q(c)} = r.{_q(c)}" for c in rest)
+        lhs = ", ".join(_q(c) for c in rest)
         rhs = ", ".join(f"r.{_q(c)}" for c in rest)
-        lcols = ", ".join(f"l.{_q(c)}" for c in rest)
         lines.append(
-            f"-- rows changed since the target:\nUPDATE {live} l SET {sets}\n"
-            f"  FROM {restored} r WHERE ({key}) = ({rkey})\n"
-            f"  AND ({lcols}) IS DISTINCT FROM ({rhs});"
+            f"-- rows changed since the target:\nUPDATE {live} l SET ({lhs})\n"
+            f"  = ROW({rhs})\n  FROM {restored} r WHERE {match} AND l::text <> r::text;"
         )
     return "\n".join(lines)
 
