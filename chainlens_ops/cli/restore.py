@@ -329,6 +329,8 @@ def table_command(
     """Bring tables back as they were at a target, into a new schema of the live
     database, through a scratch server that holds only their database; nothing else
     is touched. Prints rows live and restored, and SQL to put rows back (never run)."""
+    if sum(t is not None for t in (target_time, target_name, target_lsn)) != 1:
+        raise UsageError("give exactly one of --target-time, --target-name, --target-lsn")
     target = _target(target_time, target_name, target_lsn, False)
     repository = repository_for(ctx, db.value if db else None, repo)
     live = state(ctx).settings.target(db.value if db else None, dsn=dsn)

@@ -80,13 +80,17 @@ def check_data_dir(pgdata: Path, *, force: bool) -> None:
             f"{pgdata} is not empty",
             hint="--force moves its contents aside into a sibling folder (nothing is deleted)",
         )
+    refuse_root()
+    if not os.access(pgdata if pgdata.exists() else pgdata.parent, os.W_OK):
+        raise UsageError(f"cannot write into {pgdata if pgdata.exists() else pgdata.parent}")
+
+
+def refuse_root() -> None:
     if os.geteuid() == 0:
         raise UsageError(
             "run the restore as the OS user that runs PostgreSQL (e.g. `sudo -u postgres`), "
             "not root: the data folder must belong to the server's user"
         )
-    if not os.access(pgdata if pgdata.exists() else pgdata.parent, os.W_OK):
-        raise UsageError(f"cannot write into {pgdata if pgdata.exists() else pgdata.parent}")
 
 
 def live_postmaster(pgdata: Path) -> int | None:

@@ -36,6 +36,7 @@ from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.repository import Repository
+from chainlens_ops.restore.physical import refuse_root
 from chainlens_ops.restore.plan import TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.scratch import ScratchServer, scratch_free_bytes, scratch_server
 from chainlens_ops.restore.selective import Selection
@@ -156,6 +157,7 @@ def restore_tables(
         raise UsageError("a table is named twice")
     schema = options.into_schema or default_schema(options.target)
     check_schema_name(schema)
+    refuse_root()  # the scratch server runs as this user
     with connect(live) as conn:
         database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
         if _schema_exists(conn, schema):
