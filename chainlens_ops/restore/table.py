@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.repository import Repository
@@ -168,13 +169,21 @@ def restore_tables(
             )
         kept = keep_databases(conn, [database])
         all_dbs = [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
+        live_sysid = _system_identifier(conn)
     plan = make_plan(repo, options.target, options.backup_id)
+    if live_sysid and plan.backup.system_identifier and live_sysid != plan.backup.system_identifier:
+        # Database oids (which databases to keep) mean something only in the same cluster.
+        raise UsageError(
+            f"the live database belongs to cluster {live_sysid}, backup {plan.backup.id} to "
+            f"cluster {plan.backup.system_identifier}: restore from that cluster's repository"
+        )
     table_plan = _plan(plan, database, kept, all_dbs, names, schema, options.scratch_root)
     if table_plan.scratch_free < table_plan.bytes_to_extract + 4 * plan.seg_size:
         raise UsageError(
             f"too little free space in {table_plan.scratch_root}: "
-            f"{table_plan.scratch_free} bytes free, the scratch copy needs up to "
-            f"{table_plan.bytes_to_extract + 4 * plan.seg_size}",
+            f"{format_bytes(table_plan.scratch_free)} free, the scratch copy needs up to "
+            f"{format_bytes(table_plan.bytes_to_extract + 4 * plan.seg_size)} (the backup's "
+            "size from its manifest)",
             hint="point --scratch at a bigger disk",
         )
     if options.dry_run:
@@ -193,6 +202,15 @@ def restore_tables(
         recovery_seconds=round(scratch.recovery_seconds, 3),
         copy_seconds=round(copy_seconds, 3), seconds=round(time.monotonic() - began, 3),
     )  # fmt: skip
+
+
+def _system_identifier(conn: psycopg.Connection[Any]) -> str | None:
+    """The live cluster's system identifier, or None when this role may not read it."""
+    try:
+        row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return str(row[0]) if row else None
 
 
 def _schema_exists(conn: psycopg.Connection[Any], schema: str) -> bool:

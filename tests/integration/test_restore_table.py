@@ -24,6 +24,9 @@ from conftest import ClusterFactory
 from pgharness import CLI, PgCluster, as_postgres, cli_env, free_port, run_cli
 from test_backup import backup
 from test_wal import PUSH, switch_and_wait
+from test_wal_s3 import S3Setup, s3_archiving
+
+__all__ = ["s3_archiving"]
 
 Proc = subprocess.CompletedProcess[str]
 SCHEMA_SQL = """
@@ -292,3 +295,27 @@ def test_db_only_restores_one_readable_database(scene: Scene) -> None:
         restored.scalar("SELECT count(*) FROM filler", "big")
     assert restored.scalar("SELECT count(*) FROM subscriptions", "shop") == 100
     restored.stop()
+
+
+def test_restore_table_from_s3(
+    s3_archiving: tuple[PgCluster, str, S3Setup], make_cluster: ClusterFactory
+) -> None:
+    cluster, repo, setup = s3_archiving
+    cluster.createdb("s3shop")
+    cluster.execute(SCHEMA_SQL, dbname="s3shop")
+    switch_and_wait(cluster)
+    made = setup.cli("backup", "--repo", repo, "--dsn", cluster.conninfo("s3shop"), "--kind",
+                     "base")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    time_t = str(cluster.scalar("SELECT now()::text"))
+    time.sleep(0.3)
+    cluster.execute("DELETE FROM subscriptions WHERE id <= 40", dbname="s3shop")
+    switch_and_wait(cluster)
+    scratch = make_cluster.dir("s3scratch")
+    proc = setup.cli("restore", "table", "subscriptions", "--repo", repo, "--dsn",
+                     cluster.conninfo("s3shop"), "--db", "supabase", "--target-time", time_t,
+                     "--into-schema", "pit", "--scratch", str(scratch))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert cluster.scalar("SELECT count(*) FROM pit.subscriptions", "s3shop") == 100
+    assert cluster.scalar("SELECT count(*) FROM subscriptions", "s3shop") == 60
+    no_scratch_left(scratch)
