@@ -4,9 +4,10 @@
 
 One cluster (archive_mode on, archive_command our `wal push`) with two databases:
 `shop`, pgbench data at --scale (its pgbench_accounts is the table to bring back), and
-`big`, pgbench data at ten times that scale: the other database is ten times bigger
-than the one holding the table. One base backup, then writes to both databases, a time
-T, more writes and a WAL switch. Each round (the order alternates) times, to the same T:
+`big`, pgbench data at --big-scale: the other database ten times bigger than the one
+holding the table (catalogs included; the run prints the ratio). One base backup, then
+pgbench writes to both databases (--transactions per client), a time T, a third as
+many writes and a WAL switch. Each round (the order alternates) times, to the same T:
 
   full restore   restore --target-time T --pgdata DIR --start --port P, from the command
                  to a promoted server that answers queries (what an operator without
@@ -54,7 +55,10 @@ def fingerprint(conninfo: str, table: str) -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=2, help="pgbench scale of `shop`")
+    parser.add_argument("--big-scale", type=int, default=25, help="of `big` (25: ~10x shop)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transactions", type=int, default=1000,
+                        help="pgbench transactions per client and database before T")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -76,7 +80,7 @@ def main() -> int:
         cluster.start()
         pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
                    "-U", "postgres"]  # fmt: skip
-        for db, scale in (("shop", args.scale), ("big", 10 * args.scale)):
+        for db, scale in (("shop", args.scale), ("big", args.big_scale)):
             cluster.createdb(db)
             print(f"pgbench -i -s {scale} {db} ...", flush=True)
             run([*pgbench, "-i", "-q", "-s", str(scale), db], cwd=base, env=env)
@@ -87,14 +91,17 @@ def main() -> int:
         run([str(CLI), "backup", "--kind", "base", "--quiet", "--repo", f"file://{repo}",
              "--dsn", cluster.conninfo("shop")], cwd=base, env=env)  # fmt: skip
         for db in ("shop", "big"):  # WAL to replay in both databases
-            run([*pgbench, "-n", "-c", "2", "-t", "3000", db], cwd=base, env=env)
+            run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions), db], cwd=base, env=env)
         target = str(cluster.scalar("SELECT now()::text"))
         at_t = fingerprint(cluster.conninfo("shop"), TABLE)
         time.sleep(0.5)
         for db in ("shop", "big"):
-            run([*pgbench, "-n", "-c", "2", "-t", "1000", db], cwd=base, env=env)
+            run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions // 3), db], cwd=base,
+                env=env)  # fmt: skip
         switch_and_wait(cluster, timeout=120)
-        print(f"target {target}; {TABLE} at T: {at_t[0]:,} rows", flush=True)
+        wal = int(cluster.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        print(f"target {target}; {TABLE} at T: {at_t[0]:,} rows; WAL since initdb "
+              f"{wal / 2**20:.0f} MB", flush=True)  # fmt: skip
         live_env = {**env, "CHAINLENS_SUPABASE_DSN": cluster.conninfo("shop")}
 
         for n in range(args.rounds):

@@ -45,6 +45,7 @@ from chainlens_ops.restore.server import local_conninfo
 from chainlens_ops.wal.names import parse_wal_name
 
 Say = Callable[[str], None]
+COPY_BATCH = 1024 * 1024
 MAINTENANCE_DB = "postgres"  # kept readable: the scratch server is watched through it
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
@@ -361,26 +362,34 @@ def _copy_table(
     )
     try:
         dst.execute(sql.SQL("CREATE TABLE {} ({})").format(new, definition))
+        load = dst.cursor()
         with (
             src.cursor().copy(
                 sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(cols, old)
             ) as out,  # fmt: skip
-            dst.cursor().copy(
+            load.copy(
                 sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(new, cols)
             ) as into,  # fmt: skip
         ):
+            # COPY hands over one row per chunk: batched, the load costs a write per
+            # COPY_BATCH bytes instead of one per row.
+            batch = bytearray()
             for chunk in out:
-                into.write(chunk)
+                batch += chunk
+                if len(batch) >= COPY_BATCH:
+                    into.write(bytes(batch))
+                    batch.clear()
+            if batch:
+                into.write(bytes(batch))
         if shape.primary_key:
             dst.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
                 new, sql.SQL(", ").join(sql.Identifier(c) for c in shape.primary_key)))  # fmt: skip
-        row = dst.execute(sql.SQL("SELECT count(*) FROM {}").format(new)).fetchone()
     except psycopg.Error as exc:
         raise OperationFailed(
             f"loading {'.'.join(shape.live_name)} into {schema} failed (nothing was kept): "
             f"{first_line(exc)}"
         ) from None
-    return int(row[0]) if row else 0
+    return max(load.rowcount, 0)  # COPY's own count ("COPY n")
 
 
 def _live_columns(conn: psycopg.Connection[Any], name: tuple[str, str]) -> list[str] | None:
