@@ -217,7 +217,7 @@ def _extract(
             # Python calls than the decompression itself, and skipping a member reads
             # through it in the same blocks.
             with tarfile.open(fileobj=buffered, mode="r|", bufsize=TAR_BLOCK) as tar:
-                tar.copybufsize = TAR_BLOCK
+                tar.copybufsize = TAR_BLOCK  # type: ignore[attr-defined]  # not in typeshed
                 for member in tar:
                     _check_member(member)
                     if selection is not None and selection.skips(member):
