@@ -26,24 +26,31 @@ def crash_point(name: str) -> None:
 
 
 def pause_point(name: str) -> None:
-    """Hold the first process that reaches this point until a test lets it go.
+    """Hold a process that reaches this point until a test lets it go (or signals it).
 
-    When CHAINLENS_PAUSE_AT names this point: create `<CHAINLENS_PAUSE_DIR>/<name>.reached`
-    (only the first process to get there pauses; the file is created exclusively), then
-    wait until `<name>.go` exists (at most PAUSE_MAX_S). So a race test lands its move
-    at an exact place on every run: e.g. a prune while a restore's server replays.
+    When CHAINLENS_PAUSE_AT names this point, say so on stderr (`paused at NAME (pid N)`,
+    for a test that signals the process there, e.g. a SIGTERM while a scratch server is
+    recovering). With CHAINLENS_PAUSE_DIR set too, only the first process to get there
+    pauses (it creates `<dir>/<name>.reached` exclusively) and it waits until `<name>.go`
+    exists: so a race test lands its move at an exact place on every run, e.g. a prune
+    while a restore's server replays. Either way it waits at most PAUSE_MAX_S.
     """
     if os.environ.get(PAUSE_ENV) != name:
         return
-    folder = os.environ.get(PAUSE_DIR_ENV) or "."
-    try:
-        os.close(os.open(os.path.join(folder, name + ".reached"), os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError:
-        return  # another process paused here already (or the folder is unusable)
+    import sys
     import time
 
+    folder = os.environ.get(PAUSE_DIR_ENV)
+    if folder:
+        try:
+            flags = os.O_CREAT | os.O_EXCL
+            os.close(os.open(os.path.join(folder, name + ".reached"), flags, 0o666))
+        except OSError:
+            return  # another process paused here already (or the folder is unusable)
+    sys.stderr.write(f"chainlens-ops: paused at {name} (pid {os.getpid()})\n")
+    sys.stderr.flush()
     deadline = time.monotonic() + PAUSE_MAX_S
-    while not os.path.exists(os.path.join(folder, name + ".go")):
-        if time.monotonic() > deadline:
+    while time.monotonic() < deadline:
+        if folder and os.path.exists(os.path.join(folder, name + ".go")):
             return
         time.sleep(0.05)

@@ -45,8 +45,8 @@ def demo_command(
 def _print_summary(result: DemoResult, prefix: str) -> None:
     side = Table(title="After the incident vs restored to just before it", box=box.SIMPLE)
     side.add_column("")
-    side.add_column(f"primary :{result.primary_port} (damaged)", justify="right")
-    side.add_column(f"restored :{result.restored_port}", justify="right")
+    side.add_column(f"live :{result.primary_port} (damaged)", justify="right")
+    side.add_column(result.restored_schema, justify="right")
     for what, now, back in result.comparison:
         mark = "" if now == back else " ✗"
         side.add_row(what, f"{now}{mark}", str(back))
@@ -70,7 +70,8 @@ def _print_summary(result: DemoResult, prefix: str) -> None:
         f"{prefix}{tool} restore-point list --db supabase",
         f"{prefix}{tool} wal check --db supabase",
         f"{prefix}{tool} cache stats",
-        f"{prefix}psql 'host=127.0.0.1 port={result.restored_port} dbname=supabase user=postgres'",
+        f"{prefix}psql 'host=127.0.0.1 port={result.primary_port} dbname=supabase user=postgres'"
+        f" -c 'TABLE {result.restored_schema}.user_profiles LIMIT 5'",
         f"{tool} demo --down",
     ):
         console.print(f"  {line}", markup=False, soft_wrap=True)

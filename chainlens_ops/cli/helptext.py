@@ -41,6 +41,7 @@ SUMMARIES = {
     "backup unpin": "Let retention remove a pinned backup.",
     "restore": "Point-in-time or logical restore; drills.",
     "restore drill": "Prove a backup restores, in a scratch copy.",
+    "restore table": "Tables as they were at a target, in a new schema.",
     "restore-point": "Named restore points: create, list.",
     "restore-point create": "Create a restore point and archive it.",
     "restore-point list": "Restore points in the catalog and the WAL.",
@@ -82,6 +83,8 @@ METAVARS = {
     "--daemon-seconds": "SECONDS",
     "--dbname": "NAME",
     "--scratch": "DIR",
+    "--into-schema": "SCHEMA",
+    "--db-only": "NAME",
     "--metrics-file": "FILE",
 }
 

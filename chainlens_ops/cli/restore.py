@@ -3,6 +3,7 @@ target and --pgdata), or a logical backup into a database (--backup with --dbnam
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,9 @@ from chainlens_ops.cli.common import (
     state,
 )
 from chainlens_ops.cli.wal import RepoOption
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.connection import connect
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.logical import LogicalResult, restore_logical
 from chainlens_ops.restore.physical import (
@@ -38,7 +41,14 @@ from chainlens_ops.restore.plan import (
     parse_target_name,
     parse_target_time,
 )
+from chainlens_ops.restore.selective import Selection
 from chainlens_ops.restore.server import RecoveryFailed
+from chainlens_ops.restore.table import (
+    TableRestoreOptions,
+    TableRestoreResult,
+    keep_databases,
+    restore_tables,
+)
 
 app = typer.Typer(
     help="Restore: point in time into a data folder, or a logical backup into a database.",
@@ -109,6 +119,10 @@ def restore_command(
     db: DbOption = None,
     dsn: DsnOption = None,
     repo: RepoOption = None,
+    db_only: Annotated[
+        str | None,
+        typer.Option("--db-only", help="Only this database (and catalogs) readable."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Point in time: a target and --pgdata. Logical: --backup ID --dbname NAME."""
@@ -116,7 +130,7 @@ def restore_command(
         return
     repository = repository_for(ctx, db.value if db else None, repo)
     if dbname is not None:
-        if backup_id is None or pgdata is not None:
+        if backup_id is None or pgdata is not None or db_only is not None:
             raise UsageError("a logical restore takes --backup ID and --dbname NAME (no --pgdata)")
         settings = state(ctx).settings
         server = settings.target(db.value if db else None, dsn=dsn)
@@ -135,10 +149,15 @@ def restore_command(
         raise UsageError(f"--archive-mode must be one of {', '.join(ARCHIVE_MODES)}")
     if port is not None and not start:
         raise UsageError("--port needs --start")
+    check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
+    selection = None
+    if db_only is not None:  # the oids from the live server the backups come from
+        with connect(state(ctx).settings.target(db.value if db else None, dsn=dsn)) as conn:
+            selection = Selection(frozenset(keep_databases(conn, [db_only]).values()))
     options = RestoreOptions(
         pgdata=pgdata, target_action=target_action, archive_mode=archive_mode, force=force,
         dry_run=dry_run, start=start, port=port, start_timeout=start_timeout,
-        config_file=state(ctx).config_file,
+        config_file=state(ctx).config_file, selection=selection,
     )  # fmt: skip
     check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
 
@@ -190,6 +209,7 @@ def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
         "timeline latest",
         f"timezone: {plan.timezone}",
         f"into:     {options.pgdata} (archive_mode {options.archive_mode})"
+        + (" -- only the database(s) --db-only names readable" if options.selection else "")
         + (" -- dry run, nothing will be written" if options.dry_run else ""),
     ]
     if plan.newest_transaction:
@@ -210,9 +230,10 @@ def _print_result(result: RestoreResult) -> None:
         return
     if result.moved_aside:
         console.print(f"old contents moved aside to {result.moved_aside}", markup=False)
+    skipped = f", {result.skipped_bytes} of them skipped" if result.skipped_bytes else ""
     console.print(
-        f"restored {result.plan.backup.id} into {result.pgdata} ({result.extracted_bytes} bytes, "
-        f"checksums verified); recovery settings written",
+        f"restored {result.plan.backup.id} into {result.pgdata} ({result.extracted_bytes} bytes"
+        f"{skipped}, checksums verified); recovery settings written",
         markup=False,
     )
     if result.started:
@@ -271,3 +292,101 @@ def drill_command(
             markup=False,
         )
         raise typer.Exit(1)
+
+
+@app.command("table")
+def table_command(
+    ctx: typer.Context,
+    tables: Annotated[list[str], typer.Argument(help="schema.table (default schema public).")],
+    target_time: Annotated[
+        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
+    ] = None,
+    target_name: Annotated[
+        str | None, typer.Option("--target-name", help="A restore point.")
+    ] = None,
+    target_lsn: Annotated[
+        str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
+    ] = None,
+    into_schema: Annotated[
+        str | None,
+        typer.Option("--into-schema", help="New schema (default restored_<target>)."),
+    ] = None,
+    backup_id: Annotated[
+        str | None, typer.Option("--backup", help="Backup id (default: chosen).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")
+    ] = False,
+    scratch: Annotated[
+        Path | None,
+        typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
+    ] = 600.0,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Bring tables back as they were at a target, into a new schema of the live
+    database, through a scratch server that holds only their database; nothing else
+    is touched. Prints rows live and restored, and SQL to put rows back (never run)."""
+    if sum(t is not None for t in (target_time, target_name, target_lsn)) != 1:
+        raise UsageError("give exactly one of --target-time, --target-name, --target-lsn")
+    target = _target(target_time, target_name, target_lsn, False)
+    repository = repository_for(ctx, db.value if db else None, repo)
+    live = state(ctx).settings.target(db.value if db else None, dsn=dsn)
+    options = TableRestoreOptions(
+        tables=tuple(tables), target=target, into_schema=into_schema, backup_id=backup_id,
+        dry_run=dry_run, scratch_root=scratch, timeout=timeout,
+        config_file=state(ctx).config_file,
+    )  # fmt: skip
+    show = not json_output and sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        if show:
+            err_console.print(f"chainlens-ops: {line}", markup=False)
+
+    try:
+        result = restore_tables(repository, live, options, say)
+    except RecoveryFailed as exc:
+        err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
+        for line in exc.log_tail:
+            err_console.print(f"  log: {line}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    if json_output:
+        print_json(result)
+        return
+    _print_table_result(result)
+
+
+def _print_table_result(result: TableRestoreResult) -> None:
+    p = result.plan
+    console.print(
+        f"plan: backup {p.backup_id}, target {p.target}, database {p.database}\n"
+        f"  extract: at most {format_bytes(p.bytes_to_extract)}; readable: "
+        f"{', '.join(p.kept_databases)}; skipped: {', '.join(p.skipped_databases) or 'none'}\n"
+        f"  WAL: {p.wal_first} .. {p.wal_last} ({p.wal_segments} segments)\n"
+        f"  scratch: {p.scratch_root} ({format_bytes(p.scratch_free)} free)\n"
+        f"  into: schema {p.schema} (new): {', '.join(p.tables)}",
+        markup=False,
+    )
+    if result.dry_run:
+        console.print("dry run: nothing written", markup=False)
+        return
+    for t in result.tables:
+        live = "gone live" if t.rows_live is None else f"{t.rows_live} rows live"
+        console.print(
+            f"{t.table} -> {t.restored_as}: {t.rows_restored} rows restored, {live} ({t.shape})",
+            markup=False,
+        )
+    console.print(
+        f"{format_bytes(result.extracted_bytes - result.skipped_bytes)} extracted, "
+        f"{format_bytes(result.skipped_bytes)} skipped; recovery {result.recovery_seconds:.1f}s; "
+        f"copy {result.copy_seconds:.1f}s; total {result.seconds:.1f}s; scratch removed",
+        markup=False,
+    )
+    console.print("to put rows back (review first; never run by chainlens-ops):", markup=False)
+    for t in result.tables:
+        console.print(f"-- {t.table}\n{t.put_back_sql}", markup=False)

@@ -30,15 +30,18 @@ from chainlens_ops.errors import OperationFailed
 from chainlens_ops.partitions.create import ensure_partitions
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.drill import run_drill
-from chainlens_ops.restore.physical import RestoreOptions, restore
 from chainlens_ops.restore.physical import _tool_path as executable_path
-from chainlens_ops.restore.plan import make_plan, parse_target_time
+from chainlens_ops.restore.plan import parse_target_time
+from chainlens_ops.restore.table import TableRestoreOptions, restore_tables
 from chainlens_ops.restore_points import create_restore_point
 from chainlens_ops.schema import apply_schema
 
 __all__ = ["DemoOptions", "DemoResult", "Step", "run_demo", "tear_down_demo"]
 
 RESTORE_POINT = "demo-before-incident"
+# What the incident step brings back (usage_events, untouched, shows a partitioned table
+# coming back whole).
+RESTORED_TABLES = ("public.user_profiles", "public.subscriptions", "public.usage_events")
 DAEMON_JOBS = (("cache-cleanup", "cache cleanup", "15s"), ("partitions", "partition ensure", "30s"))
 Say = Callable[[str], None]
 
@@ -69,7 +72,7 @@ class StepLog(list[str]):
 class DemoResult:
     root: str
     primary_port: int
-    restored_port: int
+    restored_schema: str  # in the primary's supabase database: `restore table`'s copy
     config_file: str
     repo: str
     tool: str = "chainlens-ops"  # the executable, as PostgreSQL runs it
@@ -158,10 +161,9 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     repo.mkdir()
     tool = options.tool or executable_path()
     primary = Cluster("primary", root / "primary" / "data", sandbox.free_port())
-    restored = Cluster("restored", root / "restored" / "data", sandbox.free_port())
     config = root / "chainlens-ops.toml"
     _write_config(config, primary, repo)
-    result = DemoResult(str(root), primary.port, restored.port, str(config), str(repo), tool)
+    result = DemoResult(str(root), primary.port, "", str(config), str(repo), tool)
     r = _Runner(say)
     if sandbox.as_root():
         # The tool refuses root for restores and another owner's repository: the whole
@@ -179,7 +181,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         _execute(primary.conninfo("postgres"), f"CREATE DATABASE {db}")
     settings = load_settings(config, env={})
     _steps_with_data(r, settings, primary, result)
-    _steps_incident_restore(r, settings, primary, restored, repo, result)
+    _steps_incident_restore(r, settings, primary, repo, result)
     _steps_prove(r, Repository(str(repo), settings.s3))
     with r.step("cache cleanup") as d:
         cleaned = cleanup_cache(settings)
@@ -230,7 +232,6 @@ def _steps_incident_restore(
     r: _Runner,
     settings: Settings,
     primary: Cluster,
-    restored: Cluster,
     repo: Path,
     result: DemoResult,
 ) -> None:
@@ -252,22 +253,31 @@ def _steps_incident_restore(
             "incident: UPDATE user_profiles SET tier='free' (no WHERE); DELETE active subscriptions"
         )
         d.summary = f"{RESTORE_POINT}; UPDATE, DELETE"
-    with r.step("restore --target-time into a second sandbox") as d:
-        repository = Repository(str(repo), settings.s3)
-        plan = make_plan(repository, parse_target_time(target_time))
-        restored.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        done = restore(repository, plan, RestoreOptions(pgdata=restored.pgdata))
-        sandbox.give_to_server_user(restored.pgdata.parent)
-        os.chmod(restored.pgdata, 0o700)
-        sandbox.start(restored)
-        _wait_promoted(restored.conninfo("supabase"))
-        d.append(
-            f"from {plan.backup.id}, {_mb(done.extracted_bytes)} extracted; "
-            f"running on 127.0.0.1:{restored.port}"
+    with r.step("restore table --target-time, beside the live tables") as d:
+        done = restore_tables(
+            Repository(str(repo), settings.s3),
+            settings.target("supabase"),
+            TableRestoreOptions(
+                tables=RESTORED_TABLES,
+                target=parse_target_time(target_time),
+                scratch_root=primary.pgdata.parent.parent,
+            ),
         )
-        d.summary = f"{_mb(done.extracted_bytes)} extracted, promoted, port {restored.port}"
+        schema = done.plan.schema
+        written = done.extracted_bytes - done.skipped_bytes
+        d.append(
+            f"from {done.plan.backup_id}: {_mb(written)} extracted, {_mb(done.skipped_bytes)} "
+            f"of other databases skipped; recovered in a scratch server in "
+            f"{done.recovery_seconds:.1f}s, then removed"
+        )
+        for t in done.tables:
+            d.append(f"{t.table} -> {t.restored_as}: {t.rows_restored} rows ({t.shape})")
+        d.append(f"into schema {schema} of the live supabase database (live tables untouched)")
+        d.summary = f"{len(done.tables)} tables into {schema}, {done.seconds:.1f}s"
+    result.restored_schema = schema
     after = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
-    back = {k: _query(restored.conninfo("supabase"), q) for k, q in data.PROBE_SQL.items()}
+    back = {k: _query(conninfo, q.replace("public.", f"{schema}."))
+            for k, q in data.PROBE_SQL.items()}  # fmt: skip
     result.comparison = [(k, after[k], back[k]) for k in data.PROBE_SQL]
     if back != before:
         raise OperationFailed(
@@ -291,18 +301,6 @@ def _steps_prove(r: _Runner, repository: Repository) -> None:
         d.append(f"{drill.backup_id} restored in a scratch copy and promoted; RTO "
                  f"{drill.rto_seconds or 0:.1f}s; {len(drill.row_counts)} tables read")  # fmt: skip
         d.summary = f"RTO {drill.rto_seconds or 0:.1f}s, {len(drill.row_counts)} tables read"
-
-
-def _wait_promoted(conninfo: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if _query(conninfo, "SELECT CASE WHEN pg_is_in_recovery() THEN 0 ELSE 1 END") == 1:
-                return
-        except psycopg.Error:
-            pass
-        time.sleep(0.3)
-    raise OperationFailed(f"the restored server did not finish recovery within {timeout:g}s")
 
 
 def _step_daemon(

@@ -48,13 +48,16 @@ def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> 
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     primary = int(re.search(r"PostgreSQL 15 on 127\.0\.0\.1:(\d+)", done.stdout).group(1))  # type: ignore[union-attr]
-    restored = int(re.search(r"running on 127\.0\.0\.1:(\d+)", done.stdout).group(1))  # type: ignore[union-attr]
+    schema = re.search(r"into schema (restored_\w+)", done.stdout).group(1)  # type: ignore[union-attr]
     paid = "SELECT count(*) FROM public.user_profiles WHERE tier <> 'free'"
     active = "SELECT count(*) FROM public.subscriptions WHERE status = 'active'"
-    # The incident damaged the primary; the restore to just before it has the data.
+    # The incident damaged the live tables; `restore table` brought them back, as they
+    # were just before it, into a new schema beside them (the live ones stay damaged).
     assert _count(primary, paid) == 0 and _count(primary, active) == 0
-    assert _count(restored, paid) > 0 and _count(restored, active) > 0
-    assert _count(restored, "SELECT count(*) FROM public.usage_events") == 6000
+    back = {q: q.replace("public.", f"{schema}.") for q in (paid, active)}
+    assert _count(primary, back[paid]) > 0 and _count(primary, back[active]) > 0
+    assert _count(primary, f"SELECT count(*) FROM {schema}.usage_events") == 6000
+    assert not list((demo_cwd / ".demo").glob("chainlens-table-*"))  # the scratch is gone
     assert "Summary" in done.stdout and "demo --down" in done.stdout
 
     # `status` on the sandbox: the demo's older months wait in the default partitions,
@@ -87,6 +90,5 @@ def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> 
                           text=True, timeout=120)  # fmt: skip
     assert down.returncode == 0, down.stderr
     assert not (demo_cwd / ".demo").exists()
-    for port in (primary, restored):
-        with pytest.raises(psycopg.OperationalError):
-            _count(port, "SELECT 1")
+    with pytest.raises(psycopg.OperationalError):
+        _count(primary, "SELECT 1")

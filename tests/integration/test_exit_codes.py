@@ -263,6 +263,19 @@ CASES |= {
         2,
         r"run the restore as the OS user that runs PostgreSQL",
     ),
+    "restore table: no target": Case(
+        ("restore", "table", "t", "--repo", "/r"), 2, r"give exactly one of --target-time"
+    ),
+    "restore table: bad schema name": Case(
+        ("restore", "table", "t", "--target-lsn", "0/1", "--into-schema", "pg_x", "--repo", "/r"),
+        2,
+        r"is not a plain schema name",
+    ),
+    "restore table: as root": Case(
+        ("restore", "table", "t", "--target-lsn", "0/1", "--repo", "/r"),
+        2,
+        r"run the restore as the OS user that runs PostgreSQL",
+    ),
     "cache cleanup: zero --batch-size": Case(
         ("cache", "cleanup", "--batch-size", "0"), 2, r"--batch-size"
     ),
@@ -341,7 +354,7 @@ HELP_PATHS = [
     ("partition", "ensure"), ("partition", "list"), ("partition", "retain"),
     ("wal", "push"), ("wal", "fetch"), ("wal", "list"), ("wal", "check"), ("check",),
     ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("backup", "pin"),
-    ("backup", "unpin"), ("restore", "drill"),
+    ("backup", "unpin"), ("restore", "drill"), ("restore", "table"),
     ("restore-point", "create"), ("restore-point", "list"), ("cache", "cleanup"),
     ("cache", "stats"), ("daemon", "status"), ("status",), ("demo",),
 ]  # fmt: skip

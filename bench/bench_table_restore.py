@@ -1,0 +1,189 @@
+"""Table-level restore speed: `restore table` against a full `restore --start`, same target.
+
+    /opt/chainlens-ops/venv/bin/python bench/bench_table_restore.py [--scale 2] [--rounds 3]
+
+One cluster (archive_mode on, archive_command our `wal push`) with two databases:
+`shop`, pgbench data at --scale (its pgbench_accounts is the table to bring back), and
+`big`, pgbench data at --big-scale: the other database ten times bigger than the one
+holding the table (catalogs included; the run prints the ratio). One base backup, then
+pgbench writes to both databases (--transactions per client), a time T, a third as
+many writes and a WAL switch. Each round (the order alternates) times, to the same T:
+
+  full restore   restore --target-time T --pgdata DIR --start --port P, from the command
+                 to a promoted server that answers queries (what an operator without
+                 `restore table` does first, before copying anything back)
+  restore table  restore table public.pgbench_accounts --target-time T, from the
+                 command to the rows committed in a new schema of the live database (its
+                 --json says when, on its own clock); the time to its exit, once the
+                 scratch copy is stopped and removed, is printed too
+
+Both must agree on the table's rows at T (count and sum of abalance), or the run fails.
+Target: restore table at most 0.6x the time of the full restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+sys.path.insert(0, str(HERE))
+
+import psycopg  # noqa: E402
+from bench_restore import run, wait_promoted  # noqa: E402
+from bench_wal import base_env, init_cluster  # noqa: E402
+from pgharness import CLI, PG_BIN, PgCluster, free_port, make_shared_dir  # noqa: E402
+from test_wal import switch_and_wait  # noqa: E402
+
+TABLE = "pgbench_accounts"
+FULL = "full restore"
+TABLE_TOOL = "restore table"
+
+
+def run_json(argv: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run one command as postgres; its --json output."""
+    pw = pwd.getpwnam("postgres")
+    proc = subprocess.run([*argv, "--json"], cwd=cwd, env=env, user=pw.pw_uid, group=pw.pw_gid,
+                          extra_groups=[], capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(argv[:3])} ... failed ({proc.returncode}): {proc.stderr[-400:]}"
+        )
+    return dict(json.loads(proc.stdout))
+
+
+def fingerprint(conninfo: str, table: str) -> tuple[int, int]:
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(f"SELECT count(*), coalesce(sum(abalance), 0) FROM {table}").fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=int, default=2, help="pgbench scale of `shop`")
+    parser.add_argument("--big-scale", type=int, default=25, help="of `big` (25: ~10x shop)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transactions", type=int, default=1000,
+                        help="pgbench transactions per client and database before T")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+        return 2
+    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-tr-", dir="/var/tmp")))
+    env = base_env()
+    repo = make_shared_dir(base / "repo", mode=0o700)
+    scratch = make_shared_dir(base / "scratch")
+    cluster: PgCluster | None = None
+    times: dict[str, list[float]] = {FULL: [], TABLE_TOOL: []}
+    to_exit: list[float] = []  # restore table until it exited (scratch removed)
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        cluster, _ = init_cluster(
+            base,
+            "max_wal_size = 4GB\nshared_buffers = 256MB\narchive_mode = on\n"
+            f"archive_command = '{CLI} wal push --repo file://{repo} %p'\n",
+        )
+        cluster.start()
+        pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
+                   "-U", "postgres"]  # fmt: skip
+        for db, scale in (("shop", args.scale), ("big", args.big_scale)):
+            cluster.createdb(db)
+            print(f"pgbench -i -s {scale} {db} ...", flush=True)
+            run([*pgbench, "-i", "-q", "-s", str(scale), db], cwd=base, env=env)
+        sizes = {db: int(cluster.scalar(f"SELECT pg_database_size('{db}')")) for db in
+                 ("shop", "big")}  # fmt: skip
+        print(f"shop {sizes['shop'] / 2**20:.0f} MB, big {sizes['big'] / 2**20:.0f} MB "
+              f"({sizes['big'] / sizes['shop']:.1f}x); base backup ...", flush=True)  # fmt: skip
+        run([str(CLI), "backup", "--kind", "base", "--quiet", "--repo", f"file://{repo}",
+             "--dsn", cluster.conninfo("shop")], cwd=base, env=env)  # fmt: skip
+        for db in ("shop", "big"):  # WAL to replay in both databases
+            run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions), db], cwd=base, env=env)
+        target = str(cluster.scalar("SELECT now()::text"))
+        at_t = fingerprint(cluster.conninfo("shop"), TABLE)
+        time.sleep(0.5)
+        for db in ("shop", "big"):
+            run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions // 3), db], cwd=base,
+                env=env)  # fmt: skip
+        switch_and_wait(cluster, timeout=120)
+        wal = int(cluster.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        print(f"target {target}; {TABLE} at T: {at_t[0]:,} rows; WAL since initdb "
+              f"{wal / 2**20:.0f} MB", flush=True)  # fmt: skip
+        live_env = {**env, "CHAINLENS_SUPABASE_DSN": cluster.conninfo("shop")}
+
+        for n in range(args.rounds):
+            order = [FULL, TABLE_TOOL] if n % 2 == 0 else [TABLE_TOOL, FULL]
+            for tool in order:
+                started = time.perf_counter()
+                if tool == FULL:
+                    pgdata = base / f"restore-{n}"
+                    port = free_port()
+                    done = run_json([str(CLI), "restore", "--repo", f"file://{repo}",
+                                     "--target-time", target, "--pgdata", str(pgdata),
+                                     "--start", "--port", str(port)],
+                                    cwd=base, env=env)  # fmt: skip
+                    wait_promoted(port)
+                    times[tool].append(time.perf_counter() - started)
+                    start_s = float(done["started"]["seconds"])
+                    phases = (f"extract {float(done['seconds']) - start_s:.2f} s, start and "
+                              f"recovery {start_s:.2f} s")  # fmt: skip
+                    restored = PgCluster(pgdata, port)
+                    seen[tool] = fingerprint(restored.conninfo("shop"), TABLE)
+                    restored.stop("immediate")
+                    shutil.rmtree(pgdata, ignore_errors=True)
+                else:
+                    schema = f"bench_{n}"
+                    done = run_json([str(CLI), "restore", "table", f"public.{TABLE}", "--db",
+                                     "supabase", "--repo", f"file://{repo}", "--target-time",
+                                     target, "--into-schema", schema, "--scratch", str(scratch)],
+                                    cwd=base, env=live_env)  # fmt: skip
+                    exited = time.perf_counter() - started
+                    # To rows loaded: the command's own clock says when the commit was made.
+                    cleanup = float(done["seconds"]) - float(done["loaded_seconds"])
+                    times[tool].append(exited - cleanup)
+                    to_exit.append(exited)
+                    phases = (
+                        f"extract {done['extract_seconds']:.2f} s, recovery "
+                        f"{done['recovery_seconds']:.2f} s, copy {done['copy_seconds']:.2f} s; "
+                        f"scratch removed {cleanup:.2f} s later"
+                    )
+                    seen[tool] = fingerprint(cluster.conninfo("shop"), f"{schema}.{TABLE}")
+                    cluster.execute(f"DROP SCHEMA {schema} CASCADE", dbname="shop")
+                print(f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s ({phases})", flush=True)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    if not (seen.get(FULL) == seen.get(TABLE_TOOL) == at_t):
+        print(f"rows at T differ: {seen} vs live at T {at_t}", file=sys.stderr)
+        return 1
+    anchor = statistics.median(times[FULL])
+    print(f"\n{'':14} {'median s':>9} {'runs':>22}  ratio ({TABLE} at T: {at_t[0]:,} rows)")
+    for tool, runs in times.items():
+        med = statistics.median(runs)
+        shown = ", ".join(f"{t:.2f}" for t in runs)
+        ratio = "anchor" if tool == FULL else f"{med / anchor:.2f}x the time"
+        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}")
+    exit_med = statistics.median(to_exit)
+    print(f"{'(to its exit)':14} {exit_med:9.2f} {', '.join(f'{t:.2f}' for t in to_exit):>22}  "
+          f"{exit_med / anchor:.2f}x the time")  # fmt: skip
+    ok = statistics.median(times[TABLE_TOOL]) <= 0.6 * anchor
+    print(f"target: restore table at most 0.6x a full restore --start: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
