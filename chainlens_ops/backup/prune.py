@@ -27,10 +27,10 @@ from chainlens_ops.backup.manifest import (
     utc_now,
 )
 from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
-from chainlens_ops.wal.names import HISTORY, parse_wal_name
 
 
 @dataclass(frozen=True)
