@@ -27,6 +27,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
 )
 from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
@@ -45,6 +46,7 @@ class PruneResult:
     wal_bytes_removed: int = 0
     damaged: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    scratch_swept: list[str] = field(default_factory=list)  # dead drills' copies, removed
 
 
 def prune_backups(
@@ -87,7 +89,10 @@ def prune_backups(
             for key, _size in wal:
                 lock.check()
                 repo.storage.delete(key)
+    # A drill killed with SIGKILL left its scratch server and copy on this host.
+    swept = [] if dry_run else [leftover.describe() for leftover in sweep_scratch()]
     return PruneResult(
+        scratch_swept=swept,
         repo=repo.url,
         dry_run=dry_run,
         kept=[b.id for b in catalog.valid if b.id in keep],

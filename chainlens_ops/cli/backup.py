@@ -290,6 +290,8 @@ def prune_command(
         console.print(f"{verb} {backup_id}", markup=False)
     for backup_id in result.leftovers:
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
+    for line in result.scratch_swept:
+        console.print(line, markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
         f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "
