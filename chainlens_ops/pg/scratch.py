@@ -5,7 +5,10 @@ copy, a server started on a free loopback port, both gone when the work is done.
 `ScratchCluster` as a context manager:
 
     with ScratchCluster("drill", root=scratch_root, major=15) as scratch:
+        for leftover in scratch.swept:  # dead runs' copies, removed on entry: say so
+            notify(leftover.describe())
         ...  # put a data folder at scratch.pgdata (restore, initdb, copy)
+        scratch.give_to_server_user()  # when root: the copy must be postgres's
         scratch.cluster.start()  # scratch.cluster is a LocalCluster on scratch.port
         ...  # connect with scratch.cluster.conninfo(dbname)
     # here the server is stopped (immediate) and the folder removed
@@ -16,7 +19,7 @@ raises `Terminated` there, so the `with` unwinds; the daemon's job timeout sends
 to the job's process group before it kills it). A SIGKILL cannot be caught, so each
 scratch folder is entered in a registry first: one small file per folder in
 `<TMPDIR>/chainlens-ops-scratch-<uid>/`, naming the folder, the owning pid and that
-process's start time. `sweep_scratch()` (run by the next drill, table restore and
+process's start time. `sweep_scratch()` (run on entry to every ScratchCluster, and by
 `backup prune`) stops the server and removes the folder of every entry whose owner is
 gone, and returns what it removed so the caller can name it.
 """
@@ -89,6 +92,7 @@ class ScratchCluster:
         self.major = major
         self.folder = Path()
         self.cluster = LocalCluster(Path(), 0, major)
+        self.swept: list[SweptScratch] = []  # what dead owners left, removed on entry
         self._entry: Path | None = None
         self._previous_handler: Any = None
         self._handling = False
@@ -102,6 +106,7 @@ class ScratchCluster:
         return self.cluster.port
 
     def __enter__(self) -> ScratchCluster:
+        self.swept = sweep_scratch()
         self.folder = Path(tempfile.mkdtemp(prefix=f"chainlens-{self.purpose}-", dir=self.root))
         self.cluster = LocalCluster(self.pgdata, free_port(), self.major,
                                     self.folder / "server.log")  # fmt: skip

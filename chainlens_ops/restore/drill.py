@@ -27,7 +27,7 @@ from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.pg.cluster import loopback_conninfo
-from chainlens_ops.pg.scratch import ScratchCluster, sweep_scratch
+from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore
 from chainlens_ops.restore.plan import LATEST, Target, make_plan
@@ -58,9 +58,9 @@ def run_drill(
     """Never raises for a failed drill: the result says why (and is recorded)."""
     began = time.monotonic()
     result = DrillResult(backup_id=backup_id, ok=False, started_at=format_time(datetime.now(UTC)))
-    result.swept = [leftover.describe() for leftover in sweep_scratch()]
     try:
         with ScratchCluster("drill", root=scratch_root) as scratch:
+            result.swept = [leftover.describe() for leftover in scratch.swept]
             plan = make_plan(repo, Target(LATEST, "latest"), backup_id)
             result.backup_id = plan.backup.id
             scratch.set_major(plan.backup.server_version // 10000)
