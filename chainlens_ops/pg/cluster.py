@@ -221,6 +221,16 @@ class LocalCluster:
         except (OSError, ValueError):
             return None
 
+    def accepting_connections(self) -> bool:
+        """Whether *this* server listens: postmaster.pid's status line says `ready` (or
+        `standby`, a hot standby). A connection to the port alone cannot tell: another
+        server may hold the port while this one is still failing to bind it."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[7].strip() in ("ready", "standby")
+
     # -- the log ------------------------------------------------------------------------
 
     def read_log(self) -> str:

@@ -140,7 +140,8 @@ class ScratchCluster:
                 self._entry.unlink(missing_ok=True)
         finally:
             if self._handling:
-                signal.signal(signal.SIGTERM, self._previous_handler)
+                previous = self._previous_handler
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
                 self._handling = False
 
 

@@ -84,7 +84,7 @@ def start_and_wait(
                 f"the restored server stopped before reaching the target (log {log})",
                 server.log_tail(),
             )
-        state = _poll(conninfo, wanted)
+        state = _poll(conninfo, wanted) if server.accepting_connections() else None
         if state is not None:
             lsn, timeline = state
             label = "promoted" if wanted == "promote" else "paused"
