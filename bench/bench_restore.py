@@ -129,9 +129,8 @@ def main() -> int:
                 if tool == "pgBackRest":
                     run([*pgbr, f"--pg1-path={pgdata}", "--type=time", f"--target={target}",
                          "--target-action=promote", "restore"], cwd=base, env=env)  # fmt: skip
-                    run([str(PG_BIN / "pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "log"),
-                         "-W", "-o", f"-p {port} -c archive_mode=off", "start"],
-                        cwd=base, env=env)  # fmt: skip
+                    PgCluster(pgdata, port, log_path=pgdata / "log").start(
+                        wait=False, options="-c archive_mode=off")  # fmt: skip
                     wait_promoted(port)
                     phases[tool].append(server_start(pgdata / "log") - wall)
                 else:

@@ -43,10 +43,8 @@ from pgharness import (
     PG_BIN,
     VENV,
     PgCluster,
-    as_postgres,
     free_port,
     make_shared_dir,
-    run_checked,
 )
 
 SEG = 16 * 1024 * 1024
@@ -134,17 +132,14 @@ def init_cluster(base: Path, settings: str) -> tuple[PgCluster, Path]:
     appended to postgresql.conf; not started."""
     data = base / "data"
     sock = make_shared_dir(base / "sock")
-    run_checked(
-        as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
-                     "--auth=trust", "--no-sync"]),
-        cwd=base,
-    )  # fmt: skip
+    cluster = PgCluster(data, free_port())
+    cluster.initdb(no_sync=True)
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(
             f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\n"
             f"fsync = off\n{settings}"
         )
-    return PgCluster(data, free_port()), sock
+    return cluster, sock
 
 
 def make_cluster(base: Path, segments: int, made: list[PgCluster]) -> tuple[PgCluster, Path]:

@@ -9,8 +9,8 @@ server that is missing data. So the guard wraps the imports too.
 
 import sys
 
-# Global options that may stand before the command group, and whether they take a value.
-GLOBAL_OPTIONS = {"--config": True, "-v": False, "--verbose": False}
+from chainlens_ops.cli import GLOBAL_OPTIONS
+
 # chainlens_ops.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
 # importing the package fails (a test checks the two agree).
 FETCH_FATAL = 255

@@ -40,9 +40,9 @@ import os
 from chainlens_ops import __version__
 from chainlens_ops.errors import ConfigError, OperationFailed
 from chainlens_ops.metadata import DamagedMetadata, Fields
+from chainlens_ops.pg.walnames import HISTORY, WalName
 from chainlens_ops.record import record
 from chainlens_ops.storage import AlreadyExists, NotFound, open_storage
-from chainlens_ops.wal.names import HISTORY, WalName
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

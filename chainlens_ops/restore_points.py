@@ -34,19 +34,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.atomicfile import unlink_quietly as _unlink
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import OperationFailed, PgCommandError, UsageError
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.metadata import MAX_RECORD, DamagedMetadata, Fields, load_json
-from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.connection import Connection, connect
-from chainlens_ops.pg.process import run_pg
+from chainlens_ops.pg.waldump import scan
+from chainlens_ops.pg.walnames import SEGMENT, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import RESTORE_POINTS_PREFIX, Repository
 from chainlens_ops.storage import AlreadyExists, NotFound
-from chainlens_ops.wal.names import SEGMENT, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.wal.objfmt import decode
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
@@ -58,11 +58,6 @@ WAL = "wal"
 PENDING = "pending"
 COMPLETE = "complete"
 DAMAGED = "damaged"
-
-# `rmgr: XLOG  len (rec/tot): 98/ 98, tx: 0, lsn: 0/0301B0E8, prev 0/..., desc: RESTORE_POINT x`
-_WALDUMP_RE = re.compile(
-    r"len \(rec/tot\):\s*\d+/\s*(\d+),.*?lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: RESTORE_POINT (\S+)"
-)
 
 
 class DuplicateRestorePoint(OperationFailed):
@@ -332,7 +327,7 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
         todo.append(segment)
     if not todo:
         return
-    waldump = find_binary("pg_waldump", marker.pg_version or None)
+    major = marker.pg_version or None
     with tempfile.TemporaryDirectory(prefix="chainlens-rp-") as tmp:
         for segment in todo:
             wal = parse_wal_name(segment)
@@ -344,7 +339,7 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
             points = [
                 RestorePoint(name, lsn, wal.tli, None, WAL, segment=segment)
                 for name, lsn in run_waldump(
-                    waldump, tmp, wal.tli, segno * seg_size, (segno + 1) * seg_size
+                    major, tmp, wal.tli, segno * seg_size, (segno + 1) * seg_size
                 )
             ]
             yield from points
@@ -369,26 +364,8 @@ def _decode_to(repo: Repository, name: str, folder: str) -> None:
 
 
 def run_waldump(
-    waldump: str, folder: str, timeline: int, start: int, end: int
+    major: int | None, folder: str, timeline: int, start: int, end: int
 ) -> list[tuple[str, str]]:
-    """(name, start LSN) of every restore-point record starting in [start, end).
-
-    The one place pg_waldump runs (through the process layer: argv, bounded output)."""
-    argv = [
-        waldump, "--path", folder, "--timeline", str(timeline), "--rmgr", "XLOG",
-        "--start", _lsn_text(start), "--end", _lsn_text(end),
-    ]  # fmt: skip
-    result = run_pg(argv, check=False)
-    if result.returncode != 0 and "error in WAL record" not in result.stderr:
-        # The end of the archived WAL ("invalid record length ...") is normal; the rest not.
-        raise PgCommandError("pg_waldump", result.returncode, result.stderr)
-    found = []
-    for line in result.stdout.splitlines():
-        match = _WALDUMP_RE.search(line)
-        if match:
-            found.append((match.group(3), match.group(2)))
-    return found
-
-
-def _lsn_text(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+    """(name, start LSN) of every restore-point record starting in [start, end)."""
+    records = scan(Path(folder), rmgr="XLOG", major=major, timeline=timeline, start=start, end=end)
+    return [(name, r.lsn) for r in records if (name := r.restore_point) is not None]

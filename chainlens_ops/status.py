@@ -46,10 +46,10 @@ from chainlens_ops.errors import ChainlensError
 from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
 from chainlens_ops.pg.backlog import OK, Backlog, backlog_level, read_backlog
 from chainlens_ops.pg.connection import connect
+from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository, open_repository
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE, WalCheck, WalGap, check_wal
-from chainlens_ops.wal.names import parse_wal_name
 from chainlens_ops.window import RecoverableWindow, recoverable_window
 
 BACKUP_MAX_AGE = timedelta(hours=26)

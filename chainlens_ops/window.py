@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 
 from chainlens_ops.backup.manifest import BackupManifest, Catalog, parse_time, read_catalog
 from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.walnames import SEGMENT, parse_wal_name, segment_name
 from chainlens_ops.repository import WAL_PREFIX, Repository
 from chainlens_ops.restore_points import COMPLETE, list_restore_points
 from chainlens_ops.wal.catalog import WalCheck, WalGap, check_wal, needed_timeline
-from chainlens_ops.wal.names import SEGMENT, parse_wal_name, segment_name
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
 

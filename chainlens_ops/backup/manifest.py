@@ -23,9 +23,9 @@ from typing import Any
 
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.metadata import MAX_RECORD, Fields, load_json
+from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.names import parse_lsn, parse_wal_name
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

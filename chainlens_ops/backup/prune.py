@@ -34,11 +34,12 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.pins import read_pins
 from chainlens_ops.backup.retention import RetentionPolicy, pitr_capable, select_retained
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.scratch import sweep_scratch
+from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
 from chainlens_ops.repoclaim import Claim, live_claims
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
-from chainlens_ops.wal.names import HISTORY, parse_wal_name
 from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
 
 
@@ -59,6 +60,7 @@ class PruneResult:
     # The recoverable window once the plan is carried out (and as `span_lines`).
     window_after: RecoverableWindow | None = None
     window: list[str] | None = None
+    scratch_swept: list[str] = field(default_factory=list)  # dead drills' copies, removed
 
 
 def prune_backups(
@@ -109,7 +111,10 @@ def prune_backups(
             for key, _size in wal:
                 lock.check()
                 repo.storage.delete(key)
+    # A drill killed with SIGKILL left its scratch server and copy on this host.
+    swept = [] if dry_run else [leftover.describe() for leftover in sweep_scratch()]
     return PruneResult(
+        scratch_swept=swept,
         repo=repo.url,
         dry_run=dry_run,
         kept=[b.id for b in catalog.valid if b.id in reasons],

@@ -56,10 +56,10 @@ from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.process import PgStream
+from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.wal.objfmt import decode
 
 KINDS = ("auto", BASE, LOGICAL)

@@ -334,6 +334,8 @@ def prune_command(
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
     for backup_id in result.kept:
         console.print(f"keep {backup_id} ({', '.join(result.reasons[backup_id])})", markup=False)
+    for line in result.scratch_swept:
+        console.print(line, markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
         f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "

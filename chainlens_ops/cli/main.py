@@ -15,6 +15,7 @@ import typer
 
 from chainlens_ops import __version__
 from chainlens_ops.cli import (
+    GLOBAL_OPTIONS,
     backup,
     cache,
     check,
@@ -29,7 +30,6 @@ from chainlens_ops.cli import (
 )
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.cli.helptext import polish
-from chainlens_ops.entry import GLOBAL_OPTIONS
 from chainlens_ops.errors import EXIT_USAGE, ChainlensError
 
 try:  # Typer >= 0.2x ships its own copy of click

@@ -276,7 +276,10 @@ def drill_command(
     )
     if json_output:
         print_json(result)
-    elif result.ok:
+    else:
+        for line in result.swept:
+            console.print(line, markup=False)
+    if result.ok and not json_output:
         console.print(
             f"drill passed: backup {result.backup_id} restored and promoted at "
             f"{result.replay_lsn}; RTO {result.rto_seconds:.1f}s, RPO "

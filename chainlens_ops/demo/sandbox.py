@@ -8,41 +8,29 @@ folder that user can reach: ./.demo when it can, else /var/tmp/chainlens-ops-dem
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
-import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.errors import ConfigError, OperationFailed
-from chainlens_ops.pg.binaries import find_binary
+from chainlens_ops.pg.cluster import (
+    PG_USER,
+    LocalCluster,
+    as_root,
+    become_server_user,
+    free_port,
+    give_to_server_user,
+    require_runuser,
+    server_user_can_enter,
+)
 
-PG_USER = "postgres"
 MAJOR = 15
-
-
-def as_root() -> bool:
-    return os.geteuid() == 0
-
-
-def server_argv(argv: list[str]) -> list[str]:
-    """`argv` as the user the server runs as."""
-    return ["runuser", "-u", PG_USER, "--", *argv] if as_root() else argv
-
-
-def _reachable(path: Path) -> bool:
-    if not as_root():
-        return True
-    probe = path if path.exists() else path.parent
-    done = subprocess.run(server_argv(["test", "-x", str(probe)]), check=False)
-    return done.returncode == 0
+__all__ = ["as_root", "become_server_user", "free_port", "give_to_server_user"]
 
 
 def sandbox_root(cwd: Path | None = None) -> Path:
     """./.demo when the server's user can enter it, else a world-traversable fallback."""
     local = (cwd or Path.cwd()) / ".demo"
-    if _reachable(local.parent):
+    if server_user_can_enter(local.parent):
         return local
     return Path(f"/var/tmp/chainlens-ops-demo-{os.geteuid()}")
 
@@ -57,75 +45,38 @@ class Cluster:
     def log(self) -> Path:
         return self.pgdata.parent / f"{self.name}.log"
 
+    @property
+    def server(self) -> LocalCluster:
+        return LocalCluster(self.pgdata, self.port, MAJOR, self.log)
+
     def conninfo(self, dbname: str) -> str:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={PG_USER} connect_timeout=5"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def give_to_server_user(path: Path) -> None:
-    """The server's user owns `path` (recursively) when we run as root."""
-    if as_root():
-        entry = pwd.getpwnam(PG_USER)
-        for root, dirs, files in os.walk(path):
-            os.chown(root, entry.pw_uid, entry.pw_gid)
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
-
-
-def become_server_user() -> None:
-    """Drop root for the rest of this process: it runs as the server's user from here on."""
-    entry = pwd.getpwnam(PG_USER)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    os.environ.update(HOME=entry.pw_dir, USER=PG_USER, LOGNAME=PG_USER)
-
-
-def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(server_argv(argv), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise OperationFailed(f"{what} failed: {tail[0]}")
-
-
 def init_cluster(cluster: Cluster, archive_command: str) -> None:
-    if shutil.which("runuser") is None and as_root():
-        raise ConfigError("the demo runs as root and needs `runuser` to start PostgreSQL")
+    require_runuser()
     cluster.pgdata.parent.mkdir(parents=True, exist_ok=True)
     give_to_server_user(cluster.pgdata.parent)
-    _run([find_binary("initdb", MAJOR), "-D", str(cluster.pgdata), "-U", PG_USER,
-          "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"], "initdb")  # fmt: skip
-    settings = {
-        "listen_addresses": "'127.0.0.1'",
-        "unix_socket_directories": f"'{cluster.pgdata.parent}'",
-        "wal_level": "replica",
-        "archive_mode": "on",
-        "archive_command": "'" + archive_command.replace("'", "''") + "'",
-        "archive_timeout": "10",
-        "max_wal_senders": "4",
-        "shared_buffers": "32MB",
-        "fsync": "off",
-    }
-    with open(cluster.pgdata / "postgresql.auto.conf", "a", encoding="utf-8") as fh:
-        fh.writelines(f"{k} = {v}\n" for k, v in settings.items())
+    cluster.server.initdb()
+    cluster.server.configure(
+        listen_addresses="127.0.0.1",
+        unix_socket_directories=str(cluster.pgdata.parent),
+        wal_level="replica",
+        archive_mode="on",
+        archive_command=archive_command,
+        archive_timeout=10,
+        max_wal_senders=4,
+        shared_buffers="32MB",
+        fsync="off",
+    )
 
 
 def start(cluster: Cluster) -> None:
-    _run([find_binary("pg_ctl", MAJOR), "-D", str(cluster.pgdata), "-l", str(cluster.log),
-          "-o", f"-p {cluster.port} -k {cluster.pgdata.parent}", "-w", "-t", "120", "start"],
-         f"starting the {cluster.name} sandbox server (log {cluster.log})")  # fmt: skip
+    cluster.server.start(timeout=120, options=f"-k {cluster.pgdata.parent}")
 
 
 def stop(pgdata: Path) -> None:
-    if (pgdata / "postmaster.pid").exists():
-        subprocess.run(
-            server_argv([find_binary("pg_ctl", MAJOR), "-D", str(pgdata), "-m", "fast", "-w",
-                         "stop"]), capture_output=True, check=False)  # fmt: skip
+    LocalCluster(pgdata, 0, MAJOR).stop("fast")
 
 
 def tear_down(root: Path) -> bool:

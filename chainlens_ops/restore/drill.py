@@ -6,13 +6,14 @@ replays to the newest archived WAL and promotes, reads every table of every data
 server was usable) and RPO (age of the newest transaction it replayed), stops and
 removes the scratch copy, and records the result in the catalog next to the backup
 (`backups/<id>/drill-<time>.json`), so `backup list` can show proven backups.
+
+The scratch copy is a `chainlens_ops.pg.scratch.ScratchCluster`: its server is stopped
+and its folder removed on success, failure and SIGTERM (the daemon's timeout); what a
+SIGKILL left behind is swept, and named, by the next drill (and `backup prune`).
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -23,11 +24,13 @@ from psycopg import sql
 
 from chainlens_ops.backup.manifest import format_time, parse_time
 from chainlens_ops.backup.proofs import DRILL, record_proof
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg.cluster import loopback_conninfo
+from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, planned_restore
 from chainlens_ops.restore.plan import LATEST, RestorePlan, Target
-from chainlens_ops.restore.server import local_conninfo, stop_server
 
 
 @dataclass
@@ -41,12 +44,7 @@ class DrillResult:
     row_counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     record_key: str | None = None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    swept: list[str] = field(default_factory=list)  # leftovers of dead drills, removed
 
 
 def run_drill(
@@ -60,38 +58,31 @@ def run_drill(
     """Never raises for a failed drill: the result says why (and is recorded)."""
     began = time.monotonic()
     result = DrillResult(backup_id=backup_id, ok=False, started_at=format_time(datetime.now(UTC)))
-    scratch = Path(tempfile.mkdtemp(prefix="chainlens-drill-", dir=scratch_root))
-    pgdata = scratch / "data"
-    major = 15
-    started = False
-    options = RestoreOptions(pgdata=pgdata, start=True, port=free_port(),
-                             start_timeout=timeout, config_file=config_file)  # fmt: skip
-
-    def planned(plan: RestorePlan) -> None:
-        nonlocal major, started
-        result.backup_id = plan.backup.id
-        major = plan.backup.server_version // 10000
-        started = True
-
     try:
-        # Under a claim on the repository, so a prune keeps what the drill replays.
-        restored = planned_restore(repo, Target(LATEST, "latest"), backup_id, options,
-                                   command="restore drill", on_plan=planned)  # fmt: skip
-        assert restored.started is not None
-        result.rto_seconds = round(time.monotonic() - began, 3)
-        result.replay_lsn = restored.started.replay_lsn
-        result.row_counts, last_tx = _read_everything(restored.started.port)
-        if last_tx is not None:
-            result.rpo_seconds = round((datetime.now(UTC) - last_tx).total_seconds(), 3)
-        result.ok = True
+        with ScratchCluster("drill", root=scratch_root) as scratch:
+            result.swept = [leftover.describe() for leftover in scratch.swept]
+            options = RestoreOptions(pgdata=scratch.pgdata, start=True, port=scratch.port,
+                                     start_timeout=timeout, config_file=config_file)  # fmt: skip
+
+            def planned(plan: RestorePlan) -> None:
+                result.backup_id = plan.backup.id
+                scratch.set_major(plan.backup.server_version // 10000)
+
+            # Under a claim on the repository, so a prune keeps what the drill replays.
+            restored = planned_restore(repo, Target(LATEST, "latest"), backup_id, options,
+                                       command="restore drill", on_plan=planned)  # fmt: skip
+            assert restored.started is not None
+            crash_point("drill-started")
+            result.rto_seconds = round(time.monotonic() - began, 3)
+            result.replay_lsn = restored.started.replay_lsn
+            result.row_counts, last_tx = _read_everything(restored.started.port)
+            if last_tx is not None:
+                result.rpo_seconds = round((datetime.now(UTC) - last_tx).total_seconds(), 3)
+            result.ok = True
     except ChainlensError as exc:
         result.error = exc.one_line()
     except psycopg.Error as exc:
         result.error = f"reading the restored copy failed: {str(exc).strip().splitlines()[0]}"
-    finally:
-        if started:
-            stop_server(pgdata, major)
-        shutil.rmtree(scratch, ignore_errors=True)
     if result.backup_id is not None:
         result.record_key = _record(repo, result)
     return result
@@ -99,13 +90,13 @@ def run_drill(
 
 def _read_everything(port: int) -> tuple[dict[str, int], datetime | None]:
     counts: dict[str, int] = {}
-    with psycopg.connect(local_conninfo(port), autocommit=True) as conn:
+    with psycopg.connect(loopback_conninfo(port), autocommit=True) as conn:
         row = conn.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()
         last_tx = row[0] if row else None
         databases = [r[0] for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")]  # fmt: skip
     for db in databases:
-        with psycopg.connect(local_conninfo(port, db), autocommit=True) as conn:
+        with psycopg.connect(loopback_conninfo(port, db), autocommit=True) as conn:
             tables = conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c "
                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "

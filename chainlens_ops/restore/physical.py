@@ -36,14 +36,14 @@ from pathlib import Path, PurePosixPath
 from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.crashpoints import pause_point
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.cluster import LocalCluster
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
+from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.selective import Selection, write_placeholder
-from chainlens_ops.restore.server import RecoveryFailed, StartResult, start_and_wait, stop_server
-from chainlens_ops.restore.walscan import lsn_text
-from chainlens_ops.wal.names import parse_lsn, parse_wal_name
+from chainlens_ops.restore.server import RecoveryFailed, StartResult, start_and_wait
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
@@ -247,7 +247,7 @@ def check_replay_reached(pgdata: Path, plan: RestorePlan, started: StartResult) 
     short = replay_shortfall(plan, started.replay_lsn, _read_text(Path(started.log)))
     if short is None:
         return
-    stop_server(pgdata, plan.backup.server_version // 10000)
+    LocalCluster(pgdata, 0, plan.backup.server_version // 10000).stop("immediate")
     raise RecoveryFailed(
         f"the restored server {started.state} at {started.replay_lsn}, short of the plan: "
         f"{short}; WAL was missing when the server asked for it. The server was stopped; "

@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 
 from chainlens_ops.backup.manifest import BackupManifest, read_catalog
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import Repository
-from chainlens_ops.restore.walscan import find_restore_point, lsn_text
+from chainlens_ops.restore.walscan import find_restore_point
 from chainlens_ops.wal.catalog import TimelineSpan, check_wal
-from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.window import (
     RecoverableWindow,
     recoverable_window,

@@ -2,8 +2,8 @@
 target on a free loopback port and left paused there (read-only, in recovery), then
 stopped and removed on every way out: success, failure, Ctrl-C and SIGTERM.
 
-This is the one place `restore table` starts and stops its scratch cluster, so it can
-move onto the shared local cluster control (`pg/cluster.py`) in one edit. The server
+This is the one place `restore table` starts and stops its scratch cluster, through the
+shared scratch cluster control (`pg/scratch.py`). The server
 runs as the current OS user (the tool refuses root), with archive_mode off: it never
 pushes WAL into the repository it restores from.
 """
@@ -11,35 +11,24 @@ pushes WAL into the repository it restores from.
 from __future__ import annotations
 
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 from chainlens_ops.crashpoints import pause_point
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
-from chainlens_ops.restore.drill import free_port
 from chainlens_ops.restore.physical import RestoreOptions, restore
 from chainlens_ops.restore.plan import RestorePlan
 from chainlens_ops.restore.selective import Selection
-from chainlens_ops.restore.server import start_and_wait, stop_server
+from chainlens_ops.restore.server import start_and_wait
 
-SCRATCH_PREFIX = "chainlens-table-"
 PAUSE_RECOVERING = "table-scratch-recovering"  # pause point: the scratch server is up
 Say = Callable[[str], None]
-
-
-class Terminated(OperationFailed):
-    """SIGTERM arrived; raised in the main thread so every cleanup runs."""
-
-    exit_code = 143  # 128 + SIGTERM, as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -65,54 +54,30 @@ def scratch_server(
     config_file: Path | None,
     say: Say,
 ) -> Iterator[ScratchServer]:
-    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
-    pgdata = folder / "data"
+    """The shared scratch cluster control (`pg.scratch.ScratchCluster`: stopped and
+    removed on every way out, SIGTERM included; a dead run's copy swept by the next)."""
     major = plan.backup.server_version // 10000
-    previous = _trap_sigterm()
-    try:
+    with ScratchCluster("table", root=root, major=major) as scratch:
+        pgdata = scratch.pgdata
         say(f"extracting backup {plan.backup.id} into {pgdata}")
         began = time.monotonic()
-        port = free_port()
-        options = RestoreOptions(pgdata=pgdata, target_action="pause", port=port,
+        options = RestoreOptions(pgdata=pgdata, target_action="pause", port=scratch.port,
                                  config_file=config_file, selection=selection)  # fmt: skip
         restored = restore(repo, plan, options)
         extracted = time.monotonic()
-        say(f"recovering to {plan.recovery_target} on 127.0.0.1:{port}")
-        started = start_and_wait(pgdata, plan, "pause", port, timeout)
+        say(f"recovering to {plan.recovery_target} on 127.0.0.1:{scratch.port}")
+        started = start_and_wait(pgdata, plan, "pause", scratch.port, timeout)
         pause_point(PAUSE_RECOVERING)
         yield ScratchServer(
-            folder=folder,
+            folder=scratch.folder,
             pgdata=pgdata,
-            port=port,
+            port=scratch.port,
             extracted_bytes=restored.extracted_bytes,
             skipped_bytes=restored.skipped_bytes,
             extract_seconds=extracted - began,
             recovery_seconds=started.seconds,
             replay_lsn=started.replay_lsn,
         )
-    finally:
-        try:
-            if (pgdata / "postmaster.pid").exists():
-                stop_server(pgdata, major)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-            _restore_sigterm(previous)
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated("stopped by SIGTERM; the scratch server was stopped and removed")
-
-
-def _trap_sigterm() -> Any:
-    """SIGTERM as an exception, so `finally` blocks run (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, previous)
 
 
 def scratch_free_bytes(root: Path | None) -> tuple[Path, int]:

@@ -11,21 +11,18 @@ current OS user unless $PGUSER says otherwise; a password comes from $PGPASSFILE
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
-from chainlens_ops.errors import OperationFailed, PgCommandError
-from chainlens_ops.pg.binaries import find_binary
-from chainlens_ops.pg.process import run_pg
+from chainlens_ops.errors import OperationFailed
+from chainlens_ops.pg.cluster import LocalCluster, ServerStartFailed, loopback_conninfo
 from chainlens_ops.restore.plan import RestorePlan
 
 LOG_NAME = "chainlens-restore.log"
 POLL_S = 0.1
-LOG_TAIL_LINES = 20
 
 
 class RecoveryFailed(OperationFailed):
@@ -52,16 +49,15 @@ def start_and_wait(
     log = pgdata / LOG_NAME
     port = port or 5432
     started = time.monotonic()
-    pg_ctl = find_binary("pg_ctl", plan.backup.server_version // 10000)
-    # -W: do not let pg_ctl wait (its 60 s default would give up on a long recovery
-    # while the server goes on); the loop below waits for the right state instead.
+    server = LocalCluster(pgdata, port, plan.backup.server_version // 10000, log)
+    # wait=False: do not let pg_ctl wait (its 60 s default would give up on a long
+    # recovery while the server goes on); the loop below waits for the right state.
     try:
-        run_pg([pg_ctl, "-D", str(pgdata), "-l", str(log), "-W", "-o", f"-p {port}", "start"],
-               timeout=60)  # fmt: skip
-    except PgCommandError as exc:
-        raise RecoveryFailed(f"the restored server did not start: {exc.one_line()}",
-                             _tail(log)) from None  # fmt: skip
-    conninfo = local_conninfo(port)
+        server.start(wait=False, timeout=60)
+    except ServerStartFailed as exc:
+        raise RecoveryFailed(f"the restored server did not start: {exc.reason}",
+                             exc.log_tail) from None  # fmt: skip
+    conninfo = loopback_conninfo(port)
     # `--latest` (or no target action applies): recovery ends at the end of the archive
     # and PostgreSQL promotes.
     wanted = action if plan.recovery_target is not None else "promote"
@@ -72,7 +68,7 @@ def start_and_wait(
             raise RecoveryFailed(
                 f"the restored server did not reach the target within {timeout:g}s "
                 f"(still running on port {port})",
-                _tail(log),
+                server.log_tail(),
             )
         alive = (pgdata / "postmaster.pid").exists()
         seen_pid = seen_pid or alive
@@ -80,31 +76,20 @@ def start_and_wait(
             time.sleep(POLL_S)  # pg_ctl returned before the postmaster wrote its pid file
             continue
         if not alive:
-            text = _read(log)
+            text = server.read_log()
             if wanted == "shutdown" and "recovery stopping" in text:
                 return StartResult(port, "shut down", _stop_lsn(text), None, str(log),
                                    time.monotonic() - started)  # fmt: skip
             raise RecoveryFailed(
-                f"the restored server stopped before reaching the target (log {log})", _tail(log)
+                f"the restored server stopped before reaching the target (log {log})",
+                server.log_tail(),
             )
-        state = _poll(conninfo, wanted)
+        state = _poll(conninfo, wanted) if server.accepting_connections() else None
         if state is not None:
             lsn, timeline = state
             label = "promoted" if wanted == "promote" else "paused"
             return StartResult(port, label, lsn, timeline, str(log), time.monotonic() - started)
         time.sleep(POLL_S)
-
-
-def local_conninfo(port: int, dbname: str = "postgres") -> str:
-    conninfo = f"port={port} dbname={dbname} connect_timeout=5"
-    if not os.environ.get("PGHOST"):
-        conninfo += " host=127.0.0.1"
-    return conninfo
-
-
-def stop_server(pgdata: Path, major: int) -> None:
-    run_pg([find_binary("pg_ctl", major), "-D", str(pgdata), "-m", "immediate", "-w", "stop"],
-           timeout=60, check=False)  # fmt: skip
 
 
 def _poll(conninfo: str, wanted: str) -> tuple[str | None, int | None] | None:
@@ -129,17 +114,6 @@ def _poll(conninfo: str, wanted: str) -> tuple[str | None, int | None] | None:
     except psycopg.OperationalError:
         return None  # starting up, or not accepting connections yet
     return None
-
-
-def _read(log: Path) -> str:
-    try:
-        return log.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _tail(log: Path) -> list[str]:
-    return _read(log).splitlines()[-LOG_TAIL_LINES:]
 
 
 def _stop_lsn(text: str) -> str | None:

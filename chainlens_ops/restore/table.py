@@ -36,15 +36,15 @@ from psycopg import sql
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.cluster import loopback_conninfo as local_conninfo
 from chainlens_ops.pg.connection import connect, first_line
+from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import refuse_root
 from chainlens_ops.restore.plan import TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.scratch import ScratchServer, scratch_free_bytes, scratch_server
 from chainlens_ops.restore.selective import Selection
-from chainlens_ops.restore.server import local_conninfo
-from chainlens_ops.wal.names import parse_wal_name
 
 Say = Callable[[str], None]
 COPY_BATCH = 1024 * 1024

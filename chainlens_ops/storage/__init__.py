@@ -10,8 +10,15 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import EXIT_CONFIG, EXIT_USAGE, OperationFailed, UsageError
-from chainlens_ops.record import record
+from chainlens_ops.errors import UsageError
+from chainlens_ops.storage.base import (
+    AlreadyExists,
+    InvalidKey,
+    NotFound,
+    ObjectInfo,
+    StorageError,
+    StorageUnreachable,
+)
 
 # On the `wal push` path: the protocol (which needs `typing`, ~13 ms to import) lives in
 # chainlens_ops.storage.protocol and is loaded here only when someone asks for it.
@@ -20,38 +27,8 @@ if TYPE_CHECKING:
     from chainlens_ops.config import S3Settings
     from chainlens_ops.storage.protocol import Storage
 
-
-class StorageError(OperationFailed):
-    """The repository could not be read or written (after retries)."""
-
-
-class StorageUnreachable(StorageError):
-    """The repository cannot be reached or refuses our credentials (exit 3, as for any
-    configuration or connection problem; `wal fetch` still answers 255)."""
-
-    exit_code = EXIT_CONFIG
-
-
-class NotFound(StorageError):
-    """The key does not exist: a confirmed absence, not a failure to look."""
-
-
-class AlreadyExists(StorageError):
-    """A conditional put (`if_absent=True`) found the key already there; the stored copy
-    is durable (part of the contract: "already there" is an answer PostgreSQL acts on)."""
-
-
-class InvalidKey(StorageError, ValueError):
-    """A key or prefix that is not a relative '/'-separated path (a caller's mistake)."""
-
-    exit_code = EXIT_USAGE
-
-
-@record
-class ObjectInfo:
-    key: str
-    size: int
-    mtime: float  # seconds since the epoch
+__all__ = ["AlreadyExists", "InvalidKey", "NotFound", "ObjectInfo", "StorageError",
+           "StorageUnreachable", "open_storage"]  # fmt: skip
 
 
 def open_storage(url: str, s3: S3Settings | None = None) -> Storage:

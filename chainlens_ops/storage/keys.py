@@ -8,7 +8,7 @@ therefore can never collide with an object or show up in `list`.
 
 from __future__ import annotations
 
-from chainlens_ops.storage import InvalidKey
+from chainlens_ops.storage.base import InvalidKey
 
 MAX_KEY_LENGTH = 1024  # S3's limit, in UTF-8 bytes
 

@@ -20,7 +20,7 @@ import time
 from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import UsageError
-from chainlens_ops.storage import AlreadyExists, NotFound, ObjectInfo, StorageError
+from chainlens_ops.storage.base import AlreadyExists, NotFound, ObjectInfo, StorageError
 from chainlens_ops.storage.keys import check_key, check_prefix
 
 TYPE_CHECKING = False

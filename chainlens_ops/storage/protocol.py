@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-from chainlens_ops.storage import ObjectInfo
+from chainlens_ops.storage.base import ObjectInfo
 
 
 class Storage(Protocol):

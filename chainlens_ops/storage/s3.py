@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chainlens_ops.config import S3Settings
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ConfigError, UsageError
-from chainlens_ops.storage import (
+from chainlens_ops.storage.base import (
     AlreadyExists,
     InvalidKey,
     NotFound,

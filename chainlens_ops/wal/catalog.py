@@ -21,9 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from chainlens_ops.errors import UsageError
-from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
-from chainlens_ops.storage import NotFound, StorageError
-from chainlens_ops.wal.names import (
+from chainlens_ops.pg.walnames import (
     BACKUP,
     HISTORY,
     PARTIAL,
@@ -34,6 +32,8 @@ from chainlens_ops.wal.names import (
     parse_wal_name,
     segment_name,
 )
+from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
+from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.wal.objfmt import decode
 
 DEFAULT_SEG_SIZE = 16 * 1024 * 1024

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 
+from chainlens_ops.pg.walnames import BACKUP, HISTORY, WalName, lsn_to_segno, parse_wal_name
 from chainlens_ops.repository import Repository, WrongCluster, data_folder_system_identifier
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.names import BACKUP, HISTORY, WalName, lsn_to_segno, parse_wal_name
 
 
 def check_origin(repo: Repository, path: str, name: WalName) -> None:

@@ -25,10 +25,7 @@ import os
 
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.record import record
-from chainlens_ops.repository import Repository
-from chainlens_ops.storage import AlreadyExists, NotFound
-from chainlens_ops.wal.names import (
+from chainlens_ops.pg.walnames import (
     HISTORY,
     LONG_HEADER_SIZE,
     WalName,
@@ -36,6 +33,9 @@ from chainlens_ops.wal.names import (
     parse_wal_header,
     parse_wal_name,
 )
+from chainlens_ops.record import record
+from chainlens_ops.repository import Repository
+from chainlens_ops.storage import AlreadyExists, NotFound
 from chainlens_ops.wal.objfmt import (
     DEFAULT_LEVEL,
     CorruptObject,

@@ -9,6 +9,9 @@ server runs `archive_command`/`restore_command` as that user. Hence:
   ($CHAINLENS_TEST_SCRATCH, default /var/tmp/chainlens-ops-tests), never under pytest's
   0700 temp base or the clone, which `postgres` may not be able to enter;
 - `initdb` runs once per test process into a template; each cluster is a copy of it.
+
+Cluster control (initdb, pg_ctl, ports) is the tool's own, `chainlens_ops.pg.cluster`:
+`PgCluster` is a `LocalCluster` with the tests' conveniences (connect, execute, scalar).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from chainlens_ops.errors import ChainlensError
+from chainlens_ops.pg import cluster as pgcluster
+from chainlens_ops.pg.cluster import LocalCluster
 
 PG_BIN = Path(os.environ.get("CHAINLENS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 VENV = Path(os.environ.get("CHAINLENS_TEST_VENV", "/opt/chainlens-ops/venv"))
@@ -65,40 +71,13 @@ def as_postgres(argv: Sequence[str]) -> list[str]:
 
 
 PORT_CLAIMS = Path("/tmp/chainlens-test-ports")
-PORT_RANGE = (20000, 40000)
-PORT_CLAIM_TTL = 6 * 3600  # a claim older than this belongs to a finished run
 
 
 def free_port() -> int:
     """A loopback port no other test process (xdist worker, or another engineer's run)
-    is handed: each port is claimed by creating /tmp/chainlens-test-ports/<port>
-    exclusively, so two workers never pick the same port between bind and use (binding
-    port 0 alone cannot promise that: the kernel may hand the same port to both)."""
-    PORT_CLAIMS.mkdir(mode=0o777, exist_ok=True)
-    low, high = PORT_RANGE
-    start = low + secrets.randbelow(high - low)
-    for offset in range(high - low):
-        port = low + (start - low + offset) % (high - low)
-        claim = PORT_CLAIMS / str(port)
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                if time.time() - claim.stat().st_mtime < PORT_CLAIM_TTL:
-                    continue
-                claim.unlink()
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except OSError:
-                continue
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use by something outside the suite: keep the claim, move on
-        return port
-    raise RuntimeError(f"no free port left in {PORT_RANGE}")
+    is handed: each port is claimed under /tmp/chainlens-test-ports (see
+    `chainlens_ops.pg.cluster.free_port`)."""
+    return pgcluster.free_port(PORT_CLAIMS)
 
 
 def make_shared_dir(path: Path, *, owner_postgres: bool = True, mode: int = 0o755) -> Path:
@@ -125,27 +104,11 @@ def create_template(base: Path) -> Path:
     """initdb once (1 MB WAL segments keep WAL tests fast) with a scram role."""
     make_shared_dir(base)
     data = base / "data"
-    run_checked(
-        as_postgres(
-            [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                PG_USER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "--wal-segsize=1",
-                "--no-sync",
-            ]
-        ),
-        cwd=base,
-    )
+    cluster = PgCluster(data, free_port())
+    cluster.initdb(wal_segsize_mb=1, no_sync=True)
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(_BASE_CONF)
     (data / "pg_hba.conf").write_text(_PG_HBA.format(scram=SCRAM_USER))
-    cluster = PgCluster(data, free_port())
     cluster.start()
     with cluster.connect() as conn:
         conn.execute(
@@ -158,23 +121,21 @@ def create_template(base: Path) -> Path:
 
 
 @dataclass
-class PgCluster:
+class PgCluster(LocalCluster):
     """One throwaway cluster, run as the postgres OS user on a loopback port."""
 
-    data: Path
-    port: int
     extra_conf: list[str] = field(default_factory=list)
 
     @property
-    def base(self) -> Path:
-        return self.data.parent
+    def data(self) -> Path:
+        return self.pgdata
 
     @property
-    def log(self) -> Path:
-        return self.base / "server.log"
+    def base(self) -> Path:
+        return self.pgdata.parent
 
-    def conninfo(self, dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
-        parts = [f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"]
+    def conninfo(self, dbname: str = "postgres", user: str | None = PG_USER, **extra: str) -> str:
+        parts = [f"host=127.0.0.1 port={self.port} dbname={dbname} user={user or PG_USER}"]
         parts += [f"{k}={v}" for k, v in extra.items()]
         return " ".join(parts)
 
@@ -190,47 +151,15 @@ class PgCluster:
         rows = self.execute(query, dbname)
         return rows[0][0] if rows else None
 
-    def configure(self, **settings: object) -> None:
-        """Append settings to postgresql.conf (a restart or reload makes them count)."""
-        lines = []
-        for key, value in settings.items():
-            text = str(value).replace("'", "''")
-            lines.append(f"{key} = '{text}'\n")
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.writelines(lines)
-
-    def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args])
-        if check:
-            return run_checked(argv, cwd=self.base)
-        return subprocess.run(argv, cwd=self.base, capture_output=True, text=True, check=False)
-
-    def start(self, timeout: int = 60) -> None:
+    def start(self, *, wait: bool = True, timeout: float = 60, options: str = "") -> None:
         try:
-            self.pg_ctl(
-                "-l", str(self.log), "-w", "-t", str(timeout), "-o", f"-p {self.port}", "start"
-            )
-        except RuntimeError as exc:
+            super().start(wait=wait, timeout=timeout, options=options)
+        except ChainlensError as exc:
             raise RuntimeError(f"{exc}\nserver log:\n{self.read_log()[-3000:]}") from None
-
-    def stop(self, mode: str = "fast") -> None:
-        self.pg_ctl("-m", mode, "-w", "stop", check=False)
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def reload(self) -> None:
-        self.pg_ctl("reload")
-
-    def is_running(self) -> bool:
-        return self.pg_ctl("status", check=False).returncode == 0
-
-    def read_log(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def createdb(self, name: str) -> None:
         with self.connect() as conn:

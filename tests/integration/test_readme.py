@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgharness import CLI, VENV, cli_env, free_port, make_shared_dir, run_cli
+from pgharness import CLI, VENV, PgCluster, cli_env, free_port, make_shared_dir, run_cli
 
 from chainlens_ops import errors
 from chainlens_ops.cli.daemon import command_checker
@@ -50,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = (README, ROOT / "docs" / "reference.md")
 MARKER = "<!-- readme-test: sandbox -->"
-PG_BIN = "/usr/lib/postgresql/15/bin"
 RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
 
 
@@ -121,9 +120,7 @@ def sandbox(scratch: Path) -> Iterator[Sandbox]:
         yield Sandbox(folder, folder / ".demo" / "chainlens-ops.toml", work, free_port())
     finally:
         restored = work / "restored"
-        if (restored / "postmaster.pid").exists():
-            subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D",
-                            str(restored), "-m", "immediate", "stop"], check=False)  # fmt: skip
+        PgCluster(restored, 0).stop("immediate")
         subprocess.run([str(CLI), "demo", "--down"], cwd=folder, check=False,
                        capture_output=True)  # fmt: skip
         shutil.rmtree(folder, ignore_errors=True)
@@ -317,7 +314,8 @@ def test_configuration_tables_match_the_code() -> None:
     env_section = text.split("### Environment variables")[1].split("\n**S3.**")[0]
     rows = re.findall(r"^\| (`[^|]+) \|", env_section, flags=re.M)
     documented_env = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)}
-    test_knobs = {"CHAINLENS_CRASH_AT", "CHAINLENS_PAUSE_AT", "CHAINLENS_PAUSE_DIR"}
+    test_knobs = {"CHAINLENS_CRASH_AT", "CHAINLENS_CRASH_SIGNAL", "CHAINLENS_PAUSE_AT",
+                  "CHAINLENS_PAUSE_DIR"}  # fmt: skip
     assert documented_env == environment_variables() - test_knobs
     for knob in test_knobs:
         assert knob in (ROOT / "DEVELOPERS.md").read_text()  # test-only knobs

@@ -256,14 +256,16 @@ def test_promoted_restore_backed_up_and_restored_again_on_timeline_2(incident: I
 def test_drill_passes_on_a_good_repository_and_fails_on_a_corrupted_object(
     incident: Incident,
 ) -> None:
-    proc = restore(incident.repo, "drill", "--backup", incident.backup_id, "--json")
+    tmp = incident.factory.dir("tmp")  # its own TMPDIR: other runs' drills use /tmp
+    proc = restore(incident.repo, "drill", "--backup", incident.backup_id, "--json",
+                   env={"TMPDIR": str(tmp)})  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] and result["rto_seconds"] > 0 and result["rpo_seconds"] is not None
     assert result["row_counts"]["postgres.public.t"] >= sum(ROWS.values())
     recorded = incident.repo / result["record_key"]
     assert json.loads(recorded.read_text())["ok"] is True
-    assert not list(Path("/tmp").glob("chainlens-drill-*"))  # scratch removed
+    assert not list(tmp.glob("chainlens-drill-*"))  # scratch removed
     assert drilled(incident)["ok"] is True
 
     obj = incident.repo / "backups" / incident.backup_id / "base.tar.zst"

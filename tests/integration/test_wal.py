@@ -15,7 +15,7 @@ import pytest
 from conftest import ClusterFactory
 from pgharness import CLI, PG_BIN, PgCluster, cli_env, run_cli, wait_for
 
-from chainlens_ops.wal.names import parse_wal_name
+from chainlens_ops.pg.walnames import parse_wal_name
 
 MB = 1024 * 1024
 PUSH = f"{CLI} wal push"

@@ -19,6 +19,7 @@ import pytest
 
 from chainlens_ops.config import S3Settings
 from chainlens_ops.errors import EXIT_USAGE, UsageError
+from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repoclaim import CLAIM_PREFIX, RestoreClaim, live_claims
 from chainlens_ops.repolock import (
     LOCK_KEY,
@@ -45,7 +46,6 @@ from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
 from chainlens_ops.wal.catalog import TimelineSpan
 from chainlens_ops.wal.fetch import is_required, parse_required
-from chainlens_ops.wal.names import parse_wal_name
 
 MB = 1024 * 1024
 

@@ -129,6 +129,11 @@ def parse_lsn(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
+def lsn_text(lsn: int) -> str:
+    """Integer -> '16/B374D848' (PostgreSQL's pg_lsn text form)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
 @record
 class WalHeader:
     """The long page header of a segment's first page."""

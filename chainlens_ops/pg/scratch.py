@@ -1,0 +1,222 @@
+"""Scratch clusters that always clean up, and a registry a later run sweeps.
+
+A drill (and a table-level restore) needs a throwaway server: a folder holding a data
+copy, a server started on a free loopback port, both gone when the work is done. Use
+`ScratchCluster` as a context manager:
+
+    with ScratchCluster("drill", root=scratch_root, major=15) as scratch:
+        for leftover in scratch.swept:  # dead runs' copies, removed on entry: say so
+            notify(leftover.describe())
+        ...  # put a data folder at scratch.pgdata (restore, initdb, copy)
+        scratch.give_to_server_user()  # when root: the copy must be postgres's
+        scratch.cluster.start()  # scratch.cluster is a LocalCluster on scratch.port
+        ...  # connect with scratch.cluster.conninfo(dbname)
+    # here the server is stopped (immediate) and the folder removed
+
+On every exit path the server in the folder is stopped and the folder removed: normal
+exit, an exception, and SIGTERM (while the context is open in the main thread, SIGTERM
+raises `Terminated` there, so the `with` unwinds; the daemon's job timeout sends SIGTERM
+to the job's process group before it kills it). A SIGKILL cannot be caught, so each
+scratch folder is entered in a registry first: one small file per folder in
+`<TMPDIR>/chainlens-ops-scratch-<uid>/`, naming the folder, the owning pid and that
+process's start time. `sweep_scratch()` (run on entry to every ScratchCluster, and by
+`backup prune`) stops the server and removes the folder of every entry whose owner is
+gone, and returns what it removed so the caller can name it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from chainlens_ops.errors import OperationFailed
+from chainlens_ops.pg.cluster import DEFAULT_MAJOR, LocalCluster, free_port, give_to_server_user
+
+DATA = "data"
+_STOP_TIMEOUT_S = 30
+
+
+class Terminated(OperationFailed):
+    """SIGTERM arrived while a scratch cluster was open (its cleanup still runs)."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports it
+
+
+@dataclass(frozen=True)
+class SweptScratch:
+    folder: str
+    purpose: str
+    owner_pid: int
+    server_stopped: bool
+    bytes_freed: int
+
+    def describe(self) -> str:
+        server = "its server stopped, " if self.server_stopped else ""
+        return (
+            f"removed the scratch copy {self.folder} left by a dead {self.purpose} "
+            f"(pid {self.owner_pid}): {server}{self.bytes_freed / 1e6:.1f} MB freed"
+        )
+
+
+def registry_dir() -> Path:
+    """Where this user's scratch entries live (per user: /tmp is shared)."""
+    return Path(tempfile.gettempdir()) / f"chainlens-ops-scratch-{os.geteuid()}"
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of `pid` (clock ticks since boot, /proc), None if it is gone.
+    With the pid it names a process uniquely: a reused pid has a later start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class ScratchCluster:
+    """A registered scratch folder with a `LocalCluster` in `<folder>/data`."""
+
+    def __init__(
+        self, purpose: str, *, root: Path | None = None, major: int = DEFAULT_MAJOR
+    ) -> None:
+        self.purpose = purpose
+        self.root = root
+        self.major = major
+        self.folder = Path()
+        self.cluster = LocalCluster(Path(), 0, major)
+        self.swept: list[SweptScratch] = []  # what dead owners left, removed on entry
+        self._entry: Path | None = None
+        self._previous_handler: Any = None
+        self._handling = False
+
+    @property
+    def pgdata(self) -> Path:
+        return self.folder / DATA
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+    def __enter__(self) -> ScratchCluster:
+        self.swept = sweep_scratch()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"chainlens-{self.purpose}-", dir=self.root))
+        self.cluster = LocalCluster(self.pgdata, free_port(), self.major,
+                                    self.folder / "server.log")  # fmt: skip
+        self._entry = _register(self.folder, self.purpose, self.major)
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+            self._handling = True
+        return self
+
+    def set_major(self, major: int) -> None:
+        """The server version is known only once the backup is chosen."""
+        self.major = self.cluster.major = major
+        if self._entry is not None:
+            _write_entry(self._entry, self.folder, self.purpose, major)
+
+    def give_to_server_user(self) -> None:
+        """Before a start as root: the server's user must own the copy."""
+        give_to_server_user(self.folder)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handling:  # a second SIGTERM must not cut the cleanup short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _remove(self.folder, self.major)
+            if self._entry is not None:
+                self._entry.unlink(missing_ok=True)
+        finally:
+            if self._handling:
+                previous = self._previous_handler
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+                self._handling = False
+
+
+def sweep_scratch() -> list[SweptScratch]:
+    """Stop and remove the scratch clusters whose owning process is gone."""
+    folder = registry_dir()
+    swept: list[SweptScratch] = []
+    try:
+        entries = sorted(folder.glob("*.json"))
+    except OSError:
+        return swept
+    for entry in entries:
+        try:
+            info = json.loads(entry.read_text())
+            pid, started = int(info["pid"]), info.get("started")
+            scratch, purpose = Path(info["folder"]), str(info["purpose"])
+            major = int(info.get("major", DEFAULT_MAJOR))
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)  # unreadable: nothing can be swept from it
+            continue
+        alive = process_start(pid)
+        if alive is not None and (started is None or alive == started):
+            continue  # its owner still runs: its own cleanup will do this
+        size = _size(scratch)
+        stopped = _remove(scratch, major)
+        entry.unlink(missing_ok=True)
+        if size or stopped:
+            swept.append(SweptScratch(str(scratch), purpose, pid, stopped, size))
+    return swept
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated("stopped by SIGTERM")
+
+
+def _register(scratch: Path, purpose: str, major: int) -> Path:
+    registry = registry_dir()
+    registry.mkdir(mode=0o700, exist_ok=True)
+    entry = registry / f"{scratch.name}.json"
+    _write_entry(entry, scratch, purpose, major)
+    return entry
+
+
+def _write_entry(entry: Path, scratch: Path, purpose: str, major: int) -> None:
+    body = {"folder": str(scratch), "purpose": purpose, "pid": os.getpid(),
+            "started": process_start(os.getpid()), "major": major,
+            "created": time.time()}  # fmt: skip
+    tmp = entry.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, entry)
+
+
+def _remove(scratch: Path, major: int) -> bool:
+    """Stop a server running in `scratch/data` (True if one was) and remove the folder."""
+    stopped = False
+    cluster = LocalCluster(scratch / DATA, 0, major)
+    pid = cluster.postmaster_pid()
+    if pid is not None and process_start(pid) is not None:
+        stopped = cluster.stop("immediate", timeout=_STOP_TIMEOUT_S)
+        if not stopped:  # pg_ctl could not: the postmaster's pid file still names it
+            try:
+                os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+                stopped = True
+            except OSError:
+                pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    return stopped
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
