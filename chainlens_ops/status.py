@@ -269,7 +269,7 @@ def _gaps_after_newest_base(repos: _Repos, repo: Repository, check: WalCheck) ->
     base backup cannot mend either; the detail still counts them."""
     if not check.gaps:
         return False
-    base = next((b for b in repos.catalog(repo).valid if b.kind == BASE and b.start_wal), None)
+    base = next(iter(repos.catalog(repo).pitr_starts()), None)
     if base is None:
         return True
     marker = repo.marker()
@@ -309,7 +309,7 @@ def _backups(repos: _Repos, db: str, now: datetime) -> Check:
     repo = repos.of(db)
     valid = repos.catalog(repo).valid  # newest first
     # A base backup is of the whole cluster, which this repository serves.
-    picks = [next((b for b in valid if b.kind == BASE), None),
+    picks = [next(iter(repos.catalog(repo).pitr_starts()), None),
              next((b for b in valid if b.kind == LOGICAL and b.target == db), None)]  # fmt: skip
     newest = [_newest(repo, b, now) for b in picks if b is not None]
     fixes: list[str] = []

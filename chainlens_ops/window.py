@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from chainlens_ops.backup.manifest import BASE, BackupManifest, parse_time, read_catalog
+from chainlens_ops.backup.manifest import BackupManifest, parse_time, read_catalog
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import WAL_PREFIX, Repository
 from chainlens_ops.restore_points import COMPLETE, list_restore_points
@@ -83,7 +83,7 @@ class RecoverableWindow:
 def recoverable_window(repo: Repository, check: WalCheck | None = None) -> RecoverableWindow:
     """The window of `repo`; `check` is a `check_wal` of it already made (else made here,
     without removing anything). Reads only."""
-    bases = sorted((b for b in read_catalog(repo).valid if b.kind == BASE), key=_finished)
+    bases = sorted(read_catalog(repo).pitr_starts(), key=_finished)
     points = [
         PointLabel(p.name, _point_time(p.time), p.lsn)
         for p in list_restore_points(repo, scan_wal=False)

@@ -19,6 +19,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from chainlens_ops.errors import OperationFailed
@@ -27,9 +28,18 @@ from chainlens_ops.storage import NotFound
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-LOGICAL = "logical"
-BASE = "base"
 COMPLETE = "complete"
+
+
+class BackupKind(StrEnum):
+    """What a backup holds: the one list of kinds, for manifests, the catalog and the CLI."""
+
+    BASE = "base"  # the whole cluster (pg_basebackup): replayable with archived WAL
+    LOGICAL = "logical"  # one database (pg_dump): restored as it was, never replayed
+
+
+BASE = BackupKind.BASE
+LOGICAL = BackupKind.LOGICAL
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class BackupObject:
 @dataclass(frozen=True)
 class BackupManifest:
     id: str
-    kind: str  # BASE or LOGICAL
+    kind: BackupKind
     target: str  # the configured database name (supabase, microservices)
     database: str  # the database's own name (current_database())
     server: str  # host:port, never a password
@@ -81,6 +91,7 @@ class BackupManifest:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["kind"] = self.kind.value
         data["size_bytes"] = self.size_bytes
         data["raw_bytes"] = self.raw_bytes
         return data
@@ -109,9 +120,9 @@ def manifest_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MANIFEST_NAME
 
 
-def new_backup_id(repo: Repository, when: datetime, kind: str, target: str) -> str:
+def new_backup_id(repo: Repository, when: datetime, kind: BackupKind, target: str) -> str:
     """A fresh id that sorts by time; never one whose folder holds anything already."""
-    base = f"{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{kind}-{target}"
+    base = f"{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{kind.value}-{target}"
     for n in range(1, 1000):
         candidate = base if n == 1 else f"{base}-{n}"
         if next(iter(repo.storage.list(backup_prefix(candidate))), None) is None:
@@ -142,6 +153,7 @@ def parse_manifest(raw: bytes, where: str) -> BackupManifest:
         data.pop("size_bytes", None)
         data.pop("raw_bytes", None)
         data["objects"] = [BackupObject(**o) for o in data["objects"]]
+        data["kind"] = BackupKind(data["kind"])
         manifest = BackupManifest(**data)
     except (ValueError, TypeError, KeyError):
         raise OperationFailed(f"{where} is damaged or not a backup manifest") from None
@@ -162,6 +174,12 @@ class Catalog:
     @property
     def valid(self) -> list[BackupManifest]:
         return [b for b in self.backups if b.valid]
+
+    def pitr_starts(self) -> list[BackupManifest]:
+        """The backups a point-in-time restore can start from, newest first: valid base
+        backups that name their first WAL segment. The one place that knows which kinds
+        replay WAL forward (an incremental kind learns it here)."""
+        return [b for b in self.valid if b.kind is BackupKind.BASE and b.start_wal]
 
 
 def read_catalog(repo: Repository) -> Catalog:

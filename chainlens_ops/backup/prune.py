@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from chainlens_ops.backup.manifest import (
-    BASE,
     BackupManifest,
     backup_prefix,
     manifest_key,
@@ -75,7 +74,7 @@ def prune_backups(
         catalog = read_catalog(repo)
         keep = retained(catalog.valid, keep_last, keep_days, now or utc_now())
         removed = [b for b in catalog.valid if b.id not in keep]
-        bases = [b for b in catalog.valid if b.id in keep and b.kind == BASE and b.start_wal]
+        bases = [b for b in catalog.pitr_starts() if b.id in keep]
         wal_before = min((str(b.start_wal)[:24] for b in bases), key=_segno_key, default=None)
         wal = _old_wal(repo, wal_before) if wal_before else []
         if not dry_run:

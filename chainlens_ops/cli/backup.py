@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -19,10 +18,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chainlens_ops.backup.manifest import BASE, parse_time, read_catalog
+from chainlens_ops.backup.manifest import parse_time, read_catalog
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
-from chainlens_ops.backup.take import WAL_WAIT_S, BackupOptions, BackupResult, take_backup
+from chainlens_ops.backup.take import (
+    KINDS,
+    WAL_WAIT_S,
+    BackupOptions,
+    BackupResult,
+    take_backup,
+)
 from chainlens_ops.backup.verify import verify_backup
 from chainlens_ops.cli.common import (
     DbOption,
@@ -48,10 +53,11 @@ app = typer.Typer(
 )
 
 
-class Kind(StrEnum):
-    auto = "auto"
-    base = "base"
-    logical = "logical"
+def _kind(value: str) -> str:
+    """`--kind`: `auto` or a backup kind (the one list, BackupKind)."""
+    if value not in KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, not {value!r}")
+    return value
 
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no notices.")]
@@ -103,8 +109,14 @@ def _progress_bar(enabled: bool, label: str) -> Iterator[_Bar | None]:
 def backup_command(
     ctx: typer.Context,
     kind: Annotated[
-        Kind, typer.Option("--kind", help="auto: base when WAL is archived here, else logical.")
-    ] = Kind.auto,
+        str,
+        typer.Option(
+            "--kind",
+            parser=_kind,
+            metavar="|".join(KINDS),
+            help="auto: base when WAL is archived here, else logical.",
+        ),
+    ] = "auto",
     db: Annotated[
         DbOrAll | None, typer.Option("--db", help="supabase, microservices or all.")
     ] = None,
@@ -143,7 +155,7 @@ def backup_command(
             repository = repository_for(ctx, target.name, repo)
             with _progress_bar(show_bar, f"{target.name}") as bar:
                 options = BackupOptions(
-                    kind=kind.value, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
+                    kind=kind, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
                     progress=bar.advance if bar else None, stage=bar.stage if bar else None,
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
                     spool_reserve=settings.backup.spool_reserve,
@@ -205,7 +217,7 @@ def list_command(
                 b.id, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
             )
         console.print(table)
-    bases = [b for b in valid if b.kind == BASE]
+    bases = catalog.pitr_starts()
     if bases:
         oldest = bases[-1]  # newest first
         newest = _newest_wal(repository)

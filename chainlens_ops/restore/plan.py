@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from chainlens_ops.backup.manifest import BASE, BackupManifest, parse_time, read_catalog
+from chainlens_ops.backup.manifest import BackupManifest, parse_time, read_catalog
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.walscan import (
@@ -113,7 +113,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     """Choose the backup and check the archive; UsageError/OperationFailed with one line
     for anything that makes the restore impossible. Reads only."""
     marker = repo.marker()
-    bases = [b for b in read_catalog(repo).valid if b.kind == BASE]  # newest first
+    bases = read_catalog(repo).pitr_starts()  # newest first
     if marker is None or not bases:
         raise OperationFailed(
             f"repository {repo.url} holds no base backup: point-in-time restore is not possible",
