@@ -363,7 +363,7 @@ def _cache(settings: Settings, now: datetime) -> Check:
 
 def _jobs(settings: Settings, check: CommandCheck, now: datetime) -> list[JobFacts] | None:
     try:
-        config = read_daemon_config(settings.config_file, check)
+        config = read_daemon_config(settings, check)
     except ChainlensError:
         return None  # no daemon configured here: nothing to report
     specs = {job.name: job for job in config.jobs}

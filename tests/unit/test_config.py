@@ -156,11 +156,20 @@ def test_unknown_keys_anywhere_are_refused_with_a_suggestion(
     assert caught.value.one_line().startswith(f"{path}: {message}")
 
 
-def test_sections_of_other_modules_are_accepted_unchecked(tmp_path: Path) -> None:
+def test_daemon_and_jobs_sections_are_checked_at_load_time_like_the_rest(
+    tmp_path: Path,
+) -> None:
+    """One configuration model: `[daemon]` and `[[jobs]]` load (and fail) with every other
+    key, whichever command reads the file."""
     path = tmp_path / "c.toml"
-    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
     assert {"jobs", "daemon", "backup"} <= set(KNOWN_TOP_LEVEL_KEYS)
-    load_settings(path, env={})
+    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'any' in \[daemon\]"):
+        load_settings(path, env={})
+    path.write_text('[daemon]\nhistory_days = 7\nstop_timeout = "1m"\n[[jobs]]\nname = "x"\n')
+    s = load_settings(path, env={})
+    assert (s.daemon.history_days, s.daemon.stop_timeout_s, s.daemon.job_timeout_s) == (7, 60, 3600)
+    assert [j.name for j in s.jobs] == ["x"]
 
 
 def test_backup_section_is_checked_at_load_time(tmp_path: Path) -> None:
