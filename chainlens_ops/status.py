@@ -38,6 +38,7 @@ from chainlens_ops.daemon.history import JobRun
 from chainlens_ops.daemon.jobs import CommandCheck, JobSpec, read_daemon_config
 from chainlens_ops.daemon.status import daemon_status
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
 from chainlens_ops.pg.connection import connect
 from chainlens_ops.repository import Repository, open_repository
@@ -140,6 +141,11 @@ class StatusReport:
     checks: list[Check]
     windows: list[RepositoryWindow]
     jobs: list[JobFacts]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when something needs action (for monitoring)."""
+        return failed_exit(self.ok)
 
 
 def _age(when: datetime, now: datetime) -> str:

@@ -36,6 +36,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     repository_for,
     state,
@@ -43,7 +44,8 @@ from chainlens_ops.cli.common import (
 )
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import ChainlensError, UsageError
+from chainlens_ops.errors import UsageError
+from chainlens_ops.outcome import PerTarget
 from chainlens_ops.repository import Repository
 from chainlens_ops.wal.catalog import list_wal
 
@@ -148,10 +150,11 @@ def backup_command(
     settings = state(ctx).settings
     targets = settings.targets(db.value if db else None, dsn=dsn)
     show_bar = not quiet and not json_output and sys.stderr.isatty()
-    results: list[BackupResult] = []
-    failures: list[tuple[str, ChainlensError]] = []
+    run = PerTarget[BackupResult]("backup", alone=len(targets) == 1)
+    results = run.results
     for target in targets:
-        try:
+        done = len(results)
+        with run.attempt(target.name):
             repository = repository_for(ctx, target.name, repo)
             with _progress_bar(show_bar, f"{target.name}") as bar:
                 options = BackupOptions(
@@ -160,31 +163,21 @@ def backup_command(
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
                     spool_reserve=settings.backup.spool_reserve,
                 )  # fmt: skip
-                result = take_backup(target, repository, options, earlier=results)
-        except ChainlensError as exc:
-            if len(targets) == 1:
-                raise
-            err_console.print(
-                f"chainlens-ops: error: {target.name}: {exc.one_line()}", markup=False
-            )
-            failures.append((target.name, exc))
+                results.append(take_backup(target, repository, options, earlier=results))
+        if json_output or len(results) == done:  # printed as it goes; failures at the end
             continue
-        results.append(result)
-        if not json_output:
-            console.print(result.id, markup=False)
-            if not quiet and result.covered_by is None:
-                err_console.print(
-                    f"chainlens-ops: {result.kind} backup of {result.target} "
-                    f"({result.database} at {result.server}): {format_bytes(result.size_bytes)} "
-                    f"stored ({format_bytes(result.raw_bytes)} raw) in {result.seconds:.1f}s",
-                    markup=False,
-                )
+        result = results[-1]
+        console.print(result.id, markup=False)
+        if not quiet and result.covered_by is None:
+            err_console.print(
+                f"chainlens-ops: {result.kind} backup of {result.target} "
+                f"({result.database} at {result.server}): {format_bytes(result.size_bytes)} "
+                f"stored ({format_bytes(result.raw_bytes)} raw) in {result.seconds:.1f}s",
+                markup=False,
+            )
     if json_output:
         print_json(results if len(targets) > 1 else results[0] if results else [])
-    if failures:
-        names = ", ".join(name for name, _ in failures)
-        err_console.print(f"chainlens-ops: error: backup failed for {names}", markup=False)
-        raise typer.Exit(max(exc.exit_code for _, exc in failures))
+    finish(run)
 
 
 @app.command("list")
@@ -267,10 +260,9 @@ def verify_command(
     else:
         for check in result.checks:
             console.print(f"{'ok' if check.ok else 'FAILED':6} {check.detail}", markup=False)
-    if not result.ok:
-        for check in result.failed:
-            err_console.print(f"chainlens-ops: error: {check.detail}", markup=False)
-        raise typer.Exit(1)
+    for check in result.failed:
+        err_console.print(f"chainlens-ops: error: {check.detail}", markup=False)
+    finish(result)
 
 
 @app.command("prune")

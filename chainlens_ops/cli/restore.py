@@ -14,6 +14,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     repository_for,
     state,
@@ -268,4 +269,4 @@ def drill_command(
             f"{result.error}",
             markup=False,
         )
-        raise typer.Exit(1)
+    finish(result)

@@ -24,6 +24,7 @@ from psycopg import sql
 from chainlens_ops.backup.manifest import format_time, parse_time
 from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore
 from chainlens_ops.restore.plan import LATEST, Target, make_plan
@@ -41,6 +42,10 @@ class DrillResult:
     row_counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     record_key: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return failed_exit(self.ok)
 
 
 def free_port() -> int:
