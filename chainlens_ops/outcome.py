@@ -53,7 +53,6 @@ _R = TypeVar("_R")
 class PerTarget(Generic[_R]):
     """The results of one command over its targets, and the targets that failed."""
 
-    what: str  # the work, for the summary line: "backup", "schema apply"
     alone: bool = False  # one target: its error is raised, not gathered
     results: list[_R] = field(default_factory=list)
     failures: list[TargetFailure] = field(default_factory=list)
@@ -66,13 +65,6 @@ class PerTarget(Generic[_R]):
     def exit_code(self) -> int:
         own = [r.exit_code for r in self.results if isinstance(r, Outcome)]
         return worst_exit([*own, *(f.exit_code for f in self.failures)])
-
-    @property
-    def summary(self) -> str | None:
-        """`backup failed for supabase, microservices`, or None when none failed."""
-        if not self.failures:
-            return None
-        return f"{self.what} failed for {', '.join(f.target for f in self.failures)}"
 
     @contextmanager
     def attempt(self, target: str) -> Iterator[None]:

@@ -150,7 +150,7 @@ def backup_command(
     settings = state(ctx).settings
     targets = settings.targets(db.value if db else None, dsn=dsn)
     show_bar = not quiet and not json_output and sys.stderr.isatty()
-    run = PerTarget[BackupResult]("backup", alone=len(targets) == 1)
+    run = PerTarget[BackupResult](alone=len(targets) == 1)
     results = run.results
     for target in targets:
         done = len(results)

@@ -124,11 +124,10 @@ def announce_connections() -> None:
 
 def finish(outcome: Outcome) -> None:
     """End a command with the exit code its result carries (none when it succeeded).
-    A `--db all` run (PerTarget) first says which targets failed: one line each, then
-    the summary."""
-    if isinstance(outcome, PerTarget) and outcome.summary:
-        for line in [*(f.line for f in outcome.failures), outcome.summary]:
-            err_console.print(f"chainlens-ops: error: {line}", markup=False)
+    A `--db all` run (PerTarget) first names each target that failed, one line each."""
+    if isinstance(outcome, PerTarget):
+        for failure in outcome.failures:
+            err_console.print(f"chainlens-ops: error: {failure.line}", markup=False)
     if not outcome.ok:
         raise typer.Exit(outcome.exit_code)
 

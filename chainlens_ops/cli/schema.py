@@ -57,7 +57,7 @@ def apply_command(
     if not dry_run:
         announce_connections()
     targets = settings.targets(db.value, dsn=dsn)
-    run = PerTarget[ApplyResult]("schema apply", alone=len(targets) == 1)
+    run = PerTarget[ApplyResult](alone=len(targets) == 1)
     progress = None if json_output else lambda msg: err_console.print(msg, markup=False)
     for target in targets:
         done = len(run.results)
@@ -103,7 +103,7 @@ def status_command(
 ) -> None:
     """Applied, pending and drifted files per database (exit 1 on drift)."""
     targets = state(ctx).settings.targets(db.value, dsn=dsn)
-    run = PerTarget[TargetStatus]("schema status", alone=len(targets) == 1)
+    run = PerTarget[TargetStatus](alone=len(targets) == 1)
     for target in targets:  # one unreachable or misconfigured: the others still report
         with run.attempt(target.name):
             run.results.append(schema_status(target, sql_dir))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from pgharness import CLI
 
 pytestmark = pytest.mark.slow
