@@ -110,13 +110,16 @@ def test_bad_values_are_config_or_usage_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "ms"),
     [(30, 30_000), ("30", 30_000), ("30s", 30_000), ("2m", 120_000), ("500ms", 500),
-     ("1h", 3_600_000), (" 1.5 s ", 1500), (0.25, 250)],
+     ("1h", 3_600_000), (" 1.5 s ", 1500), (0.25, 250), ("1d", 86_400_000),
+     ("7d", 604_800_000), ("7D", 604_800_000), ("365d", 31_536_000_000)],
 )  # fmt: skip
 def test_durations_take_units_and_a_bare_number_is_seconds(value: object, ms: int) -> None:
     assert parse_duration_ms(value, "x") == ms
 
 
-@pytest.mark.parametrize("value", [0, "0s", -1, "-5s", "5 parsecs", "", True, [1], "nan"])
+@pytest.mark.parametrize(
+    "value", [0, "0s", -1, "-5s", "5 parsecs", "", True, [1], "nan", "366d", "1w", "d"]
+)
 def test_bad_durations_are_config_errors_for_keys_and_usage_errors_for_flags(
     value: object,
 ) -> None:
