@@ -36,7 +36,9 @@ import os
 
 from chainlens_ops.configcheck import (
     BACKUP_KEYS,
+    DAEMON_KEYS,
     DATABASE_KEYS,
+    JOB_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
     S3_KEYS,
     STATUS_KEYS,
@@ -44,7 +46,9 @@ from chainlens_ops.configcheck import (
     byte_size,
     check,
     duration_ms,
+    duration_s,
     port,
+    refuse_unknown,
     table,
     text,
     whole_number,
@@ -144,6 +148,40 @@ _DEFAULT_STATUS = StatusSettings()
 
 
 @record
+class DaemonSettings:
+    """`[daemon]`: defaults of the scheduled jobs and the daemon's own housekeeping."""
+
+    job_timeout_s: int = 3600  # a job run's timeout unless the job sets its own
+    stop_timeout_s: int = 10  # on SIGTERM, how long a running job may finish
+    history_days: int = 30  # job_runs rows older than this are pruned
+    metrics_file: str | None = None
+
+
+_DEFAULT_DAEMON = DaemonSettings()
+
+
+@record
+class JobSettings:
+    """One `[[jobs]]` entry, its types checked; daemon/jobs.py judges its command and
+    schedule (it knows the command tree and cron)."""
+
+    index: int  # 1-based position in the file, to name an entry that has no name
+    name: object  # checked by the daemon (a name pattern), so any value is kept here
+    command: str | None = None
+    cron: str | None = None
+    every_s: int | None = None
+    every: str | None = None  # as written, for people ("every 1h")
+    timezone: str | None = None
+    timeout_s: int | None = None  # None: [daemon] job_timeout
+
+    @property
+    def label(self) -> str:
+        return (
+            f"job {self.name!r}" if isinstance(self.name, str) else f"[[jobs]] entry {self.index}"
+        )
+
+
+@record
 class Settings:
     databases: Mapping[str, DatabaseTarget]
     default_db: str = "microservices"
@@ -154,6 +192,8 @@ class Settings:
     config_file: str | None = None
     backup: BackupSettings = _DEFAULT_BACKUP
     status: StatusSettings = _DEFAULT_STATUS
+    daemon: DaemonSettings = _DEFAULT_DAEMON
+    jobs: tuple[JobSettings, ...] = ()
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -275,6 +315,35 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         config_file=path,
         backup=backup,
         status=status,
+        daemon=_daemon_settings(data.get("daemon", {})),
+        jobs=tuple(_job_settings(raw, i) for i, raw in enumerate(data.get("jobs", []), 1)),
+    )
+
+
+def _daemon_settings(data: Mapping[str, Any]) -> DaemonSettings:
+    d = _DEFAULT_DAEMON
+    return DaemonSettings(
+        job_timeout_s=duration_s(data.get("job_timeout", d.job_timeout_s), "daemon.job_timeout"),
+        stop_timeout_s=duration_s(
+            data.get("stop_timeout", d.stop_timeout_s), "daemon.stop_timeout"
+        ),
+        history_days=data.get("history_days", d.history_days),
+        metrics_file=data.get("metrics_file"),
+    )
+
+
+def _job_settings(data: Mapping[str, Any], index: int) -> JobSettings:
+    label = JobSettings(index, data.get("name")).label
+    every, timeout = data.get("every"), data.get("timeout")
+    return JobSettings(
+        index=index,
+        name=data.get("name"),
+        command=data.get("command"),
+        cron=data.get("cron"),
+        every_s=None if every is None else duration_s(every, f"{label}: every"),
+        every=None if every is None else every if isinstance(every, str) else f"{every}s",
+        timezone=data.get("timezone"),
+        timeout_s=None if timeout is None else duration_s(timeout, f"{label}: timeout"),
     )
 
 
@@ -351,14 +420,40 @@ def _status(value: object, what: str) -> None:
     check(table(value, what), {key: checks[key] for key in STATUS_KEYS}, f"{what}.")
 
 
-def _owned_elsewhere(value: object, what: str) -> None:
-    """Sections whose contents their own modules check (daemon, jobs)."""
+def _daemon(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {
+        "job_timeout": duration_ms,
+        "stop_timeout": duration_ms,
+        "history_days": lambda v, w: whole_number(v, w, 1, 3650),
+        "metrics_file": text,
+    }
+    check(table(value, what), {key: checks[key] for key in DAEMON_KEYS}, f"{what}.")
+
+
+def _jobs(value: object, what: str) -> None:
+    """`[[jobs]]`: an array of tables, each entry's keys and types (named by its job)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{what} must be an array of tables ([[jobs]]), not {value!r}"[:160])
+    checks: dict[str, Callable[[object, str], object]] = {
+        "name": text,
+        "command": text,
+        "cron": text,
+        "every": duration_ms,
+        "timezone": text,
+        "timeout": duration_ms,
+    }
+    for index, raw in enumerate(value, 1):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[[jobs]] entry {index} must be a table")
+        label = JobSettings(index, raw.get("name")).label
+        refuse_unknown(raw, JOB_KEYS, f" in {label}")
+        for key, item in raw.items():
+            if key != "name":  # the daemon judges names (a pattern), with its own words
+                checks[key](item, f"{label}: {key}")
 
 
 def _validate(data: Mapping[str, Any]) -> None:
-    checks: dict[str, Callable[[object, str], object]] = dict.fromkeys(
-        KNOWN_TOP_LEVEL_KEYS, _owned_elsewhere
-    )
+    checks: dict[str, Callable[[object, str], object]] = {}
     checks |= {
         "default_db": _choice(DATABASES),
         "repo": text,
@@ -369,8 +464,10 @@ def _validate(data: Mapping[str, Any]) -> None:
         "s3": _s3,
         "backup": _backup,
         "status": _status,
+        "daemon": _daemon,
+        "jobs": _jobs,
     }
-    check(data, checks)
+    check(data, {key: checks[key] for key in KNOWN_TOP_LEVEL_KEYS})
 
 
 def redact_conninfo(conninfo: str) -> str:

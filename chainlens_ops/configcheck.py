@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 # Every key the config file may hold, by section: the one list the loaders check against
 # and the README's configuration reference is tested against (tests/test_readme.py).
-# `databases.<db>`, `[s3]` and the top level are checked in config.py; `[daemon]` and
-# `[[jobs]]` in daemon/jobs.py. A new key goes here first.
+# Every section's types are checked in config.py when the file loads (`[[jobs]]` too);
+# daemon/jobs.py adds what only the daemon can judge (commands, cron). A new key goes
+# here first.
 KNOWN_TOP_LEVEL_KEYS = (
     "default_db",
     "repo",
@@ -84,12 +85,14 @@ def known_keys() -> list[str]:
     return keys
 
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
-DURATION_FORM = "a duration such as 500ms, 30s, 2m or 1h (a bare number is seconds)"
+# The one duration grammar, for every key, variable and flag (the daemon's too).
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+DURATION_FORM = "a duration such as 500ms, 30s, 2m, 1h or 7d (a bare number is seconds)"
 
 
 def duration_ms(value: object, what: str, *, error: type[Exception] = ConfigError) -> int:
-    """`30`, `"30"` and `"30s"` -> 30000; `"500ms"`, `"2m"`, `"1h"`. Zero or less is refused."""
+    """`30`, `"30"` and `"30s"` -> 30000; `"500ms"`, `"2m"`, `"1h"`, `"7d"`. Zero or less
+    is refused, and so is more than a year."""
     if isinstance(value, bool):
         raise error(f"{what} must be {DURATION_FORM}, not {value!r}")
     if isinstance(value, int | float):
@@ -146,6 +149,11 @@ def format_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def duration_s(value: object, what: str) -> int:
+    """A duration (the same grammar as `duration_ms`) in whole seconds, rounded up."""
+    return -(-duration_ms(value, what) // 1000)
 
 
 def whole_number(value: object, what: str, low: int, high: int) -> int:

@@ -25,6 +25,7 @@ from psycopg import sql
 
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.errors import ConfigError, LockTimeout, OperationFailed
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.pg.connection import Connection, connect, first_line
 
 TRACKING_SCHEMA = "chainlens_ops"
@@ -80,6 +81,15 @@ class TargetStatus:
 
     def count(self, state: str) -> int:
         return sum(1 for f in self.files if f.state == state)
+
+    @property
+    def ok(self) -> bool:
+        """No applied file drifted or went missing."""
+        return not (self.count("drifted") or self.count("missing"))
+
+    @property
+    def exit_code(self) -> int:
+        return failed_exit(self.ok)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from chainlens_ops.daemon.history import JobRun
 from chainlens_ops.daemon.jobs import CommandCheck, JobSpec, read_daemon_config
 from chainlens_ops.daemon.status import daemon_status
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
 from chainlens_ops.pg.backlog import OK, Backlog, backlog_level, read_backlog
 from chainlens_ops.pg.connection import connect
@@ -153,6 +154,11 @@ class StatusReport:
     checks: list[Check]
     windows: list[RepositoryWindow]
     jobs: list[JobFacts]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when something needs action (for monitoring)."""
+        return failed_exit(self.ok)
 
 
 def _age(when: datetime, now: datetime) -> str:
@@ -298,7 +304,7 @@ def _gaps_after_newest_base(repos: _Repos, repo: Repository, check: WalCheck) ->
     base backup cannot mend either; the detail still counts them."""
     if not check.gaps:
         return False
-    base = next((b for b in repos.catalog(repo).valid if b.kind == BASE and b.start_wal), None)
+    base = next(iter(repos.catalog(repo).pitr_starts()), None)
     if base is None:
         return True
     marker = repo.marker()
@@ -338,7 +344,7 @@ def _backups(repos: _Repos, db: str, now: datetime) -> Check:
     repo = repos.of(db)
     valid = repos.catalog(repo).valid  # newest first
     # A base backup is of the whole cluster, which this repository serves.
-    picks = [next((b for b in valid if b.kind == BASE), None),
+    picks = [next(iter(repos.catalog(repo).pitr_starts()), None),
              next((b for b in valid if b.kind == LOGICAL and b.target == db), None)]  # fmt: skip
     newest = [_newest(repo, b, now) for b in picks if b is not None]
     fixes: list[str] = []
@@ -398,7 +404,7 @@ def _cache(settings: Settings, now: datetime) -> Check:
 
 def _jobs(settings: Settings, check: CommandCheck, now: datetime) -> list[JobFacts] | None:
     try:
-        config = read_daemon_config(settings.config_file, check)
+        config = read_daemon_config(settings, check)
     except ChainlensError:
         return None  # no daemon configured here: nothing to report
     specs = {job.name: job for job in config.jobs}

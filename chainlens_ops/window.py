@@ -206,7 +206,7 @@ def recoverable_window(
     from chainlens_ops.restore.walscan import newest_transaction_time
 
     catalog = catalog if catalog is not None else read_catalog(repo)
-    chosen = sorted(catalog.bases if bases is None else bases, key=_finished)
+    chosen = sorted(catalog.pitr_starts() if bases is None else bases, key=_finished)
     problems = list(catalog.problems.values())
     points: list[PointLabel] = []
     for p in list_restore_points(repo, scan_wal=False):

@@ -19,6 +19,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from chainlens_ops.errors import OperationFailed
@@ -29,9 +30,18 @@ from chainlens_ops.storage import NotFound
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-LOGICAL = "logical"
-BASE = "base"
 COMPLETE = "complete"
+
+
+class BackupKind(StrEnum):
+    """What a backup holds: the one list of kinds, for manifests, the catalog and the CLI."""
+
+    BASE = "base"  # the whole cluster (pg_basebackup): replayable with archived WAL
+    LOGICAL = "logical"  # one database (pg_dump): restored as it was, never replayed
+
+
+BASE = BackupKind.BASE
+LOGICAL = BackupKind.LOGICAL
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class BackupObject:
 @dataclass(frozen=True)
 class BackupManifest:
     id: str
-    kind: str  # BASE or LOGICAL
+    kind: BackupKind
     target: str  # the configured database name (supabase, microservices)
     database: str  # the database's own name (current_database())
     server: str  # host:port, never a password
@@ -83,6 +93,7 @@ class BackupManifest:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["kind"] = str(self.kind)
         data["size_bytes"] = self.size_bytes
         data["raw_bytes"] = self.raw_bytes
         return data
@@ -111,9 +122,9 @@ def manifest_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MANIFEST_NAME
 
 
-def new_backup_id(repo: Repository, when: datetime, kind: str, target: str) -> str:
+def new_backup_id(repo: Repository, when: datetime, kind: BackupKind, target: str) -> str:
     """A fresh id that sorts by time; never one whose folder holds anything already."""
-    base = f"{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{kind}-{target}"
+    base = f"{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{kind.value}-{target}"
     for n in range(1, 1000):
         candidate = base if n == 1 else f"{base}-{n}"
         if next(iter(repo.storage.list(backup_prefix(candidate))), None) is None:
@@ -147,7 +158,7 @@ def parse_manifest(raw: bytes, where: str) -> BackupManifest:
         raise OperationFailed(f"{where} has format {version}", hint="upgrade chainlens-ops")
     manifest = BackupManifest(
         id=fields.text("id"),
-        kind=fields.choice("kind", (BASE, LOGICAL)),
+        kind=BackupKind(fields.choice("kind", tuple(BackupKind))),
         target=fields.text("target"),
         database=fields.text("database"),
         server=fields.text("server", empty=True),
@@ -196,6 +207,12 @@ _OBJECT_FIELDS = ("key", "size", "sha256", "raw_size")
 _MANIFEST_FIELDS = (*BackupManifest.__dataclass_fields__, "size_bytes", "raw_bytes")
 
 
+def can_start_pitr(backup: BackupManifest) -> bool:
+    """A point-in-time restore can start from `backup`: a base backup that names its
+    first WAL segment (the one rule; `Catalog.pitr_starts` and retention ask it)."""
+    return backup.kind == BackupKind.BASE and bool(backup.start_wal)
+
+
 @dataclass(frozen=True)
 class Catalog:
     """Every backup folder of a repository: valid manifests, and ids with no manifest
@@ -207,13 +224,14 @@ class Catalog:
     problems: dict[str, str] = field(default_factory=dict)  # damaged id -> the one line
 
     @property
-    def bases(self) -> list[BackupManifest]:
-        """The valid base backups, newest first: what a point-in-time restore starts from."""
-        return [b for b in self.valid if b.kind == BASE]
-
-    @property
     def valid(self) -> list[BackupManifest]:
         return [b for b in self.backups if b.valid]
+
+    def pitr_starts(self) -> list[BackupManifest]:
+        """The backups a point-in-time restore can start from, newest first: valid base
+        backups that name their first WAL segment. The one place that knows which kinds
+        replay WAL forward (an incremental kind learns it here)."""
+        return [b for b in self.valid if can_start_pitr(b)]
 
 
 def read_catalog(repo: Repository) -> Catalog:

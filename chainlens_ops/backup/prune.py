@@ -32,7 +32,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
 )
 from chainlens_ops.backup.pins import read_pins
-from chainlens_ops.backup.retention import RetentionPolicy, pitr_capable, select_retained
+from chainlens_ops.backup.retention import RetentionPolicy, select_retained
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
@@ -88,9 +88,8 @@ def prune_backups(
         reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins,
                                   in_use=_claimed(catalog.valid, claims, note))  # fmt: skip
         removed = [b for b in catalog.valid if b.id not in reasons]
-        kept = [b for b in catalog.bases if b.id in reasons]
-        wal_before = min((str(b.start_wal)[:24] for b in kept if pitr_capable(b)),
-                         key=_segno_key, default=None)  # fmt: skip
+        kept = [b for b in catalog.pitr_starts() if b.id in reasons]
+        wal_before = min((str(b.start_wal)[:24] for b in kept), key=_segno_key, default=None)
         # The WAL removed is older than every kept base backup: the kept ones alone
         # make the window that remains (the one window, chainlens_ops.window).
         before = recoverable_window(repo, catalog=catalog)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from chainlens_ops.backup.manifest import BASE, BackupManifest
+from chainlens_ops.backup.manifest import BackupManifest, can_start_pitr
 from chainlens_ops.config import BackupSettings
 from chainlens_ops.errors import UsageError
 
@@ -78,11 +78,6 @@ class RetentionPolicy:
                                backup.keep_weekly, backup.keep_monthly)  # fmt: skip
 
 
-def pitr_capable(backup: BackupManifest) -> bool:
-    """A backup a point-in-time restore can start from (physical, with its WAL start)."""
-    return backup.kind == BASE and bool(backup.start_wal)
-
-
 def _order(backup: BackupManifest) -> tuple[str, str]:
     return (backup.started_at, backup.id)
 
@@ -128,7 +123,7 @@ def select_retained(
     for target in sorted({b.target for b in backups}):
         ours = [b for b in backups if b.target == target]
         keep([ours[0].id], NEWEST)
-        keep([b.id for b in ours if pitr_capable(b)][:1], NEWEST_PITR)
+        keep([b.id for b in ours if can_start_pitr(b)][:1], NEWEST_PITR)
         for kind in sorted({b.kind for b in ours}):
             mine = [b for b in ours if b.kind == kind]
             if policy.keep_last is not None:

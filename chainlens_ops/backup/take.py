@@ -27,6 +27,7 @@ from chainlens_ops import __version__
 from chainlens_ops.backup.manifest import (
     BASE,
     LOGICAL,
+    BackupKind,
     BackupManifest,
     BackupObject,
     backup_prefix,
@@ -62,7 +63,8 @@ from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.objfmt import decode
 
-KINDS = ("auto", BASE, LOGICAL)
+# What `--kind` may ask for: a kind, or `auto` (chosen by the cluster's archiving).
+KINDS = ("auto", *(kind.value for kind in BackupKind))
 PITR_HINT = "point-in-time restore needs WAL archiving into this repository, see README"
 WAL_WAIT_S = 120.0  # for the WAL that makes a base backup consistent
 ARCHIVE_STALL_S = 300.0  # pg_basebackup silent this long: the server waits for archiving
@@ -208,7 +210,7 @@ def take_backup(
     )  # fmt: skip
 
 
-def choose_kind(cluster: _Cluster, repo: Repository, wanted: str) -> tuple[str, str]:
+def choose_kind(cluster: _Cluster, repo: Repository, wanted: str) -> tuple[BackupKind, str]:
     """(kind, one line saying why). `--kind base` where it cannot work raises that line."""
     if wanted == LOGICAL:
         return LOGICAL, "logical backup, as asked (a pg_dump cannot be replayed forward)"

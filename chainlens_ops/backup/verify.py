@@ -47,6 +47,7 @@ from chainlens_ops.backup.spool import (
     spool_root,
 )
 from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
 from chainlens_ops.repository import Repository
@@ -72,6 +73,10 @@ class VerifyResult:
     @property
     def ok(self) -> bool:
         return all(check.ok for check in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return failed_exit(self.ok)
 
     @property
     def failed(self) -> list[ObjectCheck]:

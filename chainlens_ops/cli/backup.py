@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +23,13 @@ from chainlens_ops.backup.pins import Pin, read_pins, set_pin
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
 from chainlens_ops.backup.retention import RetentionPolicy
-from chainlens_ops.backup.take import WAL_WAIT_S, BackupOptions, BackupResult, take_backup
+from chainlens_ops.backup.take import (
+    KINDS,
+    WAL_WAIT_S,
+    BackupOptions,
+    BackupResult,
+    take_backup,
+)
 from chainlens_ops.backup.verify import verify_backup
 from chainlens_ops.cli.common import (
     DbOption,
@@ -33,6 +38,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     repository_for,
     state,
@@ -41,7 +47,8 @@ from chainlens_ops.cli.common import (
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import ChainlensError, UsageError
+from chainlens_ops.errors import UsageError
+from chainlens_ops.outcome import PerTarget
 from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
 
 app = typer.Typer(
@@ -50,10 +57,11 @@ app = typer.Typer(
 )
 
 
-class Kind(StrEnum):
-    auto = "auto"
-    base = "base"
-    logical = "logical"
+def _kind(value: str) -> str:
+    """`--kind`: `auto` or a backup kind (the one list, BackupKind)."""
+    if value not in KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(KINDS)}, not {value!r}")
+    return value
 
 
 WINDOW_LABEL = "recoverable window (UTC):"
@@ -106,8 +114,14 @@ def _progress_bar(enabled: bool, label: str) -> Iterator[_Bar | None]:
 def backup_command(
     ctx: typer.Context,
     kind: Annotated[
-        Kind, typer.Option("--kind", help="auto: base when WAL is archived here, else logical.")
-    ] = Kind.auto,
+        str,
+        typer.Option(
+            "--kind",
+            parser=_kind,
+            metavar="|".join(KINDS),
+            help="auto: base when WAL is archived here, else logical.",
+        ),
+    ] = "auto",
     db: Annotated[
         DbOrAll | None, typer.Option("--db", help="supabase, microservices or all.")
     ] = None,
@@ -139,43 +153,34 @@ def backup_command(
     settings = state(ctx).settings
     targets = settings.targets(db.value if db else None, dsn=dsn)
     show_bar = not quiet and not json_output and sys.stderr.isatty()
-    results: list[BackupResult] = []
-    failures: list[tuple[str, ChainlensError]] = []
+    run = PerTarget[BackupResult](alone=len(targets) == 1)
+    results = run.results
     for target in targets:
-        try:
+        done = len(results)
+        with run.attempt(target.name):
             repository = repository_for(ctx, target.name, repo)
             with _progress_bar(show_bar, f"{target.name}") as bar:
                 options = BackupOptions(
-                    kind=kind.value, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
+                    kind=kind, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
                     progress=bar.advance if bar else None, stage=bar.stage if bar else None,
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
                     spool_reserve=settings.backup.spool_reserve,
                 )  # fmt: skip
-                result = take_backup(target, repository, options, earlier=results)
-        except ChainlensError as exc:
-            if len(targets) == 1:
-                raise
-            err_console.print(
-                f"chainlens-ops: error: {target.name}: {exc.one_line()}", markup=False
-            )
-            failures.append((target.name, exc))
+                results.append(take_backup(target, repository, options, earlier=results))
+        if json_output or len(results) == done:  # printed as it goes; failures at the end
             continue
-        results.append(result)
-        if not json_output:
-            console.print(result.id, markup=False)
-            if not quiet and result.covered_by is None:
-                err_console.print(
-                    f"chainlens-ops: {result.kind} backup of {result.target} "
-                    f"({result.database} at {result.server}): {format_bytes(result.size_bytes)} "
-                    f"stored ({format_bytes(result.raw_bytes)} raw) in {result.seconds:.1f}s",
-                    markup=False,
-                )
+        result = results[-1]
+        console.print(result.id, markup=False)
+        if not quiet and result.covered_by is None:
+            err_console.print(
+                f"chainlens-ops: {result.kind} backup of {result.target} "
+                f"({result.database} at {result.server}): {format_bytes(result.size_bytes)} "
+                f"stored ({format_bytes(result.raw_bytes)} raw) in {result.seconds:.1f}s",
+                markup=False,
+            )
     if json_output:
         print_json(results if len(targets) > 1 else results[0] if results else [])
-    if failures:
-        names = ", ".join(name for name, _ in failures)
-        err_console.print(f"chainlens-ops: error: backup failed for {names}", markup=False)
-        raise typer.Exit(max(exc.exit_code for _, exc in failures))
+    finish(run)
 
 
 @app.command("list")
@@ -270,10 +275,9 @@ def verify_command(
     else:
         for check in result.checks:
             console.print(f"{'ok' if check.ok else 'FAILED':6} {check.detail}", markup=False)
-    if not result.ok:
-        for check in result.failed:
-            err_console.print(f"chainlens-ops: error: {check.detail}", markup=False)
-        raise typer.Exit(1)
+    for check in result.failed:
+        err_console.print(f"chainlens-ops: error: {check.detail}", markup=False)
+    finish(result)
 
 
 @app.command("prune")

@@ -13,6 +13,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     state,
     to_jsonable,
@@ -65,4 +66,4 @@ def check_command(
         err_console.print(
             f"chainlens-ops: error: check failed at {failed.name}: {failed.detail}", markup=False
         )
-        raise typer.Exit(report.exit_code)
+    finish(report)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from chainlens_ops.config import DatabaseTarget, Settings, load_settings
+from chainlens_ops.outcome import Outcome, PerTarget
 from chainlens_ops.pg import connection as db
 from chainlens_ops.record import as_dict
 from chainlens_ops.repository import Repository, open_repository
@@ -119,6 +120,16 @@ def announce_connections() -> None:
             err_console.print(f"{target.name}: acting on {target.display}", markup=False)
 
     db.on_connect = announce
+
+
+def finish(outcome: Outcome) -> None:
+    """End a command with the exit code its result carries (none when it succeeded).
+    A `--db all` run (PerTarget) first names each target that failed, one line each."""
+    if isinstance(outcome, PerTarget):
+        for failure in outcome.failures:
+            err_console.print(f"chainlens-ops: error: {failure.line}", markup=False)
+    if not outcome.ok:
+        raise typer.Exit(outcome.exit_code)
 
 
 def print_json(value: Any) -> None:

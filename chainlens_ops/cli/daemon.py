@@ -104,7 +104,7 @@ def status_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
 
 def _config(ctx: typer.Context) -> DaemonConfig:
     settings = state(ctx).settings
-    return read_daemon_config(settings.config_file, command_checker(ctx.find_root().command))
+    return read_daemon_config(settings, command_checker(ctx.find_root().command))
 
 
 def command_checker(root: Any) -> CommandCheck:

@@ -15,6 +15,7 @@ from chainlens_ops.cli.common import (
     announce_connections,
     console,
     err_console,
+    finish,
     print_json,
     state,
 )
@@ -161,8 +162,7 @@ def ensure_command(
             _say(f"{name}: {result.first} .. {result.last} present")
     for failure in result.failures:
         err_console.print(f"chainlens-ops: error: {failure.message}", markup=False)
-    if result.failures:
-        raise typer.Exit(max(f.exit_code for f in result.failures))
+    finish(result)
 
 
 @app.command("list")

@@ -15,6 +15,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     repository_for,
     state,
@@ -294,7 +295,7 @@ def drill_command(
             f"{result.error}",
             markup=False,
         )
-        raise typer.Exit(1)
+    finish(result)
 
 
 @app.command("table")

@@ -15,13 +15,14 @@ from chainlens_ops.cli.common import (
     announce_connections,
     console,
     err_console,
+    finish,
     plural,
     print_json,
     state,
 )
 from chainlens_ops.config import parse_duration_ms
-from chainlens_ops.errors import ChainlensError, ConfigError
-from chainlens_ops.schema import apply_schema, schema_status
+from chainlens_ops.outcome import PerTarget
+from chainlens_ops.schema import ApplyResult, TargetStatus, apply_schema, schema_status
 
 app = typer.Typer(help="Apply the platform schema and show its state.", no_args_is_help=True)
 
@@ -55,18 +56,22 @@ def apply_command(
     wait_ms = parse_duration_ms(lock_wait, "--lock-wait", flag=True)
     if not dry_run:
         announce_connections()
-    results = []
-    for target in settings.targets(db.value, dsn=dsn):
-        result = apply_schema(
-            target,
-            sql_dir=sql_dir,
-            dry_run=dry_run,
-            lock_wait_ms=wait_ms,
-            statement_lock_timeout_ms=settings.lock_timeout_ms,
-            progress=None if json_output else lambda msg: err_console.print(msg, markup=False),
-        )
-        results.append(result)
-        if json_output:
+    targets = settings.targets(db.value, dsn=dsn)
+    run = PerTarget[ApplyResult](alone=len(targets) == 1)
+    progress = None if json_output else lambda msg: err_console.print(msg, markup=False)
+    for target in targets:
+        done = len(run.results)
+        with run.attempt(target.name):
+            result = apply_schema(
+                target,
+                sql_dir=sql_dir,
+                dry_run=dry_run,
+                lock_wait_ms=wait_ms,
+                statement_lock_timeout_ms=settings.lock_timeout_ms,
+                progress=progress,
+            )
+            run.results.append(result)
+        if json_output or len(run.results) == done:
             continue
         if dry_run:
             plan = ", ".join(result.planned) if result.planned else "nothing pending"
@@ -84,7 +89,8 @@ def apply_command(
                 markup=False,
             )
     if json_output:
-        print_json(results)
+        print_json(run.results)
+    finish(run)
 
 
 @app.command("status")
@@ -96,14 +102,12 @@ def status_command(
     json_output: JsonOption = False,
 ) -> None:
     """Applied, pending and drifted files per database (exit 1 on drift)."""
-    settings = state(ctx).settings
-    statuses = []
-    unreachable: list[ChainlensError] = []
-    for target in settings.targets(db.value, dsn=dsn):
-        try:
-            statuses.append(schema_status(target, sql_dir))
-        except ConfigError as exc:  # unreachable or misconfigured: report the others first
-            unreachable.append(exc)
+    targets = state(ctx).settings.targets(db.value, dsn=dsn)
+    run = PerTarget[TargetStatus](alone=len(targets) == 1)
+    for target in targets:  # one unreachable or misconfigured: the others still report
+        with run.attempt(target.name):
+            run.results.append(schema_status(target, sql_dir))
+    statuses = run.results
     if json_output:
         print_json(statuses)
     else:
@@ -122,9 +126,4 @@ def status_command(
                     str(f.duration_ms) if f.duration_ms is not None else "",
                 )
         console.print(table)
-    if unreachable:
-        for failure in unreachable[1:]:
-            err_console.print(f"chainlens-ops: error: {failure.one_line()}", markup=False)
-        raise unreachable[0]
-    if any(st.count("drifted") or st.count("missing") for st in statuses):
-        raise typer.Exit(1)
+    finish(run)  # exit 1 on drift, 3 when a database cannot be reached

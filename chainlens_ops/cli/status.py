@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from chainlens_ops.cli.common import DbOption, JsonOption, console, print_json, state
+from chainlens_ops.cli.common import DbOption, JsonOption, console, finish, print_json, state
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.status import JobFacts, StatusReport, collect_status
@@ -27,8 +27,7 @@ def status_command(
         print_json(report)
     else:
         _render(report)
-    if not report.ok:
-        raise typer.Exit(1)
+    finish(report)
 
 
 def _render(report: StatusReport) -> None:

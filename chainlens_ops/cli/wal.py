@@ -18,6 +18,7 @@ from chainlens_ops.cli.common import (
     JsonOption,
     console,
     err_console,
+    finish,
     print_json,
     repository_for,
     state,
@@ -70,7 +71,7 @@ def push_command(
     result = archive_segment(gs.settings, path, look_ahead=look_ahead, **where)
     if gs.verbose:
         hooks.say(hooks.push_summary(result))
-    raise typer.Exit(result.exit_code)
+    finish(result)
 
 
 @app.command("fetch")
@@ -105,7 +106,7 @@ def fetch_command(
         raise typer.Exit(FETCH_FATAL) from None
     if gs.verbose:
         hooks.say(hooks.fetch_summary(result))
-    raise typer.Exit(result.exit_code)
+    finish(result)
 
 
 @app.command("list")
@@ -199,7 +200,7 @@ def check_command(
         )
     for problem in result.problems:
         err_console.print(f"chainlens-ops: error: {problem}", markup=False)
-    raise typer.Exit(1)
+    finish(result)
 
 
 def _plain(value: object) -> dict[str, object]:

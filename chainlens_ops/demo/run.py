@@ -307,7 +307,7 @@ def _step_daemon(
     r: _Runner, settings: Settings, config: Path, seconds: float, check: CommandCheck
 ) -> None:
     with r.step(f"daemon for {seconds:g}s") as d:
-        daemon_config = read_daemon_config(str(config), check)
+        daemon_config = read_daemon_config(settings, check)
         daemon = Daemon(settings, daemon_config)
         timer = threading.Timer(seconds, daemon.stop.set)
         timer.start()

@@ -59,6 +59,7 @@ from psycopg import sql
 from chainlens_ops.config import Settings
 from chainlens_ops.errors import ChainlensError, OperationFailed, UsageError
 from chainlens_ops.months import Month, parse_month, partition_name
+from chainlens_ops.outcome import worst_exit
 from chainlens_ops.partitions.catalog import (
     ManagedTable,
     check_dsn,
@@ -120,6 +121,14 @@ class EnsureResult:
     @property
     def created(self) -> list[MonthResult]:
         return [m for m in self.months if m.created]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return worst_exit(f.exit_code for f in self.failures)
 
 
 # ---------------------------------------------------------------------------------------

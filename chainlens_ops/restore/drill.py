@@ -26,6 +26,7 @@ from chainlens_ops.backup.manifest import format_time, parse_time
 from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ChainlensError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.pg.cluster import loopback_conninfo
 from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
@@ -45,6 +46,10 @@ class DrillResult:
     error: str | None = None
     record_key: str | None = None
     swept: list[str] = field(default_factory=list)  # leftovers of dead drills, removed
+
+    @property
+    def exit_code(self) -> int:
+        return failed_exit(self.ok)
 
 
 def run_drill(

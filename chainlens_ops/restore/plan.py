@@ -152,7 +152,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     catalog = read_catalog(repo)
     if backup_id is not None and backup_id in catalog.problems:
         raise OperationFailed(catalog.problems[backup_id])
-    bases = catalog.bases  # newest first; damaged manifests are passed over
+    bases = catalog.pitr_starts()  # newest first; damaged manifests are passed over
     if marker is None or not bases:
         raise OperationFailed(
             f"repository {repo.url} holds no base backup: point-in-time restore is not possible",

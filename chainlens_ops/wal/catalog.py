@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from chainlens_ops.errors import UsageError
+from chainlens_ops.outcome import failed_exit
 from chainlens_ops.pg.walnames import (
     BACKUP,
     HISTORY,
@@ -100,6 +101,10 @@ class WalCheck:
     @property
     def ok(self) -> bool:
         return not self.gaps and not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return failed_exit(self.ok)
 
 
 @dataclass

@@ -329,7 +329,8 @@ def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFact
     }
     both = run_cli("backup", "--db", "all", "--json", env=env, user="postgres")
     assert both.returncode == 3, both.stderr
-    assert "backup failed for supabase" in both.stderr
+    errors = [line for line in both.stderr.splitlines() if line.startswith("chainlens-ops: error")]
+    assert len(errors) == 1 and "error: supabase: cannot connect" in errors[0], both.stderr
     assert [r["target"] for r in json.loads(both.stdout)] == ["microservices"]
     assert len(listing(repo)) == 3
 

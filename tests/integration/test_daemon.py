@@ -21,7 +21,6 @@ from test_cache import add_cache_rows, micro_db
 from chainlens_ops.atomicfile import write_bytes_atomic
 from chainlens_ops.config import DatabaseTarget
 from chainlens_ops.daemon import history
-from chainlens_ops.daemon.jobs import parse_daemon_config
 
 RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
 SECRET = "hunter2-not-for-logs"
@@ -279,34 +278,6 @@ def test_duplicate_names_and_wrong_dsn_are_refused(folder: Path) -> None:
     proc = run_cli("--config", str(config), "daemon")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 3 and len(lines) == 1 and "cannot connect" in lines[0], lines
-
-
-def test_slots_are_aligned_to_the_clock_and_missed_slots_coalesce() -> None:
-    config = parse_daemon_config(
-        {
-            "daemon": {"job_timeout": "2h"},
-            "jobs": [
-                {"name": "i", "command": "cache stats", "every": "15m"},
-                {
-                    "name": "c",
-                    "command": "cache stats",
-                    "cron": "30 2 * * *",
-                    "timezone": "Europe/Berlin",
-                },
-            ],
-        },
-        "test.toml",
-        lambda argv: None,
-    )
-    interval, cron = config.jobs
-    now = datetime(2026, 3, 1, 10, 7, 12, tzinfo=UTC)
-    assert interval.next_fire(now) == datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
-    # three missed slots, one run: the latest one
-    assert interval.latest_due(datetime(2026, 3, 1, 9, 15, tzinfo=UTC), now) == datetime(
-        2026, 3, 1, 10, 0, tzinfo=UTC
-    )
-    assert cron.next_fire(now) == datetime(2026, 3, 2, 1, 30, tzinfo=UTC)  # 02:30 CET
-    assert interval.timeout_s == cron.timeout_s == 7200  # [daemon] job_timeout
 
 
 def test_sigterm_lets_a_running_job_finish_and_stops_one_that_overstays(

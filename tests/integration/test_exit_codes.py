@@ -37,6 +37,11 @@ BAD_CONFIGS = {
     "table as string": ('[databases]\nsupabase = "host=x"', r"databases\.supabase must be a table"),
     "repo number": ("repo = 5", r"repo must be a string"),
     "unknown key": ('lokc_timeout = "2s"', r"unknown key 'lokc_timeout'.*did you mean"),
+    # [[jobs]] load with everything else, with the one duration grammar.
+    "job duration": (
+        '[[jobs]]\nname = "n"\ncommand = "cache stats"\nevery = "1h"\ntimeout = "1x"',
+        r"job 'n': timeout must be a duration such as 500ms, 30s, 2m, 1h or 7d",
+    ),
 }
 COMMANDS = {
     "schema status": ("schema", "status"),

@@ -110,13 +110,16 @@ def test_bad_values_are_config_or_usage_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "ms"),
     [(30, 30_000), ("30", 30_000), ("30s", 30_000), ("2m", 120_000), ("500ms", 500),
-     ("1h", 3_600_000), (" 1.5 s ", 1500), (0.25, 250)],
+     ("1h", 3_600_000), (" 1.5 s ", 1500), (0.25, 250), ("1d", 86_400_000),
+     ("7d", 604_800_000), ("7D", 604_800_000), ("365d", 31_536_000_000)],
 )  # fmt: skip
 def test_durations_take_units_and_a_bare_number_is_seconds(value: object, ms: int) -> None:
     assert parse_duration_ms(value, "x") == ms
 
 
-@pytest.mark.parametrize("value", [0, "0s", -1, "-5s", "5 parsecs", "", True, [1], "nan"])
+@pytest.mark.parametrize(
+    "value", [0, "0s", -1, "-5s", "5 parsecs", "", True, [1], "nan", "366d", "1w", "d"]
+)
 def test_bad_durations_are_config_errors_for_keys_and_usage_errors_for_flags(
     value: object,
 ) -> None:
@@ -156,11 +159,20 @@ def test_unknown_keys_anywhere_are_refused_with_a_suggestion(
     assert caught.value.one_line().startswith(f"{path}: {message}")
 
 
-def test_sections_of_other_modules_are_accepted_unchecked(tmp_path: Path) -> None:
+def test_daemon_and_jobs_sections_are_checked_at_load_time_like_the_rest(
+    tmp_path: Path,
+) -> None:
+    """One configuration model: `[daemon]` and `[[jobs]]` load (and fail) with every other
+    key, whichever command reads the file."""
     path = tmp_path / "c.toml"
-    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
     assert {"jobs", "daemon", "backup"} <= set(KNOWN_TOP_LEVEL_KEYS)
-    load_settings(path, env={})
+    path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'any' in \[daemon\]"):
+        load_settings(path, env={})
+    path.write_text('[daemon]\nhistory_days = 7\nstop_timeout = "1m"\n[[jobs]]\nname = "x"\n')
+    s = load_settings(path, env={})
+    assert (s.daemon.history_days, s.daemon.stop_timeout_s, s.daemon.job_timeout_s) == (7, 60, 3600)
+    assert [j.name for j in s.jobs] == ["x"]
 
 
 def test_backup_section_is_checked_at_load_time(tmp_path: Path) -> None:
