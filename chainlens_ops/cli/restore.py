@@ -64,7 +64,7 @@ def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -
 def restore_command(
     ctx: typer.Context,
     target_time: Annotated[
-        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
+        str | None, typer.Option("--target-time", help="ISO 8601, psql or log time; no zone = UTC.")
     ] = None,
     target_name: Annotated[
         str | None, typer.Option("--target-name", help="A restore point.")

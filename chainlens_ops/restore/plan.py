@@ -33,6 +33,7 @@ from chainlens_ops.restore.walscan import (
     newest_transaction_time,
 )
 from chainlens_ops.storage import NotFound
+from chainlens_ops.timetext import parse_time_text
 from chainlens_ops.wal.catalog import TimelineSpan, check_wal
 from chainlens_ops.wal.names import parse_lsn, parse_wal_name, segment_name
 
@@ -60,21 +61,10 @@ class Target:
 
 
 def parse_target_time(text: str) -> Target:
-    """ISO 8601 with or without offset (none = UTC); psql's `2026-11-27 10:33:00.99+00`."""
-    cleaned = text.strip()
-    if cleaned.endswith(("Z", "z")):
-        cleaned = cleaned[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(cleaned)
-    except ValueError:
-        raise UsageError(
-            f"cannot read the target time {text!r}",
-            hint="use ISO 8601, e.g. 2026-11-27T10:33:00+00:00 or '2026-11-27 10:33:00.99+00'",
-        ) from None
-    assumed = when.tzinfo is None
-    if assumed:
-        when = when.replace(tzinfo=UTC)
-    return Target(TIME, text, time=when, assumed_utc=assumed)
+    """Any form `chainlens_ops.timetext` reads (ISO 8601, psql's `now()`, the server
+    log's `... UTC`); no offset = UTC."""
+    parsed = parse_time_text(text, "target time")
+    return Target(TIME, text, time=parsed.when, assumed_utc=parsed.assumed_utc)
 
 
 def parse_target_lsn(text: str) -> Target:
