@@ -67,9 +67,7 @@ def _zone(m: re.Match[str], text: str, what: str) -> tzinfo | None:
     if m["z"]:
         return UTC
     if m["sign"]:
-        offset = timedelta(
-            hours=int(m["oh"]), minutes=int(m["om"] or 0), seconds=int(m["os"] or 0)
-        )
+        offset = timedelta(hours=int(m["oh"]), minutes=int(m["om"] or 0), seconds=int(m["os"] or 0))
         if offset >= timedelta(hours=24) or int(m["om"] or 0) >= 60:
             raise _bad(text, what)
         return timezone(-offset if m["sign"] == "-" else offset)

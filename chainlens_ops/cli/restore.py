@@ -3,10 +3,14 @@ target and --pgdata), or a logical backup into a database (--backup with --dbnam
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from chainlens_ops.cli.common import (
     DbOption,
@@ -19,6 +23,7 @@ from chainlens_ops.cli.common import (
     state,
 )
 from chainlens_ops.cli.wal import RepoOption
+from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.errors import UsageError
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.logical import LogicalResult, restore_logical
@@ -26,8 +31,10 @@ from chainlens_ops.restore.physical import (
     ACTIONS,
     ARCHIVE_MODES,
     RestoreOptions,
+    RestoreProgress,
     RestoreResult,
     check_data_dir,
+    check_start_port,
     restore,
 )
 from chainlens_ops.restore.plan import (
@@ -95,7 +102,8 @@ def restore_command(
         bool, typer.Option("--start", help="Start the server and wait for the target.")
     ] = False,
     port: Annotated[
-        int | None, typer.Option("--port", help="Port for --start (default 5432).")
+        int | None,
+        typer.Option("--port", min=1, max=65535, help="Port for --start (default 5432)."),
     ] = None,
     start_timeout: Annotated[
         float, typer.Option("--start-timeout", min=1, help="Seconds --start waits.")
@@ -110,6 +118,9 @@ def restore_command(
     db: DbOption = None,
     dsn: DsnOption = None,
     repo: RepoOption = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display on a terminal.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Point in time: a target and --pgdata. Logical: --backup ID --dbname NAME."""
@@ -142,11 +153,14 @@ def restore_command(
         config_file=state(ctx).config_file,
     )  # fmt: skip
     check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
+    check_start_port(options)
     plan = make_plan(repository, target, backup_id)
     if not json_output:
         _print_plan(plan_lines(plan, options))
+    show = not quiet and not json_output and not dry_run and sys.stderr.isatty()
     try:
-        result = restore(repository, plan, options)
+        with _progress(show) as progress:
+            result = restore(repository, plan, options, progress)
     except RecoveryFailed as exc:
         err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
         for line in exc.log_tail:
@@ -156,6 +170,35 @@ def restore_command(
         print_json(result)
         return
     _print_result(result)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[RestoreProgress | None]:
+    """On a terminal (stderr): bytes extracted of the base backup, then WAL replay as
+    segment n of m; erased when done. Nothing when piped, with --quiet or --json."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=20),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def extracting(total: int) -> None:
+            tasks["x"] = bar.add_task("extracting", total=total or None, detail="")
+
+        def extracted(n: int) -> None:
+            bar.advance(tasks["x"], n)
+            task = bar.tasks[tasks["x"]]
+            done, total = format_bytes(int(task.completed)), format_bytes(int(task.total or 0))
+            bar.update(tasks["x"], detail=f"{done} of {total}")
+
+        def replayed(n: int, m: int) -> None:
+            if "r" not in tasks:
+                tasks["r"] = bar.add_task("WAL replay", total=m, detail="")
+            bar.update(tasks["r"], completed=n, total=m, detail=f"segment {n} of {m}")
+
+        yield RestoreProgress(extracting=extracting, extracted=extracted, replayed=replayed)
 
 
 def _print_logical(result: LogicalResult, json_output: bool) -> None:

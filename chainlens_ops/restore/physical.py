@@ -16,16 +16,19 @@ import shutil
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.pg.ports import DEFAULT_PORT, port_in_use
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.plan import LATEST, RestorePlan
-from chainlens_ops.restore.server import StartResult, start_and_wait
+from chainlens_ops.restore.replay import ReplayWatch
+from chainlens_ops.restore.server import LOG_NAME, StartResult, start_and_wait
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
@@ -43,6 +46,17 @@ class RestoreOptions:
     port: int | None = None
     start_timeout: float = 600.0
     config_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    """Hooks a caller (the CLI's progress display) passes; the core never prints.
+    `extracting(total)` once, then `extracted(n)` per n more bytes of the base backup
+    (uncompressed); `replayed(n, m)` when WAL replay restored segment n of m."""
+
+    extracting: Callable[[int], None] = lambda total: None
+    extracted: Callable[[int], None] = lambda n: None
+    replayed: Callable[[int, int], None] = lambda n, m: None
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,21 @@ def check_data_dir(pgdata: Path, *, force: bool) -> None:
         )
     if not os.access(pgdata if pgdata.exists() else pgdata.parent, os.W_OK):
         raise UsageError(f"cannot write into {pgdata if pgdata.exists() else pgdata.parent}")
+
+
+def check_start_port(options: RestoreOptions) -> None:
+    """With --start, refuse a taken port before anything is extracted (the server would
+    fail to bind only after the extraction)."""
+    if not options.start:
+        return
+    port = options.port or DEFAULT_PORT
+    why = port_in_use(port)
+    if why is not None:
+        default = "" if options.port else f" (--start uses {DEFAULT_PORT} unless told)"
+        raise UsageError(
+            f"port {port} is already in use: {why}{default}; nothing was extracted",
+            hint="choose a free port with --port N",
+        )
 
 
 def live_postmaster(pgdata: Path) -> int | None:
@@ -136,10 +165,17 @@ def _tool_path() -> str:
     raise OperationFailed("cannot find the chainlens-ops executable for restore_command")
 
 
-def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> RestoreResult:
+def restore(
+    repo: Repository,
+    plan: RestorePlan,
+    options: RestoreOptions,
+    progress: RestoreProgress | None = None,
+) -> RestoreResult:
     """Carry out `plan` into options.pgdata (see the module docstring)."""
+    progress = progress or RestoreProgress()
     pgdata = options.pgdata
     check_data_dir(pgdata, force=options.force)
+    check_start_port(options)
     if options.dry_run:
         return RestoreResult(plan=plan, pgdata=str(pgdata), dry_run=True)
     started_at = time.monotonic()
@@ -148,7 +184,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
     created = not pgdata.exists()
     pgdata.mkdir(mode=0o700, exist_ok=True)
     try:
-        extracted = _extract(repo, plan, pgdata)
+        extracted = _extract(repo, plan, pgdata, progress)
         (pgdata / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(pgdata, 0o700)
         settings = RecoverySettings(
@@ -170,8 +206,10 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
         seconds=time.monotonic() - started_at,
     )  # fmt: skip
     if options.start:
+        watch = ReplayWatch(pgdata / LOG_NAME, plan, progress.replayed)
         started = start_and_wait(pgdata, plan, options.target_action, options.port,
-                                 options.start_timeout)  # fmt: skip
+                                 options.start_timeout, on_poll=watch.poll)  # fmt: skip
+        watch.poll()  # the segments restored since the last round
         result = replace(result, started=started, seconds=time.monotonic() - started_at)
     return result
 
@@ -194,12 +232,13 @@ def _move_aside(pgdata: Path) -> str:
     return str(aside)
 
 
-def _extract(repo: Repository, plan: RestorePlan, pgdata: Path) -> int:
+def _extract(repo: Repository, plan: RestorePlan, pgdata: Path, progress: RestoreProgress) -> int:
     obj = next((o for o in plan.backup.objects if o.key.endswith("/" + BASE_OBJECT)), None)
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")
+    progress.extracting(obj.raw_size)
     with CheckedReader(repo.storage, obj) as reader:
-        buffered = io.BufferedReader(reader, 1024 * 1024)
+        buffered = io.BufferedReader(_Reporting(reader, progress.extracted), 1024 * 1024)
         try:
             with tarfile.open(fileobj=buffered, mode="r|") as tar:
                 for member in tar:
@@ -209,6 +248,24 @@ def _extract(repo: Repository, plan: RestorePlan, pgdata: Path) -> int:
             raise OperationFailed(f"{obj.key} is not a readable tar stream: {exc}") from None
         reader.drain()  # the rest of the stream, so the size and sha256 are checked
         return reader.raw_size
+
+
+class _Reporting(io.RawIOBase):
+    """Passes reads through, telling `seen` how many bytes each one brought."""
+
+    def __init__(self, raw: io.RawIOBase, seen: Callable[[int], None]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._seen = seen
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer) or 0
+        if n:
+            self._seen(n)
+        return n
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

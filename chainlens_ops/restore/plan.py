@@ -41,6 +41,13 @@ TIME = "time"
 NAME = "name"
 LSN = "lsn"
 LATEST = "latest"
+# A target past the archive usually means the incident's segment is still being written
+# on the primary: --latest would replay up to (and, once archived, into) the damage.
+NOT_ARCHIVED_YET = (
+    "the segment holding it is most likely not archived yet: run SELECT pg_switch_wal() "
+    "on the primary (or `chainlens-ops check`, which does) and plan again; not --latest, "
+    "which stops at no target and replays the damage once it is archived"
+)
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
                 f"target {postgres_time(target.time)} is later than the newest archived WAL "
                 f"(newest transaction {_show(newest_tx)} in {newest}); recovery could not "
                 f"reach it. Recoverable window: {window}",
-                hint="use --latest to replay everything archived",
+                hint=NOT_ARCHIVED_YET,
             )
         recovery_target = postgres_time(target.time)
     elif target.kind == LSN:
@@ -147,7 +154,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
         if last_segno > newest_segno:
             raise UsageError(
                 f"target LSN {target.text} is later than the newest archived WAL ({newest})",
-                hint="use --latest to replay everything archived",
+                hint=NOT_ARCHIVED_YET,
             )
         recovery_target = lsn_text(target.lsn)
     elif target.kind == NAME:

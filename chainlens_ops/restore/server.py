@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,12 @@ class StartResult:
 
 
 def start_and_wait(
-    pgdata: Path, plan: RestorePlan, action: str, port: int | None, timeout: float
+    pgdata: Path,
+    plan: RestorePlan,
+    action: str,
+    port: int | None,
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,  # each wait round (replay progress)
 ) -> StartResult:
     log = pgdata / LOG_NAME
     port = port or 5432
@@ -68,6 +74,8 @@ def start_and_wait(
     deadline = started + timeout
     seen_pid = False
     while True:
+        if on_poll is not None:
+            on_poll()
         if time.monotonic() > deadline:
             raise RecoveryFailed(
                 f"the restored server did not reach the target within {timeout:g}s "
