@@ -29,6 +29,7 @@ from chainlens_ops.repository import Repository
 from chainlens_ops.restore.plan import LATEST, RestorePlan
 from chainlens_ops.restore.replay import ReplayWatch
 from chainlens_ops.restore.server import LOG_NAME, StartResult, start_and_wait
+from chainlens_ops.storage.local import user_name
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
@@ -95,8 +96,22 @@ def check_data_dir(pgdata: Path, *, force: bool) -> None:
             "run the restore as the OS user that runs PostgreSQL (e.g. `sudo -u postgres`), "
             "not root: the data folder must belong to the server's user"
         )
-    if not os.access(pgdata if pgdata.exists() else pgdata.parent, os.W_OK):
-        raise UsageError(f"cannot write into {pgdata if pgdata.exists() else pgdata.parent}")
+    folder = pgdata if pgdata.exists() else pgdata.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _unwritable(folder, pgdata)
+
+
+def _unwritable(folder: Path, pgdata: Path) -> UsageError:
+    """Which user cannot write where, and the one command that fixes it."""
+    user = user_name(os.geteuid())
+    info = folder.stat()
+    fix = (f"as root: chown {user}: {pgdata} && chmod 700 {pgdata}" if folder == pgdata
+           else f"as root: install -d -o {user} -m 700 {pgdata}")  # fmt: skip
+    return UsageError(
+        f"{user} (the OS user running this restore, who must be the server's) cannot write "
+        f"into {folder} (owned by {user_name(info.st_uid)}, mode {info.st_mode & 0o7777:o})",
+        hint=f"{fix}; or choose a --pgdata in a folder {user} owns",
+    )
 
 
 def check_start_port(options: RestoreOptions) -> None:

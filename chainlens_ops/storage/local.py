@@ -146,7 +146,7 @@ class LocalStorage:
             raise StorageError(f"repository {self.root} exists and is not a folder")
         euid = os.geteuid()
         if euid == 0 and info.st_uid != 0:
-            owner = _user_name(info.st_uid)
+            owner = user_name(info.st_uid)
             raise StorageError(
                 f"repository {self.root} is owned by {owner}; run chainlens-ops as that user "
                 f"(e.g. sudo -u {owner} chainlens-ops ...)"
@@ -155,8 +155,8 @@ class LocalStorage:
             if _read_only_fs(self.root):
                 raise StorageError(f"repository {self.root} is on a read-only file system")
             raise StorageError(
-                f"repository {self.root} is not writable by {_user_name(euid)} "
-                f"(owned by {_user_name(info.st_uid)}); run chainlens-ops as its owner"
+                f"repository {self.root} is not writable by {user_name(euid)} "
+                f"(owned by {user_name(info.st_uid)}); run chainlens-ops as its owner"
             )
         self._writable = True
 
@@ -333,7 +333,7 @@ def _path_from_url(url: str) -> str:
     return os.path.normpath(path)
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     import pwd
 
     try:

@@ -139,6 +139,29 @@ CASES |= {
         r"nothing names a server for the microservices",
     ),
     "check: nothing names a server": Case(("check", "--repo", "/r"), 3, r"nothing names a server"),
+    # A mistyped DSN names the keyword (and never repeats a value from it).
+    "schema status: DSN keyword typo": Case(
+        (
+            "schema",
+            "status",
+            "--db",
+            "supabase",
+            "--dsn",
+            "host=127.0.0.1 dbnme=x password=hunter2",
+        ),
+        3,
+        r"unknown keyword 'dbnme': did you mean dbname\?",
+    ),
+    "backup: DSN keyword typo": Case(
+        ("backup", "--repo", "/r", "--dsn", "sslmod=require password=hunter2"),
+        3,
+        r"unknown keyword 'sslmod': did you mean sslmode\?",
+    ),
+    "schema status: DSN word without =": Case(
+        ("schema", "status", "--db", "supabase", "--dsn", "host=127.0.0.1 hunter2"),
+        3,
+        r"a word without '='",
+    ),
     "partition list: nothing names a server": Case(
         ("partition", "list"), 3, r"nothing names a server"
     ),

@@ -154,6 +154,10 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
         (fresh, ["--target-lsn", "FF/0"], "later than the newest archived WAL"),
         (fresh, ["--target-lsn", "not-an-lsn"], "is not an LSN"),
     ]
+    closed = incident.factory.dir("refused-perm")  # root's: postgres cannot create in it
+    os.chown(closed, 0, 0)
+    closed.chmod(0o755)
+    cases.append((closed / "data", ["--latest"], "postgres (the OS user running this restore"))
     taken = socket.socket()  # a port someone else listens on
     taken.bind(("127.0.0.1", free_port()))
     taken.listen()
@@ -171,6 +175,9 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
             assert message in lines[-1] and lines[-1].startswith("chainlens-ops"), (
                 args, proc.stderr)  # fmt: skip
             assert snapshot(pgdata) == before, args
+            if pgdata.parent == closed:  # which user, who owns it, and the fix
+                assert f"cannot write into {closed} (owned by root, mode 755)" in lines[-1]
+                assert f"install -d -o postgres -m 700 {pgdata}" in lines[-1]
             if "--port" in args:  # refused before the plan: nothing read, nothing written
                 assert "--port N" in lines[-1] and "restore plan" not in proc.stderr
             if "later than the newest archived WAL" in message:
