@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
 from chainlens_ops.storage import NotFound
 
@@ -123,16 +123,35 @@ def write_manifest(repo: Repository, manifest: BackupManifest) -> None:
     repo.storage.put(manifest_key(manifest.id), io.BytesIO(manifest.to_bytes()), if_absent=True)
 
 
+class UnknownBackup(UsageError):
+    """A backup id the catalog does not hold: the user's mistake (exit 2), and nothing
+    may be written under it (a drill record would invent a backup for `prune`)."""
+
+
+def require_backup(repo: Repository, backup_id: str) -> None:
+    """UnknownBackup unless `backup_id` has a manifest (valid or not); a repository that
+    is not there says so instead."""
+    try:
+        repo.storage.stat(manifest_key(backup_id))
+    except NotFound:
+        raise _unknown(repo, backup_id) from None
+
+
+def _unknown(repo: Repository, backup_id: str) -> UnknownBackup:
+    repo.require_present()
+    return UnknownBackup(
+        f"no backup {backup_id!r} in repository {repo.url}",
+        hint="see `chainlens-ops backup list` for the ids",
+    )
+
+
 def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
     key = manifest_key(backup_id)
     try:
         with repo.storage.open(key) as fh:
             raw = fh.read(16 * 1024 * 1024)
     except NotFound:
-        raise OperationFailed(
-            f"no backup {backup_id} in repository {repo.url}",
-            hint="see `chainlens-ops backup list`",
-        ) from None
+        raise _unknown(repo, backup_id) from None
     return parse_manifest(raw, f"{repo.url}: {key}")
 
 
@@ -178,6 +197,8 @@ def read_catalog(repo: Repository) -> Catalog:
             continue
         try:
             backups.append(read_manifest(repo, backup_id))
+        except UnknownBackup:
+            continue  # removed (pruned) since the listing
         except OperationFailed:
             damaged.append(backup_id)
     backups.sort(key=lambda b: (b.started_at, b.id), reverse=True)

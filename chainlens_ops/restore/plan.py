@@ -24,7 +24,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from chainlens_ops.backup.manifest import BASE, BackupManifest, parse_time, read_catalog
+from chainlens_ops.backup.manifest import (
+    BASE,
+    BackupManifest,
+    parse_time,
+    read_catalog,
+    require_backup,
+)
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.walscan import (
@@ -109,6 +115,8 @@ class RestorePlan:
 def make_plan(repo: Repository, target: Target, backup_id: str | None = None) -> RestorePlan:
     """Choose the backup and check the archive; UsageError/OperationFailed with one line
     for anything that makes the restore impossible. Reads only."""
+    if backup_id is not None:
+        require_backup(repo, backup_id)  # a mistyped id: exit 2 naming it
     marker = repo.marker()
     bases = [b for b in read_catalog(repo).valid if b.kind == BASE]  # newest first
     if marker is None or not bases:

@@ -20,7 +20,13 @@ import time
 from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import UsageError
-from chainlens_ops.storage import AlreadyExists, NotFound, ObjectInfo, StorageError
+from chainlens_ops.storage import (
+    AlreadyExists,
+    NotFound,
+    ObjectInfo,
+    RepositoryNotOurs,
+    StorageError,
+)
 from chainlens_ops.storage.keys import check_key, check_prefix
 
 TYPE_CHECKING = False
@@ -147,14 +153,14 @@ class LocalStorage:
         euid = os.geteuid()
         if euid == 0 and info.st_uid != 0:
             owner = user_name(info.st_uid)
-            raise StorageError(
+            raise RepositoryNotOurs(
                 f"repository {self.root} is owned by {owner}; run chainlens-ops as that user "
                 f"(e.g. sudo -u {owner} chainlens-ops ...)"
             )
         if euid != 0 and not os.access(self.root, os.W_OK | os.X_OK):
             if _read_only_fs(self.root):
                 raise StorageError(f"repository {self.root} is on a read-only file system")
-            raise StorageError(
+            raise RepositoryNotOurs(
                 f"repository {self.root} is not writable by {user_name(euid)} "
                 f"(owned by {user_name(info.st_uid)}); run chainlens-ops as its owner"
             )

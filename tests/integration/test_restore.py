@@ -153,6 +153,7 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
         (fresh, ["--target-time", "2026-11-27", "--latest"], "exactly one of"),
         (fresh, ["--target-lsn", "FF/0"], "later than the newest archived WAL"),
         (fresh, ["--target-lsn", "not-an-lsn"], "is not an LSN"),
+        (fresh, ["--latest", "--backup", "nope"], "no backup 'nope' in repository"),
     ]
     closed = incident.factory.dir("refused-perm")  # root's: postgres cannot create in it
     os.chown(closed, 0, 0)
