@@ -311,6 +311,8 @@ def _step_daemon(
     with r.step(f"daemon for {seconds:g}s") as d:
         daemon_config = read_daemon_config(str(config), check)
         daemon = Daemon(settings, daemon_config)
+        jobs = ", ".join(f"{name} every {every}" for name, _, every in DAEMON_JOBS)
+        r.say(f"  running the daemon's jobs ({jobs}) for {seconds:g}s; quiet until it stops")
         timer = threading.Timer(seconds, daemon.stop.set)
         timer.start()
         try:

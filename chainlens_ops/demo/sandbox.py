@@ -129,10 +129,57 @@ def stop(pgdata: Path) -> None:
 
 
 def tear_down(root: Path) -> bool:
-    """Stop every sandbox server under `root` and remove it; False when nothing was there."""
+    """Stop every sandbox server under `root` and remove it; False when nothing was there.
+    A server that does not stop raises, and nothing is removed (its data is still in use)."""
     if not root.exists():
         return False
     for pid_file in root.glob("*/data/postmaster.pid"):
         stop(pid_file.parent)
+    running = [p for p in root.glob("*/data/postmaster.pid") if _alive(p)]
+    if running:
+        raise OperationFailed(
+            f"the sandbox server in {running[0].parent} did not stop; {root} is kept",
+            hint=f"stop it with: {find_binary('pg_ctl', MAJOR)} -D {running[0].parent} stop "
+            "-m immediate (as postgres), then run `chainlens-ops demo --down` again",
+        )
     shutil.rmtree(root)
     return True
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False  # no such process (or no pid file any more)
+    return True
+
+
+# Where the last demo's sandbox is, so `demo --down` finds it from any folder. Per user
+# (the one who ran the demo, before it became the server's user), in that user's home.
+def record_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "chainlens-ops" / "demo-sandbox"
+
+
+def remember(root: Path) -> None:
+    """Record `root` as this user's demo sandbox (best effort: a convenience for --down)."""
+    path = record_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(f"{root}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def forget(root: Path) -> None:
+    if recorded() == root:
+        record_file().unlink(missing_ok=True)
+
+
+def recorded() -> Path | None:
+    try:
+        text = record_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
