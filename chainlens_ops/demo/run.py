@@ -312,7 +312,7 @@ def _step_daemon(
         daemon_config = read_daemon_config(str(config), check)
         daemon = Daemon(settings, daemon_config)
         jobs = ", ".join(f"{name} every {every}" for name, _, every in DAEMON_JOBS)
-        r.say(f"  running the daemon's jobs ({jobs}) for {seconds:g}s; quiet until it stops")
+        r.say(f"  {jobs}: quiet for {seconds:g}s, then the runs")
         timer = threading.Timer(seconds, daemon.stop.set)
         timer.start()
         try:
