@@ -32,6 +32,7 @@ from chainlens_ops.cli.common import (
     console,
     err_console,
     print_json,
+    prose,
     repository_for,
     state,
     to_jsonable,
@@ -209,18 +210,16 @@ def list_command(
     if bases:
         oldest = bases[-1]  # newest first
         newest = _newest_wal(repository)
-        console.print(
+        prose(
             f"recoverable window (point-in-time): {oldest.finished_at[:19].replace('T', ' ')}"
-            f" ({oldest.stop_wal or oldest.start_wal}) .. newest archived WAL {newest or 'none'}",
-            markup=False,
+            f" ({oldest.stop_wal or oldest.start_wal}) .. newest archived WAL {newest or 'none'}"
         )
     else:
-        console.print("no base backup: point-in-time restore is not possible", markup=False)
+        prose("no base backup: point-in-time restore is not possible")
     if catalog.without_manifest:
-        console.print(
+        prose(
             f"{len(catalog.without_manifest)} incomplete backup(s) without a manifest "
-            "(failed or running; `backup prune` removes failed ones)",
-            markup=False,
+            "(failed or running; `backup prune` removes failed ones)"
         )
 
 

@@ -19,6 +19,7 @@ from chainlens_ops.cli.common import (
     console,
     err_console,
     print_json,
+    prose,
     repository_for,
     state,
 )
@@ -242,7 +243,8 @@ def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
 def _print_plan(lines: list[str]) -> None:
     err_console.print("chainlens-ops: restore plan", markup=False)
     for line in lines:
-        err_console.print(f"  {line}", markup=False)
+        # `backup:   ...`: continuation lines start under the value, words never cut.
+        prose(line, indent="  ", hang=" " * 10, to=err_console)
 
 
 def _print_result(result: RestoreResult) -> None:
@@ -251,17 +253,15 @@ def _print_result(result: RestoreResult) -> None:
         return
     if result.moved_aside:
         console.print(f"old contents moved aside to {result.moved_aside}", markup=False)
-    console.print(
+    prose(
         f"restored {result.plan.backup.id} into {result.pgdata} ({result.extracted_bytes} bytes, "
-        f"checksums verified); recovery settings written",
-        markup=False,
+        f"checksums verified); recovery settings written"
     )
     if result.started:
         s = result.started
-        console.print(
+        prose(
             f"server on port {s.port}: {s.state} at {s.replay_lsn} on timeline {s.timeline} "
-            f"after {s.seconds:.1f}s (log {s.log})",
-            markup=False,
+            f"after {s.seconds:.1f}s (log {s.log})"
         )
     else:
         console.print(f"start it with: pg_ctl -D {result.pgdata} start", markup=False)

@@ -426,3 +426,33 @@ def test_restore_progress_on_a_terminal_and_none_when_piped_or_quiet(
     assert not extracted.search(piped.stderr) and not replay.search(piped.stderr), piped.stderr
     assert "restore plan" in piped.stderr and "promoted" in piped.stdout
     PgCluster(pgdata, port).stop()
+
+
+def test_listings_and_the_plan_fit_80_columns_piped_without_padding(
+    incident: Incident,
+) -> None:
+    """What cron mails: prose wrapped at 80 columns at spaces (identifiers whole), no
+    line padded with trailing spaces; restore point names and times whole."""
+    repo = str(incident.repo)
+    runs = {
+        "backup list": run_cli("backup", "list", "--repo", repo, user="postgres"),
+        "wal check": run_cli("wal", "check", "--repo", repo, user="postgres"),
+        "wal list": run_cli("wal", "list", "--repo", repo, user="postgres"),
+        "restore-point list": run_cli("restore-point", "list", "--repo", repo, user="postgres"),
+        "restore plan": restore(repo, "--latest", "--dry-run", "--pgdata",
+                                str(incident.factory.dir("plan") / "data")),
+    }  # fmt: skip
+    for what, proc in runs.items():
+        assert proc.returncode == 0, (what, proc.stderr)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert all(line == line.rstrip() for line in lines), (what, lines)
+        # Piped tables keep room for whole identifiers (wal list's notes at 200 columns);
+        # every other line fits 80.
+        prose = lines[-1:] if what == "wal list" else lines
+        assert all(len(line) <= 80 for line in prose), (what, lines)
+    points = runs["restore-point list"].stdout.splitlines()
+    assert points[0].split() == ["name", "lsn", "tli", "time", "(UTC)", "source"]
+    assert points[1].startswith("before-b  ")
+    assert incident.backup_id in runs["backup list"].stdout
+    plan = runs["restore plan"].stderr
+    assert "\n  WAL:      " in plan and f"  backup:   {incident.backup_id}" in plan
