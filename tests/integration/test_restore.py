@@ -456,3 +456,16 @@ def test_listings_and_the_plan_fit_80_columns_piped_without_padding(
     assert incident.backup_id in runs["backup list"].stdout
     plan = runs["restore plan"].stderr
     assert "\n  WAL:      " in plan and f"  backup:   {incident.backup_id}" in plan
+
+
+def test_a_mistyped_backup_id_writes_nothing_into_the_repository(incident: Incident) -> None:
+    before = snapshot(incident.repo)
+    for args in (("drill", "--backup", "nope"), ("--backup", "nope", "--dbname", "copy")):
+        proc = restore(incident.repo, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "no backup 'nope' in repository" in line and "backup list" in line, line
+    assert not (incident.repo / "backups" / "nope").exists()
+    assert snapshot(incident.repo) == before
+    listed = run_cli("backup", "list", "--repo", str(incident.repo), user="postgres")
+    assert "incomplete" not in listed.stdout, listed.stdout
