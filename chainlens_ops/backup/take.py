@@ -236,7 +236,12 @@ def _first_segment(
     from chainlens_ops.health import switch_segment
 
     try:
-        before = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+        before = conn.execute(
+            "SELECT failed_count, current_setting('archive_command') = '' AND "
+            "current_setting('archive_library') = '' FROM pg_stat_archiver"
+        ).fetchone()
+        if before is not None and before[1]:  # nothing would ever archive: do not wait
+            return replace(cluster, never_archived="archive_command is empty")
         segment, lsn = switch_segment(conn)
     except psycopg.Error:  # no privilege to switch: the refusal below says what to run
         return cluster

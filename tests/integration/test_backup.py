@@ -300,6 +300,12 @@ def test_the_first_base_backup_of_a_fresh_archiving_cluster(make_cluster: Cluste
     assert time.monotonic() - started < 30  # a failure ends the wait; no 120 s stall
     assert listing(broken_repo) == []
 
+    silent = make_cluster(archive_mode="on", archive_command="")  # archives nothing, ever
+    started = time.monotonic()
+    refused = backup(broken_repo, silent.conninfo(), "--kind", "base")
+    assert refused.returncode == 1 and "archive_command is empty" in refused.stderr
+    assert time.monotonic() - started < 30
+
 
 def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFactory) -> None:
     pg = make_cluster()  # archive_mode off
