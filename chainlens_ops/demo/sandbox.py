@@ -135,23 +135,16 @@ def tear_down(root: Path) -> bool:
         return False
     for pid_file in root.glob("*/data/postmaster.pid"):
         stop(pid_file.parent)
-    running = [p for p in root.glob("*/data/postmaster.pid") if _alive(p)]
+    from chainlens_ops.restore.physical import live_postmaster
+
+    running = [p.parent for p in root.glob("*/data/postmaster.pid") if live_postmaster(p.parent)]
     if running:
         raise OperationFailed(
-            f"the sandbox server in {running[0].parent} did not stop; {root} is kept",
-            hint=f"stop it with: {find_binary('pg_ctl', MAJOR)} -D {running[0].parent} stop "
+            f"the sandbox server in {running[0]} did not stop; {root} is kept",
+            hint=f"stop it with: {find_binary('pg_ctl', MAJOR)} -D {running[0]} stop "
             "-m immediate (as postgres), then run `chainlens-ops demo --down` again",
         )
     shutil.rmtree(root)
-    return True
-
-
-def _alive(pid_file: Path) -> bool:
-    try:
-        pid = int(pid_file.read_text().split("\n", 1)[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return False  # no such process (or no pid file any more)
     return True
 
 
