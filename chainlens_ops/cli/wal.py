@@ -146,7 +146,10 @@ def list_command(
                 ", ".join(notes) if i == 0 else "",
             )
     console.print(table)
-    prose(f"{listing.repo}: {listing.objects} objects, {format_bytes(listing.stored_bytes)} stored")
+    console.print(
+        f"{listing.repo}: {listing.objects} objects, {format_bytes(listing.stored_bytes)} stored",
+        markup=False,
+    )
 
 
 @app.command("check")
