@@ -1,6 +1,7 @@
 # chainlens-ops: install, test, lint, bench.
 #
-# The venv is made from Debian's /usr/bin/python3 in a world-traversable folder, and the
+# The venv is made from Debian's /usr/bin/python3, readable by all, with a+x (only) on the
+# folders above it (scripts/venv-perms.sh), and the
 # project is installed into it non-editably: PostgreSQL runs archive_command as the
 # `postgres` OS user, who can neither run root's pyenv Python nor enter this clone.
 
@@ -24,7 +25,7 @@ bench-deps:
 
 $(VENV)/bin/python:
 	umask 022; mkdir -p $(dir $(VENV)) && $(PYTHON) -m venv $(VENV)
-	chmod -R a+rX $(dir $(VENV))
+	bash scripts/venv-perms.sh $(VENV)
 
 # Dependencies are reinstalled only when pyproject.toml changes.
 $(VENV)/.deps: pyproject.toml | $(VENV)/bin/python
@@ -42,9 +43,10 @@ deps: $(VENV)/.deps
 install: deps
 	umask 022; $(PIP) install $(PIP_FLAGS) --no-deps --no-build-isolation --force-reinstall .
 	rm -rf build
-	# Only this venv: other venvs beside it may be mid-install (pip's ~renamed folders).
-	chmod a+rx $(dir $(VENV))
-	chmod -R a+rX $(VENV)
+	# Only this venv (recursively) and a+x on the folders above it: never -R above the
+	# venv (VENV=$$HOME/venv must not make ~/.ssh readable), and other venvs beside it
+	# may be mid-install (pip's ~renamed folders).
+	bash scripts/venv-perms.sh $(VENV)
 
 # Both tiers: the unit tier (pure logic, tests/unit) and the integration tier (real
 # clusters as the postgres user, moto; tests/integration), which needs root and the install.

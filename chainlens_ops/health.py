@@ -188,16 +188,23 @@ def _repository_step(conn: Connection, repo: Repository, state: dict[str, Any], 
     return f"{repo.url} belongs to database system {marker.system_identifier}"
 
 
-def _switch_step(conn: Connection, repo: Repository, state: dict[str, Any], _t: float) -> str:
-    archiver = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
-    state["failed_before"] = int(archiver[0]) if archiver else 0
+def switch_segment(conn: Connection) -> tuple[str, str]:
+    """Write a little WAL and switch segments: (the segment now complete, the LSN).
+    pg_switch_wal() alone does nothing when no WAL was written since the last switch."""
     conn.execute("SELECT pg_logical_emit_message(false, 'chainlens-ops', 'check')")
     row = conn.execute(
         "SELECT pg_walfile_name(lsn), lsn::text FROM pg_switch_wal() AS lsn"
     ).fetchone()
     assert row is not None
-    state["segment"] = str(row[0])
-    return f"switched at {row[1]}: waiting for {row[0]}"
+    return str(row[0]), str(row[1])
+
+
+def _switch_step(conn: Connection, repo: Repository, state: dict[str, Any], _t: float) -> str:
+    archiver = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+    state["failed_before"] = int(archiver[0]) if archiver else 0
+    segment, lsn = switch_segment(conn)
+    state["segment"] = segment
+    return f"switched at {lsn}: waiting for {segment}"
 
 
 def _archived_step(

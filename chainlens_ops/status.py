@@ -40,8 +40,8 @@ from chainlens_ops.cache import cache_stats
 from chainlens_ops.config import DATABASES, Settings
 from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.daemon.history import JobRun
-from chainlens_ops.daemon.jobs import CommandCheck, JobSpec, read_daemon_config
-from chainlens_ops.daemon.status import daemon_status
+from chainlens_ops.daemon.jobs import CommandCheck, read_daemon_config
+from chainlens_ops.daemon.status import daemon_fix, daemon_status
 from chainlens_ops.errors import ChainlensError
 from chainlens_ops.outcome import failed_exit
 from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
@@ -55,8 +55,6 @@ from chainlens_ops.window import RecoverableWindow, recoverable_window
 
 BACKUP_MAX_AGE = timedelta(hours=26)
 CACHE_OVERDUE = timedelta(hours=2)
-DAEMON_GRACE = timedelta(minutes=5)
-DAEMON_FIX = "sudo systemctl start chainlens-ops-daemon (is the daemon running?)"
 
 _ARCHIVER = (
     "SELECT current_setting('archive_mode'), last_archived_wal, last_archived_time, "
@@ -137,6 +135,7 @@ class JobFacts:
     last_success_at: datetime | None
     next_run: datetime | None
     overdue: bool
+    failed: bool = False  # its latest finished run failed (daemon.status.JobStatus.failed)
 
 
 @dataclass(frozen=True)
@@ -403,11 +402,11 @@ def _cache(settings: Settings, now: datetime) -> Check:
 
 
 def _jobs(settings: Settings, check: CommandCheck, now: datetime) -> list[JobFacts] | None:
-    try:
-        config = read_daemon_config(settings, check)
-    except ChainlensError:
-        return None  # no daemon configured here: nothing to report
-    specs = {job.name: job for job in config.jobs}
+    """None when no daemon is configured here (no [[jobs]]); a broken [[jobs]] entry
+    raises, so status reports it (as `daemon status` does) and exits 1."""
+    if not settings.jobs:
+        return None
+    config = read_daemon_config(settings, check)
     return [
         JobFacts(
             j.name,
@@ -416,26 +415,19 @@ def _jobs(settings: Settings, check: CommandCheck, now: datetime) -> list[JobFac
             j.last_run,
             j.last_success.started_at if j.last_success else None,
             j.next_fire,
-            _overdue(specs[j.name], j.last_run, now),
+            j.overdue,
+            j.failed,
         )
-        for j in daemon_status(settings, config)
+        for j in daemon_status(settings, config, now)
     ]
 
 
-def _overdue(job: JobSpec, last: JobRun | None, now: datetime) -> bool:
-    """A slot came and went (by DAEMON_GRACE) with no run claiming it."""
-    if last is None or last.status == "running":
-        return False
-    due = job.next_fire(last.finished_at or last.started_at)
-    return due is not None and due <= now - DAEMON_GRACE
-
-
-def _daemon(jobs: list[JobFacts]) -> Check:
-    failed = [j.name for j in jobs if j.last_run and j.last_run.status == "failed"]
+def _daemon(jobs: list[JobFacts], fix: str) -> Check:
+    failed = [j.name for j in jobs if j.failed]
     late = [j.name for j in jobs if j.overdue]
     fixes = [f"chainlens-ops daemon status (failed: {', '.join(failed)})"] if failed else []
     if late or not any(j.last_run for j in jobs):
-        fixes.append(DAEMON_FIX)
+        fixes.append(fix)
     detail = "; ".join(
         f"{j.name}: {j.last_run.status if j.last_run else 'never ran'}"
         + (", overdue" if j.overdue else "")
@@ -477,7 +469,7 @@ def collect_status(
             checks.append(Check("daemon", "microservices", False, f"cannot check: {why}"))
         else:
             if jobs:
-                checks.append(_daemon(jobs))
+                checks.append(_daemon(jobs, daemon_fix(settings)))
     windows = _windows(repos, names)
     return StatusReport(now, all(c.ok for c in checks), checks, windows, jobs)
 

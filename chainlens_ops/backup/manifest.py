@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.metadata import MAX_RECORD, Fields, load_json
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
@@ -136,16 +136,35 @@ def write_manifest(repo: Repository, manifest: BackupManifest) -> None:
     repo.storage.put(manifest_key(manifest.id), io.BytesIO(manifest.to_bytes()), if_absent=True)
 
 
+class UnknownBackup(UsageError):
+    """A backup id the catalog does not hold: the user's mistake (exit 2), and nothing
+    may be written under it (a drill record would invent a backup for `prune`)."""
+
+
+def require_backup(repo: Repository, backup_id: str) -> None:
+    """UnknownBackup unless `backup_id` has a manifest (valid or not); a repository that
+    is not there says so instead."""
+    try:
+        repo.storage.stat(manifest_key(backup_id))
+    except NotFound:
+        raise _unknown(repo, backup_id) from None
+
+
+def _unknown(repo: Repository, backup_id: str) -> UnknownBackup:
+    repo.require_present()
+    return UnknownBackup(
+        f"no backup {backup_id!r} in repository {repo.url}",
+        hint="see `chainlens-ops backup list` for the ids",
+    )
+
+
 def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
     key = manifest_key(backup_id)
     try:
         with repo.storage.open(key) as fh:
             raw = fh.read(MAX_RECORD)
     except NotFound:
-        raise OperationFailed(
-            f"no backup {backup_id} in repository {repo.url}",
-            hint="see `chainlens-ops backup list`",
-        ) from None
+        raise _unknown(repo, backup_id) from None
     return parse_manifest(raw, f"{repo.url}: {key}")
 
 
@@ -248,6 +267,8 @@ def read_catalog(repo: Repository) -> Catalog:
             continue
         try:
             backups.append(read_manifest(repo, backup_id))
+        except UnknownBackup:
+            continue  # removed (pruned) since the listing
         except OperationFailed as exc:  # damaged, or gone since the listing
             problems[backup_id] = exc.one_line()
     backups.sort(key=lambda b: (b.started_at, b.id), reverse=True)

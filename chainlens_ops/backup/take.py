@@ -115,6 +115,7 @@ class _Cluster:
     archive_mode: str
     last_archived: str | None
     database_size: int
+    never_archived: str | None = None  # why no WAL arrived after a switch (see _first_segment)
 
 
 def take_backup(
@@ -144,6 +145,8 @@ def take_backup(
     conn = connect(target)
     try:
         cluster = _inspect(conn)
+        if options.kind != LOGICAL:
+            cluster = _first_segment(conn, cluster, options.wal_wait_s, notify, target.name)
     finally:
         conn.close()
     kind, reason = choose_kind(cluster, repo, options.kind)
@@ -222,13 +225,56 @@ def choose_kind(cluster: _Cluster, repo: Repository, wanted: str) -> tuple[Backu
     return LOGICAL, f"{why_not}: logical backup; {PITR_HINT}"
 
 
+def _first_segment(
+    conn: Connection, cluster: _Cluster, wait_s: float, notify: Callable[[str], None], name: str
+) -> _Cluster:
+    """A cluster that archives but has archived nothing yet (archive_command just set):
+    switch a segment, as `check` does, and wait (bounded) for it to be archived, so the
+    first base backup is not refused for want of WAL that only needed a push."""
+    if cluster.archive_mode not in ("on", "always") or cluster.last_archived is not None:
+        return cluster
+    import psycopg
+
+    from chainlens_ops.health import switch_segment
+
+    try:
+        before = conn.execute(
+            "SELECT failed_count, current_setting('archive_command') = '' AND "
+            "current_setting('archive_library') = '' FROM pg_stat_archiver"
+        ).fetchone()
+        if before is not None and before[1]:  # nothing would ever archive: do not wait
+            return replace(cluster, never_archived="archive_command is empty")
+        segment, lsn = switch_segment(conn)
+    except psycopg.Error:  # no privilege to switch: the refusal below says what to run
+        return cluster
+    notify(f"{name}: no WAL archived yet: switched a segment at {lsn}, waiting up to "
+           f"{wait_s:g}s for {segment} to be archived")  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    while True:
+        row = conn.execute(
+            "SELECT last_archived_wal, failed_count FROM pg_stat_archiver"
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return replace(cluster, last_archived=str(row[0]))
+        failed = int(row[1]) - int(before[0]) if row is not None and before is not None else 0
+        if failed > 0 or time.monotonic() > deadline:  # a failure will not heal by waiting
+            return replace(cluster, never_archived=(
+                "the cluster archived no WAL after a segment switch"
+                + (f" (archive_command failed {failed} time(s): see the server log)"
+                   if failed else "")
+            ))  # fmt: skip
+        time.sleep(_POLL_S)
+
+
 def _why_no_base(cluster: _Cluster, repo: Repository) -> str | None:
     if cluster.archive_mode not in ("on", "always"):
         return f"archive_mode is {cluster.archive_mode}"
     if cluster.system_identifier is None:
         return "cannot read the cluster's system identifier (needs a superuser)"
     if cluster.last_archived is None:
-        return "the cluster has archived no WAL yet (see `chainlens-ops check`)"
+        return (cluster.never_archived or "the cluster has archived no WAL yet") + (
+            " (see `chainlens-ops check`)"
+        )
     try:
         wal = parse_wal_name(cluster.last_archived)
         repo.storage.stat(repo.wal_key(wal))

@@ -7,9 +7,10 @@ import datetime as dt
 import json
 import os
 import sys
+import textwrap
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -20,12 +21,72 @@ from chainlens_ops.pg import connection as db
 from chainlens_ops.record import as_dict
 from chainlens_ops.repository import Repository, open_repository
 
-# Piped or in a cron log there is no terminal width: rich would assume 80 columns and cut
-# file and partition names short with an ellipsis. Give tables room instead.
-# COLUMNS, when set, wins (rich reads it); identifier columns never wrap or cut anyway.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+PROSE_WIDTH = 80  # sentences wrap here at most, on a terminal or in a cron mail
+
+
+class _NoTrailingSpaces:
+    """A text stream that drops the spaces rich pads lines with before each newline:
+    piped output (cron mail, logs) carries no trailing padding."""
+
+    def __init__(self, stream: TextIO | None = None, *, stderr: bool = False) -> None:
+        self._given = stream
+        self._stderr = stderr
+        self._held = ""  # spaces not yet known to be trailing
+
+    @property
+    def _stream(self) -> TextIO:
+        # Without a given stream, looked up at each write as rich does for its default
+        # file: whoever replaced sys.stdout/sys.stderr since import (a redirect, pytest's
+        # capture) gets the text.
+        if self._given is not None:
+            return self._given
+        return sys.stderr if self._stderr else sys.stdout
+
+    def write(self, text: str) -> int:
+        lines = (self._held + text).split("\n")
+        last = lines.pop()
+        body = last.rstrip(" ")
+        self._held = last[len(body) :]
+        out = "".join(line.rstrip(" ") + "\n" for line in lines) + body
+        self._stream.write(out)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+
+def _console(stream: TextIO, *, stderr: bool) -> Console:
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Piped or in a cron log there is no terminal width: rich would assume 80 columns and
+    # cut file and partition names short with an ellipsis. Give tables room instead
+    # (COLUMNS, when set, wins; identifier columns never wrap or cut anyway), and drop
+    # the padding that room would leave at the end of every line.
+    width = None if os.environ.get("COLUMNS") else 200
+    piped = _NoTrailingSpaces(stderr=stderr)
+    return Console(file=piped, highlight=False, soft_wrap=True, width=width)  # type: ignore[arg-type]
+
+
+console = _console(sys.stdout, stderr=False)
+err_console = _console(sys.stderr, stderr=True)
+
+
+def prose(text: str, *, indent: str = "", hang: str = "  ", to: Console | None = None) -> None:
+    """Print a sentence wrapped at the terminal's width (at most PROSE_WIDTH), breaking
+    only at spaces: identifiers (segment names, ids, paths, times' halves) are never cut.
+    Continuation lines are indented by `hang` more than the first."""
+    out = to or console
+    width = min(out.width, PROSE_WIDTH) if out.is_terminal else PROSE_WIDTH
+    wrapped = textwrap.fill(text, width=max(width, 20), initial_indent=indent,
+                            subsequent_indent=indent + hang, break_long_words=False,
+                            break_on_hyphens=False)  # fmt: skip
+    out.print(wrapped, markup=False, soft_wrap=True)
 
 
 class DbChoice(StrEnum):

@@ -14,8 +14,10 @@ from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli.common import GlobalState, JsonOption, console, print_json, state
+from chainlens_ops.config import Settings
 from chainlens_ops.daemon import Daemon, DaemonConfig, JobStatus, daemon_status, read_daemon_config
 from chainlens_ops.daemon.jobs import CommandCheck
+from chainlens_ops.daemon.status import DAEMON_GRACE, daemon_fix, needs_action
 
 try:  # Typer >= 0.2x ships its own copy of click
     from typer._click import exceptions as click_exc
@@ -71,11 +73,19 @@ def daemon_command(
 
 @app.command("status")
 def status_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Each job's schedule, next fire time, last run and last status."""
-    jobs = daemon_status(state(ctx).settings, _config(ctx))
+    """Each job's schedule, next fire time, last run and last status. Exit 1 when a job
+    needs action (its last run failed, a slot was missed: overdue, or none ever ran)."""
+    settings = state(ctx).settings
+    jobs = daemon_status(settings, _config(ctx))
     if json_output:
         print_json([_as_json(j) for j in jobs])
-        return
+    else:
+        _render_status(jobs, settings)
+    if needs_action(jobs):
+        raise typer.Exit(1)
+
+
+def _render_status(jobs: list[JobStatus], settings: Settings) -> None:
     table = Table(box=box.SIMPLE_HEAD, title="times in UTC")
     # Job names, schedules and statuses are never cut; times fold at 80 columns; errors
     # go below the table, where they can take the whole width.
@@ -100,6 +110,15 @@ def status_command(ctx: typer.Context, json_output: JsonOption = False) -> None:
     console.print(table)
     for line in errors:
         console.print(line, markup=False)
+    late = [j.name for j in jobs if j.overdue]
+    if late:
+        console.print(
+            f"overdue: {', '.join(late)} (a slot passed more than "
+            f"{DAEMON_GRACE.seconds // 60} min ago with no run: is the daemon running?)",
+            markup=False,
+        )
+    if late or (jobs and not any(j.last_run for j in jobs)):
+        console.print(f"start it: {daemon_fix(settings)}", markup=False)
 
 
 def _config(ctx: typer.Context) -> DaemonConfig:
@@ -148,7 +167,8 @@ def command_checker(root: Any) -> CommandCheck:
 
 
 def _cell(job: JobStatus, heading: str) -> str:
-    return {"job": job.name, "schedule": job.schedule, "status": job.last_status or ""}[heading]
+    status = (job.last_status or "never ran") + (", overdue" if job.overdue else "")
+    return {"job": job.name, "schedule": job.schedule, "status": status}[heading]
 
 
 def _when(value: datetime | None) -> str:
@@ -163,6 +183,7 @@ def _as_json(job: JobStatus) -> dict[str, Any]:
         "timeout_s": job.timeout_s,
         "next_fire": job.next_fire,
         "last_status": job.last_status,
+        "overdue": job.overdue,
         "last_run": job.last_run,
         "last_success": job.last_success,
     }

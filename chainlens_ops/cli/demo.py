@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from rich.table import Table
 from chainlens_ops.cli.common import console, err_console
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.demo import DemoOptions, DemoResult, run_demo, sandbox_root, tear_down_demo
+from chainlens_ops.demo.sandbox import forget, record_file, recorded, remember
 
 
 def demo_command(
@@ -26,10 +28,9 @@ def demo_command(
     """Run the whole mission on a sandbox PostgreSQL under ./.demo (no server or config)."""
     root = sandbox_root()
     if down:
-        removed = tear_down_demo(root)
-        console.print(f"sandbox {root} " + ("stopped and removed" if removed else "was not there"),
-                      markup=False)  # fmt: skip
+        _down(root)
         return
+    remember(root)  # before the demo becomes the server's user: `--down` from anywhere
     if root.name != ".demo":
         err_console.print(f"chainlens-ops: note: the postgres user cannot enter this folder; "
                           f"the sandbox lives in {root}", markup=False)  # fmt: skip
@@ -40,6 +41,24 @@ def demo_command(
         console.print,
     )
     _print_summary(result, prefix)
+
+
+def _down(root: Path) -> None:
+    """This folder's sandbox, else the one the last demo recorded, stopped and removed;
+    a server that will not stop is an error (exit 1), never a quiet success."""
+    elsewhere = recorded()
+    if tear_down_demo(root):
+        forget(root)
+        console.print(f"sandbox {root} stopped and removed", markup=False)
+    elif elsewhere is not None and elsewhere != root and tear_down_demo(elsewhere):
+        forget(elsewhere)
+        console.print(f"no sandbox in {root}; the one the demo recorded, {elsewhere}, "
+                      "stopped and removed", markup=False)  # fmt: skip
+    else:
+        if elsewhere is not None:
+            forget(elsewhere)  # it was removed by hand
+        console.print(f"no sandbox in {root}, and none recorded elsewhere ({record_file()}): "
+                      "nothing to stop", markup=False)  # fmt: skip
 
 
 def _print_summary(result: DemoResult, prefix: str) -> None:

@@ -80,7 +80,11 @@ def main_callback(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="TOML config file (default: $CHAINLENS_CONFIG)."),
+        # readable=False: an unreadable file is a configuration error (exit 3, like a
+        # missing one), reported by load_settings, not click's usage error (2).
+        typer.Option(
+            "--config", readable=False, help="TOML config file (default: $CHAINLENS_CONFIG)."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Tracebacks on errors.")] = False,
     version: Annotated[

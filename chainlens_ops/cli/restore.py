@@ -4,10 +4,13 @@ target and --pgdata), or a logical backup into a database (--backup with --dbnam
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from chainlens_ops.cli.common import (
     DbOption,
@@ -17,6 +20,7 @@ from chainlens_ops.cli.common import (
     err_console,
     finish,
     print_json,
+    prose,
     repository_for,
     state,
 )
@@ -30,8 +34,10 @@ from chainlens_ops.restore.physical import (
     ACTIONS,
     ARCHIVE_MODES,
     RestoreOptions,
+    RestoreProgress,
     RestoreResult,
     check_data_dir,
+    check_start_port,
     planned_restore,
 )
 from chainlens_ops.restore.plan import (
@@ -74,7 +80,7 @@ def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -
 def restore_command(
     ctx: typer.Context,
     target_time: Annotated[
-        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
+        str | None, typer.Option("--target-time", help="ISO 8601, psql or log time; no zone = UTC.")
     ] = None,
     target_name: Annotated[
         str | None, typer.Option("--target-name", help="A restore point.")
@@ -105,7 +111,8 @@ def restore_command(
         bool, typer.Option("--start", help="Start the server and wait for the target.")
     ] = False,
     port: Annotated[
-        int | None, typer.Option("--port", help="Port for --start (default 5432).")
+        int | None,
+        typer.Option("--port", min=1, max=65535, help="Port for --start (default 5432)."),
     ] = None,
     start_timeout: Annotated[
         float, typer.Option("--start-timeout", min=1, help="Seconds --start waits.")
@@ -124,6 +131,9 @@ def restore_command(
         str | None,
         typer.Option("--db-only", help="Only this database (and catalogs) readable."),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display on a terminal.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Point in time: a target and --pgdata. Logical: --backup ID --dbname NAME."""
@@ -160,14 +170,17 @@ def restore_command(
         dry_run=dry_run, start=start, port=port, start_timeout=start_timeout,
         config_file=state(ctx).config_file, selection=selection,
     )  # fmt: skip
-    check_data_dir(pgdata, force=force)  # before the (slower) plan: refuse early
+    check_start_port(options)
 
-    def show(plan: RestorePlan) -> None:
+    def show_plan(plan: RestorePlan) -> None:
         if not json_output:
             _print_plan(plan_lines(plan, options))
 
+    show = not quiet and not json_output and not dry_run and sys.stderr.isatty()
     try:
-        result = planned_restore(repository, target, backup_id, options, on_plan=show)
+        with _progress(show) as progress:
+            result = planned_restore(repository, target, backup_id, options,
+                                     on_plan=show_plan, progress=progress)  # fmt: skip
     except RecoveryFailed as exc:
         err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
         for line in exc.log_tail:
@@ -177,6 +190,35 @@ def restore_command(
         print_json(result)
         return
     _print_result(result)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[RestoreProgress | None]:
+    """On a terminal (stderr): bytes extracted of the base backup, then WAL replay as
+    segment n of m; erased when done. Nothing when piped, with --quiet or --json."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=20),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def extracting(total: int) -> None:
+            tasks["x"] = bar.add_task("extracting", total=total or None, detail="")
+
+        def extracted(n: int) -> None:
+            bar.advance(tasks["x"], n)
+            task = bar.tasks[tasks["x"]]
+            done, total = format_bytes(int(task.completed)), format_bytes(int(task.total or 0))
+            bar.update(tasks["x"], detail=f"{done} of {total}")
+
+        def replayed(n: int, m: int) -> None:
+            if "r" not in tasks:
+                tasks["r"] = bar.add_task("WAL replay", total=m, detail="")
+            bar.update(tasks["r"], completed=n, total=m, detail=f"segment {n} of {m}")
+
+        yield RestoreProgress(extracting=extracting, extracted=extracted, replayed=replayed)
 
 
 def _print_logical(result: LogicalResult, json_output: bool) -> None:
@@ -222,7 +264,8 @@ def plan_lines(plan: RestorePlan, options: RestoreOptions) -> list[str]:
 def _print_plan(lines: list[str]) -> None:
     err_console.print("chainlens-ops: restore plan", markup=False)
     for line in lines:
-        err_console.print(f"  {line}", markup=False)
+        # `backup:   ...`: continuation lines start under the value, words never cut.
+        prose(line, indent="  ", hang=" " * 10, to=err_console)
 
 
 def _print_result(result: RestoreResult) -> None:
@@ -232,17 +275,15 @@ def _print_result(result: RestoreResult) -> None:
     if result.moved_aside:
         console.print(f"old contents moved aside to {result.moved_aside}", markup=False)
     skipped = f", {result.skipped_bytes} of them skipped" if result.skipped_bytes else ""
-    console.print(
+    prose(
         f"restored {result.plan.backup.id} into {result.pgdata} ({result.extracted_bytes} bytes"
-        f"{skipped}, checksums verified); recovery settings written",
-        markup=False,
+        f"{skipped}, checksums verified); recovery settings written"
     )
     if result.started:
         s = result.started
-        console.print(
+        prose(
             f"server on port {s.port}: {s.state} at {s.replay_lsn} on timeline {s.timeline} "
-            f"after {s.seconds:.1f}s (log {s.log})",
-            markup=False,
+            f"after {s.seconds:.1f}s (log {s.log})"
         )
     else:
         console.print(f"start it with: pg_ctl -D {result.pgdata} start", markup=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from chainlens_ops.cli.common import (
@@ -14,11 +16,18 @@ from chainlens_ops.cli.common import (
     console,
     err_console,
     print_json,
+    prose,
     repository_for,
     state,
 )
+from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import open_repository
-from chainlens_ops.restore_points import create_restore_point, list_restore_points
+from chainlens_ops.restore_points import (
+    RestorePoint,
+    create_restore_point,
+    list_restore_points,
+)
+from chainlens_ops.timetext import parse_time_text
 
 app = typer.Typer(
     help="Named restore points (recovery_target_name): create them, list them.",
@@ -58,10 +67,9 @@ def create_command(
     if json_output:
         print_json(point)
     else:
-        console.print(
+        prose(
             f"restore point {point.name} at {point.lsn} (timeline {point.timeline}, "
-            f"{point.time}) archived in {point.segment}",
-            markup=False,
+            f"{point.time}) archived in {point.segment}"
         )
 
 
@@ -79,20 +87,49 @@ def list_command(
         if any(p.problem for p in points):
             raise typer.Exit(1)
         return
-    # Nothing is ever cut short (a cut time is no use for --target-time): narrow
-    # terminals fold the long columns instead.
-    table = Table()
-    table.add_column("name", overflow="fold")
-    table.add_column("lsn", no_wrap=True)
-    table.add_column("timeline", overflow="fold")
-    table.add_column("time", overflow="fold", min_width=20)
-    table.add_column("source", overflow="fold")
-    for p in points:
-        shown = p.source if p.state == "complete" else f"{p.source} ({p.state})"
-        table.add_row(p.name, p.lsn or "-", str(p.timeline or "-"), p.time or "-", shown)
-    console.print(table)
+    print_points(point_rows(points), console)
     damaged = [p for p in points if p.problem]
     for p in damaged:
         err_console.print(f"chainlens-ops: error: {p.problem}", markup=False)
     if damaged:
         raise typer.Exit(1)
+
+
+def point_rows(points: list[RestorePoint]) -> list[tuple[str, str, str, str, str]]:
+    return [
+        (p.name, p.lsn or "-", str(p.timeline or "-"), _utc(p.time),
+         p.source if p.state == "complete" else f"{p.source} ({p.state})")
+        for p in points
+    ]  # fmt: skip
+
+
+def print_points(rows: list[tuple[str, str, str, str, str]], out: Console) -> None:
+    """Names go into --target-name and times into --target-time: neither is ever cut or
+    broken. The table fits 80 columns for names up to ~20 characters; when the names do
+    not fit the terminal, each point is a name line and a detail line instead."""
+    headings = ("name", "lsn", "tli", "time (UTC)", "source")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
+    if out.is_terminal and sum(widths) + 2 * (len(widths) - 1) > out.width:
+        for row in rows:
+            out.print(row[0], markup=False, soft_wrap=True)
+            out.print(f"  lsn {row[1]}, timeline {row[2]}, {row[3]} UTC, {row[4]}",
+                      markup=False, soft_wrap=True)  # fmt: skip
+        return
+    table = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0))
+    for heading in headings:
+        table.add_column(heading, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _utc(text: str | None) -> str:
+    """The point's time in UTC as `2026-11-28 19:45:27.939717` (the heading says UTC):
+    pasted into --target-time it means the same instant."""
+    if not text:
+        return "-"
+    try:
+        when = parse_time_text(text).when
+    except UsageError:
+        return text
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")

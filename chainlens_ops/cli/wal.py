@@ -20,6 +20,7 @@ from chainlens_ops.cli.common import (
     err_console,
     finish,
     print_json,
+    prose,
     repository_for,
     state,
 )
@@ -176,17 +177,15 @@ def check_command(
     if json_output:
         print_json({**_plain(result), "ok": result.ok})
     elif result.first:
-        console.print(
+        prose(
             f"{result.repo}: checked {result.segments_checked} segments "
             f"{result.first} .. {result.last} on timeline(s) "
-            f"{', '.join(str(s.timeline) for s in result.path)}",
-            markup=False,
+            f"{', '.join(str(s.timeline) for s in result.path)}"
         )
     if result.stale_temp_files and not json_output:
-        console.print(
+        prose(
             f"{result.stale_temp_files} stale temp file(s) of killed pushes found, "
-            f"{result.stale_temp_removed} removed",
-            markup=False,
+            f"{result.stale_temp_removed} removed"
         )
     if result.ok:
         if not json_output:

@@ -309,6 +309,8 @@ def _step_daemon(
     with r.step(f"daemon for {seconds:g}s") as d:
         daemon_config = read_daemon_config(settings, check)
         daemon = Daemon(settings, daemon_config)
+        jobs = ", ".join(f"{name} every {every}" for name, _, every in DAEMON_JOBS)
+        r.say(f"  {jobs}: quiet for {seconds:g}s, then the runs")
         timer = threading.Timer(seconds, daemon.stop.set)
         timer.start()
         try:

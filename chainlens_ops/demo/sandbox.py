@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from chainlens_ops.errors import OperationFailed
 from chainlens_ops.pg.cluster import (
     PG_USER,
     LocalCluster,
@@ -80,10 +81,50 @@ def stop(pgdata: Path) -> None:
 
 
 def tear_down(root: Path) -> bool:
-    """Stop every sandbox server under `root` and remove it; False when nothing was there."""
+    """Stop every sandbox server under `root` and remove it; False when nothing was there.
+    A server that does not stop raises, and nothing is removed (its data is still in use)."""
     if not root.exists():
         return False
     for pid_file in root.glob("*/data/postmaster.pid"):
         stop(pid_file.parent)
+    from chainlens_ops.restore.physical import live_postmaster
+
+    running = [p.parent for p in root.glob("*/data/postmaster.pid") if live_postmaster(p.parent)]
+    if running:
+        raise OperationFailed(
+            f"the sandbox server in {running[0]} did not stop; {root} is kept",
+            hint="stop that server as postgres (its postmaster.pid names the process), then "
+            "run `chainlens-ops demo --down` again",
+        )
     shutil.rmtree(root)
     return True
+
+
+# Where the last demo's sandbox is, so `demo --down` finds it from any folder. Per user
+# (the one who ran the demo, before it became the server's user), in that user's home.
+def record_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "chainlens-ops" / "demo-sandbox"
+
+
+def remember(root: Path) -> None:
+    """Record `root` as this user's demo sandbox (best effort: a convenience for --down)."""
+    path = record_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(f"{root}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
+def forget(root: Path) -> None:
+    if recorded() == root:
+        record_file().unlink(missing_ok=True)
+
+
+def recorded() -> Path | None:
+    try:
+        text = record_file().read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return Path(text) if text else None

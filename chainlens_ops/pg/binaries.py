@@ -55,13 +55,12 @@ def connection_for_binary(conninfo: str) -> tuple[str, dict[str, str]]:
     """
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+    from chainlens_ops.pg.connection import bad_conninfo
+
     try:
         params = conninfo_to_dict(conninfo)
-    except Exception:
-        raise ConfigError(
-            "the connection string is not valid libpq syntax",
-            hint="use key=value pairs or a postgresql:// URI",
-        ) from None
+    except Exception as exc:
+        raise bad_conninfo(exc, "the connection string") from None
     env: dict[str, str] = {}
     password = params.pop("password", None)
     if password is not None:

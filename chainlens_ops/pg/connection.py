@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,12 +39,8 @@ def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
         extra["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
         conn = psycopg.connect(target.conninfo, autocommit=autocommit, **extra)
-    except psycopg.ProgrammingError:
-        # psycopg's message can quote the string, password included: do not repeat it.
-        raise ConfigError(
-            f"the connection string for the {target.name} database is not valid libpq syntax",
-            hint="use key=value pairs or a postgresql:// URI",
-        ) from None
+    except psycopg.ProgrammingError as exc:
+        raise bad_conninfo(exc, f"the connection string for the {target.name} database") from None
     except psycopg.OperationalError as exc:
         raise ConnectionFailed(
             f"cannot connect to the {target.name} database ({target.display}): {first_line(exc)}",
@@ -51,6 +49,39 @@ def connect(target: DatabaseTarget, *, autocommit: bool = True) -> Connection:
     if on_connect is not None:
         on_connect(target)
     return conn
+
+
+_UNKNOWN_KEYWORD = re.compile(
+    r'(?:invalid connection option|invalid URI query parameter:) "([A-Za-z_][A-Za-z0-9_]{0,63})"'
+)
+
+
+def bad_conninfo(exc: BaseException, what: str) -> ConfigError:
+    """One line for a connection string libpq refused to parse, naming the mistake.
+
+    libpq's own message can quote the string, password included (`missing "=" after
+    "hunter2"`): only a keyword name is ever repeated from it, never a value."""
+    text = str(exc)
+    unknown = _UNKNOWN_KEYWORD.search(text)
+    if unknown:
+        keyword = unknown.group(1)
+        close = difflib.get_close_matches(keyword, libpq_keywords(), n=1, cutoff=0.6)
+        return ConfigError(
+            f"{what} has an unknown keyword {keyword!r}"
+            + (f": did you mean {close[0]}?" if close else ""),
+            hint="libpq's keywords are listed under 'Parameter Key Words' in its manual",
+        )
+    if 'missing "="' in text:
+        why = "has a word without '=' (quote values that hold spaces)"
+    elif "unterminated quoted string" in text:
+        why = "has an unterminated quoted value"
+    else:
+        why = "is not valid libpq syntax"
+    return ConfigError(f"{what} {why}", hint="use key=value pairs or a postgresql:// URI")
+
+
+def libpq_keywords() -> list[str]:
+    return [opt.keyword.decode() for opt in psycopg.pq.Conninfo.get_defaults()]
 
 
 def first_line(exc: BaseException) -> str:

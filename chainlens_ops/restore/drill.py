@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.backup.manifest import format_time, parse_time
+from chainlens_ops.backup.manifest import format_time, parse_time, require_backup
 from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import ChainlensError
@@ -60,7 +60,10 @@ def run_drill(
     timeout: float = 600.0,
     config_file: Path | None = None,
 ) -> DrillResult:
-    """Never raises for a failed drill: the result says why (and is recorded)."""
+    """Never raises for a failed drill: the result says why (and is recorded). An id the
+    catalog does not hold raises UnknownBackup before anything is written."""
+    if backup_id is not None:
+        require_backup(repo, backup_id)
     began = time.monotonic()
     result = DrillResult(backup_id=backup_id, ok=False, started_at=format_time(datetime.now(UTC)))
     try:

@@ -37,13 +37,16 @@ from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.crashpoints import pause_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import LocalCluster
+from chainlens_ops.pg.ports import DEFAULT_PORT, port_in_use
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
+from chainlens_ops.restore.replay import ReplayWatch
 from chainlens_ops.restore.selective import Selection, write_placeholder
-from chainlens_ops.restore.server import RecoveryFailed, StartResult, start_and_wait
+from chainlens_ops.restore.server import LOG_NAME, RecoveryFailed, StartResult, start_and_wait
+from chainlens_ops.storage.local import user_name
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
@@ -64,6 +67,17 @@ class RestoreOptions:
     config_file: Path | None = None
     # Only these databases readable (`restore --db-only`, `restore table`): see selective.py
     selection: Selection | None = None
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    """Hooks a caller (the CLI's progress display) passes; the core never prints.
+    `extracting(total)` once, then `extracted(n)` per n more bytes of the base backup
+    (uncompressed); `replayed(n, m)` when WAL replay restored segment n of m."""
+
+    extracting: Callable[[int], None] = lambda total: None
+    extracted: Callable[[int], None] = lambda n: None
+    replayed: Callable[[int, int], None] = lambda n, m: None
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,9 @@ def check_data_dir(pgdata: Path, *, force: bool) -> None:
             hint="--force moves its contents aside into a sibling folder (nothing is deleted)",
         )
     refuse_root()
-    if not os.access(pgdata if pgdata.exists() else pgdata.parent, os.W_OK):
-        raise UsageError(f"cannot write into {pgdata if pgdata.exists() else pgdata.parent}")
+    folder = pgdata if pgdata.exists() else pgdata.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _unwritable(folder, pgdata)
 
 
 def refuse_root() -> None:
@@ -108,6 +123,34 @@ def refuse_root() -> None:
         raise UsageError(
             "run the restore as the OS user that runs PostgreSQL (e.g. `sudo -u postgres`), "
             "not root: the data folder must belong to the server's user"
+        )
+
+
+def _unwritable(folder: Path, pgdata: Path) -> UsageError:
+    """Which user cannot write where, and the one command that fixes it."""
+    user = user_name(os.geteuid())
+    info = folder.stat()
+    fix = (f"as root: chown {user}: {pgdata} && chmod 700 {pgdata}" if folder == pgdata
+           else f"as root: install -d -o {user} -m 700 {pgdata}")  # fmt: skip
+    return UsageError(
+        f"{user} (the OS user running this restore, who must be the server's) cannot write "
+        f"into {folder} (owned by {user_name(info.st_uid)}, mode {info.st_mode & 0o7777:o})",
+        hint=f"{fix}; or choose a --pgdata in a folder {user} owns",
+    )
+
+
+def check_start_port(options: RestoreOptions) -> None:
+    """With --start, refuse a taken port before anything is extracted (the server would
+    fail to bind only after the extraction)."""
+    if not options.start:
+        return
+    port = options.port or DEFAULT_PORT
+    why = port_in_use(port)
+    if why is not None:
+        default = "" if options.port else f" (--start uses {DEFAULT_PORT} unless told)"
+        raise UsageError(
+            f"port {port} is already in use: {why}{default}; nothing was extracted",
+            hint="choose a free port with --port N",
         )
 
 
@@ -176,6 +219,7 @@ def planned_restore(
     *,
     command: str = "restore",
     on_plan: Callable[[RestorePlan], None] | None = None,
+    progress: RestoreProgress | None = None,
 ) -> RestoreResult:
     """Plan and carry out a restore under a claim on the repository (see the module
     docstring); `on_plan` sees the plan before anything is written."""
@@ -183,19 +227,26 @@ def planned_restore(
         plan = make_plan(repo, target, backup_id)
         if on_plan is not None:
             on_plan(plan)
-        return restore(repo, plan, options)
+        return restore(repo, plan, options, progress)
     with RestoreClaim(repo.storage, command).hold() as claim:
         plan = make_plan(repo, target, backup_id)
         claim.scope(plan.backup.id)
         if on_plan is not None:
             on_plan(plan)
-        return restore(repo, plan, options)
+        return restore(repo, plan, options, progress)
 
 
-def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> RestoreResult:
+def restore(
+    repo: Repository,
+    plan: RestorePlan,
+    options: RestoreOptions,
+    progress: RestoreProgress | None = None,
+) -> RestoreResult:
     """Carry out `plan` into options.pgdata (see the module docstring)."""
+    progress = progress or RestoreProgress()
     pgdata = options.pgdata
     check_data_dir(pgdata, force=options.force)
+    check_start_port(options)
     if options.dry_run:
         return RestoreResult(plan=plan, pgdata=str(pgdata), dry_run=True)
     started_at = time.monotonic()
@@ -204,7 +255,7 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
     created = not pgdata.exists()
     pgdata.mkdir(mode=0o700, exist_ok=True)
     try:
-        extracted, skipped = _extract(repo, plan, pgdata, options.selection)
+        extracted, skipped = _extract(repo, plan, pgdata, progress, options.selection)
         (pgdata / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(pgdata, 0o700)
         settings = RecoverySettings(
@@ -226,14 +277,16 @@ def restore(repo: Repository, plan: RestorePlan, options: RestoreOptions) -> Res
         seconds=time.monotonic() - started_at,
     )  # fmt: skip
     if options.start:
+        watch = ReplayWatch(pgdata / LOG_NAME, plan, progress.replayed)
         try:
             started = start_and_wait(pgdata, plan, options.target_action, options.port,
-                                     options.start_timeout)  # fmt: skip
+                                     options.start_timeout, on_poll=watch.poll)  # fmt: skip
         except RecoveryFailed as exc:
             missing = next((line for line in exc.log_tail if "required WAL segment" in line), None)
             if missing is not None:
                 exc.message += ": " + missing.split("error: wal fetch: fatal: ", 1)[-1]
             raise
+        watch.poll()  # the segments restored since the last round
         check_replay_reached(pgdata, plan, started)
         result = replace(result, started=started, seconds=time.monotonic() - started_at)
     return result
@@ -307,15 +360,20 @@ def _move_aside(pgdata: Path) -> str:
 
 
 def _extract(
-    repo: Repository, plan: RestorePlan, pgdata: Path, selection: Selection | None = None
+    repo: Repository,
+    plan: RestorePlan,
+    pgdata: Path,
+    progress: RestoreProgress,
+    selection: Selection | None = None,
 ) -> tuple[int, int]:
     obj = next((o for o in plan.backup.objects if o.key.endswith("/" + BASE_OBJECT)), None)
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")
     skipped = 0
+    progress.extracting(obj.raw_size)
     with CheckedReader(repo.storage, obj) as reader:
         pause_point("restore-extracting")
-        buffered = io.BufferedReader(reader, 1024 * 1024)
+        buffered = io.BufferedReader(_Reporting(reader, progress.extracted), 1024 * 1024)
         try:
             # 1 MiB blocks: tarfile's default (10 KiB reads, 16 KiB copies) costs more
             # Python calls than the decompression itself, and skipping a member reads
@@ -333,6 +391,24 @@ def _extract(
             raise OperationFailed(f"{obj.key} is not a readable tar stream: {exc}") from None
         reader.drain()  # the rest of the stream, so the size and sha256 are checked
         return reader.raw_size, skipped
+
+
+class _Reporting(io.RawIOBase):
+    """Passes reads through, telling `seen` how many bytes each one brought."""
+
+    def __init__(self, raw: io.RawIOBase, seen: Callable[[int], None]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._seen = seen
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer) or 0
+        if n:
+            self._seen(n)
+        return n
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

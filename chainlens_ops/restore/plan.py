@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
-from chainlens_ops.backup.manifest import BackupManifest, read_catalog
+from chainlens_ops.backup.manifest import BackupManifest, read_catalog, require_backup
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.walscan import find_restore_point
+from chainlens_ops.timetext import parse_time_text
 from chainlens_ops.wal.catalog import TimelineSpan, check_wal
 from chainlens_ops.window import (
     RecoverableWindow,
@@ -42,6 +43,13 @@ TIME = "time"
 NAME = "name"
 LSN = "lsn"
 LATEST = "latest"
+# A target past the archive usually means the incident's segment is still being written
+# on the primary: --latest would replay up to (and, once archived, into) the damage.
+NOT_ARCHIVED_YET = (
+    "the segment holding it is most likely not archived yet: run SELECT pg_switch_wal() "
+    "on the primary (or `chainlens-ops check`, which does) and plan again; not --latest, "
+    "which stops at no target and replays the damage once it is archived"
+)
 
 
 @dataclass(frozen=True)
@@ -70,23 +78,12 @@ def _shown(text: str) -> str:
 
 
 def parse_target_time(text: str) -> Target:
-    """ISO 8601 with or without offset (none = UTC); psql's `2026-11-27 10:33:00.99+00`."""
+    """Any form `chainlens_ops.timetext` reads (ISO 8601, psql's `now()`, the server
+    log's `... UTC`); no offset = UTC."""
     if len(text) > MAX_TARGET_TEXT:
         raise UsageError(f"cannot read the target time {_shown(text)}: too long")
-    cleaned = text.strip()
-    if cleaned.endswith(("Z", "z")):
-        cleaned = cleaned[:-1] + "+00:00"
-    try:
-        when = datetime.fromisoformat(cleaned)
-    except ValueError:
-        raise UsageError(
-            f"cannot read the target time {_shown(text)}",
-            hint="use ISO 8601, e.g. 2026-11-27T10:33:00+00:00 or '2026-11-27 10:33:00.99+00'",
-        ) from None
-    assumed = when.tzinfo is None
-    if assumed:
-        when = when.replace(tzinfo=UTC)
-    return Target(TIME, text, time=when, assumed_utc=assumed)
+    parsed = parse_time_text(text, "target time")
+    return Target(TIME, text, time=parsed.when, assumed_utc=parsed.assumed_utc)
 
 
 def parse_target_lsn(text: str) -> Target:
@@ -148,6 +145,8 @@ class RestorePlan:
 def make_plan(repo: Repository, target: Target, backup_id: str | None = None) -> RestorePlan:
     """Choose the backup and check the archive; UsageError/OperationFailed with one line
     for anything that makes the restore impossible. Reads only."""
+    if backup_id is not None:
+        require_backup(repo, backup_id)  # a mistyped id: exit 2 naming it
     marker = repo.marker()
     catalog = read_catalog(repo)
     if backup_id is not None and backup_id in catalog.problems:
@@ -194,7 +193,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
         if last_segno > newest_segno:
             raise UsageError(
                 f"target LSN {target.text} is later than the newest archived WAL ({newest})",
-                hint="use --latest to replay everything archived",
+                hint=NOT_ARCHIVED_YET,
             )
         recovery_target = lsn_text(target.lsn)
     elif target.kind == NAME:
@@ -296,7 +295,7 @@ def _choose(
         raise UsageError(
             f"target {postgres_time(target.time)} is later than the newest archived WAL can "
             f"reach ({newest}); recoverable window: {shown}",
-            hint="use --latest to replay everything archived",
+            hint=NOT_ARCHIVED_YET,
         )
     raise UsageError(f"target {target.text} is outside the recoverable window: {shown}")
 

@@ -12,6 +12,7 @@ current OS user unless $PGUSER says otherwise; a password comes from $PGPASSFILE
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,12 @@ class StartResult:
 
 
 def start_and_wait(
-    pgdata: Path, plan: RestorePlan, action: str, port: int | None, timeout: float
+    pgdata: Path,
+    plan: RestorePlan,
+    action: str,
+    port: int | None,
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,  # each wait round (replay progress)
 ) -> StartResult:
     log = pgdata / LOG_NAME
     port = port or 5432
@@ -64,6 +70,8 @@ def start_and_wait(
     deadline = started + timeout
     seen_pid = False
     while True:
+        if on_poll is not None:
+            on_poll()
         if time.monotonic() > deadline:
             raise RecoveryFailed(
                 f"the restored server did not reach the target within {timeout:g}s "

@@ -16,6 +16,7 @@ from chainlens_ops.storage.base import (
     InvalidKey,
     NotFound,
     ObjectInfo,
+    RepositoryNotOurs,
     StorageError,
     StorageUnreachable,
 )
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from chainlens_ops.config import S3Settings
     from chainlens_ops.storage.protocol import Storage
 
-__all__ = ["AlreadyExists", "InvalidKey", "NotFound", "ObjectInfo", "StorageError",
-           "StorageUnreachable", "open_storage"]  # fmt: skip
+__all__ = ["AlreadyExists", "InvalidKey", "NotFound", "ObjectInfo", "RepositoryNotOurs",
+           "StorageError", "StorageUnreachable", "open_storage"]  # fmt: skip
 
 
 def open_storage(url: str, s3: S3Settings | None = None) -> Storage:

@@ -21,6 +21,14 @@ class StorageUnreachable(StorageError):
     exit_code = EXIT_CONFIG
 
 
+class RepositoryNotOurs(StorageError):
+    """This OS user must not write the repository (root on the database user's folder, or
+    a user without write access): the wrong user for the command, exit 2 like every
+    other wrong-user refusal (restore as root, ...)."""
+
+    exit_code = EXIT_USAGE
+
+
 class NotFound(StorageError):
     """The key does not exist: a confirmed absence, not a failure to look."""
 

@@ -20,7 +20,13 @@ import time
 from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import UsageError
-from chainlens_ops.storage.base import AlreadyExists, NotFound, ObjectInfo, StorageError
+from chainlens_ops.storage.base import (
+    AlreadyExists,
+    NotFound,
+    ObjectInfo,
+    RepositoryNotOurs,
+    StorageError,
+)
 from chainlens_ops.storage.keys import check_key, check_prefix
 
 TYPE_CHECKING = False
@@ -146,17 +152,17 @@ class LocalStorage:
             raise StorageError(f"repository {self.root} exists and is not a folder")
         euid = os.geteuid()
         if euid == 0 and info.st_uid != 0:
-            owner = _user_name(info.st_uid)
-            raise StorageError(
+            owner = user_name(info.st_uid)
+            raise RepositoryNotOurs(
                 f"repository {self.root} is owned by {owner}; run chainlens-ops as that user "
                 f"(e.g. sudo -u {owner} chainlens-ops ...)"
             )
         if euid != 0 and not os.access(self.root, os.W_OK | os.X_OK):
             if _read_only_fs(self.root):
                 raise StorageError(f"repository {self.root} is on a read-only file system")
-            raise StorageError(
-                f"repository {self.root} is not writable by {_user_name(euid)} "
-                f"(owned by {_user_name(info.st_uid)}); run chainlens-ops as its owner"
+            raise RepositoryNotOurs(
+                f"repository {self.root} is not writable by {user_name(euid)} "
+                f"(owned by {user_name(info.st_uid)}); run chainlens-ops as its owner"
             )
         self._writable = True
 
@@ -333,7 +339,7 @@ def _path_from_url(url: str) -> str:
     return os.path.normpath(path)
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     import pwd
 
     try:

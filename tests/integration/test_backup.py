@@ -281,6 +281,36 @@ def test_a_base_backup_whose_wal_never_arrives_fails_clearly(make_cluster: Clust
     assert listing(repo) == []
 
 
+def test_the_first_base_backup_of_a_fresh_archiving_cluster(make_cluster: ClusterFactory) -> None:
+    """archive_command just set, nothing archived yet: the backup switches a segment and
+    waits for it (as `check` does) instead of refusing; it refuses only when archiving
+    fails, saying so."""
+    repo = make_cluster.dir("repo")
+    fresh = make_cluster(archive_mode="on", archive_command=f"{CLI} wal push --repo {repo} %p")
+    assert fresh.scalar("SELECT last_archived_wal FROM pg_stat_archiver") is None
+    proc = backup(repo, fresh.conninfo(), "--kind", "base")
+    assert proc.returncode == 0, proc.stderr
+    assert "no WAL archived yet: switched a segment" in proc.stderr, proc.stderr
+    assert [b["kind"] for b in listing(repo)] == ["base"]
+
+    broken_repo = make_cluster.dir("broken-repo")
+    broken = make_cluster(archive_mode="on", archive_command="false")
+    started = time.monotonic()
+    refused = backup(broken_repo, broken.conninfo(), "--kind", "base")
+    assert refused.returncode == 1, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "archived no WAL after a segment switch" in line, line
+    assert "archive_command failed" in line and "chainlens-ops check" in line, line
+    assert time.monotonic() - started < 30  # a failure ends the wait; no 120 s stall
+    assert listing(broken_repo) == []
+
+    silent = make_cluster(archive_mode="on", archive_command="")  # archives nothing, ever
+    started = time.monotonic()
+    refused = backup(broken_repo, silent.conninfo(), "--kind", "base")
+    assert refused.returncode == 1 and "archive_command is empty" in refused.stderr
+    assert time.monotonic() - started < 30
+
+
 def test_failures_say_one_line_and_leave_nothing_valid(make_cluster: ClusterFactory) -> None:
     pg = make_cluster()  # archive_mode off
     fill(pg, "shop")

@@ -41,10 +41,12 @@ def _count(port: int, statement: str) -> int:
 
 
 def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> None:
+    # The demo records its sandbox per user (XDG_STATE_HOME): this test's own record.
+    state = {"XDG_STATE_HOME": str(demo_cwd / "state")}
     done = subprocess.run(
         [str(CLI), "demo", "--daemon-seconds", "3"],
         cwd=demo_cwd, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **state},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     primary = int(re.search(r"PostgreSQL 15 on 127\.0\.0\.1:(\d+)", done.stdout).group(1))  # type: ignore[union-attr]
@@ -86,9 +88,20 @@ def test_demo_restores_pre_incident_data_and_down_removes_it(demo_cwd: Path) -> 
     assert [p["name"] for p in window["window"]["restore_points"]] == ["demo-before-incident"]
     assert window["databases"] == ["supabase", "microservices"]
 
-    down = subprocess.run([str(CLI), "demo", "--down"], cwd=demo_cwd, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    # `--down` from another folder finds the sandbox the demo recorded and stops both
+    # servers; run again, it says there is nothing to stop.
+    elsewhere = demo_cwd / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    down = subprocess.run([str(CLI), "demo", "--down"], cwd=elsewhere, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **state})  # fmt: skip
     assert down.returncode == 0, down.stderr
+    assert f"the one the demo recorded, {demo_cwd / '.demo'}, stopped and removed" in (
+        " ".join(down.stdout.split())
+    ), down.stdout
     assert not (demo_cwd / ".demo").exists()
     with pytest.raises(psycopg.OperationalError):
         _count(primary, "SELECT 1")
+    again = subprocess.run([str(CLI), "demo", "--down"], cwd=elsewhere, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, **state})  # fmt: skip
+    assert again.returncode == 0 and "nothing to stop" in again.stdout, again.stdout

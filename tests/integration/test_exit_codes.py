@@ -10,12 +10,15 @@ No row needs a running server: unreachable ones point at a closed loopback port.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from pgharness import run_cli
+from conftest import ClusterFactory
+from pgharness import CLI, run_cli
+from test_wal import switch_and_wait
 
 DAMAGED_ID = "20261206T100000Z-logical-supabase"
 DEAD = "host=127.0.0.1 port=1 dbname=x user=u password=hunter2 connect_timeout=2"
@@ -151,6 +154,29 @@ CASES |= {
         r"nothing names a server for the microservices",
     ),
     "check: nothing names a server": Case(("check", "--repo", "/r"), 3, r"nothing names a server"),
+    # A mistyped DSN names the keyword (and never repeats a value from it).
+    "schema status: DSN keyword typo": Case(
+        (
+            "schema",
+            "status",
+            "--db",
+            "supabase",
+            "--dsn",
+            "host=127.0.0.1 dbnme=x password=hunter2",
+        ),
+        3,
+        r"unknown keyword 'dbnme': did you mean dbname\?",
+    ),
+    "backup: DSN keyword typo": Case(
+        ("backup", "--repo", "/r", "--dsn", "sslmod=require password=hunter2"),
+        3,
+        r"unknown keyword 'sslmod': did you mean sslmode\?",
+    ),
+    "schema status: DSN word without =": Case(
+        ("schema", "status", "--db", "supabase", "--dsn", "host=127.0.0.1 hunter2"),
+        3,
+        r"a word without '='",
+    ),
     "partition list: nothing names a server": Case(
         ("partition", "list"), 3, r"nothing names a server"
     ),
@@ -202,8 +228,25 @@ CASES |= {
     "backup list: bad repository URL": Case(
         ("backup", "list", "--repo", "ftp://x/y"), 2, r"is not a file:///"
     ),
+    # A backup id the catalog does not hold is bad input (2) wherever it is given; a
+    # repository that is not there is said first (1). {tmp}: an empty folder.
+    "backup verify: missing repository": Case(
+        ("backup", "verify", "--repo", "/nonexistent/repo", "nosuch"), 1, r"does not exist"
+    ),
     "backup verify: unknown backup": Case(
-        ("backup", "verify", "--repo", "/nonexistent/repo", "nosuch"), 1, r"no backup nosuch"
+        ("backup", "verify", "--repo", "{tmp}", "nosuch"),
+        2,
+        r"no backup 'nosuch' in repository .*backup list",
+    ),
+    "restore drill: unknown backup": Case(
+        ("restore", "drill", "--repo", "{tmp}", "--backup", "nope"),
+        2,
+        r"no backup 'nope' in repository .*backup list",
+    ),
+    "restore logical: unknown backup": Case(
+        ("restore", "--repo", "{tmp}", "--backup", "nope", "--dbname", "x"),
+        2,
+        r"no backup 'nope'",
     ),
     "backup prune: zero --keep-last": Case(
         ("backup", "prune", "--keep-last", "0", "--repo", "/r"), 2, r"--keep-last must be"
@@ -332,7 +375,7 @@ def damaged_repository(root: Path, marker: bool) -> Path:
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_bad_input_exit_code_and_one_error_line(case: Case, tmp_path: Path) -> None:
-    args = case.args
+    args = tuple(arg.replace("{tmp}", str(tmp_path)) for arg in case.args)
     for token, marker in (("DAMAGED_REPO", False), ("DAMAGED_MARKER", True)):
         if token in args:
             repo = str(damaged_repository(tmp_path / token.lower(), marker))
@@ -384,3 +427,41 @@ def test_dash_h_works_everywhere(path: tuple[str, ...]) -> None:
     proc = run_cli(*path, "-h")
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
+
+
+def test_an_unreadable_config_is_exit_3_like_a_missing_one(make_cluster: ClusterFactory) -> None:
+    folder = make_cluster.dir("config")  # postgres may enter it, not read the file
+    config = folder / "ops.toml"
+    config.write_text("lock_retries = 3\n")
+    os.chown(config, 0, 0)
+    config.chmod(0o600)
+    for where in (("--config", str(config), "schema", "status"),
+                  ("schema", "status", "--config", str(config))):  # fmt: skip
+        proc = run_cli(*where, user="postgres")
+        assert proc.returncode == 3, proc.stderr
+        assert f"config file {config} is not readable" in proc.stderr
+    proc = run_cli("status", env={"CHAINLENS_CONFIG": str(config)}, user="postgres")
+    assert proc.returncode == 3 and "is not readable" in proc.stderr, proc.stderr
+
+
+def test_the_wrong_os_user_is_exit_2_for_every_command(make_cluster: ClusterFactory) -> None:
+    """Root acting on the database user's repository: backup, restore-point create and
+    restore refuse the same way (2), naming the user to run as, and write nothing."""
+    repo = make_cluster.dir("repo")
+    pg = make_cluster(archive_mode="on", archive_command=f"{CLI} wal push --repo {repo} %p")
+    switch_and_wait(pg)  # the repository as the archiver made it
+    before = sorted(p.name for p in repo.rglob("*") if "wal" not in p.parts)
+    runs = {
+        "backup": run_cli("backup", "--repo", str(repo), "--dsn", pg.conninfo(), "--kind",
+                          "logical"),
+        "restore-point create": run_cli("restore-point", "create", "p1", "--repo", str(repo),
+                                        "--dsn", pg.conninfo()),
+        "restore": run_cli("restore", "--repo", str(repo), "--latest", "--pgdata",
+                           str(make_cluster.dir("restore") / "data")),
+    }  # fmt: skip
+    for command, proc in runs.items():
+        assert proc.returncode == 2, (command, proc.stderr)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith("chainlens-ops: error: "), (command, line)
+        assert "postgres" in line, (command, line)
+    assert sorted(p.name for p in repo.rglob("*") if "wal" not in p.parts) == before

@@ -111,18 +111,20 @@ class Sandbox:
 def sandbox(scratch: Path) -> Iterator[Sandbox]:
     folder = Path(tempfile.mkdtemp(prefix="chainlens-readme-", dir="/var/tmp"))
     os.chmod(folder, 0o755)
+    state = {"XDG_STATE_HOME": str(folder / "state")}
     work = make_shared_dir(scratch / f"readme-{os.getpid()}")
     try:
+        # Its own demo record (XDG_STATE_HOME): `--down` never reaches another run's.
         made = subprocess.run([str(CLI), "demo", "--daemon-seconds", "1"], cwd=folder,
-                              env=cli_env({"COLUMNS": "80"}), capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+                              env=cli_env({"COLUMNS": "80", **state}), capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
         assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
         yield Sandbox(folder, folder / ".demo" / "chainlens-ops.toml", work, free_port())
     finally:
         restored = work / "restored"
         PgCluster(restored, 0).stop("immediate")
         subprocess.run([str(CLI), "demo", "--down"], cwd=folder, check=False,
-                       capture_output=True)  # fmt: skip
+                       capture_output=True, env=cli_env(state))  # fmt: skip
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -151,14 +153,37 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
         (fresh, ["--target-time", "2026-11-27", "--latest"], "exactly one of"),
         (fresh, ["--target-lsn", "FF/0"], "later than the newest archived WAL"),
         (fresh, ["--target-lsn", "not-an-lsn"], "is not an LSN"),
+        (fresh, ["--latest", "--backup", "nope"], "no backup 'nope' in repository"),
     ]
-    for pgdata, args, message in cases:
-        before = snapshot(pgdata)
-        proc = restore(incident.repo, *args, "--pgdata", str(pgdata))
-        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert message in lines[-1] and lines[-1].startswith("chainlens-ops"), (args, proc.stderr)
-        assert snapshot(pgdata) == before, args
+    closed = incident.factory.dir("refused-perm")  # root's: postgres cannot create in it
+    os.chown(closed, 0, 0)
+    closed.chmod(0o755)
+    cases.append((closed / "data", ["--latest"], "postgres (the OS user running this restore"))
+    taken = socket.socket()  # a port someone else listens on
+    taken.bind(("127.0.0.1", free_port()))
+    taken.listen()
+    busy = str(taken.getsockname()[1])
+    cases += [
+        (fresh, ["--latest", "--start", "--port", busy], f"port {busy} is already in use"),
+        (nonempty, ["--latest", "--force", "--start", "--port", busy], f"port {busy}"),
+    ]
+    with taken:
+        for pgdata, args, message in cases:
+            before = snapshot(pgdata)
+            proc = restore(incident.repo, *args, "--pgdata", str(pgdata))
+            assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+            lines = proc.stderr.strip().splitlines()
+            assert message in lines[-1] and lines[-1].startswith("chainlens-ops"), (
+                args, proc.stderr)  # fmt: skip
+            assert snapshot(pgdata) == before, args
+            if pgdata.parent == closed:  # which user, who owns it, and the fix
+                assert f"cannot write into {closed} (owned by root, mode 755)" in lines[-1]
+                assert f"install -d -o postgres -m 700 {pgdata}" in lines[-1]
+            if "--port" in args:  # refused before the plan: nothing read, nothing written
+                assert "--port N" in lines[-1] and "restore plan" not in proc.stderr
+            if "later than the newest archived WAL" in message:
+                # The cause is WAL not archived yet; --latest would replay the damage.
+                assert "pg_switch_wal()" in lines[-1] and "use --latest" not in lines[-1]
 
     # --dry-run prints the plan (backup, WAL range, target, timezone) and writes nothing.
     proc = restore(incident.repo, "--target-time", "2026-11-27 10:33", "--dry-run",
@@ -170,6 +195,11 @@ def test_refusals_leave_the_folder_as_it_was(incident: Incident) -> None:
     assert incident.backup_id in proc.stderr and "WAL:" in proc.stderr
     assert "UTC (the time had no offset" in proc.stderr
     assert not fresh.exists()
+    # The server log's own form of the same time (`%m`: '... 10:33:00.990 UTC').
+    log_form = incident.time_t.split("+")[0] + " UTC"
+    proc = restore(incident.repo, "--target-time", log_form, "--dry-run", "--pgdata", str(fresh))
+    assert proc.returncode == 0, proc.stderr
+    assert "offset given" in proc.stderr and not fresh.exists()
 
     # A missing segment between the backup and the target is named, before any write.
     start_wal = next(incident.repo.glob(f"backups/{incident.backup_id}/manifest.json"))
@@ -312,13 +342,14 @@ def test_pause_at_a_restore_point_and_a_failed_start_shows_the_log(incident: Inc
     assert tags(paused) == expected("A")
     paused.stop()
 
-    # The port is taken (by the source): the server cannot start; the log's tail is shown.
+    # The port is taken (by the source): refused before anything is extracted (it used
+    # to fail only once the server tried to bind, after the extraction).
     busy = incident.factory.dir("busy") / "data"
     proc = restore(incident.repo, "--latest", "--pgdata", str(busy), "--start",
                    "--port", str(incident.source.port))  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "stopped before reaching the target" in proc.stderr
-    assert "log:" in proc.stderr and "could not" in proc.stderr, proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"port {incident.source.port} is already in use" in proc.stderr
+    assert not busy.exists() and "restore plan" not in proc.stderr
 
 
 def test_latest_recovery_with_s3_gone_stops_instead_of_promoting(
@@ -357,3 +388,87 @@ def test_latest_recovery_with_s3_gone_stops_instead_of_promoting(
     assert "exit code 255" in log, log[-3000:]
     assert "database system is ready to accept connections" not in log
     assert not list((pgdata / "pg_wal").glob("*.history"))  # never promoted
+
+
+def test_restore_progress_on_a_terminal_and_none_when_piped_or_quiet(
+    incident: Incident,
+) -> None:
+    from pgharness import CLI, cli_env
+    from test_backup_parallel import run_in_pty
+
+    env = cli_env({"TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"})
+    extracted = re.compile(r"extracting .*\d+\.\d (KiB|MiB) of \d+\.\d MiB")
+    replay = re.compile(r"WAL replay .*segment (\d+) of (\d+)")
+    for extra in ([], ["--quiet"]):
+        pgdata = incident.factory.dir("progress") / "data"
+        port = free_port()
+        argv = ["runuser", "-u", "postgres", "--", str(CLI), "restore", "--repo",
+                str(incident.repo), "--latest", "--pgdata", str(pgdata), "--start",
+                "--port", str(port), *extra]  # fmt: skip
+        code, shown = run_in_pty(argv, env)
+        incident.factory.made.append(PgCluster(pgdata, port))
+        assert code == 0, shown
+        assert "promoted" in shown, shown
+        if extra:
+            assert not extracted.search(shown) and not replay.search(shown), shown
+            continue
+        assert extracted.search(shown), shown
+        steps = [(int(n), int(m)) for n, m in replay.findall(shown)]
+        # Every segment from the backup's start to the newest archived one, counted.
+        assert steps and steps[-1][0] == steps[-1][1] >= 1, shown
+        assert all(line.rstrip() == line for line in shown.splitlines() if "segment" in line)
+        PgCluster(pgdata, port).stop()
+
+    pgdata = incident.factory.dir("progress-piped") / "data"
+    port = free_port()
+    piped = restore(incident.repo, "--latest", "--pgdata", str(pgdata), "--start",
+                    "--port", str(port), env={"TERM": "xterm"})  # fmt: skip
+    incident.factory.made.append(PgCluster(pgdata, port))
+    assert piped.returncode == 0, piped.stderr
+    assert "\x1b" not in piped.stderr + piped.stdout
+    assert not extracted.search(piped.stderr) and not replay.search(piped.stderr), piped.stderr
+    assert "restore plan" in piped.stderr and "promoted" in piped.stdout
+    PgCluster(pgdata, port).stop()
+
+
+def test_listings_and_the_plan_fit_80_columns_piped_without_padding(
+    incident: Incident,
+) -> None:
+    """What cron mails: prose wrapped at 80 columns at spaces (identifiers whole), no
+    line padded with trailing spaces; restore point names and times whole."""
+    repo = str(incident.repo)
+    runs = {
+        "backup list": run_cli("backup", "list", "--repo", repo, user="postgres"),
+        "wal check": run_cli("wal", "check", "--repo", repo, user="postgres"),
+        "wal list": run_cli("wal", "list", "--repo", repo, user="postgres"),
+        "restore-point list": run_cli("restore-point", "list", "--repo", repo, user="postgres"),
+        "restore plan": restore(repo, "--latest", "--dry-run", "--pgdata",
+                                str(incident.factory.dir("plan") / "data")),
+    }  # fmt: skip
+    for what, proc in runs.items():
+        assert proc.returncode == 0, (what, proc.stderr)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert all(line == line.rstrip() for line in lines), (what, lines)
+        # Piped, `wal list`'s table keeps room for whole identifiers (200 columns);
+        # every other command's lines fit 80.
+        if what != "wal list":
+            assert all(len(line) <= 80 for line in lines), (what, lines)
+    points = runs["restore-point list"].stdout.splitlines()
+    assert points[0].split() == ["name", "lsn", "tli", "time", "(UTC)", "source"]
+    assert points[1].startswith("before-b  ")
+    assert incident.backup_id in runs["backup list"].stdout
+    plan = runs["restore plan"].stderr
+    assert "\n  WAL:      " in plan and "\n  backup:   " in plan
+
+
+def test_a_mistyped_backup_id_writes_nothing_into_the_repository(incident: Incident) -> None:
+    before = snapshot(incident.repo)
+    for args in (("drill", "--backup", "nope"), ("--backup", "nope", "--dbname", "copy")):
+        proc = restore(incident.repo, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "no backup 'nope' in repository" in line and "backup list" in line, line
+    assert not (incident.repo / "backups" / "nope").exists()
+    assert snapshot(incident.repo) == before
+    listed = run_cli("backup", "list", "--repo", str(incident.repo), user="postgres")
+    assert "incomplete" not in listed.stdout, listed.stdout

@@ -25,8 +25,10 @@ from test_wal import PUSH, switch_and_wait
 from chainlens_ops.backup.proofs import latest_proofs
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.config import load_settings
+from chainlens_ops.daemon.history import ensure_table
+from chainlens_ops.daemon.status import daemon_fix
 from chainlens_ops.repository import Repository
-from chainlens_ops.status import DAEMON_FIX, collect_status
+from chainlens_ops.status import collect_status
 from chainlens_ops.window import BaseMark, PointLabel, RecoverableWindow, Span, WalRun
 
 Proc = subprocess.CompletedProcess[str]
@@ -273,8 +275,9 @@ def test_daemon_jobs_last_run_result_next_run_and_overdue(make_cluster: ClusterF
     jobs = ('\n[[jobs]]\nname = "good"\ncommand = "cache stats"\nevery = "2s"\n'
             f'\n[[jobs]]\nname = "bad"\ncommand = "{FAILS_FAST}"\nevery = "2s"\n')  # fmt: skip
     ops = make_ops(make_cluster, jobs)
+    fix = daemon_fix(load_settings(ops.config, env={}))
     daemon = ops.check("daemon")
-    assert not daemon["ok"] and daemon["fixes"] == [DAEMON_FIX]  # no job ever ran
+    assert not daemon["ok"] and daemon["fixes"] == [fix]  # no job ever ran
     assert all(j["next_run"] and j["last_run"] is None for j in daemon["facts"])
 
     proc = DaemonProc(ops.config, name=f"status-{uuid.uuid4().hex[:6]}")
@@ -300,7 +303,54 @@ def test_daemon_jobs_last_run_result_next_run_and_overdue(make_cluster: ClusterF
     # An hour on, no run claimed the slots since: the daemon is not running.
     later = ops.settings_now(timedelta(hours=1))
     assert all(j.overdue for j in later.jobs)
-    assert DAEMON_FIX in next(c for c in later.checks if c.area == "daemon").fixes
+    assert fix in next(c for c in later.checks if c.area == "daemon").fixes
+
+
+def test_daemon_status_and_status_agree_on_overdue_and_a_broken_job(
+    make_cluster: ClusterFactory,
+) -> None:
+    """No daemon running and a slot long past: both commands say overdue and exit 1; a
+    broken [[jobs]] entry is reported by both (status no longer drops the rows)."""
+    jobs = '\n[[jobs]]\nname = "stats"\ncommand = "cache stats"\nevery = "1m"\n'
+    ops = make_ops(make_cluster, jobs)
+    settings = load_settings(ops.config, env={})
+    ensure_table(settings.target("microservices"))
+    ops.cluster.execute(
+        "INSERT INTO chainlens_ops.job_runs (job_name, scheduled_for, started_at, finished_at, "
+        "status, host) VALUES ('stats', now() - interval '1 hour', now() - interval '1 hour', "
+        "now() - interval '1 hour', 'succeeded', 'elsewhere')",
+        dbname="microservices",
+    )
+    shown = ops.cli("daemon", "status")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "succeeded, overdue" in shown.stdout, shown.stdout
+    assert "overdue: stats (a slot passed more than 5 min ago" in shown.stdout
+    # No unit here (a sandbox): the command that starts it, not systemctl.
+    assert f"start it: {daemon_fix(settings)}" in " ".join(shown.stdout.split())
+    as_json = ops.cli("daemon", "status", "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)[0]["overdue"] is True
+    code, report = ops.status()
+    daemon = next(c for c in report["checks"] if c["area"] == "daemon")
+    assert code == 1 and not daemon["ok"] and "stats: succeeded, overdue" in daemon["detail"]
+    assert daemon["fixes"] == [daemon_fix(settings)]
+    if not any(
+        Path(d, "chainlens-ops-daemon.service").exists()
+        for d in ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
+    ):
+        assert "systemctl" not in daemon["fixes"][0]
+        assert daemon["fixes"][0].startswith(f"chainlens-ops --config {ops.config} daemon")
+
+    # A broken entry: daemon status refuses (3); status reports it and exits 1.
+    ops.config.write_text(ops.config.read_text() + '\n[[jobs]]\nname = "typo"\n'
+                          'command = "cache statz"\nevery = "1h"\n')  # fmt: skip
+    broken = ops.cli("daemon", "status")
+    assert broken.returncode == 3 and "statz" in broken.stderr, broken.stderr
+    code, report = ops.status()
+    daemon = next(c for c in report["checks"] if c["area"] == "daemon")
+    assert code == 1 and not daemon["ok"], daemon
+    assert daemon["detail"].startswith("cannot check") and "statz" in daemon["detail"]
+    human = ops.cli("status")
+    assert human.returncode == 1 and "statz" in human.stdout
 
 
 def test_unreachable_databases_need_action_and_say_why(tmp_path: Path) -> None:

@@ -315,9 +315,10 @@ def test_push_user_mistakes_are_one_line_with_documented_codes(
         proc = run_cli("wal", "push", *args, user="postgres")
         assert (proc.returncode, len(proc.stderr.strip().splitlines())) == (code, 1), proc.stderr
         assert text in proc.stderr and "Traceback" not in proc.stderr
-    # Root must not write files the database's OS user could not read.
+    # Root must not write files the database's OS user could not read: the wrong OS user,
+    # a usage mistake (2) as for every command.
     proc = run_cli("wal", "push", "--repo", str(repo), str(segment))
-    assert proc.returncode == 1 and "owned by postgres" in proc.stderr
+    assert proc.returncode == 2 and "owned by postgres" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

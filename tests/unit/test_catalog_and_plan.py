@@ -73,7 +73,7 @@ def test_a_manifest_round_trips_through_its_bytes_with_its_kind(tmp_path: Path) 
     ids=["text", "empty", "fields missing", "a list"],
 )
 def test_a_damaged_manifest_is_one_clear_error(raw: bytes) -> None:
-    with pytest.raises(OperationFailed, match="manifest.json is damaged"):
+    with pytest.raises(OperationFailed, match=r"manifest\.json is damaged"):
         parse_manifest(raw, "repo: backups/x/manifest.json")
 
 
@@ -94,8 +94,8 @@ def test_a_newer_manifest_format_asks_for_an_upgrade() -> None:
 
 def test_reading_a_missing_backup_names_it(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
-    with pytest.raises(OperationFailed, match="no backup nope in repository"):
-        read_manifest(repo, "nope")
+    with pytest.raises(UsageError, match="no backup 'nope' in repository"):
+        read_manifest(repo, "nope")  # a mistyped id is the user's mistake: exit 2
 
 
 def test_backup_ids_sort_by_time_and_never_reuse_a_folder(tmp_path: Path) -> None:
