@@ -6,7 +6,9 @@
 - A pruned backup loses its manifest first (it leaves the catalog at once), then its
   objects: a prune cut short leaves leftovers, never a listed backup missing objects.
 - Leftovers of failed backups (objects without a manifest) are removed. Running backups
-  hold the repository lock, which prune takes too, so none can be mistaken for one.
+  hold the repository lock, which prune takes too, so none can be mistaken for one. So
+  are what killed commands left (`remove_leftovers`: spools, unpublished uploads), with
+  the bytes that freed.
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from chainlens_ops.backup.leftovers import Cleanup, remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
     BackupManifest,
@@ -26,6 +29,7 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     utc_now,
 )
+from chainlens_ops.backup.spool import spool_root
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
@@ -45,6 +49,7 @@ class PruneResult:
     wal_bytes_removed: int = 0
     damaged: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    cleanup: Cleanup = field(default_factory=Cleanup)  # what killed commands left
 
 
 def prune_backups(
@@ -56,6 +61,7 @@ def prune_backups(
     now: datetime | None = None,
     lock_wait_s: float = DEFAULT_WAIT_S,
     notify: Callable[[str], None] | None = None,
+    spool_dir: str | None = None,
 ) -> PruneResult:
     if keep_last is None and keep_days is None:
         raise UsageError("say what to keep: --keep-last N and/or --keep-days D")
@@ -72,6 +78,7 @@ def prune_backups(
 
     lock = RepositoryLock(repo.storage, "backup prune", wait_s=lock_wait_s, notify=note)
     with lock.hold():
+        cleanup = remove_leftovers(repo, spool_dir, dry_run=dry_run)
         catalog = read_catalog(repo)
         keep = retained(catalog.valid, keep_last, keep_days, now or utc_now())
         removed = [b for b in catalog.valid if b.id not in keep]
@@ -92,12 +99,21 @@ def prune_backups(
         dry_run=dry_run,
         kept=[b.id for b in catalog.valid if b.id in keep],
         removed=[b.id for b in removed],
-        leftovers=catalog.without_manifest,
+        leftovers=sorted(set(catalog.without_manifest) | set(cleanup.backups)),
         wal_before=wal_before,
         wal_removed=len(wal),
         wal_bytes_removed=sum(size for _, size in wal),
         damaged=catalog.damaged,
         notices=notices,
+        cleanup=cleanup,
+    )
+
+
+def remove_leftovers(repo: Repository, spool_dir: str | None, *, dry_run: bool) -> Cleanup:
+    """What killed commands left (`backup.leftovers`): spools, backups without a
+    manifest, unpublished writes. Under prune's lock."""
+    return remove_dead_spools(spool_root(spool_dir), dry_run=dry_run) + remove_dead_backups(
+        repo, dry_run=dry_run
     )
 
 

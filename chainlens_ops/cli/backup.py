@@ -280,7 +280,7 @@ def prune_command(
     result = prune_backups(
         repository_for(ctx, db.value if db else None, repo),
         keep_last=keep_last, keep_days=keep_days, dry_run=dry_run,
-        notify=_say(json_output),
+        notify=_say(json_output), spool_dir=state(ctx).settings.spool_dir,
     )  # fmt: skip
     if json_output:
         print_json(result)
@@ -290,6 +290,8 @@ def prune_command(
         console.print(f"{verb} {backup_id}", markup=False)
     for backup_id in result.leftovers:
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
+    if line := result.cleanup.summary(dry_run):
+        console.print(line, markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
         f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "

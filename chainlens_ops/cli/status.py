@@ -8,7 +8,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from chainlens_ops.cli.common import DbOption, JsonOption, console, print_json, state
+from chainlens_ops.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    state,
+)
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.status import JobFacts, StatusReport, collect_status
@@ -27,6 +34,12 @@ def status_command(
     else:
         _render(report)
     if not report.ok:
+        # One line on stderr: what cron mail and the daemon's job history show (with
+        # --json, the last line of stdout is "}").
+        failed = [f"{c.database} {c.area}: {c.detail}" for c in report.checks if not c.ok]
+        err_console.print(
+            f"chainlens-ops: needs action: {'; '.join(failed) or 'see above'}", markup=False
+        )
         raise typer.Exit(1)
 
 
