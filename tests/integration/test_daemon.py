@@ -4,6 +4,7 @@ timeouts, two replicas, SIGTERM, bad configs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -424,3 +425,71 @@ def test_metrics_file_is_replaced_whole_and_leaves_no_temp_files(folder: Path) -
     with pytest.raises(FileNotFoundError):
         write_bytes_atomic(str(folder / "missing" / "m.prom"), b"x")
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_killed_replicas_job_dies_with_it_and_never_overlaps_the_next_run(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    """Two replicas, one job (a backup whose pg_dump waits for a lock the test holds);
+    kill -9 the replica running it. Its job and pg_dump die with it, so the other
+    replica's run of the job starts only once they are gone, and finishes."""
+    db = micro["micro"]
+    port = f"port={module_pg.port} "
+    module_pg.execute("CREATE TABLE hold (x int)", db)
+    repo = folder / f"repo-{uuid.uuid4().hex[:6]}"  # created by the daemon (root)
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        f'[[jobs]]\nname = "dump"\ncommand = "backup --kind logical --repo {repo} --quiet"\n'
+        'every = "1s"\n',
+    )
+    from test_killed_commands import processes
+
+    with module_pg.connect(db, autocommit=False) as conn:
+        conn.execute("LOCK TABLE hold IN ACCESS EXCLUSIVE MODE")
+        # The killed run's repository lock must expire before the next run may dump.
+        ttl = {"CHAINLENS_REPO_LOCK_TTL": "5"}
+        daemons += [DaemonProc(config, name=n, env=ttl) for n in ("a", "b")]
+        (first_dump,) = wait_for(lambda: processes("pg_dump", port), timeout=30)
+        running = next(d for d in daemons if _children(d.proc.pid))
+        other = next(d for d in daemons if d is not running)
+        (job,) = _children(running.proc.pid)
+        running.proc.kill()
+        running.proc.wait()
+        # The other replica starts the job again (its own pg_dump waits too): by then the
+        # killed replica's job and pg_dump are gone, though the lock still holds them.
+        wait_for(lambda: _children(other.proc.pid), timeout=30)
+        assert not _alive(job) and not _alive(first_dump)
+        (again,) = wait_for(lambda: processes("pg_dump", port), timeout=30)
+        assert again != first_dump and not _alive(job)
+        conn.rollback()
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=60)
+    code, _ = other.stop(timeout=60)
+    assert code == 0, other.text()
+    rows = module_pg.execute(RUNS + " ORDER BY scheduled_for", db)
+    assert rows[0][2:4] == (
+        "failed",
+        "abandoned: the daemon running it stopped before the run finished",
+    ), rows
+    assert all(r[2] == "succeeded" for r in rows[1:]) and rows[1:], rows
+    assert not processes("pg_dump", port)
