@@ -493,3 +493,24 @@ def test_a_killed_replicas_job_dies_with_it_and_never_overlaps_the_next_run(
     ), rows
     assert all(r[2] == "succeeded" for r in rows[1:]) and rows[1:], rows
     assert not processes("pg_dump", port)
+
+
+def test_a_failed_json_job_records_its_error_line_not_the_end_of_its_json(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    db = micro["micro"]
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "health"\ncommand = "status --json"\nevery = "1s"\n',
+    )
+    daemon = DaemonProc(config, name="json")
+    daemons.append(daemon)
+    made = "SELECT to_regclass('chainlens_ops.job_runs') IS NOT NULL"
+    wait_for(lambda: module_pg.scalar(made, db), timeout=30)
+    (failed, *_) = wait_for(lambda: [r for r in module_pg.execute(RUNS, db) if r[2] == "failed"])
+    daemon.stop()
+    # status exits 1 when something needs action (here: no backups, no WAL archive)
+    assert failed[3].startswith("exit code 1: chainlens-ops: needs action: "), failed
+    assert "backups" in failed[3], failed
+    assert '"checks"' in daemon.text()  # the JSON itself is in the log

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,80 @@ def test_killed_jobs_restore_takes_pg_restore_along(make_cluster: ClusterFactory
     assert pruned.returncode == 0, pruned.stderr
     assert "1 spool folder(s)" in pruned.stdout and "freed" in pruned.stdout, pruned.stdout
     assert list(repo.spool.iterdir()) == []
+
+
+class CuttingProxy:
+    """A TCP proxy to moto that passes `limit` bytes of requests, then closes every
+    connection and refuses new ones: S3 gone in the middle of an upload."""
+
+    def __init__(self, upstream_port: int, limit: int) -> None:
+        self.upstream = upstream_port
+        self.limit = limit
+        self.sent = 0
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client_sock, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            self.socks += [client_sock, upstream]
+            for src, dst, counted in (
+                (client_sock, upstream, True),
+                (upstream, client_sock, False),
+            ):
+                threading.Thread(target=self._pump, args=(src, dst, counted), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if counted:
+                    self.sent += len(data)
+                    if self.sent > self.limit:
+                        self.close()
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.cut.set()
+        for sock in [self.listener, *self.socks]:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_s3_lost_mid_upload_is_reported_as_the_upload_error_not_the_lock(
+    make_cluster: ClusterFactory, moto_server: MotoServer, s3_bucket: str
+) -> None:
+    pg = make_cluster()
+    fill(pg, "shop")
+    pg.execute("CREATE TABLE noise AS SELECT g, md5(random()::text) || md5(random()::text) AS v "
+               "FROM generate_series(1, 400000) g", dbname="shop")  # fmt: skip
+    proxy = CuttingProxy(moto_server.port, limit=4 * 1024 * 1024)
+    env = moto_server.env()
+    folder = make_cluster.dir("s3cut")
+    config = folder / "config.toml"
+    config.write_text(f'[s3]\nendpoint_url = "http://127.0.0.1:{proxy.port}"\n'
+                      f'region = "{env["AWS_DEFAULT_REGION"]}"\nmax_attempts = 2\n'
+                      "connect_timeout = 2\nread_timeout = 5\n")  # fmt: skip
+    config.chmod(0o644)
+    creds = {k: v for k, v in env.items() if k.startswith("AWS_") and k != "AWS_ENDPOINT_URL"}
+    try:
+        proc = run_cli("--config", str(config), "backup", "--repo", f"s3://{s3_bucket}/r",
+                       "--dsn", pg.conninfo("shop"), "--kind", "logical", "--quiet",
+                       env=creds, user="postgres")  # fmt: skip
+    finally:
+        proxy.close()
+    assert proxy.cut.is_set(), "the upload was never cut: the test proves nothing"
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert "backups/" in line and "dump" in line, line  # the object whose upload failed
+    assert "lock" not in line, line
