@@ -9,7 +9,8 @@ the slot again.)
 The claiming connection also holds a session advisory lock on the job for the length of
 the run, so a job never overlaps itself across replicas either: a replica that finds the
 lock taken skips the slot without claiming it. PostgreSQL drops the lock if the daemon
-dies, so a crash never wedges a job.
+dies, so a crash never wedges a job; and the job's process dies with its daemon
+(`runner`: a parent-death signal), so the lock never goes while the job still runs.
 """
 
 from __future__ import annotations
