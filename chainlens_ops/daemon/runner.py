@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -84,13 +84,25 @@ class JobProcess:
                 tail.append(line)
                 log.info("[%s] %s", self.job_name, line)
 
-    def wait(self, timeout_s: float) -> RunOutcome:
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+    def wait(
+        self, timeout_s: float, *, tick: Callable[[], None] | None = None, tick_s: float = 2.0
+    ) -> RunOutcome:
+        """Wait for the child, killing it after `timeout_s`; `tick` is called every
+        `tick_s` meanwhile (the daemon renews the run's lease)."""
+        deadline = self.started + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                code = self.proc.wait(timeout=max(0.0, min(left, tick_s) if tick else left))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() < deadline and tick is not None:
+                    tick()
+                    continue
             self._stopped_by = self._stopped_by or f"timed out after {timeout_s:g}s"
             self.kill_group()
             code = self.proc.wait()
+            break
         for reader in self._readers:
             reader.join(timeout=5)
         duration = time.monotonic() - self.started

@@ -368,7 +368,8 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
     assert left[2] == "running"  # claimed, never finished: its daemon died
 
     daemons.append(DaemonProc(config, name="next"))
-    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=20)
+    # once the dead run's lease (history.LEASE_S) has run out
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=60)
     rows = {r[1]: r for r in module_pg.execute(RUNS, db)}
     assert rows[left[1]][2:4] == (
         "failed",
@@ -478,7 +479,7 @@ def test_a_killed_replicas_job_dies_with_it_and_never_overlaps_the_next_run(
         running.proc.wait()
         # The other replica starts the job again (its own pg_dump waits too): by then the
         # killed replica's job and pg_dump are gone, though the lock still holds them.
-        wait_for(lambda: _children(other.proc.pid), timeout=30)
+        wait_for(lambda: _children(other.proc.pid), timeout=60)  # the lease ran out
         assert not _alive(job) and not _alive(first_dump)
         (again,) = wait_for(lambda: processes("pg_dump", port), timeout=30)
         assert again != first_dump and not _alive(job)
@@ -514,3 +515,38 @@ def test_a_failed_json_job_records_its_error_line_not_the_end_of_its_json(
     assert failed[3].startswith("exit code 1: chainlens-ops: needs action: "), failed
     assert "backups" in failed[3], failed
     assert '"checks"' in daemon.text()  # the JSON itself is in the log
+
+
+def test_a_run_whose_claim_lost_its_connection_is_not_started_twice(
+    pg: PgCluster, folder: Path, daemons: list[DaemonProc], silent_server: int
+) -> None:
+    """The database restarts while a long job runs: the job's advisory lock goes with
+    its daemon's connection, but the run's lease keeps the other replica from starting
+    the same job until the run really ended."""
+    env = micro_db(pg)
+    hangs = f"cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout=60'"
+    config = write_config(
+        folder,
+        env["CHAINLENS_MICROSERVICES_DSN"] + " connect_timeout=2",
+        f'[[jobs]]\nname = "long"\ncommand = "{hangs}"\nevery = "1s"\n',
+    )
+    daemons += [DaemonProc(config, name=n) for n in ("a", "b")]
+
+    def jobs_running() -> int:
+        return sum(len(_children(d.proc.pid)) for d in daemons)
+
+    def skipped() -> int:
+        return sum(d.text().count("taken by another replica") for d in daemons)
+
+    wait_for(lambda: jobs_running() == 1, timeout=30)
+    pg.restart()
+    # Both replicas are connected again and keep firing; neither starts a second run.
+    before = skipped()
+    wait_for(lambda: skipped() >= before + 3, timeout=30)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert jobs_running() <= 1
+        time.sleep(0.1)
+    rows = pg.execute(RUNS, env["micro"])
+    assert [r[2] for r in rows] == ["running"], rows
+    assert sum(d.text().count(" started on ") for d in daemons) == 1
