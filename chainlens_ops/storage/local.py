@@ -13,7 +13,6 @@ never shows and `remove_stale_temp` removes; never a partial object under its ke
 from __future__ import annotations
 
 import builtins
-import contextlib
 import os
 import stat as st
 import time
@@ -225,8 +224,10 @@ class LocalStorage:
                     chosen.append(found)
                     if not dry_run:
                         self.check_writable()
-                        with contextlib.suppress(FileNotFoundError):
+                        try:  # noqa: SIM105 (contextlib is not imported on `wal push`)
                             os.unlink(path)
+                        except FileNotFoundError:
+                            pass
             if base.startswith(prefix) and base and not dry_run:
                 try:
                     mtime = os.lstat(dirpath).st_mtime
