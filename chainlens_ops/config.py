@@ -470,15 +470,22 @@ def _validate(data: Mapping[str, Any]) -> None:
     check(data, {key: checks[key] for key in KNOWN_TOP_LEVEL_KEYS})
 
 
+# libpq keywords whose value is a secret: never in argv (`pg.binaries` moves them into
+# the child's environment or a service file), never in a message (`redact_conninfo`).
+# A `passfile` is a path; its contents never pass through this tool.
+SECRET_KEYWORDS = ("password", "sslpassword")
+
+
 def redact_conninfo(conninfo: str) -> str:
-    """Remove the password from a libpq keyword string or URI."""
+    """Remove every secret keyword (SECRET_KEYWORDS) from a libpq keyword string or URI."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         params = conninfo_to_dict(conninfo)
     except Exception:
         return "<unparseable connection string>"
-    params.pop("password", None)
+    for keyword in SECRET_KEYWORDS:
+        params.pop(keyword, None)
     shown = {k: str(v) for k, v in params.items() if v is not None}
     return make_conninfo("", **shown) or "<libpq defaults>"
 
@@ -489,7 +496,8 @@ _SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "PASSWD", "CREDENTIAL", "PRIVATE
 def mask_secrets(command: str) -> str:
     """A shell command (e.g. archive_command) fit to print: values of secret-looking
     variables (`AWS_SECRET_ACCESS_KEY=...`, `PGPASSWORD=...`), `password=` in a libpq
-    string and the password of a `scheme://user:password@host` URI become `***`."""
+    string (and `sslpassword=`) and the password of a `scheme://user:password@host` URI
+    become `***`."""
     import re
 
     def variable(match: re.Match[str]) -> str:
@@ -499,7 +507,7 @@ def mask_secrets(command: str) -> str:
         return match.group(0)
 
     masked = re.sub(r"""\b([A-Za-z_][A-Za-z0-9_]*)=('[^']*'|"[^"]*"|[^\s'"]+)""", variable, command)
-    masked = re.sub(r"(?i)\b(password\s*=\s*)('[^']*'|[^\s'\"]+)", r"\1***", masked)
+    masked = re.sub(r"(?i)\b((?:ssl)?password\s*=\s*)('[^']*'|[^\s'\"&]+)", r"\1***", masked)
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
 
 

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -221,8 +221,13 @@ class RepositoryLock:
         self.acquire()
         try:
             yield self
-        finally:
-            self.release()
+        except BaseException:
+            # The work failed: say why. A release failing too (S3 gone mid-upload) must
+            # not replace that with an error about the lock; the lock then expires.
+            with suppress(StorageError):
+                self.release()
+            raise
+        self.release()
 
     def check(self) -> None:
         """Raise LockLost if the lock is no longer ours (call before publishing)."""

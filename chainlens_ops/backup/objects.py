@@ -19,6 +19,7 @@ from typing import BinaryIO
 import zstandard
 
 from chainlens_ops.backup.manifest import BackupObject
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.storage import NotFound
 from chainlens_ops.storage.protocol import Storage
@@ -37,6 +38,7 @@ ZSTD_JOB_SIZE = 4 * 1024 * 1024
 ZSTD_LEVEL_BASE = 3
 ZSTD_THREADS = 2  # compression overlaps with pg_dump's own work; S3 uploads block anyway
 READ_SIZE = 1024 * 1024
+CRASH_AFTER_STORED = 9 * READ_SIZE  # where the `backup-mid-upload` crash point is
 
 Progress = Callable[[int], None]
 Tap = Callable[[bytes], None]  # sees every byte of the source on its way
@@ -79,6 +81,9 @@ class _Counting(io.RawIOBase):
             self.size += len(data)
             if self._hashed:
                 self.digest.update(data)
+                if self.size > CRASH_AFTER_STORED:
+                    # Past the first S3 part (uploaded) and 9 MiB of a local temp file.
+                    crash_point("backup-mid-upload")
             if self._tap is not None:
                 self._tap(data)
             if self._progress is not None:

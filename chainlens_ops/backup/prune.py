@@ -9,7 +9,9 @@
 - A pruned backup loses its manifest first (it leaves the catalog at once), then its
   objects: a prune cut short leaves leftovers, never a listed backup missing objects.
 - Leftovers of failed backups (objects without a manifest) are removed. Running backups
-  hold the repository lock, which prune takes too, so none can be mistaken for one.
+  hold the repository lock, which prune takes too, so none can be mistaken for one. So
+  are what killed commands left (`remove_leftovers`: spools, unpublished uploads), with
+  the bytes that freed.
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from chainlens_ops.backup.leftovers import Cleanup, remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BackupManifest,
     backup_prefix,
@@ -33,6 +36,7 @@ from chainlens_ops.backup.manifest import (
 )
 from chainlens_ops.backup.pins import read_pins
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
+from chainlens_ops.backup.spool import spool_root
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
@@ -61,6 +65,7 @@ class PruneResult:
     window_after: RecoverableWindow | None = None
     window: list[str] | None = None
     scratch_swept: list[str] = field(default_factory=list)  # dead drills' copies, removed
+    cleanup: Cleanup = field(default_factory=Cleanup)  # what killed commands left
 
 
 def prune_backups(
@@ -71,6 +76,7 @@ def prune_backups(
     now: datetime | None = None,
     lock_wait_s: float = DEFAULT_WAIT_S,
     notify: Callable[[str], None] | None = None,
+    spool_dir: str | None = None,
 ) -> PruneResult:
     policy.check()
     notices: list[str] = []
@@ -82,6 +88,7 @@ def prune_backups(
 
     lock = RepositoryLock(repo.storage, "backup prune", wait_s=lock_wait_s, notify=note)
     with lock.hold():
+        cleanup = remove_leftovers(repo, spool_dir, dry_run=dry_run)
         catalog = read_catalog(repo)
         pins = read_pins(repo)
         claims = live_claims(repo.storage, remove_stale=not dry_run)
@@ -118,7 +125,7 @@ def prune_backups(
         dry_run=dry_run,
         kept=[b.id for b in catalog.valid if b.id in reasons],
         removed=[b.id for b in removed],
-        leftovers=catalog.without_manifest,
+        leftovers=sorted(set(catalog.without_manifest) | set(cleanup.backups)),
         wal_before=wal_before,
         wal_removed=len(wal),
         wal_bytes_removed=sum(size for _, size in wal),
@@ -128,6 +135,15 @@ def prune_backups(
         pinned=sorted(i for i in pins if i in reasons),
         window_after=after,
         window=span_lines(after.recoverable),
+        cleanup=cleanup,
+    )
+
+
+def remove_leftovers(repo: Repository, spool_dir: str | None, *, dry_run: bool) -> Cleanup:
+    """What killed commands left (`backup.leftovers`): spools, backups without a
+    manifest, unpublished writes. Under prune's lock."""
+    return remove_dead_spools(spool_root(spool_dir), dry_run=dry_run) + remove_dead_backups(
+        repo, dry_run=dry_run
     )
 
 

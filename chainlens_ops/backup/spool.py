@@ -11,7 +11,9 @@ folder (one file per table plus `toc.dat`), so this mode cannot stream:
        (`spool_dir`, else $TMPDIR, else /var/tmp): `chainlens-backup-<id>-XXXX/dump`;
     3. each file, zstd-compressed as it streams, becomes `backups/<id>/dump.d/<file>.zst`
        with its size and sha256 in the manifest, and leaves the spool once stored;
-    4. the spool folder is removed, whether the backup succeeded or not.
+    4. the spool folder is removed, whether the backup succeeded or not; if the command
+       is killed, pg_dump dies with it (`pg.process`) and the next backup or prune
+       removes the folder (`backup.leftovers`).
 
 Restore and verify bring the objects back into such a folder (`fetch_directory`):
 pg_restore reads a directory-format dump only from a directory, `-j` included.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,6 +39,7 @@ from chainlens_ops.backup.objects import (
     store_compressed,
 )
 from chainlens_ops.configcheck import format_bytes
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.storage.protocol import Storage
@@ -71,11 +75,19 @@ def require_room(folder: str, needed: int, reserve: int, what: str) -> int:
     return free
 
 
+SPOOL_PREFIX = "chainlens-"
+OWNER_FILE = "owner"  # in each spool folder: "<host> <pid> <process start time>"
+
+
 @contextmanager
 def spool_folder(root: str, label: str) -> Iterator[str]:
-    """A fresh owner-only folder under `root`, removed on the way out."""
+    """A fresh owner-only folder under `root`, removed on the way out. It names its
+    process (OWNER_FILE), so that what a `kill -9` leaves is found and removed by the
+    next backup or prune (`backup.leftovers`)."""
     try:
-        folder = tempfile.mkdtemp(prefix=f"chainlens-{label}-", dir=root)
+        folder = tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{label}-", dir=root)
+        with open(os.path.join(folder, OWNER_FILE), "x") as fh:
+            fh.write(process_identity(os.getpid()) or "")
     except OSError as exc:
         raise OperationFailed(
             f"cannot create a spool folder in {root}: {exc.strerror or exc}",
@@ -85,6 +97,18 @@ def spool_folder(root: str, label: str) -> Iterator[str]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_identity(pid: int) -> str | None:
+    """ "<host> <pid> <start time>" of a running process of this host, None if there is
+    none: the start time (in clock ticks since boot) tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) "
+    return f"{socket.gethostname()} {pid} {fields[19].decode()}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +134,9 @@ def dump_and_store(run: DirectoryDump, folder: str, storage: Storage, backup_id:
     if run.stage is not None:
         run.stage("dump")
     with _watching(dump, run.progress), PgStream(argv, env=run.env, cancel=run.cancel) as proc:
+        crash_point("backup-dumping")  # pg_dump running: it must die with us
         proc.wait()
+    crash_point("backup-spooled")  # the whole dump in the spool, nothing stored yet
     if run.stage is not None:
         run.stage("store")
     names = sorted(os.listdir(dump), key=lambda name: (name != TOC, name))

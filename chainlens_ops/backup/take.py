@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chainlens_ops import __version__
+from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
     LOGICAL,
@@ -161,6 +162,8 @@ def take_backup(
             )  # fmt: skip
     if options.kind == "auto":
         notify(f"{target.name}: {reason}")
+    # What killed commands left: their spools first, as they take the room checked below.
+    cleaned = remove_dead_spools(spool_root(options.spool_dir))
     spool_free = 0
     if kind == LOGICAL and options.jobs > 1:  # refused before anything is written
         spool_free = require_room(
@@ -175,6 +178,9 @@ def take_backup(
     started = utc_now()
     clock = time.monotonic()
     with lock.hold():
+        cleaned += remove_dead_backups(repo)
+        if freed := cleaned.summary():
+            notify(freed)
         if cluster.system_identifier is not None:
             repo.ensure_marker(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)

@@ -316,7 +316,7 @@ def prune_command(
     result = prune_backups(
         repository_for(ctx, db.value if db else None, repo),
         policy=asked.or_configured(state(ctx).settings.backup),
-        dry_run=dry_run, notify=_say(json_output),
+        dry_run=dry_run, notify=_say(json_output), spool_dir=state(ctx).settings.spool_dir,
     )  # fmt: skip
     if json_output:
         data = to_jsonable(result)
@@ -338,8 +338,10 @@ def prune_command(
         console.print(f"{verb} leftovers of failed backup {backup_id}", markup=False)
     for backup_id in result.kept:
         console.print(f"keep {backup_id} ({', '.join(result.reasons[backup_id])})", markup=False)
-    for line in result.scratch_swept:
-        console.print(line, markup=False)
+    if summary := result.cleanup.summary(dry_run):
+        console.print(summary, markup=False)
+    for swept in result.scratch_swept:
+        console.print(swept, markup=False)
     console.print(
         f"kept {len(result.kept)} backup(s); {verb} {len(result.removed)}, and "
         f"{result.wal_removed} WAL file(s) ({format_bytes(result.wal_bytes_removed)}) older than "

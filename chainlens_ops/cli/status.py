@@ -8,7 +8,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from chainlens_ops.cli.common import DbOption, JsonOption, console, finish, print_json, state
+from chainlens_ops.cli.common import (
+    DbOption,
+    JsonOption,
+    console,
+    err_console,
+    finish,
+    print_json,
+    state,
+)
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.status import JobFacts, StatusReport, collect_status
@@ -27,6 +35,13 @@ def status_command(
         print_json(report)
     else:
         _render(report)
+    if not report.ok:
+        # One line on stderr: what cron mail and the daemon's job history show (with
+        # --json, the last line of stdout is "}").
+        failed = [f"{c.database} {c.area}: {c.detail}" for c in report.checks if not c.ok]
+        err_console.print(
+            f"chainlens-ops: needs action: {'; '.join(failed) or 'see above'}", markup=False
+        )
     finish(report)
 
 

@@ -9,7 +9,14 @@ the slot again.)
 The claiming connection also holds a session advisory lock on the job for the length of
 the run, so a job never overlaps itself across replicas either: a replica that finds the
 lock taken skips the slot without claiming it. PostgreSQL drops the lock if the daemon
-dies, so a crash never wedges a job.
+dies, so a crash never wedges a job; and the job's process dies with its daemon
+(`runner`: a parent-death signal), so the lock never goes while the job still runs.
+
+The lock also goes when only the connection does (the database restarted during a long
+run) while the job runs on. So a running row carries a lease (`alive_until`), renewed
+every RENEW_S by the daemon running it: a replica holding the lock still skips the job
+while a row of it is `running` with a lease not yet expired, and marks it abandoned
+only once the lease has run out (LEASE_S after its daemon stopped renewing it).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from typing import Any
 import psycopg
 
 from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.errors import ChainlensError, OperationFailed
 from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.schema import LOCK_CLASS
 from chainlens_ops.schema import TRACKING_SCHEMA as SCHEMA
@@ -52,6 +59,10 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 );
 CREATE INDEX IF NOT EXISTS job_runs_scheduled_for ON {TABLE} (scheduled_for);
 """
+# Added to tables made by earlier versions (only when missing: ALTER needs ownership).
+_LEASE_COLUMN = f"ALTER TABLE {TABLE} ADD COLUMN alive_until timestamptz"
+LEASE_S = 30  # a running row whose lease ran out has no daemon renewing it
+RENEW_S = 3.0  # LEASE_S leaves room for a database restart between two renewals
 
 
 _FINISH = f"""
@@ -64,6 +75,17 @@ _ABANDON = f"""
 UPDATE {TABLE} SET status = 'failed', finished_at = clock_timestamp(),
        error = 'abandoned: the daemon running it stopped before the run finished'
  WHERE job_name = %s AND status = 'running'
+   AND (alive_until IS NULL OR alive_until <= clock_timestamp())
+"""
+
+_LIVE = f"""
+SELECT count(*) FROM {TABLE}
+ WHERE job_name = %s AND status = 'running' AND alive_until > clock_timestamp()
+"""
+
+_RENEW = f"""
+UPDATE {TABLE} SET alive_until = clock_timestamp() + make_interval(secs => %s)
+ WHERE job_name = %s AND scheduled_for = %s AND status = 'running'
 """
 
 
@@ -111,6 +133,13 @@ def ensure_table(target: DatabaseTarget) -> None:
                     raise
                 conn.rollback()
                 continue
+            has_lease = conn.execute(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass "
+                "AND attname = 'alive_until' AND NOT attisdropped",
+                (TABLE,),
+            ).fetchone()
+            if has_lease is None:
+                conn.execute(_LEASE_COLUMN)
             conn.commit()
             return
 
@@ -135,6 +164,23 @@ class Claim:
         with _db_errors(f"cannot record the end of the run in {TABLE}"), connect(target) as conn:
             conn.execute(_FINISH, params)
 
+    def renew(self, target: DatabaseTarget) -> None:
+        """Extend the run's lease; on a fresh connection if the claiming one broke. A
+        failure is left for the next renewal (the database may be restarting)."""
+        params = (LEASE_S, self.job_name, self.scheduled_for)
+        try:
+            self.conn.execute(_RENEW, params)
+            return
+        except psycopg.Error:
+            pass
+        try:
+            conn = connect(target)
+            conn.execute(_RENEW, params)
+        except (psycopg.Error, ChainlensError):
+            return
+        self.conn.close()
+        self.conn = conn
+
     def close(self) -> None:
         self.conn.close()  # ends the session: the advisory lock goes with it
 
@@ -150,13 +196,19 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
             if not (row and row[0]):
                 conn.close()
                 return None
-            # We hold the job's lock, so no run of it is going on anywhere: a row still
-            # 'running' belongs to a daemon that died mid-run.
+            # We hold the job's lock: a run of it still going elsewhere (its daemon lost
+            # the lock with its connection) is told by its lease; a row still 'running'
+            # whose lease ran out belongs to a daemon that died mid-run.
+            live = conn.execute(_LIVE, (job_name,)).fetchone()
+            if live and live[0]:
+                conn.close()
+                return None
             conn.execute(_ABANDON, (job_name,))
             inserted = conn.execute(
-                f"INSERT INTO {TABLE} (job_name, scheduled_for, host) VALUES (%s, %s, %s) "
+                f"INSERT INTO {TABLE} (job_name, scheduled_for, host, alive_until) "
+                "VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
                 "ON CONFLICT (job_name, scheduled_for) DO NOTHING RETURNING id",
-                (job_name, scheduled_for, host_name()),
+                (job_name, scheduled_for, host_name(), LEASE_S),
             ).fetchone()
     except BaseException:
         conn.close()

@@ -98,14 +98,17 @@ def display_command(argv: tuple[str, ...] | list[str]) -> str:
 
 
 def _dsn_password(argv: list[str]) -> bool:
-    """Whether any `--dsn` value in `argv` holds a password."""
+    """Whether any `--dsn` value in `argv` holds a secret (password, sslpassword)."""
     from psycopg.conninfo import conninfo_to_dict
+
+    from chainlens_ops.config import SECRET_KEYWORDS
 
     values = [a.removeprefix("--dsn=") for a in argv if a.startswith("--dsn=")]
     values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--dsn"]
     for value in values:
         try:
-            if conninfo_to_dict(value).get("password"):
+            params = conninfo_to_dict(value)
+            if any(params.get(keyword) for keyword in SECRET_KEYWORDS):
                 return True
         except Exception:
             return ":" in value and "@" in value  # unparseable: assume the worst of a URI

@@ -135,7 +135,7 @@ class Daemon:
         crash_point("daemon-after-claim")
         outcome: RunOutcome | None = None
         try:
-            outcome = self._execute(job, slot)
+            outcome = self._execute(job, slot, claim)
         finally:
             self._finish(claim, outcome)
         if outcome.succeeded:
@@ -152,7 +152,7 @@ class Daemon:
             )
         self._after_run()
 
-    def _execute(self, job: JobSpec, slot: datetime) -> RunOutcome:
+    def _execute(self, job: JobSpec, slot: datetime, claim: history.Claim) -> RunOutcome:
         if self.stop.is_set():
             return RunOutcome(False, None, 0.0, "daemon stopping; not started")
         log.info(
@@ -171,7 +171,9 @@ class Daemon:
             self._procs[job.name] = proc
             self._runs_started += 1
         try:
-            return proc.wait(job.timeout_s)
+            return proc.wait(
+                job.timeout_s, tick=lambda: claim.renew(self.target), tick_s=history.RENEW_S
+            )
         finally:
             with self._lock:
                 self._procs.pop(job.name, None)

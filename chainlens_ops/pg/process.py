@@ -11,11 +11,14 @@
   fails instead of publishing the output of a process that failed, even one that wrote
   all of its output and then exited non-zero;
 - a timeout (whole run) and a cancel event (for the daemon) kill the process; `close()`
-  kills it too if the reader gives up early, so no child outlives its stream.
+  kills it too if the reader gives up early, so no child outlives its stream;
+- and none outlives this process: every child gets a parent-death signal (SIGKILL, see
+  `die_with_parent`), so a `kill -9` of a command takes its pg_dump/pg_restore with it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import signal
@@ -32,6 +35,34 @@ from chainlens_ops.errors import OperationFailed, PgCommandError
 STDERR_TAIL_BYTES = 8192
 MAX_CAPTURED_STDOUT = 4 * 1024 * 1024  # run_pg: output meant for humans, not dumps
 _KILL_GRACE_S = 5.0
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc: ctypes.CDLL | None = None
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` making the child receive SIGKILL when its parent dies.
+
+    The child runs in its own session (a Ctrl-C is delivered once, by us), so nothing
+    else would reach it: without this a `kill -9` of the command leaves pg_dump running
+    the whole job to the end. Linux sends the signal when the *thread* that started the
+    child exits, so children are started from threads that outlive them (the caller's,
+    which waits for them). libc is loaded here, before the fork: the hook itself only
+    calls prctl and getppid (async-signal-safe), and kills the child at once if the
+    parent died before the setting took effect."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    prctl = _libc.prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 class PgCancelled(OperationFailed):
@@ -91,6 +122,7 @@ class PgStream(io.RawIOBase):
                 env=full_env,
                 bufsize=0,
                 start_new_session=True,  # a Ctrl-C of ours is delivered once, by us
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             raise OperationFailed(f"cannot run {self.name}: {exc.strerror or exc}") from exc

@@ -36,6 +36,7 @@ from chainlens_ops.backup.spool import (
     spool_root,
 )
 from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import connect, server_version_num
@@ -112,6 +113,7 @@ def restore_logical(
         argv += ["-d", conninfo]
         if spooled:
             with PgStream([*argv, path], env=env) as proc:
+                crash_point("restore-running")  # pg_restore running: it must die with us
                 proc.wait()
         else:
             assert obj is not None

@@ -31,7 +31,7 @@ from chainlens_ops.storage.keys import check_key, check_prefix
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import BinaryIO
 
 CHUNK = 1024 * 1024
@@ -201,6 +201,47 @@ class LocalStorage:
                     except FileNotFoundError:
                         continue
         return tuple(found)
+
+    def remove_incomplete(
+        self, prefix: str, select: Callable[[ObjectInfo], bool], *, dry_run: bool = False
+    ) -> builtins.list[ObjectInfo]:
+        """Writes that never published under `prefix` (temp files of killed writers), and
+        folders left empty, that `select` picks, removed (unless `dry_run`). Each is
+        given as the key it was writing (a folder: its key with a trailing '/'), its size
+        and its last change. The same method on every backend (S3: multipart uploads)."""
+        check_prefix(prefix)
+        folder_key = prefix.rpartition("/")[0]
+        top = self._path(folder_key) if folder_key else self.root
+        chosen: builtins.list[ObjectInfo] = []
+        for dirpath, _dirs, files in os.walk(top, topdown=False):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            base = "" if rel == "." else rel + "/"
+            for name in files:
+                if not is_temp_name(name):
+                    continue
+                key = base + name[1:].rsplit(".", 2)[0]  # .NAME.<pid>-<random>.tmp -> NAME
+                path = os.path.join(dirpath, name)
+                try:
+                    info = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                found = ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
+                if key.startswith(prefix) and select(found):
+                    chosen.append(found)
+                    if not dry_run:
+                        self.check_writable()
+                        try:  # noqa: SIM105 (contextlib is not imported on `wal push`)
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
+            if base.startswith(prefix) and base and not dry_run:
+                try:
+                    mtime = os.lstat(dirpath).st_mtime
+                    if not os.listdir(dirpath) and select(ObjectInfo(base, 0, mtime)):
+                        os.rmdir(dirpath)
+                except OSError:
+                    continue  # written meanwhile, or gone: not ours to insist on
+        return chosen
 
     def sweep_stale_temp_now_and_then(self, stamp: str | None) -> None:
         """Called by `wal push` after each success: remove temp files of killed writers

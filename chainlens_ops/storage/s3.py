@@ -15,6 +15,7 @@ upload, one part in memory at a time. `if_absent` is a conditional write
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import io
@@ -272,6 +273,41 @@ class S3Storage:
             returned = f"{returned}-{len(digests)}"
         self._confirm_checksum(key, returned, composite)
         return ObjectInfo(key=key, size=size, mtime=_server_time(response))
+
+    def remove_incomplete(
+        self, prefix: str, select: Callable[[ObjectInfo], bool], *, dry_run: bool = False
+    ) -> builtins.list[ObjectInfo]:
+        """Multipart uploads under `prefix` that killed writers never completed, which
+        `select` picks (given the key, the bytes of its stored parts and when it was
+        started), aborted (unless `dry_run`): their parts cost storage until then."""
+        check_prefix(prefix)
+        chosen: builtins.list[ObjectInfo] = []
+        pages = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for upload in page.get("Uploads", []):
+                    full = upload["Key"]
+                    key = full[len(self._full("")) :]
+                    size = self._parts_size(full, upload["UploadId"])
+                    found = ObjectInfo(key=key, size=size, mtime=upload["Initiated"].timestamp())
+                    if select(found):
+                        chosen.append(found)
+                        if not dry_run:
+                            self._call(
+                                "abort upload of", key, self._client.abort_multipart_upload,
+                                Bucket=self.bucket, Key=full, UploadId=upload["UploadId"],
+                            )  # fmt: skip
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate("list uploads of", prefix or "/", exc) from None
+        return chosen
+
+    def _parts_size(self, full: str, upload_id: str) -> int:
+        pages = self._client.get_paginator("list_parts")
+        return sum(
+            part.get("Size", 0)
+            for page in pages.paginate(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            for part in page.get("Parts", [])
+        )
 
     def _abort(self, full: str, upload_id: str) -> None:
         # Best effort: a bucket lifecycle rule cleans up uploads abandoned even so.

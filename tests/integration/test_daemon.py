@@ -4,6 +4,7 @@ timeouts, two replicas, SIGTERM, bad configs."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -338,7 +339,8 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
     assert left[2] == "running"  # claimed, never finished: its daemon died
 
     daemons.append(DaemonProc(config, name="next"))
-    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=20)
+    # once the dead run's lease (history.LEASE_S) has run out
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=60)
     rows = {r[1]: r for r in module_pg.execute(RUNS, db)}
     assert rows[left[1]][2:4] == (
         "failed",
@@ -395,3 +397,127 @@ def test_metrics_file_is_replaced_whole_and_leaves_no_temp_files(folder: Path) -
     with pytest.raises(FileNotFoundError):
         write_bytes_atomic(str(folder / "missing" / "m.prom"), b"x")
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_killed_replicas_job_dies_with_it_and_never_overlaps_the_next_run(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    """Two replicas, one job (a backup whose pg_dump waits for a lock the test holds);
+    kill -9 the replica running it. Its job and pg_dump die with it, so the other
+    replica's run of the job starts only once they are gone, and finishes."""
+    db = micro["micro"]
+    port = f"port={module_pg.port} "
+    module_pg.execute("CREATE TABLE hold (x int)", db)
+    repo = folder / f"repo-{uuid.uuid4().hex[:6]}"  # created by the daemon (root)
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        f'[[jobs]]\nname = "dump"\ncommand = "backup --kind logical --repo {repo} --quiet"\n'
+        'every = "1s"\n',
+    )
+    from test_killed_commands import processes
+
+    with module_pg.connect(db, autocommit=False) as conn:
+        conn.execute("LOCK TABLE hold IN ACCESS EXCLUSIVE MODE")
+        # The killed run's repository lock must expire before the next run may dump.
+        ttl = {"CHAINLENS_REPO_LOCK_TTL": "5"}
+        daemons += [DaemonProc(config, name=n, env=ttl) for n in ("a", "b")]
+        (first_dump,) = wait_for(lambda: processes("pg_dump", port), timeout=30)
+        running = next(d for d in daemons if _children(d.proc.pid))
+        other = next(d for d in daemons if d is not running)
+        (job,) = _children(running.proc.pid)
+        running.proc.kill()
+        running.proc.wait()
+        # The other replica starts the job again (its own pg_dump waits too): by then the
+        # killed replica's job and pg_dump are gone, though the lock still holds them.
+        wait_for(lambda: _children(other.proc.pid), timeout=60)  # the lease ran out
+        assert not _alive(job) and not _alive(first_dump)
+        (again,) = wait_for(lambda: processes("pg_dump", port), timeout=30)
+        assert again != first_dump and not _alive(job)
+        conn.rollback()
+    wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=60)
+    code, _ = other.stop(timeout=60)
+    assert code == 0, other.text()
+    rows = module_pg.execute(RUNS + " ORDER BY scheduled_for", db)
+    assert rows[0][2:4] == (
+        "failed",
+        "abandoned: the daemon running it stopped before the run finished",
+    ), rows
+    assert all(r[2] == "succeeded" for r in rows[1:]) and rows[1:], rows
+    assert not processes("pg_dump", port)
+
+
+def test_a_failed_json_job_records_its_error_line_not_the_end_of_its_json(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    db = micro["micro"]
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "health"\ncommand = "status --json"\nevery = "1s"\n',
+    )
+    daemon = DaemonProc(config, name="json")
+    daemons.append(daemon)
+    made = "SELECT to_regclass('chainlens_ops.job_runs') IS NOT NULL"
+    wait_for(lambda: module_pg.scalar(made, db), timeout=30)
+    (failed, *_) = wait_for(lambda: [r for r in module_pg.execute(RUNS, db) if r[2] == "failed"])
+    daemon.stop()
+    # status exits 1 when something needs action (here: no backups, no WAL archive)
+    assert failed[3].startswith("exit code 1: chainlens-ops: needs action: "), failed
+    assert "backups" in failed[3], failed
+    assert '"checks"' in daemon.text()  # the JSON itself is in the log
+
+
+def test_a_run_whose_claim_lost_its_connection_is_not_started_twice(
+    pg: PgCluster, folder: Path, daemons: list[DaemonProc], silent_server: int
+) -> None:
+    """The database restarts while a long job runs: the job's advisory lock goes with
+    its daemon's connection, but the run's lease keeps the other replica from starting
+    the same job until the run really ended."""
+    env = micro_db(pg)
+    hangs = f"cache stats --dsn 'host=127.0.0.1 port={silent_server} dbname=x connect_timeout=60'"
+    config = write_config(
+        folder,
+        env["CHAINLENS_MICROSERVICES_DSN"] + " connect_timeout=2",
+        f'[[jobs]]\nname = "long"\ncommand = "{hangs}"\nevery = "1s"\n',
+    )
+    daemons += [DaemonProc(config, name=n) for n in ("a", "b")]
+
+    def jobs_running() -> int:
+        return sum(len(_children(d.proc.pid)) for d in daemons)
+
+    def skipped() -> int:
+        return sum(d.text().count("taken by another replica") for d in daemons)
+
+    wait_for(lambda: jobs_running() == 1, timeout=30)
+    pg.restart()
+    # Both replicas are connected again and keep firing; neither starts a second run.
+    before = skipped()
+    wait_for(lambda: skipped() >= before + 3, timeout=30)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert jobs_running() <= 1
+        time.sleep(0.1)
+    rows = pg.execute(RUNS, env["micro"])
+    assert [r[2] for r in rows] == ["running"], rows
+    assert sum(d.text().count(" started on ") for d in daemons) == 1
