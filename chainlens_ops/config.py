@@ -37,6 +37,7 @@ import os
 from chainlens_ops.configcheck import (
     DATABASE_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
+    REPOSITORY_KEYS,
     S3_KEYS,
     boolean,
     byte_size,
@@ -131,6 +132,9 @@ class Settings:
     spool_dir: str | None = None
     config_file: str | None = None
     backup: BackupSettings = _DEFAULT_BACKUP
+    # `[repository] key_file` / CHAINLENS_REPO_KEY_FILE: the key-encryption key of an
+    # encrypted repository (the path is no secret; the file is, and stays on the server).
+    repo_key_file: str | None = None
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -237,6 +241,8 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         spool_dir=env.get("CHAINLENS_SPOOL_DIR") or data.get("spool_dir"),
         config_file=path,
         backup=backup,
+        repo_key_file=env.get("CHAINLENS_REPO_KEY_FILE")
+        or data.get("repository", {}).get("key_file"),
     )
 
 
@@ -289,6 +295,11 @@ def _backup(value: object, what: str) -> None:
     check(table(value, what), checks, f"{what}.")
 
 
+def _repository(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {"key_file": text}
+    check(table(value, what), {key: checks[key] for key in REPOSITORY_KEYS}, f"{what}.")
+
+
 def _owned_elsewhere(value: object, what: str) -> None:
     """Sections whose contents their own modules check (daemon, jobs)."""
 
@@ -306,6 +317,7 @@ def _validate(data: Mapping[str, Any]) -> None:
         "databases": _databases,
         "s3": _s3,
         "backup": _backup,
+        "repository": _repository,
     }
     check(data, checks)
 

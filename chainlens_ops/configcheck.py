@@ -28,6 +28,7 @@ KNOWN_TOP_LEVEL_KEYS = (
     "jobs",
     "daemon",
     "backup",
+    "repository",
 )
 DATABASE_KEYS = (
     "dsn",
@@ -53,7 +54,8 @@ S3_KEYS = (
 DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
 JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
 BACKUP_KEYS = ("zstd_level", "spool_reserve")
-SECTIONS = ("databases", "s3", "jobs", "daemon", "backup")
+REPOSITORY_KEYS = ("key_file",)
+SECTIONS = ("databases", "s3", "jobs", "daemon", "backup", "repository")
 
 
 def known_keys() -> list[str]:
@@ -65,6 +67,7 @@ def known_keys() -> list[str]:
     keys += [f"daemon.{k}" for k in DAEMON_KEYS]
     keys += [f"jobs.{k}" for k in JOB_KEYS]
     keys += [f"backup.{k}" for k in BACKUP_KEYS]
+    keys += [f"repository.{k}" for k in REPOSITORY_KEYS]
     return keys
 
 

@@ -16,7 +16,6 @@ steps after it are skipped (they would only fail for the same reason):
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -289,11 +288,6 @@ def _option(words: list[str], option: str) -> str | None:
 
 
 def _same_repo(a: str, b: str) -> bool:
-    return _normal(a) == _normal(b)
+    from chainlens_ops.storage import same_location
 
-
-def _normal(url: str) -> str:
-    if url.startswith("s3://"):
-        return url.rstrip("/")
-    path = url.removeprefix("file://")
-    return os.path.normpath(path)
+    return same_location(a, b)

@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.repository.layout import LOCK_KEY, TAKEOVER_PREFIX
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
 
-LOCK_KEY = "locks/repository.lock"
-TAKEOVER_PREFIX = "locks/takeover-"
 DEFAULT_TTL_S = 120.0
 DEFAULT_WAIT_S = 60.0
 TTL_ENV = "CHAINLENS_REPO_LOCK_TTL"  # seconds; tests shorten it

@@ -28,3 +28,20 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove `key`; deleting a missing key is not an error."""
+
+    # -- what every backend answers about itself (never probed with getattr) ----------
+
+    def exists(self) -> bool:
+        """Whether the repository's root is there at all (a missing local folder is
+        "does not exist", never an empty archive). May raise StorageError."""
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        """What killed writers left behind (temp files, stale uploads) that housekeeping
+        would remove; () for a backend with nothing to clean (see Backend.housekeeping)."""
+
+    def remove_stale_leftovers(self) -> int:
+        """Remove what `stale_leftovers` finds; how many were removed."""
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        """Called by `wal push` after each success: cheap, rate-limited housekeeping
+        (`stamp`: a file in the spool noting the last run). Never raises."""
