@@ -29,6 +29,7 @@ import io
 import struct
 
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.repository.crypto import is_invalid_tag
 from chainlens_ops.repository.layout import is_plaintext
 from chainlens_ops.storage import ObjectInfo
 from chainlens_ops.streams import read_full
@@ -59,10 +60,9 @@ class Sealer:
     """The data key of one encrypted repository, ready to seal and open objects."""
 
     def __init__(self, data_key: bytes, *, plain_allowed: bool) -> None:
-        from chainlens_ops.repository.crypto import aesgcm, invalid_tag
+        from chainlens_ops.repository.crypto import aesgcm
 
         self._aead = aesgcm(data_key)
-        self.invalid_tag = invalid_tag()
         self.plain_allowed = plain_allowed
 
     def seal(self, src: BinaryIO, key: str) -> SealingReader:
@@ -197,7 +197,9 @@ class UnsealingReader(_Chunked):
         aad = self._aad + _AAD_TAIL.pack(self._index, last)
         try:
             plain = self._sealer.decrypt(sealed[:NONCE], sealed[NONCE:], aad)
-        except self._sealer.invalid_tag:
+        except Exception as exc:
+            if not is_invalid_tag(exc):
+                raise
             raise CorruptObject(
                 f"{self._where}: fails authentication (damaged, truncated, stored under "
                 "another name, or sealed with another key)"

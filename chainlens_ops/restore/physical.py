@@ -112,6 +112,8 @@ def restore_command(repo: Repository, config_file: Path | None) -> str:
     creds = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
     if creds:  # a path, not a secret: the server needs the same credentials we use
         parts.append(f"AWS_SHARED_CREDENTIALS_FILE={shlex.quote(os.path.abspath(creds))}")
+    if repo.key_file:  # a path too: the key stays in its file
+        parts.append(f"CHAINLENS_REPO_KEY_FILE={shlex.quote(os.path.abspath(repo.key_file))}")
     parts.append(shlex.quote(tool))
     config = config_file or (Path(os.environ["CHAINLENS_CONFIG"])
                              if os.environ.get("CHAINLENS_CONFIG") else None)  # fmt: skip
