@@ -108,18 +108,28 @@ class _Chunked(io.RawIOBase):
         raise NotImplementedError
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to `size` bytes (at most one chunk's worth: callers loop); all of the
-        rest for a negative size."""
+        """`size` bytes, fewer only at the end (as a buffered file reads: callers such
+        as `json.loads(fh.read(limit))` rely on it); all of the rest for a negative size."""
         if size is None or size < 0:
             return self.readall()
-        while self._offset >= len(self._pending):
-            chunk = self._next_chunk()
-            if chunk is None:
-                return b""
-            self._pending, self._offset = chunk, 0
-        data = self._pending[self._offset : self._offset + size]
-        self._offset += len(data)
-        return data
+        parts = []
+        while size > 0:
+            if self._offset >= len(self._pending):
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                self._pending, self._offset = chunk, 0
+                if self._offset == 0 and len(chunk) <= size and not parts:
+                    # A whole chunk asked for: hand it over without a copy.
+                    self._pending = b""
+                    size -= len(chunk)
+                    parts.append(chunk)
+                    continue
+            data = self._pending[self._offset : self._offset + size]
+            self._offset += len(data)
+            size -= len(data)
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

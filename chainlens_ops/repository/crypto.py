@@ -143,7 +143,15 @@ def _kms_client(key_id: str) -> Any:
     parts = key_id.split(":")
     if key_id.startswith("arn:") and len(parts) > 3 and parts[3]:
         region = parts[3]
-    return boto3.client("kms", region_name=region or os.environ.get("AWS_REGION"))
+    import botocore.config
+
+    # A few quick attempts: `wal fetch` must answer (255) rather than hang on KMS.
+    config = botocore.config.Config(
+        connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"}
+    )
+    return boto3.session.Session().client(
+        "kms", region_name=region or os.environ.get("AWS_REGION"), config=config
+    )
 
 
 def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str) -> str:
