@@ -112,7 +112,7 @@ class _Chunked(io.RawIOBase):
         as `json.loads(fh.read(limit))` rely on it); all of the rest for a negative size."""
         if size is None or size < 0:
             return self.readall()
-        parts = []
+        parts: list[bytes] = []
         while size > 0:
             if self._offset >= len(self._pending):
                 chunk = self._next_chunk()
