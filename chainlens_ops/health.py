@@ -26,9 +26,9 @@ from chainlens_ops.config import DatabaseTarget, mask_secrets
 from chainlens_ops.errors import EXIT_FAILED, ChainlensError
 from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.names import parse_wal_name
-from chainlens_ops.wal.objfmt import decode
 
 POLL_S = 0.25
 

@@ -44,9 +44,9 @@ from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.process import run_pg
 from chainlens_ops.repository import RESTORE_POINTS_PREFIX, Repository
 from chainlens_ops.repository.layout import SCANNED_PREFIX, restore_point_key
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import AlreadyExists, NotFound
 from chainlens_ops.wal.names import SEGMENT, parse_lsn, parse_wal_name, segment_name
-from chainlens_ops.wal.objfmt import decode
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 SCAN_FORMAT = 1

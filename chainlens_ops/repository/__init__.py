@@ -8,6 +8,8 @@ backend per scheme: chainlens_ops.storage). The package is the only door to its 
     layout.py   every key the repository uses (documented there, once)
     marker.py   the format marker (format version, cluster, wrapped data key)
     codec.py    the pipeline every object passes through (compress, encrypt, authenticate)
+    walcodec.py   its compression stage for WAL files (zstd envelope, name and size)
+    datacodec.py  its compression stage for backup data (zstd stream, manifest checks)
     crypto.py   envelope encryption: the data key and its key-encryption key (file or KMS)
     admin.py    `repo init`, `repo info`, `repo rotate-key`, `repo encrypt`
 

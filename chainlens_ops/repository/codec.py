@@ -1,9 +1,10 @@
 """The codec every stored byte passes through: compress, then encrypt, then authenticate.
 
-Compression is the object kind's own (the WAL envelope of `chainlens_ops.wal.objfmt`,
-the zstd stream of `chainlens_ops.backup.objects`; metadata JSON is small and stored as
-it is). Encryption and authentication are this module's, for every object but the
-marker and the locks (`layout.is_plaintext`), when the repository is encrypted:
+Compression is the object kind's own, beside this module: `walcodec` (the WAL envelope:
+one zstd frame with the file's name and size) and `datacodec` (the zstd stream of backup
+data, checked against its manifest); metadata JSON is small and stored as it is.
+Encryption and authentication are this module's, for every object but the marker and
+the locks (`layout.is_plaintext`), when the repository is encrypted:
 
     header   magic b"CLOPSENC" | version u8 (1) | chunk log2 u8 (20) | reserved u16
     chunks   nonce (12 random bytes) | AES-256-GCM ciphertext | tag (16)

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import CheckedReader
 from chainlens_ops.restore.plan import LATEST, RestorePlan
 from chainlens_ops.restore.server import StartResult, start_and_wait
 

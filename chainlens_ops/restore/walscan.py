@@ -27,9 +27,9 @@ from chainlens_ops.errors import PgCommandError
 from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound
 from chainlens_ops.wal.names import parse_wal_name
-from chainlens_ops.wal.objfmt import decode
 
 MAX_SEGMENTS_FOR_TIME = 16  # newest segments read looking for the newest transaction end
 

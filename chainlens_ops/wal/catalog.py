@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.wal.names import (
     BACKUP,
@@ -34,7 +35,6 @@ from chainlens_ops.wal.names import (
     parse_wal_name,
     segment_name,
 )
-from chainlens_ops.wal.objfmt import decode
 
 DEFAULT_SEG_SIZE = 16 * 1024 * 1024
 

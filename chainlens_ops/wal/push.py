@@ -27,6 +27,14 @@ from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import (
+    DEFAULT_LEVEL,
+    CorruptObject,
+    Digest,
+    EncodingReader,
+    decode,
+    file_digest,
+)
 from chainlens_ops.storage import AlreadyExists, NotFound, is_remote
 from chainlens_ops.wal.names import (
     HISTORY,
@@ -35,14 +43,6 @@ from chainlens_ops.wal.names import (
     check_header_matches_name,
     parse_wal_header,
     parse_wal_name,
-)
-from chainlens_ops.wal.objfmt import (
-    DEFAULT_LEVEL,
-    CorruptObject,
-    Digest,
-    EncodingReader,
-    decode,
-    file_digest,
 )
 from chainlens_ops.wal.origin import check_origin
 from chainlens_ops.wal.spool import Spool

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from chainlens_ops.cli.hooks import parse_args
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import CorruptObject, Digest, EncodingReader, decode
 from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
 from chainlens_ops.wal.names import (
     BACKUP,
@@ -31,7 +32,6 @@ from chainlens_ops.wal.names import (
     parse_wal_name,
     segment_name,
 )
-from chainlens_ops.wal.objfmt import CorruptObject, Digest, EncodingReader, decode
 
 MB = 1024 * 1024
 
