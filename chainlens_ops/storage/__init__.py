@@ -85,7 +85,7 @@ def backend_for(url: str) -> Backend:
     backend = BACKENDS.get(scheme) if (sep or scheme == "file") else None
     if backend is None:
         forms = " or ".join(b.form for b in BACKENDS.values())
-        raise UsageError(f"repository {url!r} is not {forms}")
+        raise UsageError(f"repository {url!r} is not a {forms}")
     return backend
 
 

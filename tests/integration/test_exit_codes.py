@@ -256,7 +256,7 @@ CASES |= {
     "repo info: no such repository": Case(
         ("repo", "info", "--repo", "/nonexistent/r"), 1, r"does not exist"
     ),
-    "repo info: bad URL": Case(("repo", "info", "--repo", "ftp://x"), 2, r"is not file://"),
+    "repo info: bad URL": Case(("repo", "info", "--repo", "ftp://x"), 2, r"is not a file://"),
     "repo: key_file not a string": Case(
         ("repo", "info", "--repo", "/r"),
         3,

@@ -348,6 +348,7 @@ def test_each_backend_answers_what_it_is_and_its_housekeeping(storage: Storage) 
     from chainlens_ops.storage import backend_for
 
     declared = backend_for(storage.url)
+    put_bytes(storage, "wal/x", b"x")  # a local root exists once something is stored
     assert storage.exists()
     leftovers = storage.stale_leftovers()
     assert isinstance(leftovers, tuple)

@@ -141,7 +141,7 @@ def test_layout_and_backends_by_scheme() -> None:
     assert is_remote("s3://bucket/p") and not is_remote("/srv/repo")
     assert backend_for("s3://b").housekeeping == ()
     for bad in ("relative/repo", "ftp://host/x", "s3:/b", ""):
-        with pytest.raises(UsageError, match="is not file://"):
+        with pytest.raises(UsageError, match="is not a file://"):
             backend_for(bad)
     assert same_location("/srv/repo/", "file:///srv/repo")
     assert same_location("s3://b/p/", "s3://b/p") and not same_location("s3://b/p", "/b/p")
