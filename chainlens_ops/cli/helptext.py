@@ -86,6 +86,10 @@ METAVARS = {
     "--dbname": "NAME",
     "--scratch": "DIR",
     "--metrics-file": "FILE",
+    "--key-file": "FILE",
+    "--new-key-file": "FILE",
+    "--kms-key-id": "ARN",
+    "--new-kms-key-id": "ARN",
 }
 
 
