@@ -49,6 +49,7 @@ def main() -> int:
     parser.add_argument("--segments", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--wal-only", action="store_true", help="skip backup and restore")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
@@ -98,6 +99,8 @@ def main() -> int:
         for name in names[:4]:  # the two roads give the same bytes
             assert (dest / f"p-{name}").read_bytes() == (dest / f"e-{name}").read_bytes()
 
+        if args.wal_only:
+            args.rounds = 0
         dsn = cluster.conninfo()
         backup_s = {plain: 0.0, sealed: 0.0}
         restore_s = {plain: 0.0, sealed: 0.0}
@@ -123,10 +126,11 @@ def main() -> int:
                      "--dsn", dsn], cwd=base, env=env_key,
                 )  # fmt: skip
                 restore_s[repo] += elapsed
-        results.append(("logical backup", backup_s[plain] / args.rounds,
-                        backup_s[sealed] / args.rounds))  # fmt: skip
-        results.append(("logical restore", restore_s[plain] / args.rounds,
-                        restore_s[sealed] / args.rounds))  # fmt: skip
+        if args.rounds:
+            results.append(("logical backup", backup_s[plain] / args.rounds,
+                            backup_s[sealed] / args.rounds))  # fmt: skip
+            results.append(("logical restore", restore_s[plain] / args.rounds,
+                            restore_s[sealed] / args.rounds))  # fmt: skip
     finally:
         for c in made:
             c.stop()

@@ -137,6 +137,8 @@ class Repository:
             except NotFound:
                 return None
             self._marker = parse_marker(raw, self.url)
+            if self._marker.encrypted and self._marker.key_source == "file":
+                self.sealer()  # start unwrapping the key now, in the background
         return self._marker
 
     def marker(self, *, fresh: bool = False) -> RepoMarker | None:
@@ -243,8 +245,11 @@ class Repository:
             from chainlens_ops.repository.codec import Sealer
             from chainlens_ops.repository.crypto import unwrap_data_key
 
-            data_key = unwrap_data_key(marker, key_file=self.key_file, url=self.url)
-            self._sealer = Sealer(data_key, plain_allowed=marker.plain_objects)
+            key_file, url = self.key_file, self.url
+            self._sealer = Sealer(
+                lambda: unwrap_data_key(marker, key_file=key_file, url=url),
+                plain_allowed=marker.plain_objects,
+            )
         return self._sealer
 
     # -- keys -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import struct
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.repository.crypto import is_invalid_tag
 from chainlens_ops.repository.layout import is_plaintext
-from chainlens_ops.storage import ObjectInfo
+from chainlens_ops.storage import NotFound, ObjectInfo
 from chainlens_ops.streams import read_full
 
 TYPE_CHECKING = False
@@ -58,16 +58,46 @@ class CorruptObject(OperationFailed):
 
 
 class Sealer:
-    """The data key of one encrypted repository, ready to seal and open objects."""
+    """The data key of one encrypted repository, ready to seal and open objects.
 
-    def __init__(self, data_key: bytes, *, plain_allowed: bool) -> None:
-        from chainlens_ops.repository.crypto import aesgcm
+    `data_key` (reading the key file or asking KMS, and loading `cryptography`) runs in
+    a background thread from construction on: `wal push` compresses its segment
+    meanwhile (~10 ms of a ~35 ms push), and the key is first needed for the first
+    sealed chunk. Its error (KeyUnavailable) is raised by the first call that needs it.
+    `_thread`, not `threading`: the hot path avoids importing `threading`."""
 
-        self._aead = aesgcm(data_key)
+    def __init__(self, data_key: Callable[[], bytes], *, plain_allowed: bool) -> None:
+        import _thread
+
         self.plain_allowed = plain_allowed
+        self._aead: Any = None
+        self._error: BaseException | None = None
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+
+        def prepare() -> None:
+            try:
+                from chainlens_ops.repository.crypto import aesgcm
+
+                self._aead = aesgcm(data_key())
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.release()
+
+        _thread.start_new_thread(prepare, ())
+
+    def ready(self) -> Any:
+        """The AEAD, once the key is in hand; KeyUnavailable if it cannot be."""
+        if self._aead is None:
+            with self._done:
+                pass
+            if self._error is not None:
+                raise self._error
+        return self._aead
 
     def seal(self, src: BinaryIO, key: str) -> SealingReader:
-        return SealingReader(src, key, self._aead)
+        return SealingReader(src, key, self)
 
     def open(self, src: BinaryIO, key: str, where: str) -> BinaryIO:
         """The plaintext of `src`; CorruptObject if it is not sealed for `key`."""
@@ -82,11 +112,11 @@ class Sealer:
         )
 
     def decrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
-        data: bytes = self._aead.decrypt(nonce, body, aad)
+        data: bytes = self.ready().decrypt(nonce, body, aad)
         return data
 
     def encrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
-        data: bytes = self._aead.encrypt(nonce, body, aad)
+        data: bytes = self.ready().encrypt(nonce, body, aad)
         return data
 
 
@@ -149,10 +179,10 @@ class _Chunked(io.RawIOBase):
 class SealingReader(_Chunked):
     """The sealed form of `src` under `key`, produced as it is read."""
 
-    def __init__(self, src: BinaryIO, key: str, aead: Any) -> None:
+    def __init__(self, src: BinaryIO, key: str, sealer: Sealer) -> None:
         super().__init__()
         self._src = src
-        self._aead = aead
+        self._sealer = sealer
         self._header = _HEADER.pack(MAGIC, VERSION, CHUNK_LOG, 0)
         self._aad = self._header + key.encode()
         self._index = -1  # the header comes first
@@ -171,9 +201,7 @@ class SealingReader(_Chunked):
         last = len(plain) < CHUNK
         self.plain_size += len(plain)
         nonce = os.urandom(NONCE)
-        sealed: bytes = self._aead.encrypt(
-            nonce, plain, self._aad + _AAD_TAIL.pack(self._index, last)
-        )
+        sealed = self._sealer.encrypt(nonce, plain, self._aad + _AAD_TAIL.pack(self._index, last))
         self._index += 1
         self._done = last
         return nonce + sealed
@@ -273,7 +301,12 @@ class RepositoryStorage:
 
     def open(self, key: str) -> BinaryIO:
         sealer = None if is_plaintext(key) else self._sealer()
-        stream = self.backend.open(key)
+        try:
+            stream = self.backend.open(key)
+        except NotFound:
+            if sealer is not None:
+                sealer.ready()  # a key problem is never answered as "absent"
+            raise
         if sealer is None:
             return stream
         try:

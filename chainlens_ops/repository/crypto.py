@@ -149,9 +149,7 @@ def _kms_client(key_id: str) -> Any:
     config = botocore.config.Config(
         connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"}
     )
-    return boto3.session.Session().client(
-        "kms", region_name=region or os.environ.get("AWS_REGION"), config=config
-    )
+    return boto3.session.Session().client("kms", region_name=region, config=config)
 
 
 def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str) -> str:

@@ -27,6 +27,11 @@ from chainlens_ops.wal.names import parse_wal_name
 KEY = "wal/0000000100000000/000000010000000000000001"
 
 
+def new_sealer(*, plain_allowed: bool) -> Sealer:
+    data_key = os.urandom(32)
+    return Sealer(lambda: data_key, plain_allowed=plain_allowed)
+
+
 def seal(sealer: Sealer, data: bytes, key: str = KEY) -> bytes:
     return sealer.seal(io.BytesIO(data), key).read()
 
@@ -37,7 +42,7 @@ def unseal(sealer: Sealer, stored: bytes, key: str = KEY) -> bytes:
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17])
 def test_sealing_round_trips_across_chunk_boundaries(size: int) -> None:
-    sealer = Sealer(os.urandom(32), plain_allowed=False)
+    sealer = new_sealer(plain_allowed=False)
     data = os.urandom(size)
     stored = seal(sealer, data)
     assert stored[:8] == b"CLOPSENC" and (size < 64 or data[:64] not in stored)
@@ -50,7 +55,7 @@ def test_sealing_round_trips_across_chunk_boundaries(size: int) -> None:
 
 
 def test_tampering_fails_naming_the_object() -> None:
-    sealer = Sealer(os.urandom(32), plain_allowed=False)
+    sealer = new_sealer(plain_allowed=False)
     stored = seal(sealer, os.urandom(CHUNK + 100))
     header = 12
     full_chunk = 12 + CHUNK + 16
@@ -69,18 +74,18 @@ def test_tampering_fails_naming_the_object() -> None:
     with pytest.raises(CorruptObject, match="another name"):
         unseal(sealer, stored, key=KEY + ".partial")
     with pytest.raises(CorruptObject):
-        unseal(Sealer(os.urandom(32), plain_allowed=False), stored)
+        unseal(new_sealer(plain_allowed=False), stored)
 
 
 def test_plaintext_objects_only_while_the_marker_allows_them() -> None:
     data = b"(\xb5/\xfd plain zstd"
-    assert unseal(Sealer(os.urandom(32), plain_allowed=True), data) == data
+    assert unseal(new_sealer(plain_allowed=True), data) == data
     # read(n) returns n bytes unless the object ends, as a file does (the peeked head
     # and the rest come back together: a manifest is read with one fh.read(limit)).
-    opened = Sealer(os.urandom(32), plain_allowed=True).open(io.BytesIO(data), KEY, "r")
+    opened = new_sealer(plain_allowed=True).open(io.BytesIO(data), KEY, "r")
     assert opened.read(1000) == data and opened.read(1000) == b""
     with pytest.raises(CorruptObject, match="unencrypted"):
-        unseal(Sealer(os.urandom(32), plain_allowed=False), data)
+        unseal(new_sealer(plain_allowed=False), data)
 
 
 def test_marker_round_trip_and_legacy_markers() -> None:
@@ -145,3 +150,14 @@ def test_layout_and_backends_by_scheme() -> None:
             backend_for(bad)
     assert same_location("/srv/repo/", "file:///srv/repo")
     assert same_location("s3://b/p/", "s3://b/p") and not same_location("s3://b/p", "/b/p")
+
+
+def test_a_key_problem_surfaces_on_first_use_not_as_anything_else() -> None:
+    def no_key() -> bytes:
+        raise KeyUnavailable("repository r is encrypted and no key file is configured")
+
+    sealer = Sealer(no_key, plain_allowed=False)  # the key is fetched in the background
+    with pytest.raises(KeyUnavailable, match="no key file"):
+        seal(sealer, b"data")
+    with pytest.raises(KeyUnavailable, match="no key file"):
+        unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
