@@ -40,6 +40,7 @@ from chainlens_ops.configcheck import (
     DATABASE_KEYS,
     JOB_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
+    REPOSITORY_KEYS,
     S3_KEYS,
     STATUS_KEYS,
     boolean,
@@ -194,6 +195,9 @@ class Settings:
     status: StatusSettings = _DEFAULT_STATUS
     daemon: DaemonSettings = _DEFAULT_DAEMON
     jobs: tuple[JobSettings, ...] = ()
+    # `[repository] key_file` / CHAINLENS_REPO_KEY_FILE: the key-encryption key of an
+    # encrypted repository (the path is no secret; the file is, and stays on the server).
+    repo_key_file: str | None = None
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -317,6 +321,8 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         status=status,
         daemon=_daemon_settings(data.get("daemon", {})),
         jobs=tuple(_job_settings(raw, i) for i, raw in enumerate(data.get("jobs", []), 1)),
+        repo_key_file=env.get("CHAINLENS_REPO_KEY_FILE")
+        or data.get("repository", {}).get("key_file"),
     )
 
 
@@ -452,6 +458,11 @@ def _jobs(value: object, what: str) -> None:
                 checks[key](item, f"{label}: {key}")
 
 
+def _repository(value: object, what: str) -> None:
+    checks: dict[str, Callable[[object, str], object]] = {"key_file": text}
+    check(table(value, what), {key: checks[key] for key in REPOSITORY_KEYS}, f"{what}.")
+
+
 def _validate(data: Mapping[str, Any]) -> None:
     checks: dict[str, Callable[[object, str], object]] = {}
     checks |= {
@@ -466,6 +477,7 @@ def _validate(data: Mapping[str, Any]) -> None:
         "status": _status,
         "daemon": _daemon,
         "jobs": _jobs,
+        "repository": _repository,
     }
     check(data, {key: checks[key] for key in KNOWN_TOP_LEVEL_KEYS})
 

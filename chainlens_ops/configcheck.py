@@ -30,6 +30,7 @@ KNOWN_TOP_LEVEL_KEYS = (
     "daemon",
     "backup",
     "status",
+    "repository",
 )
 DATABASE_KEYS = (
     "dsn",
@@ -69,7 +70,8 @@ STATUS_KEYS = (
     "backlog_warn_age",
     "backlog_critical_age",
 )
-SECTIONS = ("databases", "s3", "jobs", "daemon", "backup", "status")
+REPOSITORY_KEYS = ("key_file",)
+SECTIONS = ("databases", "s3", "jobs", "daemon", "backup", "status", "repository")
 
 
 def known_keys() -> list[str]:
@@ -82,6 +84,7 @@ def known_keys() -> list[str]:
     keys += [f"jobs.{k}" for k in JOB_KEYS]
     keys += [f"backup.{k}" for k in BACKUP_KEYS]
     keys += [f"status.{k}" for k in STATUS_KEYS]
+    keys += [f"repository.{k}" for k in REPOSITORY_KEYS]
     return keys
 
 

@@ -16,7 +16,6 @@ steps after it are skipped (they would only fail for the same reason):
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from chainlens_ops.errors import EXIT_FAILED, ChainlensError
 from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.objfmt import decode
 
 POLL_S = 0.25
 
@@ -296,11 +295,6 @@ def _option(words: list[str], option: str) -> str | None:
 
 
 def _same_repo(a: str, b: str) -> bool:
-    return _normal(a) == _normal(b)
+    from chainlens_ops.storage import same_location
 
-
-def _normal(url: str) -> str:
-    if url.startswith("s3://"):
-        return url.rstrip("/")
-    path = url.removeprefix("file://")
-    return os.path.normpath(path)
+    return same_location(a, b)

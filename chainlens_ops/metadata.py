@@ -9,7 +9,7 @@ field. Callers decide what a damaged record means for them (`backup list` shows 
 backup as damaged, the restore planner passes it over, a scan-cache entry is rebuilt),
 so a damaged record never becomes a traceback, and never hides the healthy ones.
 
-The repository marker (flat TOML, `chainlens_ops.repository`) is read into a dict and
+The repository marker (flat TOML, `chainlens_ops.repository.marker`) is read into a dict and
 checked by the same `Fields`. That is on the `wal push` hot path, so this module imports
 neither `json` (only `load_json` needs it) nor `typing` at run time.
 

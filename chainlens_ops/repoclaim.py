@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 
 from chainlens_ops.repolock import (
     DEFAULT_WAIT_S,
-    LOCK_KEY,
     LockOwner,
     RepositoryLocked,
     default_ttl,
@@ -41,10 +40,11 @@ from chainlens_ops.repolock import (
     parse_owner,
     utc_text,
 )
+from chainlens_ops.repository.layout import CLAIMS_PREFIX as CLAIM_PREFIX
+from chainlens_ops.repository.layout import LOCK_KEY
 from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
 
-CLAIM_PREFIX = "locks/claims/"
 PRUNE_COMMAND = "backup prune"  # the lock's command while a prune holds it
 _POLL_S = 0.25
 

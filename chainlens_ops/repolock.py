@@ -44,11 +44,10 @@ from datetime import UTC, datetime
 
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import OperationFailed
+from chainlens_ops.repository.layout import LOCK_KEY, TAKEOVER_PREFIX
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
 
-LOCK_KEY = "locks/repository.lock"
-TAKEOVER_PREFIX = "locks/takeover-"
 DEFAULT_TTL_S = 120.0
 DEFAULT_WAIT_S = 60.0
 TTL_ENV = "CHAINLENS_REPO_LOCK_TTL"  # seconds; tests shorten it

@@ -46,11 +46,11 @@ from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.waldump import scan
 from chainlens_ops.pg.walnames import SEGMENT, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import RESTORE_POINTS_PREFIX, Repository
+from chainlens_ops.repository.layout import SCANNED_PREFIX, restore_point_key
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import AlreadyExists, NotFound
-from chainlens_ops.wal.objfmt import decode
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
-SCANNED_PREFIX = RESTORE_POINTS_PREFIX + "scanned/"
 SCAN_FORMAT = 1
 POLL_S = 0.25
 CATALOG = "catalog"
@@ -90,7 +90,7 @@ def validate_name(name: str) -> str:
 
 
 def catalog_key(name: str) -> str:
-    return f"{RESTORE_POINTS_PREFIX}{name}.json"
+    return restore_point_key(name)
 
 
 def create_restore_point(

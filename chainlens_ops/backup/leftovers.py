@@ -115,8 +115,7 @@ def remove_dead_backups(repo: Repository, *, dry_run: bool = False) -> Cleanup:
                 return True
         return not folder and found.mtime < cutoff
 
-    remove = getattr(repo.storage, "remove_incomplete", None)  # every backend has it
-    incomplete: list[ObjectInfo] = remove("", unpublished, dry_run=dry_run) if remove else []
+    incomplete = repo.storage.remove_incomplete("", unpublished, dry_run=dry_run)
     files = [f for f in incomplete if not f.key.endswith("/")]
     freed = sum(sizes.get(i, 0) for i in dead) + sum(f.size for f in files)
     return Cleanup(backups=sorted(dead), unpublished=len(files), bytes_freed=freed)

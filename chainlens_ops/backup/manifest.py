@@ -26,9 +26,11 @@ from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.metadata import MAX_RECORD, Fields, load_json
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.repository.layout import MANIFEST_NAME as MANIFEST_NAME
+from chainlens_ops.repository.layout import backup_prefix as backup_prefix
+from chainlens_ops.repository.layout import manifest_key as manifest_key
 from chainlens_ops.storage import NotFound
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 COMPLETE = "complete"
 
@@ -112,14 +114,6 @@ def format_time(when: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def backup_prefix(backup_id: str) -> str:
-    return f"{BACKUPS_PREFIX}{backup_id}/"
-
-
-def manifest_key(backup_id: str) -> str:
-    return backup_prefix(backup_id) + MANIFEST_NAME
 
 
 def new_backup_id(repo: Repository, when: datetime, kind: BackupKind, target: str) -> str:

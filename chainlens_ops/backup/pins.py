@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from chainlens_ops.backup.manifest import (
     BackupManifest,
-    backup_prefix,
     format_time,
     read_catalog,
     utc_now,
@@ -24,9 +23,10 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.errors import UsageError
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.repository.layout import PIN_NAME as PIN_NAME
+from chainlens_ops.repository.layout import pin_key as pin_key
 from chainlens_ops.storage import NotFound
 
-PIN_NAME = "pin.json"
 _MAX_NOTE = 500
 _MAX_RECORD = 64 * 1024
 
@@ -45,10 +45,6 @@ class PinResult:
     pinned: bool  # the state afterwards
     changed: bool
     note: str | None = None
-
-
-def pin_key(backup_id: str) -> str:
-    return backup_prefix(backup_id) + PIN_NAME
 
 
 def read_pins(repo: Repository) -> dict[str, Pin]:

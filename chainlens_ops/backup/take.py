@@ -37,12 +37,6 @@ from chainlens_ops.backup.manifest import (
     utc_now,
     write_manifest,
 )
-from chainlens_ops.backup.objects import (
-    LOGICAL_WINDOW_LOG,
-    ZSTD_LEVEL_BASE,
-    Progress,
-    store_compressed,
-)
 from chainlens_ops.backup.spool import (
     DirectoryDump,
     dump_and_store,
@@ -61,8 +55,14 @@ from chainlens_ops.pg.process import PgStream
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import (
+    LOGICAL_WINDOW_LOG,
+    ZSTD_LEVEL_BASE,
+    Progress,
+    store_compressed,
+)
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.objfmt import decode
 
 # What `--kind` may ask for: a kind, or `auto` (chosen by the cluster's archiving).
 KINDS = ("auto", *(kind.value for kind in BackupKind))

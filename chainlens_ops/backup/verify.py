@@ -36,7 +36,6 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     read_manifest,
 )
-from chainlens_ops.backup.objects import CheckedReader, CorruptBackupObject
 from chainlens_ops.backup.proofs import VERIFY, record_proof
 from chainlens_ops.backup.spool import (
     TOC,
@@ -51,6 +50,7 @@ from chainlens_ops.outcome import failed_exit
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import CheckedReader, CorruptBackupObject
 from chainlens_ops.window import missing_own_wal
 
 _CHUNK = 1024 * 1024

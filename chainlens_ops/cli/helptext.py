@@ -50,6 +50,11 @@ SUMMARIES = {
     "cache stats": "Rows, expired rows, size, hits.",
     "daemon": "Run the config's [[jobs]] on their schedules.",
     "daemon status": "Each job's last run, result and next run.",
+    "repo": "The repository: init, info, encryption, key.",
+    "repo init": "Create a repository, optionally encrypted.",
+    "repo info": "Format, encryption, key, cluster, sizes.",
+    "repo rotate-key": "Re-wrap the data key with a new key.",
+    "repo encrypt": "Encrypt a plain repository from now on.",
 }
 
 # Value names by option; a number-typed option of a name listed as DURATION takes
@@ -86,6 +91,10 @@ METAVARS = {
     "--into-schema": "SCHEMA",
     "--db-only": "NAME",
     "--metrics-file": "FILE",
+    "--key-file": "FILE",
+    "--new-key-file": "FILE",
+    "--kms-key-id": "ARN",
+    "--new-kms-key-id": "ARN",
 }
 
 

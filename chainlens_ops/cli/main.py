@@ -22,6 +22,7 @@ from chainlens_ops.cli import (
     daemon,
     demo,
     partition,
+    repo,
     restore,
     restore_point,
     schema,
@@ -62,6 +63,7 @@ app.add_typer(wal.app, name="wal")
 app.add_typer(backup.app, name="backup", subcommand_metavar="[COMMAND [ARGS]...]")
 app.add_typer(restore.app, name="restore", subcommand_metavar="[COMMAND [ARGS]...]")
 app.add_typer(restore_point.app, name="restore-point")
+app.add_typer(repo.app, name="repo")
 app.add_typer(cache.app, name="cache")
 app.add_typer(daemon.app, name="daemon")
 app.command("check")(check.check_command)

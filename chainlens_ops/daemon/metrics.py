@@ -35,7 +35,7 @@ def newest_backup_age_s(settings: Settings) -> dict[tuple[str, str], float]:
     each configured repository's catalog. A repository that cannot be read is logged and
     left out (an absent series, never a made-up value)."""
     from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
-    from chainlens_ops.repository import Repository
+    from chainlens_ops.repository import repository_for
 
     ages: dict[tuple[str, str], float] = {}
     now = utc_now()
@@ -44,7 +44,7 @@ def newest_backup_age_s(settings: Settings) -> dict[tuple[str, str], float]:
         if not url:
             continue
         try:
-            catalog = read_catalog(Repository(url, settings.s3))
+            catalog = read_catalog(repository_for(settings, url))
         except ChainlensError as exc:
             log.warning("metrics: no backup figures for %s: %s", db, exc.one_line())
             continue

@@ -28,7 +28,7 @@ from chainlens_ops.demo import data, sandbox
 from chainlens_ops.demo.sandbox import Cluster
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.partitions.create import ensure_partitions
-from chainlens_ops.repository import Repository
+from chainlens_ops.repository import Repository, repository_for
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.physical import _tool_path as executable_path
 from chainlens_ops.restore.plan import parse_target_time
@@ -182,7 +182,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     settings = load_settings(config, env={})
     _steps_with_data(r, settings, primary, result)
     _steps_incident_restore(r, settings, primary, repo, result)
-    _steps_prove(r, Repository(str(repo), settings.s3))
+    _steps_prove(r, repository_for(settings, str(repo)))
     with r.step("cache cleanup") as d:
         cleaned = cleanup_cache(settings)
         d.append(f"{cleaned.deleted} expired cache rows deleted in {cleaned.batches} batch(es)")
@@ -222,7 +222,7 @@ def _steps_with_data(r: _Runner, settings: Settings, primary: Cluster, result: D
         for kind in ("base", "logical"):
             for db in DATABASES if kind == "logical" else DATABASES[:1]:
                 target = settings.target(db)
-                taken = take_backup(target, Repository(str(Path(result.repo)), settings.s3),
+                taken = take_backup(target, repository_for(settings, str(Path(result.repo))),
                                     BackupOptions(kind=kind))  # fmt: skip
                 d.append(f"{kind} {db}: {taken.id} ({_mb(taken.size_bytes)}, {taken.seconds:.1f}s)")
                 d.summary += f"{', ' if d.summary else ''}{kind} {db} {_mb(taken.size_bytes)}"
@@ -237,7 +237,7 @@ def _steps_incident_restore(
 ) -> None:
     conninfo = primary.conninfo("supabase")
     with r.step("restore point, then an incident") as d:
-        create_restore_point(settings.target("supabase"), Repository(str(repo), settings.s3),
+        create_restore_point(settings.target("supabase"), repository_for(settings, str(repo)),
                              RESTORE_POINT)  # fmt: skip
         before = {k: _query(conninfo, q) for k, q in data.PROBE_SQL.items()}
         time.sleep(1.0)
@@ -255,7 +255,7 @@ def _steps_incident_restore(
         d.summary = f"{RESTORE_POINT}; UPDATE, DELETE"
     with r.step("restore table --target-time, beside the live tables") as d:
         done = restore_tables(
-            Repository(str(repo), settings.s3),
+            repository_for(settings, str(repo)),
             settings.target("supabase"),
             TableRestoreOptions(
                 tables=RESTORED_TABLES,

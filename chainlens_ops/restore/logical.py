@@ -27,7 +27,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chainlens_ops.backup.manifest import LOGICAL, BackupManifest, BackupObject, read_manifest
-from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.backup.spool import (
     fetch_directory,
     is_directory,
@@ -42,6 +41,7 @@ from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_
 from chainlens_ops.pg.connection import connect, server_version_num
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import CheckedReader
 
 DUMP_OBJECT = "dump.pgc.zst"
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from chainlens_ops.backup.objects import CheckedReader
 from chainlens_ops.crashpoints import pause_point
 from chainlens_ops.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import LocalCluster
@@ -42,6 +41,7 @@ from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import CheckedReader
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.replay import ReplayWatch
 from chainlens_ops.restore.selective import Selection, write_placeholder
@@ -184,6 +184,8 @@ def restore_command(
     creds = os.environ.get("AWS_SHARED_CREDENTIALS_FILE")
     if creds:  # a path, not a secret: the server needs the same credentials we use
         parts.append(f"AWS_SHARED_CREDENTIALS_FILE={shlex.quote(os.path.abspath(creds))}")
+    if repo.key_file:  # a path too: the key stays in its file
+        parts.append(f"CHAINLENS_REPO_KEY_FILE={shlex.quote(os.path.abspath(repo.key_file))}")
     parts.append(shlex.quote(tool))
     config = config_file or (Path(os.environ["CHAINLENS_CONFIG"])
                              if os.environ.get("CHAINLENS_CONFIG") else None)  # fmt: skip

@@ -24,8 +24,8 @@ from pathlib import Path
 from chainlens_ops.pg.waldump import WalRecord, scan
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.objfmt import decode
 
 MAX_SEGMENTS_FOR_TIME = 16  # newest segments read looking for the newest transaction end
 

@@ -129,6 +129,22 @@ class LocalStorage:
         except OSError as exc:
             raise self._error("delete", key, exc) from exc
 
+    @classmethod
+    def from_settings(cls, url: str, _settings: object = None) -> LocalStorage:
+        return cls(url)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        return self.stale_temp()
+
+    def remove_stale_leftovers(self) -> int:
+        return self.remove_stale_temp()
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        self.sweep_stale_temp_now_and_then(stamp)
+
     # -- beyond the protocol ----------------------------------------------------------
 
     def check_writable(self) -> None:

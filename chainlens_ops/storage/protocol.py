@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import builtins
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol
 
 from chainlens_ops.storage.base import ObjectInfo
@@ -28,3 +29,29 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove `key`; deleting a missing key is not an error."""
+
+    # -- what every backend answers about itself (never probed with getattr) ----------
+
+    def exists(self) -> bool:
+        """Whether the repository's root is there at all (a missing local folder is
+        "does not exist", never an empty archive). May raise StorageError."""
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        """What killed writers left behind (temp files, stale uploads) that housekeeping
+        would remove; () for a backend with nothing to clean (see Backend.housekeeping)."""
+
+    def remove_stale_leftovers(self) -> int:
+        """Remove what `stale_leftovers` finds; how many were removed."""
+
+    def remove_incomplete(
+        self, prefix: str, select: Callable[[ObjectInfo], bool], *, dry_run: bool = False
+    ) -> builtins.list[ObjectInfo]:
+        """Writes under `prefix` that killed writers never published (local: temp files
+        and folders left empty, a folder given as its key with a trailing '/'; S3:
+        multipart uploads) that `select` picks, removed unless `dry_run`: each as the key
+        it was writing, its bytes and when it was last changed. `stale_leftovers` is the
+        age-only form of this, for `wal check` and `wal push`'s housekeeping."""
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        """Called by `wal push` after each success: cheap, rate-limited housekeeping
+        (`stamp`: a file in the spool noting the last run). Never raises."""

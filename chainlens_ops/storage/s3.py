@@ -106,6 +106,22 @@ class S3Storage:
             raise ConfigError(f"S3 client for {url}: {exc}") from exc
         self._bucket_seen = False
 
+    @classmethod
+    def from_settings(cls, url: str, settings: S3Settings | None = None) -> S3Storage:
+        return cls(url, settings)
+
+    def exists(self) -> bool:
+        return True  # a missing bucket fails every call, naming itself
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        return ()  # abandoned multipart uploads: `remove_incomplete` (backup, prune) aborts them
+
+    def remove_stale_leftovers(self) -> int:
+        return 0
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        return None
+
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r})"
 

@@ -34,17 +34,13 @@ def open_archive(
     """The repository for `db` (or the explicit `repo` URL) and the spool beside it:
     `spool_dir`, else the settings' spool_dir, else next to the data folder of
     `wal_path` (None when there is none)."""
-    from chainlens_ops.repository import Repository, repo_url
+    from chainlens_ops.repository import repo_url, repository_for
     from chainlens_ops.wal.spool import Spool, default_spool_root
 
     url = repo_url(settings, db=db, repo=repo)
-    if not url.startswith(("s3://", "file://", "/")):
-        raise UsageError(
-            f"repository {url!r} is not a file:///absolute/path, /absolute/path or "
-            "s3://bucket/prefix"
-        )
+    repository = repository_for(settings, url)
     root = spool_dir or settings.spool_dir or default_spool_root(wal_path)
-    return Repository(url, settings.s3), (Spool(root, url) if root else None)
+    return repository, (Spool(root, url) if root else None)
 
 
 def parallel_count(value: int | None, default: int, option: str) -> int:
@@ -57,11 +53,15 @@ def parallel_count(value: int | None, default: int, option: str) -> int:
 
 
 def look_ahead_default(repo: Repository) -> int:
-    return DEFAULT_S3_LOOK_AHEAD if repo.url.startswith("s3://") else DEFAULT_LOCAL_LOOK_AHEAD
+    from chainlens_ops.storage import is_remote
+
+    return DEFAULT_S3_LOOK_AHEAD if is_remote(repo.url) else DEFAULT_LOCAL_LOOK_AHEAD
 
 
 def prefetch_default(repo: Repository) -> int:
-    return DEFAULT_S3_PREFETCH if repo.url.startswith("s3://") else DEFAULT_LOCAL_PREFETCH
+    from chainlens_ops.storage import is_remote
+
+    return DEFAULT_S3_PREFETCH if is_remote(repo.url) else DEFAULT_LOCAL_PREFETCH
 
 
 def archive_segment(

@@ -34,8 +34,8 @@ from chainlens_ops.pg.walnames import (
     segment_name,
 )
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
+from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound, StorageError
-from chainlens_ops.wal.objfmt import decode
 
 DEFAULT_SEG_SIZE = 16 * 1024 * 1024
 
@@ -217,15 +217,12 @@ def check_wal(repo: Repository, *, start: str | None = None, clean_stale: bool =
 def _clean_stale_temp(repo: Repository, *, remove: bool = True) -> tuple[int, int]:
     """(found, removed) temp files of killed writers; removal is best effort (a check
     run by a user who may not write the repository still reports them)."""
-    storage = repo.storage
-    stale = getattr(storage, "stale_temp", None)
-    if stale is None:
-        return 0, 0
-    found = len(stale())
+    backend = repo.backend
+    found = len(backend.stale_leftovers())
     if not remove:
         return found, 0
     try:
-        return found, storage.remove_stale_temp() if found else 0  # type: ignore[attr-defined]
+        return found, backend.remove_stale_leftovers() if found else 0
     except StorageError:
         return found, 0
 

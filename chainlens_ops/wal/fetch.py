@@ -33,8 +33,8 @@ from chainlens_ops.errors import FETCH_MISSING, OperationFailed, UsageError
 from chainlens_ops.pg.walnames import SEGMENT, WalName, next_segment_names, parse_wal_name
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository, data_folder_system_identifier
+from chainlens_ops.repository.walcodec import CorruptObject, decode
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.objfmt import CorruptObject, decode
 from chainlens_ops.wal.spool import Spool
 
 TYPE_CHECKING = False

@@ -35,8 +35,7 @@ from chainlens_ops.pg.walnames import (
 )
 from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
-from chainlens_ops.storage import AlreadyExists, NotFound
-from chainlens_ops.wal.objfmt import (
+from chainlens_ops.repository.walcodec import (
     DEFAULT_LEVEL,
     CorruptObject,
     Digest,
@@ -44,6 +43,7 @@ from chainlens_ops.wal.objfmt import (
     decode,
     file_digest,
 )
+from chainlens_ops.storage import AlreadyExists, NotFound, is_remote
 from chainlens_ops.wal.origin import check_origin
 from chainlens_ops.wal.spool import Spool
 
@@ -163,10 +163,10 @@ def push_file(
 
 def _sweep(repo: Repository, spool: Spool | None) -> None:
     """Now and then, remove temp files killed pushes left (local repositories)."""
-    sweep = getattr(repo.storage, "sweep_stale_temp_now_and_then", None)
-    if sweep is not None:
-        ready = spool is not None and spool.ready(spool.base)
-        sweep(os.path.join(spool.base, "temp-sweep") if spool is not None and ready else None)
+    ready = spool is not None and spool.ready(spool.base)
+    repo.backend.housekeep_now_and_then(
+        os.path.join(spool.base, "temp-sweep") if spool is not None and ready else None
+    )
 
 
 def ready_files(path: str, limit: int, *, skip: set[str]) -> list[str]:
@@ -254,7 +254,7 @@ def _same_repository(repo: Repository, spool: Spool, identity: str) -> bool:
     and a request, which look-ahead exists to avoid: it is re-read at most once every
     REPOSITORY_RECHECK_S seconds (the spool notes when it last saw which identity).
     """
-    remote = repo.url.startswith("s3://")
+    remote = is_remote(repo.url)
     if remote and spool.verified_repository(REPOSITORY_RECHECK_S) == identity:
         return True
     try:

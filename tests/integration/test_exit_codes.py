@@ -63,6 +63,7 @@ COMMANDS = {
     "daemon status": ("daemon", "status"),
     "status": ("status",),
     "wal push": ("wal", "push", "--repo", "/nonexistent/repo", "pg_wal/x"),
+    "repo info": ("repo", "info", "--repo", "/nonexistent/repo"),
 }
 
 CASES: dict[str, Case] = {
@@ -348,6 +349,34 @@ CASES |= {
     "backup list: damaged marker": Case(
         ("backup", "list", "--repo", "DAMAGED_MARKER"), 1, r"chainlens-repo\.toml is damaged"
     ),
+    # The repository itself (key problems on a real encrypted one: test_repo_crypt.py).
+    "repo init: key without --encrypt": Case(
+        ("repo", "init", "--repo", "/nonexistent/r", "--key-file", "/k"), 2, r"go with --encrypt"
+    ),
+    "repo init: two keys": Case(
+        ("repo", "init", "--repo", "/r", "--encrypt", "--key-file", "/k", "--kms-key-id", "a"),
+        2,
+        r"not both",
+    ),
+    "repo init: no key": Case(
+        ("repo", "init", "--repo", "/nonexistent/r", "--encrypt"), 2, r"encryption needs a key"
+    ),
+    "repo encrypt: no key": Case(
+        ("repo", "encrypt", "--repo", "/nonexistent/r"), 2, r"encryption needs a key"
+    ),
+    "repo rotate-key: no new key": Case(
+        ("repo", "rotate-key", "--repo", "/nonexistent/r"), 2, r"needs --new-key-file"
+    ),
+    "repo info: no such repository": Case(
+        ("repo", "info", "--repo", "/nonexistent/r"), 1, r"does not exist"
+    ),
+    "repo info: bad URL": Case(("repo", "info", "--repo", "ftp://x"), 2, r"is not a file://"),
+    "repo: key_file not a string": Case(
+        ("repo", "info", "--repo", "/r"),
+        3,
+        r"repository\.key_file must be a string",
+        config="[repository]\nkey_file = 5",
+    ),
 }  # fmt: skip
 
 
@@ -397,14 +426,15 @@ def test_bad_input_exit_code_and_one_error_line(case: Case, tmp_path: Path) -> N
 HELP_PATHS = [
     (),
     *[(group,) for group in ("schema", "partition", "wal", "backup", "restore",
-                             "restore-point", "cache", "daemon")],
+                             "restore-point", "cache", "daemon", "repo")],
     ("schema", "apply"), ("schema", "status"), ("partition", "create-month"),
     ("partition", "ensure"), ("partition", "list"), ("partition", "retain"),
     ("wal", "push"), ("wal", "fetch"), ("wal", "list"), ("wal", "check"), ("check",),
     ("backup", "list"), ("backup", "verify"), ("backup", "prune"), ("backup", "pin"),
     ("backup", "unpin"), ("restore", "drill"), ("restore", "table"),
     ("restore-point", "create"), ("restore-point", "list"), ("cache", "cleanup"),
-    ("cache", "stats"), ("daemon", "status"), ("status",), ("demo",),
+    ("cache", "stats"), ("daemon", "status"), ("status",), ("demo",), ("repo", "init"),
+    ("repo", "info"), ("repo", "rotate-key"), ("repo", "encrypt"),
 ]  # fmt: skip
 
 

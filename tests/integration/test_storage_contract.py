@@ -335,3 +335,24 @@ def test_bad_keys_are_refused(storage: Storage, key: str) -> None:
 def test_bad_prefixes_are_refused(storage: Storage, prefix: str) -> None:
     with pytest.raises(InvalidKey):
         list(storage.list(prefix))
+
+
+def test_every_registered_backend_is_in_this_suite() -> None:
+    """Adding a backend is one module, one entry in storage.BACKENDS and one param above."""
+    from chainlens_ops.storage import BACKENDS
+
+    assert set(BACKENDS) == {"file", "s3"}  # the `storage` fixture's params, by scheme
+
+
+def test_each_backend_answers_what_it_is_and_its_housekeeping(storage: Storage) -> None:
+    from chainlens_ops.storage import backend_for
+
+    declared = backend_for(storage.url)
+    put_bytes(storage, "wal/x", b"x")  # a local root exists once something is stored
+    assert storage.exists()
+    leftovers = storage.stale_leftovers()
+    assert isinstance(leftovers, tuple)
+    assert storage.remove_stale_leftovers() >= 0
+    storage.housekeep_now_and_then(None)  # never raises
+    if not declared.housekeeping:
+        assert leftovers == ()

@@ -9,6 +9,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from chainlens_ops.pg.walnames import check_header_matches_name, parse_wal_header, parse_wal_name
 
 MB = 1024 * 1024
@@ -43,19 +45,37 @@ HEAVY_FOR_PUSH = {
 }  # fmt: skip
 
 
-def test_local_push_and_its_fast_paths_import_nothing_heavy(tmp_path: Path) -> None:
-    from pgharness import VENV, cli_env
+def encrypted_env(tmp_path: Path, repo: str, encrypted: bool) -> dict[str, str]:
+    """The CLI's environment; for an encrypted repository, `repo init --encrypt` first
+    (its key file in CHAINLENS_REPO_KEY_FILE)."""
+    from pgharness import cli_env, run_cli
+
+    if not encrypted:
+        return cli_env()
+    key = str(tmp_path / "repo.key")
+    made = run_cli("repo", "init", "--repo", repo, "--encrypt", "--key-file", key)
+    assert made.returncode == 0, made.stderr
+    return cli_env({"CHAINLENS_REPO_KEY_FILE": key})
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_local_push_and_its_fast_paths_import_nothing_heavy(
+    tmp_path: Path, encrypted: bool
+) -> None:
+    """`wal push` (archive_command) imports nothing heavy, into an encrypted repository
+    too (cryptography's Rust binding alone, not its Python layers)."""
+    from pgharness import VENV
 
     pg_wal = tmp_path / "data" / "pg_wal"
     pg_wal.mkdir(parents=True)
     name = "000000010000000000000002"
     (pg_wal / name).write_bytes(fake_segment(name, body=os.urandom(100_000)))
+    repo = f"file://{tmp_path / 'repo'}"
+    env = encrypted_env(tmp_path, repo, encrypted)
     argv = [str(VENV / "bin" / "python"), "-X", "importtime", str(VENV / "bin" / "chainlens-ops")]
-    push = [*argv, "wal", "push", "--repo", f"file://{tmp_path / 'repo'}", f"pg_wal/{name}"]
+    push = [*argv, "wal", "push", "--repo", repo, f"pg_wal/{name}"]
     for attempt in ("first push (creates the marker)", "same segment again (duplicate)"):
-        proc = subprocess.run(
-            push, cwd=tmp_path / "data", env=cli_env(), capture_output=True, text=True
-        )
+        proc = subprocess.run(push, cwd=tmp_path / "data", env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"{attempt}: {proc.stderr[-2000:]}"
         imported = {
             line.split("|")[-1].strip().split(".")[0]
@@ -66,19 +86,23 @@ def test_local_push_and_its_fast_paths_import_nothing_heavy(tmp_path: Path) -> N
         # The duplicate check reads the stored object back: hashlib is allowed there.
         allowed = {"hashlib"} if "again" in attempt else set()
         assert imported & (HEAVY_FOR_PUSH - allowed) == set(), attempt
+        assert ("cryptography" in imported) == encrypted, attempt
+    stored = next((tmp_path / "repo" / "wal").glob("*/*")).read_bytes()
+    assert (stored[:8] == b"CLOPSENC") == encrypted
 
 
-def test_local_fetch_imports_nothing_heavy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_local_fetch_imports_nothing_heavy(tmp_path: Path, encrypted: bool) -> None:
     """`wal fetch` (restore_command) takes the same lean door: a found and a missing
     segment import none of the heavy modules (hashlib: the envelope's checksum)."""
-    from pgharness import VENV, cli_env
+    from pgharness import VENV
 
     pg_wal = tmp_path / "data" / "pg_wal"
     pg_wal.mkdir(parents=True)
     name = "000000010000000000000002"
     (pg_wal / name).write_bytes(fake_segment(name, body=os.urandom(100_000)))
     repo = f"file://{tmp_path / 'repo'}"
-    env = cli_env()
+    env = encrypted_env(tmp_path, repo, encrypted)
     cli = str(VENV / "bin" / "chainlens-ops")
     push = [cli, "wal", "push", "--repo", repo, f"pg_wal/{name}"]
     pushed = subprocess.run(push, cwd=tmp_path / "data", env=env, capture_output=True, text=True)

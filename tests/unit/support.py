@@ -18,7 +18,7 @@ from chainlens_ops.backup.manifest import (
 )
 from chainlens_ops.pg.walnames import parse_wal_name, segment_name
 from chainlens_ops.repository import Repository
-from chainlens_ops.wal.objfmt import EncodingReader
+from chainlens_ops.repository.walcodec import EncodingReader
 
 MB = 1024 * 1024
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chainlens_ops.backup.manifest import BackupObject
-from chainlens_ops.backup.objects import (
+from chainlens_ops.repository.datacodec import (
     LOGICAL_WINDOW_LOG,
     ZSTD_LEVEL_BASE,
     CheckedReader,

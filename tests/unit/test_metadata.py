@@ -28,7 +28,8 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.proofs import DRILL, VERIFY, latest_proofs, record_proof
 from chainlens_ops.errors import ChainlensError, OperationFailed
 from chainlens_ops.metadata import DamagedMetadata, load_json
-from chainlens_ops.repository import Repository, _parse_marker
+from chainlens_ops.repository import Repository
+from chainlens_ops.repository.marker import parse_marker
 from chainlens_ops.restore_points import (
     DAMAGED,
     SCAN_FORMAT,
@@ -271,18 +272,18 @@ def test_every_marker_field_garbled_is_one_line() -> None:
         for bad in ('"x"', "", "1.5"):
             text = "".join(f"{k} = {bad if k == name else v}\n" for k, v in good.items())
             with pytest.raises(ChainlensError, match=r"chainlens-repo\.toml is damaged"):
-                _parse_marker(text.encode(), "file:///r")
+                parse_marker(text.encode(), "file:///r")
         missing = "".join(f"{k} = {v}\n" for k, v in good.items() if k != name)
         if name != "pg_version":
             with pytest.raises(ChainlensError, match="is damaged"):
-                _parse_marker(missing.encode(), "file:///r")
+                parse_marker(missing.encode(), "file:///r")
     with pytest.raises(ChainlensError, match="is damaged"):
-        _parse_marker(b"format = 1\nsystem_identifier", "file:///r")  # truncated
+        parse_marker(b"format = 1\nsystem_identifier", "file:///r")  # truncated
     odd = "".join(f"{k} = {'3000000' if k == 'wal_segment_size' else v}\n" for k, v in good.items())
     with pytest.raises(ChainlensError, match="'wal_segment_size' is not a power of two"):
-        _parse_marker(odd.encode(), "file:///r")
+        parse_marker(odd.encode(), "file:///r")
     sound = "".join(f"{k} = {v}\n" for k, v in good.items())
-    marker = _parse_marker(sound.encode(), "file:///r")
+    marker = parse_marker(sound.encode(), "file:///r")
     assert (marker.system_identifier, marker.wal_segment_size) == (7712345678901234567, 1 << 24)
 
 

@@ -30,8 +30,8 @@ from chainlens_ops.pg.walnames import (
     segment_name,
 )
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.walcodec import CorruptObject, Digest, EncodingReader, decode
 from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
-from chainlens_ops.wal.objfmt import CorruptObject, Digest, EncodingReader, decode
 
 MB = 1024 * 1024
 

@@ -33,6 +33,7 @@ import sys
 
 from chainlens_ops.errors import OperationFailed
 from chainlens_ops.record import record
+from chainlens_ops.repository.codec import CorruptObject as CorruptObject
 from chainlens_ops.streams import read_full
 
 TYPE_CHECKING = False
@@ -96,10 +97,6 @@ _ZSTD_CHECKSUM_FLAG = 0x04  # Frame_Header_Descriptor bit 2: Content_Checksum_fl
 TRAILER_SIZE = _TRAILER.size
 CHUNK = 1024 * 1024
 DEFAULT_LEVEL = 1  # measured: level 1 is ~as small as 3 on WAL and the fastest
-
-
-class CorruptObject(OperationFailed):
-    """A repository object that fails its checksum or is not in our format."""
 
 
 @record

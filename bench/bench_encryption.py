@@ -1,0 +1,152 @@
+"""What client-side encryption costs: the same work into a plain and an encrypted
+repository, side by side in one run.
+
+    /opt/chainlens-ops/venv/bin/python bench/bench_encryption.py [--segments 32] [--rounds 2]
+
+Makes its own cluster with 16 MB segments (bench_wal's), then, as the postgres OS user:
+
+    wal push    every segment once into each repository, one process per segment (as
+                PostgreSQL's archiver runs it), interleaved segment by segment with the
+                first repository rotating, so neither meets a disk or cache the other
+                warmed; the same for `wal fetch`
+    backup      a logical backup of the pgbench database into each, alternating, `--rounds`
+                times; then a logical restore of each into a new database
+
+The goal (issue #20): encrypted at most 1.1x the plain time for each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+
+from bench_wal import Row, base_env, interleaved, make_cluster, run_as_postgres
+from pgharness import CLI, PgCluster, make_shared_dir
+
+GOAL = 1.1
+
+
+def timed(argv: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    code, _, stderr = run_as_postgres(argv, cwd=cwd, env=env)
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])}... exited {code}: {stderr.strip()[-300:]}")
+    return elapsed, stderr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--segments", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--wal-only", action="store_true", help="skip backup and restore")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+        return 2
+    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-enc-", dir="/var/tmp")))
+    made: list[PgCluster] = []
+    results: list[tuple[str, float, float]] = []
+    try:
+        print(f"generating {args.segments}+ WAL segments of 16 MB with pgbench in {base} ...")
+        cluster, _ = make_cluster(base, args.segments, made)
+        names = sorted(p.name for p in (cluster.data / "pg_wal").glob("0*") if len(p.name) == 24)
+        names = names[: args.segments]
+        src = make_shared_dir(base / "src" / "data", mode=0o700)
+        pg_wal = make_shared_dir(src / "pg_wal", mode=0o700)
+        for name in names:
+            shutil.copy2(cluster.data / "pg_wal" / name, pg_wal / name)
+        subprocess.run(["chown", "-R", "postgres:postgres", str(base / "src")], check=True)
+
+        env = base_env()
+        keys = make_shared_dir(base / "keys", mode=0o700)
+        key = keys / "repo.key"
+        plain, sealed = f"file://{base}/plain", f"file://{base}/sealed"
+        timed([str(CLI), "repo", "init", "--repo", plain], cwd=base, env=env)
+        timed([str(CLI), "repo", "init", "--repo", sealed, "--encrypt", "--key-file", str(key)],
+              cwd=base, env=env)  # fmt: skip
+        env_key = {**env, "CHAINLENS_REPO_KEY_FILE": str(key)}
+
+        push = [
+            (Row("wal push, plain"),
+             lambda n: [str(CLI), "wal", "push", "--repo", plain, f"pg_wal/{n}"]),
+            (Row("wal push, encrypted"),
+             lambda n: [str(CLI), "wal", "push", "--repo", sealed, f"pg_wal/{n}"]),
+        ]  # fmt: skip
+        interleaved(push, names, cwd=src, env=env_key)
+        dest = make_shared_dir(base / "fetched", mode=0o700)
+        fetch = [
+            (Row("wal fetch, plain"),
+             lambda n: [str(CLI), "wal", "fetch", "--repo", plain, n, f"{dest}/p-{n}"]),
+            (Row("wal fetch, encrypted"),
+             lambda n: [str(CLI), "wal", "fetch", "--repo", sealed, n, f"{dest}/e-{n}"]),
+        ]  # fmt: skip
+        interleaved(fetch, names, cwd=src, env=env_key)
+        for (p, _), (e, _) in ((push[0], push[1]), (fetch[0], fetch[1])):
+            if p.note or e.note:
+                raise RuntimeError(p.note or e.note)
+            results.append((p.tool.split(",")[0], p.per_segment_ms / 1000, e.per_segment_ms / 1000))
+        for name in names[:4]:  # the two roads give the same bytes
+            assert (dest / f"p-{name}").read_bytes() == (dest / f"e-{name}").read_bytes()
+
+        if args.wal_only:
+            args.rounds = 0
+        dsn = cluster.conninfo()
+        backup_s = {plain: 0.0, sealed: 0.0}
+        restore_s = {plain: 0.0, sealed: 0.0}
+        ids: dict[str, str] = {}
+        for r in range(args.rounds):
+            order = [plain, sealed] if r % 2 == 0 else [sealed, plain]
+            for repo in order:
+                argv = [str(CLI), "backup", "--repo", repo, "--dsn", dsn, "--kind", "logical",
+                        "--quiet"]  # fmt: skip
+                started = time.perf_counter()
+                out = subprocess.run(
+                    ["runuser", "-u", "postgres", "--", *argv], env=env_key,
+                    capture_output=True, text=True, check=False, cwd=base,
+                )  # fmt: skip
+                backup_s[repo] += time.perf_counter() - started
+                if out.returncode != 0:
+                    raise RuntimeError(out.stderr[-300:])
+                ids[repo] = out.stdout.strip()
+            for repo in order:
+                db = f"copy_{r}_{'p' if repo == plain else 'e'}"
+                elapsed, _ = timed(
+                    [str(CLI), "restore", "--repo", repo, "--backup", ids[repo], "--dbname", db,
+                     "--dsn", dsn], cwd=base, env=env_key,
+                )  # fmt: skip
+                restore_s[repo] += elapsed
+        if args.rounds:
+            results.append(("logical backup", backup_s[plain] / args.rounds,
+                            backup_s[sealed] / args.rounds))  # fmt: skip
+            results.append(("logical restore", restore_s[plain] / args.rounds,
+                            restore_s[sealed] / args.rounds))  # fmt: skip
+    finally:
+        for c in made:
+            c.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+    print(f"\n{'operation':<18} {'plain s':>9} {'encrypted s':>12} {'ratio':>6}  goal <= {GOAL}x")
+    worst = 0.0
+    for what, p, e in results:
+        ratio = e / p if p else 0.0
+        worst = max(worst, ratio)
+        unit = " (per segment)" if what.startswith("wal") else ""
+        print(f"{what:<18} {p:>9.3f} {e:>12.3f} {ratio:>5.2f}x{unit}")
+    print(f"\n{args.segments} segments of 16 MB, {args.rounds} rounds of backup and restore")
+    return 0 if worst <= GOAL else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The codec every stored byte passes through: compress, then encrypt, then authenticate.
+
+Compression is the object kind's own, beside this module: `walcodec` (the WAL envelope:
+one zstd frame with the file's name and size) and `datacodec` (the zstd stream of backup
+data, checked against its manifest); metadata JSON is small and stored as it is.
+Encryption and authentication are this module's, for every object but the marker and
+the locks (`layout.is_plaintext`), when the repository is encrypted:
+
+    header   magic b"CLOPSENC" | version u8 (1) | chunk log2 u8 (20) | reserved u16
+    chunks   nonce (12 random bytes) | AES-256-GCM ciphertext | tag (16)
+             each chunk holds 2**20 bytes of plaintext, the last one fewer (maybe 0)
+
+Each chunk is sealed with the repository's data key and a fresh random nonce, with
+`header | object key | chunk index u64 | last u8` as associated data, so a flipped
+byte, chunks reordered or dropped, a truncation (the last chunk is marked) and an
+object copied under another key name all fail authentication, naming the object.
+
+`RepositoryStorage` is the door: it has the storage protocol's methods, seals on `put`
+and opens on `open`, so operations code reads and writes through it alike on a plain
+or an encrypted repository. A plain repository's objects are stored exactly as before
+(today's repositories stay readable byte for byte); an encrypted one refuses plaintext
+objects unless its marker says that objects from before `repo encrypt` remain.
+
+Standard library only at import time: on the `wal push`/`wal fetch` path.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+from chainlens_ops.errors import OperationFailed
+from chainlens_ops.repository.crypto import is_invalid_tag
+from chainlens_ops.repository.layout import is_plaintext
+from chainlens_ops.storage import NotFound, ObjectInfo
+from chainlens_ops.streams import read_full
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Callable, Iterator
+    from typing import Any, BinaryIO
+
+    from chainlens_ops.storage.protocol import Storage
+
+MAGIC = b"CLOPSENC"
+VERSION = 1
+CHUNK_LOG = 20
+CHUNK = 1 << CHUNK_LOG
+NONCE = 12
+TAG = 16
+_HEADER = struct.Struct("<8sBBH")
+_AAD_TAIL = struct.Struct("<QB")
+
+
+class CorruptObject(OperationFailed):
+    """A repository object that fails its checksum or authentication, or is not in
+    our format."""
+
+
+class Sealer:
+    """The data key of one encrypted repository, ready to seal and open objects.
+
+    `data_key` (reading the key file or asking KMS, and loading `cryptography`) runs in
+    a background thread from construction on: `wal push` compresses its segment
+    meanwhile (~10 ms of a ~35 ms push), and the key is first needed for the first
+    sealed chunk. Its error (KeyUnavailable) is raised by the first call that needs it.
+    `_thread`, not `threading`: the hot path avoids importing `threading`."""
+
+    def __init__(self, data_key: Callable[[], bytes], *, plain_allowed: bool) -> None:
+        import _thread
+
+        self.plain_allowed = plain_allowed
+        self._aead: Any = None
+        self._error: BaseException | None = None
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+
+        def prepare() -> None:
+            try:
+                from chainlens_ops.repository.crypto import aesgcm
+
+                self._aead = aesgcm(data_key())
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.release()
+
+        _thread.start_new_thread(prepare, ())
+
+    def ready(self) -> Any:
+        """The AEAD, once the key is in hand; KeyUnavailable if it cannot be."""
+        if self._aead is None:
+            with self._done:
+                pass
+            if self._error is not None:
+                raise self._error
+        return self._aead
+
+    def seal(self, src: BinaryIO, key: str) -> SealingReader:
+        return SealingReader(src, key, self)
+
+    def open(self, src: BinaryIO, key: str, where: str) -> BinaryIO:
+        """The plaintext of `src`; CorruptObject if it is not sealed for `key`."""
+        head = read_full(src, _HEADER.size)
+        if head[:8] == MAGIC:
+            return UnsealingReader(src, head, key, self, where)  # type: ignore[return-value]
+        if self.plain_allowed:
+            return Prefixed(head, src)  # type: ignore[return-value]
+        raise CorruptObject(
+            f"{where}: stored unencrypted in an encrypted repository (not written by "
+            "chainlens-ops, or tampered with)"
+        )
+
+    def decrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+        data: bytes = self.ready().decrypt(nonce, body, aad)
+        return data
+
+    def encrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+        data: bytes = self.ready().encrypt(nonce, body, aad)
+        return data
+
+
+def is_sealed(head: bytes) -> bool:
+    return head[:8] == MAGIC
+
+
+class _Chunked(io.RawIOBase):
+    """A readable stream of chunks produced on demand (`_next_chunk`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = b""
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bytes | None:
+        raise NotImplementedError
+
+    def read(self, size: int | None = -1) -> bytes:
+        """`size` bytes, fewer only at the end (as a buffered file reads: callers such
+        as `json.loads(fh.read(limit))` rely on it); all of the rest for a negative size."""
+        if size is None or size < 0:
+            return self.readall()
+        parts: list[bytes] = []
+        while size > 0:
+            if self._offset >= len(self._pending):
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                self._pending, self._offset = chunk, 0
+                if self._offset == 0 and len(chunk) <= size and not parts:
+                    # A whole chunk asked for: hand it over without a copy.
+                    self._pending = b""
+                    size -= len(chunk)
+                    parts.append(chunk)
+                    continue
+            data = self._pending[self._offset : self._offset + size]
+            self._offset += len(data)
+            size -= len(data)
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        parts = [self._pending[self._offset :]]
+        self._pending, self._offset = b"", 0
+        while (chunk := self._next_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class SealingReader(_Chunked):
+    """The sealed form of `src` under `key`, produced as it is read."""
+
+    def __init__(self, src: BinaryIO, key: str, sealer: Sealer) -> None:
+        super().__init__()
+        self._src = src
+        self._sealer = sealer
+        self._header = _HEADER.pack(MAGIC, VERSION, CHUNK_LOG, 0)
+        self._aad = self._header + key.encode()
+        self._index = -1  # the header comes first
+        self._done = False
+        self.plain_size = 0
+
+    def _next_chunk(self) -> bytes | None:
+        if self._done:
+            return None
+        if self._index < 0:
+            self._index = 0
+            return self._header
+        import os
+
+        plain = read_full(self._src, CHUNK)
+        last = len(plain) < CHUNK
+        self.plain_size += len(plain)
+        nonce = os.urandom(NONCE)
+        sealed = self._sealer.encrypt(nonce, plain, self._aad + _AAD_TAIL.pack(self._index, last))
+        self._index += 1
+        self._done = last
+        return nonce + sealed
+
+
+class UnsealingReader(_Chunked):
+    """The plaintext of a sealed object; any read raises CorruptObject when a chunk
+    fails authentication or the object ends early."""
+
+    def __init__(self, src: BinaryIO, head: bytes, key: str, sealer: Sealer, where: str) -> None:
+        super().__init__()
+        self._src = src
+        self._sealer = sealer
+        self._where = where
+        if len(head) < _HEADER.size:
+            raise CorruptObject(f"{where}: object is truncated ({len(head)} bytes)")
+        _, version, chunk_log, _ = _HEADER.unpack(head)
+        if version != VERSION or not 12 <= chunk_log <= 26:
+            raise CorruptObject(f"{where}: unsupported encrypted format {version}/{chunk_log}")
+        self._sealed_chunk = NONCE + (1 << chunk_log) + TAG
+        self._aad = head + key.encode()
+        self._index = 0
+        self._done = False
+
+    def _next_chunk(self) -> bytes | None:
+        if self._done:
+            return None
+        sealed = read_full(self._src, self._sealed_chunk)
+        last = len(sealed) < self._sealed_chunk
+        if len(sealed) < NONCE + TAG:
+            raise CorruptObject(f"{self._where}: object is truncated (its last chunk is missing)")
+        aad = self._aad + _AAD_TAIL.pack(self._index, last)
+        try:
+            plain = self._sealer.decrypt(sealed[:NONCE], sealed[NONCE:], aad)
+        except Exception as exc:
+            if not is_invalid_tag(exc):
+                raise
+            raise CorruptObject(
+                f"{self._where}: fails authentication (damaged, truncated, stored under "
+                "another name, or sealed with another key)"
+            ) from None
+        self._index += 1
+        self._done = last
+        return plain
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._src.close()
+            finally:
+                super().close()
+
+
+class Prefixed(_Chunked):
+    """`head` followed by the rest of `src` (a plaintext object peeked at)."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        super().__init__()
+        self._head: bytes | None = head
+        self._src = src
+
+    def _next_chunk(self) -> bytes | None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if head:
+                return head
+        return self._src.read(CHUNK) or None
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._src.close()
+            finally:
+                super().close()
+
+
+class RepositoryStorage:
+    """The storage protocol over a backend, sealing and opening through the codec.
+
+    `sealer` returns the repository's Sealer, or None for a plain repository; it is
+    asked before anything is read or written, so a key problem surfaces as itself
+    (KeyUnavailable), never as "absent"."""
+
+    def __init__(self, backend: Storage, sealer: Callable[[], Sealer | None]) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self._sealer = sealer
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        sealer = None if is_plaintext(key) else self._sealer()
+        if sealer is None:
+            return self.backend.put(key, stream, if_absent=if_absent)
+        sealing = sealer.seal(stream, key)
+        info = self.backend.put(key, sealing, if_absent=if_absent)  # type: ignore[arg-type]
+        # Callers compare what they sent with what was stored: the plaintext's size.
+        return ObjectInfo(key=info.key, size=sealing.plain_size, mtime=info.mtime)
+
+    def open(self, key: str) -> BinaryIO:
+        sealer = None if is_plaintext(key) else self._sealer()
+        try:
+            stream = self.backend.open(key)
+        except NotFound:
+            if sealer is not None:
+                sealer.ready()  # a key problem is never answered as "absent"
+            raise
+        if sealer is None:
+            return stream
+        try:
+            return sealer.open(stream, key, f"{self.url}: {key}")
+        except BaseException:
+            stream.close()
+            raise
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.backend.stat(key)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.backend.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(key)
+
+    def exists(self) -> bool:
+        return self.backend.exists()
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        return self.backend.stale_leftovers()
+
+    def remove_stale_leftovers(self) -> int:
+        return self.backend.remove_stale_leftovers()
+
+    def remove_incomplete(
+        self, prefix: str, select: Callable[[ObjectInfo], bool], *, dry_run: bool = False
+    ) -> builtins.list[ObjectInfo]:
+        return self.backend.remove_incomplete(prefix, select, dry_run=dry_run)
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        self.backend.housekeep_now_and_then(stamp)

@@ -1,0 +1,147 @@
+"""The repository marker, `chainlens-repo.toml`: flat TOML, read without a TOML parser
+(it is on the `wal push` path, see chainlens_ops.record). Plaintext, and never a secret:
+
+    format = 1 | 2                      2 once encrypted (older tools, which know only 1,
+                                        refuse it rather than write plaintext into it)
+    system_identifier = "7712..."       the cluster it serves ("0": not yet bound, after
+    wal_segment_size = 16777216         `repo init` and before the first `wal push`)
+    pg_version = 15
+    created_at = "2026-...Z"
+    created_by = "chainlens-ops 0.1.0"
+    repository_id = "9f0c..."           random, per creation
+    encryption = "aes-256-gcm"          encrypted repositories only, from here on
+    key_source = "file" | "kms"
+    kms_key_id = "arn:aws:kms:..."      with key_source = "kms"
+    data_key = "<base64>"               the data key, wrapped by the key-encryption key
+    key_rotated_at = "2026-...Z"        last `repo rotate-key` (or when encryption began)
+    plain_objects = "yes"               objects from before `repo encrypt` may remain
+                                        plaintext (until `repo encrypt --rewrite` ends)
+
+The system identifier is kept as a string: it is an unsigned 64-bit number.
+"""
+
+from __future__ import annotations
+
+from chainlens_ops.errors import OperationFailed
+from chainlens_ops.metadata import DamagedMetadata, Fields
+from chainlens_ops.record import record
+from chainlens_ops.repository.layout import MARKER_KEY
+
+FORMAT_PLAIN = 1
+FORMAT_ENCRYPTED = 2
+FORMAT = FORMAT_ENCRYPTED  # the highest this tool reads and writes
+AES_256_GCM = "aes-256-gcm"
+
+
+@record
+class RepoMarker:
+    format: int
+    system_identifier: int
+    wal_segment_size: int
+    pg_version: int
+    created_at: str
+    created_by: str
+    repository_id: str = ""  # random, per repository creation (older markers: none)
+    encryption: str = ""  # AES_256_GCM, or "" for a plain repository
+    key_source: str = ""  # crypto.FILE or crypto.KMS
+    kms_key_id: str = ""
+    data_key: str = ""  # wrapped (base64)
+    key_rotated_at: str = ""
+    plain_objects: bool = False
+
+    @property
+    def identity(self) -> str:
+        """Tells this repository apart from one deleted and recreated at the same URL
+        (look-ahead records are tied to it)."""
+        return f"{self.system_identifier}:{self.repository_id or self.created_at}"
+
+    @property
+    def bound(self) -> bool:
+        """Whether a cluster has written to it (a `repo init` marker is not, yet)."""
+        return self.system_identifier != 0
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.encryption)
+
+    def to_bytes(self) -> bytes:
+        lines = [
+            "# chainlens-ops repository: one PostgreSQL cluster's WAL, backups, restore points",
+            f"format = {self.format}",
+            f'system_identifier = "{self.system_identifier}"',
+            f"wal_segment_size = {self.wal_segment_size}",
+            f"pg_version = {self.pg_version}",
+            f'created_at = "{self.created_at}"',
+            f'created_by = "{self.created_by}"',
+        ]
+        if self.repository_id:
+            lines.append(f'repository_id = "{self.repository_id}"')
+        if self.encryption:
+            lines.append(f'encryption = "{self.encryption}"')
+            lines.append(f'key_source = "{self.key_source}"')
+            if self.kms_key_id:
+                lines.append(f'kms_key_id = "{self.kms_key_id}"')
+            lines.append(f'data_key = "{self.data_key}"')
+            lines.append(f'key_rotated_at = "{self.key_rotated_at}"')
+            if self.plain_objects:
+                lines.append('plain_objects = "yes"')
+        return ("\n".join(lines) + "\n").encode()
+
+
+def parse_marker(raw: bytes, url: str) -> RepoMarker:
+    """The marker, checked by the metadata layer (chainlens_ops.metadata): a damaged one
+    raises DamagedMetadata, one line naming the field."""
+    where = f"repository {url}: {MARKER_KEY}"
+    values: dict[str, object] = {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DamagedMetadata(where, "not UTF-8 text") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            value = value.strip()
+            if not sep:
+                raise DamagedMetadata(where, f"line {line[:30]!r} is not `key = value`")
+            quoted = len(value) >= 2 and value[0] == value[-1] == '"'
+            values[key.strip()] = value[1:-1] if quoted else _toml_int(value)
+    if isinstance(values.get("system_identifier"), int):  # unquoted: older writers
+        values["system_identifier"] = str(values["system_identifier"])
+    fields = Fields(values, where)
+    version = fields.integer("format", minimum=1)
+    if version > FORMAT:
+        raise OperationFailed(
+            f"repository {url} has format {version}; this chainlens-ops understands up to {FORMAT}",
+            hint="upgrade chainlens-ops",
+        )
+    system_identifier = int(fields.parsed("system_identifier", int, "a number"))
+    seg_size = fields.integer("wal_segment_size")
+    unbound = system_identifier == 0 and seg_size == 0  # after `repo init`
+    if not unbound and (seg_size & (seg_size - 1) or not 1 << 20 <= seg_size <= 1 << 30):
+        raise fields.damaged("wal_segment_size", "is not a power of two from 1 MB to 1 GB")
+    encryption = fields.choice("encryption", ("", AES_256_GCM), "")
+    if encryption and version < FORMAT_ENCRYPTED:
+        raise fields.damaged("encryption", f"needs format {FORMAT_ENCRYPTED}, not {version}")
+    return RepoMarker(
+        format=version,
+        system_identifier=system_identifier,
+        wal_segment_size=seg_size,
+        pg_version=fields.integer("pg_version", 0),
+        created_at=fields.text("created_at", ""),
+        created_by=fields.text("created_by", ""),
+        repository_id=fields.text("repository_id", ""),
+        encryption=encryption,
+        key_source=fields.choice("key_source", ("", "file", "kms"), ""),
+        kms_key_id=fields.text("kms_key_id", ""),
+        data_key=fields.text("data_key", ""),
+        key_rotated_at=fields.text("key_rotated_at", ""),
+        plain_objects=fields.choice("plain_objects", ("", "yes", "no"), "") == "yes",
+    )
+
+
+def _toml_int(value: str) -> object:
+    try:
+        return int(value)
+    except ValueError:
+        return value

@@ -1,0 +1,163 @@
+"""The repository's codec and keys, as pure logic: sealing round trips across chunk
+boundaries, every kind of tampering fails naming the object, the marker's fields, key
+files and their permissions, and backends chosen by URL scheme."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from chainlens_ops.errors import UsageError
+from chainlens_ops.pg.walnames import parse_wal_name
+from chainlens_ops.repository.codec import CHUNK, CorruptObject, Sealer
+from chainlens_ops.repository.crypto import (
+    KeyUnavailable,
+    create_key_file,
+    read_key_file,
+    unwrap_with_file,
+    wrap_with_file,
+)
+from chainlens_ops.repository.layout import is_plaintext, wal_key
+from chainlens_ops.repository.marker import RepoMarker, parse_marker
+from chainlens_ops.storage import backend_for, is_remote, same_location
+
+KEY = "wal/0000000100000000/000000010000000000000001"
+
+
+def new_sealer(*, plain_allowed: bool) -> Sealer:
+    data_key = os.urandom(32)
+    return Sealer(lambda: data_key, plain_allowed=plain_allowed)
+
+
+def seal(sealer: Sealer, data: bytes, key: str = KEY) -> bytes:
+    return sealer.seal(io.BytesIO(data), key).read()
+
+
+def unseal(sealer: Sealer, stored: bytes, key: str = KEY) -> bytes:
+    return sealer.open(io.BytesIO(stored), key, f"repo: {key}").read()
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 17])
+def test_sealing_round_trips_across_chunk_boundaries(size: int) -> None:
+    sealer = new_sealer(plain_allowed=False)
+    data = os.urandom(size)
+    stored = seal(sealer, data)
+    assert stored[:8] == b"CLOPSENC" and (size < 64 or data[:64] not in stored)
+    assert unseal(sealer, stored) == data
+    # Small reads see the same bytes.
+    reader = sealer.open(io.BytesIO(stored), KEY, "r")
+    assert b"".join(iter(lambda: reader.read(4096), b"")) == data
+    # A fresh nonce per chunk: the same plaintext never seals to the same bytes.
+    assert seal(sealer, data) != stored
+
+
+def test_tampering_fails_naming_the_object() -> None:
+    sealer = new_sealer(plain_allowed=False)
+    stored = seal(sealer, os.urandom(CHUNK + 100))
+    header = 12
+    full_chunk = 12 + CHUNK + 16
+    cases = {
+        "flipped": stored[:50] + bytes([stored[50] ^ 1]) + stored[51:],
+        "truncated": stored[:-1],
+        "last chunk dropped": stored[: header + full_chunk],
+        "chunks swapped": stored[:header] + stored[header + full_chunk :]
+        + stored[header : header + full_chunk],
+        "header only": stored[:header],
+    }  # fmt: skip
+    for how, body in cases.items():
+        with pytest.raises(CorruptObject, match=KEY):
+            unseal(sealer, body)
+        assert how
+    with pytest.raises(CorruptObject, match="another name"):
+        unseal(sealer, stored, key=KEY + ".partial")
+    with pytest.raises(CorruptObject):
+        unseal(new_sealer(plain_allowed=False), stored)
+
+
+def test_plaintext_objects_only_while_the_marker_allows_them() -> None:
+    data = b"(\xb5/\xfd plain zstd"
+    assert unseal(new_sealer(plain_allowed=True), data) == data
+    # read(n) returns n bytes unless the object ends, as a file does (the peeked head
+    # and the rest come back together: a manifest is read with one fh.read(limit)).
+    opened = new_sealer(plain_allowed=True).open(io.BytesIO(data), KEY, "r")
+    assert opened.read(1000) == data and opened.read(1000) == b""
+    with pytest.raises(CorruptObject, match="unencrypted"):
+        unseal(new_sealer(plain_allowed=False), data)
+
+
+def test_marker_round_trip_and_legacy_markers() -> None:
+    legacy = (
+        b'format = 1\nsystem_identifier = "18446744073709551615"\n'
+        b"wal_segment_size = 16777216\npg_version = 15\n"
+        b'created_at = "2026-01-01T00:00:00Z"\ncreated_by = "chainlens-ops 0.1.0"\n'
+    )
+    old = parse_marker(legacy, "r")
+    assert old.system_identifier == 2**64 - 1 and not old.encrypted and old.bound
+    marker = RepoMarker(2, 7, 1 << 24, 15, "t", "c", "id", "aes-256-gcm", "kms",
+                        "arn:aws:kms:eu-west-1:1:key/x", "d2FzZA==", "t2", True)  # fmt: skip
+    assert parse_marker(marker.to_bytes(), "r") == marker
+    unbound = RepoMarker(1, 0, 0, 0, "t", "c", "id")
+    assert not parse_marker(unbound.to_bytes(), "r").bound
+    from chainlens_ops.errors import OperationFailed
+
+    with pytest.raises(OperationFailed, match="understands up to 2"):
+        parse_marker(legacy.replace(b"format = 1", b"format = 3"), "r")
+    with pytest.raises(OperationFailed, match="damaged"):
+        parse_marker(b"\xff\xfe", "r")
+
+
+def test_key_files_are_owner_only_and_wrap_the_data_key(tmp_path: Path) -> None:
+    path = str(tmp_path / "k")
+    create_key_file(path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with pytest.raises(UsageError, match="already exists"):
+        create_key_file(path)
+    kek = read_key_file(path)
+    data_key = os.urandom(32)
+    wrapped = wrap_with_file(kek, data_key, "repo-1")
+    assert kek.hex() not in wrapped and data_key.hex() not in wrapped
+    assert unwrap_with_file(kek, wrapped, "repo-1", path=path) == data_key
+    with pytest.raises(KeyUnavailable, match="does not open"):
+        unwrap_with_file(os.urandom(32), wrapped, "repo-1", path=path)
+    with pytest.raises(KeyUnavailable, match="does not open"):  # another repository's
+        unwrap_with_file(kek, wrapped, "repo-2", path=path)
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyUnavailable, match="group or others") as caught:
+        read_key_file(path)
+    assert kek.hex() not in str(caught.value)
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 31)
+    short.chmod(0o600)
+    with pytest.raises(KeyUnavailable, match="exactly 32 bytes"):
+        read_key_file(str(short))
+    with pytest.raises(KeyUnavailable, match="does not exist"):
+        read_key_file(str(tmp_path / "absent"))
+
+
+def test_layout_and_backends_by_scheme() -> None:
+    assert wal_key(parse_wal_name("00000002.history")) == "wal/history/00000002.history"
+    assert wal_key(parse_wal_name("000000010000000A000000FF")).startswith("wal/000000010000000A/")
+    assert is_plaintext("chainlens-repo.toml") and is_plaintext("locks/repository.lock")
+    assert not is_plaintext("restore-points/x.json") and not is_plaintext("wal/history/x")
+    assert backend_for("/srv/repo").scheme == backend_for("file:///srv/repo").scheme == "file"
+    assert is_remote("s3://bucket/p") and not is_remote("/srv/repo")
+    assert backend_for("s3://b").housekeeping == ()
+    for bad in ("relative/repo", "ftp://host/x", "s3:/b", ""):
+        with pytest.raises(UsageError, match="is not a file://"):
+            backend_for(bad)
+    assert same_location("/srv/repo/", "file:///srv/repo")
+    assert same_location("s3://b/p/", "s3://b/p") and not same_location("s3://b/p", "/b/p")
+
+
+def test_a_key_problem_surfaces_on_first_use_not_as_anything_else() -> None:
+    def no_key() -> bytes:
+        raise KeyUnavailable("repository r is encrypted and no key file is configured")
+
+    sealer = Sealer(no_key, plain_allowed=False)  # the key is fetched in the background
+    with pytest.raises(KeyUnavailable, match="no key file"):
+        seal(sealer, b"data")
+    with pytest.raises(KeyUnavailable, match="no key file"):
+        unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
