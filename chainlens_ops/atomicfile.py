@@ -47,6 +47,23 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def temp_writer_gone(name: str) -> bool:
+    """The process that wrote temp file `name` (its pid is in the name, see `temp_name`)
+    no longer exists on this host: the write can never be published. A pid that is alive
+    (ours, or reused by another process) or a name without one counts as still writing."""
+    try:
+        pid = int(name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, and someone else's (EPERM)
+    return False
+
+
 def write_atomic(
     path: str,
     fill: Callable[[int], T],

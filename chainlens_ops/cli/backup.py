@@ -229,9 +229,7 @@ def list_command(
                 console.print(f"* pinned {b.id}" + (f": {note}" if note else ""), markup=False)
     if not json_output:
         window = recoverable_window(repository, catalog=catalog)
-        for i, line in enumerate(span_lines(window.recoverable)):
-            console.print(f"{WINDOW_LABEL if i == 0 else '':{len(WINDOW_LABEL)}} {line}",
-                          markup=False)  # fmt: skip
+        _print_window(WINDOW_LABEL, span_lines(window.recoverable))
         if catalog.without_manifest:
             console.print(
                 f"{len(catalog.without_manifest)} incomplete backup(s) without a manifest "
@@ -325,9 +323,7 @@ def prune_command(
         return
     verb = "would remove" if dry_run else "removed"
     if result.window is not None:
-        label = "recoverable window after it (UTC):"
-        for i, line in enumerate(result.window):
-            console.print(f"{label if i == 0 else '':{len(label)}} {line}", markup=False)
+        _print_window("recoverable window after it (UTC):", result.window)
     if result.window_after is not None:  # drawn as `status` draws it
         width = min(console.width, 80) if console.is_terminal else 80
         for line in draw_window(result.window_after, utc_now(), width):
@@ -409,6 +405,14 @@ def _proofs_json(proofs: dict[str, Proof]) -> dict[str, Any]:
             "at": proof.at.isoformat(), "ok": proof.ok, "detail": proof.detail,
         }  # fmt: skip
     return out
+
+
+def _print_window(label: str, spans: list[str]) -> None:
+    """The label, then one span a line below it: a span (two full times) is 65 columns,
+    so label and span on one line would pass 80 (cron mail)."""
+    console.print(label, markup=False)
+    for line in spans:
+        console.print(f"  {line}", markup=False)
 
 
 def _pin_json(pin: Pin | None) -> dict[str, Any] | None:

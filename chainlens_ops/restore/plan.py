@@ -297,6 +297,11 @@ def _choose(
             f"reach ({newest}); recoverable window: {shown}",
             hint=NOT_ARCHIVED_YET,
         )
+    if window.start is not None and target.time < window.start:
+        raise UsageError(
+            f"target {target.text} is earlier than the end of the earliest base backup; "
+            f"recoverable window: {shown}"
+        )
     raise UsageError(f"target {target.text} is outside the recoverable window: {shown}")
 
 

@@ -17,7 +17,7 @@ import os
 import stat as st
 import time
 
-from chainlens_ops.atomicfile import fsync_dir, is_temp_name, write_atomic
+from chainlens_ops.atomicfile import fsync_dir, is_temp_name, temp_writer_gone, write_atomic
 from chainlens_ops.crashpoints import crash_point
 from chainlens_ops.errors import UsageError
 from chainlens_ops.storage.base import (
@@ -224,7 +224,10 @@ class LocalStorage:
         """Writes that never published under `prefix` (temp files of killed writers), and
         folders left empty, that `select` picks, removed (unless `dry_run`). Each is
         given as the key it was writing (a folder: its key with a trailing '/'), its size
-        and its last change. The same method on every backend (S3: multipart uploads)."""
+        and its last change; a temp file whose writer process is gone from this host is
+        given as changed at time 0 (abandoned for good, whatever its age: a command killed
+        mid-write, e.g. while renewing the repository lock). The same method on every
+        backend (S3: multipart uploads)."""
         check_prefix(prefix)
         folder_key = prefix.rpartition("/")[0]
         top = self._path(folder_key) if folder_key else self.root
@@ -241,7 +244,8 @@ class LocalStorage:
                     info = os.lstat(path)
                 except FileNotFoundError:
                     continue
-                found = ObjectInfo(key=key, size=info.st_size, mtime=info.st_mtime)
+                mtime = 0.0 if temp_writer_gone(name) else info.st_mtime
+                found = ObjectInfo(key=key, size=info.st_size, mtime=mtime)
                 if key.startswith(prefix) and select(found):
                     chosen.append(found)
                     if not dry_run:

@@ -109,7 +109,7 @@ def test_healthy_is_exit_0_and_schema_partition_cache_problems_name_their_fix(op
     areas = {(c["area"], c["database"]) for c in report["checks"]}
     assert areas == {
         (a, db)
-        for a in ("schema", "partitions", "wal archive", "backups")
+        for a in ("schema", "partitions", "wal archive", "wal backlog", "backups")
         for db in ("supabase", "microservices")
     } | {("cache", "microservices")}
     human = ops.cli("status", env=NARROW)
