@@ -14,6 +14,7 @@ from chainlens_ops.cli.common import (
     print_json,
     repository_for,
 )
+from chainlens_ops.cli.wal import RepoOption
 from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.repository.admin import (
     KeyChange,
@@ -29,10 +30,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-RepoOption = Annotated[
-    str | None,
-    typer.Option("--repo", help="Repository (default: the database's configured one)."),
-]
 KeyFileOption = Annotated[
     str | None,
     typer.Option(

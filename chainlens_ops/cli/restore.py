@@ -289,19 +289,24 @@ def _print_result(result: RestoreResult) -> None:
         console.print(f"start it with: pg_ctl -D {result.pgdata} start", markup=False)
 
 
+# Drills and table restores both recover a scratch copy.
+ScratchOption = Annotated[
+    Path | None,
+    typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
+]
+RecoveryTimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
+]
+
+
 @app.command("drill")
 def drill_command(
     ctx: typer.Context,
     backup_id: Annotated[
         str, typer.Option("--backup", help="Backup id, or `latest` (the newest base backup).")
     ] = "latest",
-    scratch: Annotated[
-        Path | None,
-        typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
-    ] = 600.0,
+    scratch: ScratchOption = None,
+    timeout: RecoveryTimeoutOption = 600.0,
     db: DbOption = None,
     repo: RepoOption = None,
     json_output: JsonOption = False,
@@ -362,13 +367,8 @@ def table_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; touch nothing.")
     ] = False,
-    scratch: Annotated[
-        Path | None,
-        typer.Option("--scratch", help="Folder for the scratch copy (default: TMPDIR)."),
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1, help="Seconds recovery may take.")
-    ] = 600.0,
+    scratch: ScratchOption = None,
+    timeout: RecoveryTimeoutOption = 600.0,
     db: DbOption = None,
     dsn: DsnOption = None,
     repo: RepoOption = None,
