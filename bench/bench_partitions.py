@@ -46,10 +46,10 @@ from pgharness import (  # noqa: E402
     remove_tree,
 )
 
-from chainlens_ops.config import DatabaseTarget, Settings  # noqa: E402
-from chainlens_ops.months import Month  # noqa: E402
 from chainlens_ops.partitions import create_month  # noqa: E402
-from chainlens_ops.schema import apply_schema  # noqa: E402
+from chainlens_ops.partitions.months import Month  # noqa: E402
+from chainlens_ops.schema.migrate import apply_schema  # noqa: E402
+from chainlens_ops.settings.config import DatabaseTarget, Settings  # noqa: E402
 
 USER = uuid.UUID("00000000-0000-0000-0000-00000000beef")
 RESCUED = Month(2024, 6)

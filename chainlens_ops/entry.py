@@ -11,7 +11,7 @@ import sys
 
 from chainlens_ops.cli import GLOBAL_OPTIONS
 
-# chainlens_ops.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
+# chainlens_ops.core.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
 # importing the package fails (a test checks the two agree).
 FETCH_FATAL = 255
 

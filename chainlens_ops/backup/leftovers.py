@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, field
 
 from chainlens_ops.backup.manifest import MANIFEST_NAME
-from chainlens_ops.backup.spool import OWNER_FILE, SPOOL_PREFIX, process_identity
-from chainlens_ops.configcheck import format_bytes
+from chainlens_ops.backup.parallel import OWNER_FILE, SPOOL_PREFIX, process_identity
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import ObjectInfo
 
 STALE_S = 3600.0  # an unpublished write this old outside a dead backup has no writer

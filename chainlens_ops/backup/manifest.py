@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.metadata import MAX_RECORD, Fields, load_json
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.metadata import MAX_RECORD, Fields, load_json
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
 from chainlens_ops.repository.layout import MANIFEST_NAME as MANIFEST_NAME

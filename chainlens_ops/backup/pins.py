@@ -20,11 +20,11 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     utc_now,
 )
-from chainlens_ops.errors import UsageError
-from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.repository import BACKUPS_PREFIX, Repository
 from chainlens_ops.repository.layout import PIN_NAME as PIN_NAME
 from chainlens_ops.repository.layout import pin_key as pin_key
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.storage import NotFound
 
 _MAX_NOTE = 500

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chainlens_ops.backup.manifest import backup_prefix
-from chainlens_ops.metadata import MAX_RECORD, DamagedMetadata, load_json
+from chainlens_ops.core.metadata import MAX_RECORD, DamagedMetadata, load_json
 from chainlens_ops.repository import Repository
 from chainlens_ops.storage import NotFound
 

@@ -15,7 +15,7 @@
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
-- Running restores and drills hold claims (`chainlens_ops.repoclaim`): a claimed backup
+- Running restores and drills hold claims (`chainlens_ops.repository.claim`): a claimed backup
   is kept, and with it the WAL it needs; while a restore is still planning (its claim
   names no backup yet) nothing is removed. Each is said in a notice.
 """
@@ -34,17 +34,17 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     utc_now,
 )
+from chainlens_ops.backup.parallel import spool_root
 from chainlens_ops.backup.pins import read_pins
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
-from chainlens_ops.backup.spool import spool_root
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
-from chainlens_ops.repoclaim import Claim, live_claims
-from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
-from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE
-from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
+from chainlens_ops.repository.claim import Claim, live_claims
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.restore.window import RecoverableWindow, recoverable_window, span_lines
+from chainlens_ops.wal.inventory import DEFAULT_SEG_SIZE
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def prune_backups(
         kept = [b for b in catalog.pitr_starts() if b.id in reasons]
         wal_before = min((str(b.start_wal)[:24] for b in kept), key=_segno_key, default=None)
         # The WAL removed is older than every kept base backup: the kept ones alone
-        # make the window that remains (the one window, chainlens_ops.window).
+        # make the window that remains (the one window, chainlens_ops.restore.window).
         before = recoverable_window(repo, catalog=catalog)
         after = recoverable_window(repo, catalog=catalog, bases=kept)
         if _restorable(before) and not _restorable(after):

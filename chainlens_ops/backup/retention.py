@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from chainlens_ops.backup.manifest import BackupManifest, can_start_pitr
-from chainlens_ops.config import BackupSettings
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.settings.config import BackupSettings
 
 NEWEST = "newest"
 NEWEST_PITR = "newest point-in-time base"

@@ -37,7 +37,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
     write_manifest,
 )
-from chainlens_ops.backup.spool import (
+from chainlens_ops.backup.parallel import (
     DirectoryDump,
     dump_and_store,
     require_room,
@@ -45,15 +45,12 @@ from chainlens_ops.backup.spool import (
     spool_root,
 )
 from chainlens_ops.backup.tarsniff import TarSniffer
-from chainlens_ops.config import DEFAULT_SPOOL_RESERVE, DEFAULT_ZSTD_LEVEL, DatabaseTarget
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name, segment_name
-from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import (
     LOGICAL_WINDOW_LOG,
@@ -61,7 +58,10 @@ from chainlens_ops.repository.datacodec import (
     Progress,
     store_compressed,
 )
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository.walcodec import decode
+from chainlens_ops.settings.config import DEFAULT_SPOOL_RESERVE, DEFAULT_ZSTD_LEVEL, DatabaseTarget
+from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import NotFound
 
 # What `--kind` may ask for: a kind, or `auto` (chosen by the cluster's archiving).
@@ -241,7 +241,7 @@ def _first_segment(
         return cluster
     import psycopg
 
-    from chainlens_ops.health import switch_segment
+    from chainlens_ops.health.archiving import switch_segment
 
     try:
         before = conn.execute(
@@ -352,7 +352,7 @@ def _logical_parallel(
     target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
     options: BackupOptions, notify: Callable[[str], None], free: int,
 ) -> list[BackupObject]:  # fmt: skip
-    """`pg_dump -Fd -j N` through a local spool (chainlens_ops.backup.spool)."""
+    """`pg_dump -Fd -j N` through a local spool (chainlens_ops.backup.parallel)."""
     dsn, env = _binary_args(target)
     run = DirectoryDump(
         argv=[find_binary("pg_dump", major_of(cluster.version)), "-w", "-d", dsn], env=env,

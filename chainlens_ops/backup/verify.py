@@ -36,8 +36,7 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     read_manifest,
 )
-from chainlens_ops.backup.proofs import VERIFY, record_proof
-from chainlens_ops.backup.spool import (
+from chainlens_ops.backup.parallel import (
     TOC,
     fetch_directory,
     is_directory,
@@ -45,13 +44,14 @@ from chainlens_ops.backup.spool import (
     spool_folder,
     spool_root,
 )
-from chainlens_ops.errors import ChainlensError, OperationFailed, PgCommandError
-from chainlens_ops.outcome import failed_exit
+from chainlens_ops.backup.proofs import VERIFY, record_proof
+from chainlens_ops.core.errors import ChainlensError, OperationFailed, PgCommandError
+from chainlens_ops.core.outcome import failed_exit
 from chainlens_ops.pg.binaries import find_binary, major_of
 from chainlens_ops.pg.process import PgStream, run_pg
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import CheckedReader, CorruptBackupObject
-from chainlens_ops.window import missing_own_wal
+from chainlens_ops.restore.window import missing_own_wal
 
 _CHUNK = 1024 * 1024
 

@@ -46,10 +46,10 @@ from chainlens_ops.cli.common import (
 )
 from chainlens_ops.cli.timeline import draw_window
 from chainlens_ops.cli.wal import RepoOption
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import UsageError
-from chainlens_ops.outcome import PerTarget
-from chainlens_ops.window import RecoverableWindow, recoverable_window, span_lines
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.outcome import PerTarget
+from chainlens_ops.restore.window import RecoverableWindow, recoverable_window, span_lines
+from chainlens_ops.settings.keys import format_bytes
 
 app = typer.Typer(
     help="Backups into the repository: take one (bare `backup`), list, verify, prune, pin.",

@@ -8,8 +8,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from chainlens_ops.cache import DEFAULT_BATCH_SIZE, cache_stats, cleanup_cache
 from chainlens_ops.cli.common import DsnOption, JsonOption, console, print_json, state
+from chainlens_ops.maintenance.cache import DEFAULT_BATCH_SIZE, cache_stats, cleanup_cache
 
 app = typer.Typer(
     help="The shared analysis cache (microservices database): cleanup and stats.",

@@ -18,9 +18,9 @@ from chainlens_ops.cli.common import (
     state,
     to_jsonable,
 )
-from chainlens_ops.config import parse_duration_ms
-from chainlens_ops.health import check_archiving
+from chainlens_ops.health.archiving import check_archiving
 from chainlens_ops.repository import open_repository
+from chainlens_ops.settings.config import parse_duration_ms
 
 
 def check_command(

@@ -15,11 +15,11 @@ from typing import Annotated, Any, TextIO
 import typer
 from rich.console import Console
 
-from chainlens_ops.config import DatabaseTarget, Settings, load_settings
-from chainlens_ops.outcome import Outcome, PerTarget
+from chainlens_ops.core.outcome import Outcome, PerTarget
+from chainlens_ops.core.record import as_dict
 from chainlens_ops.pg import connection as db
-from chainlens_ops.record import as_dict
 from chainlens_ops.repository import Repository, open_repository
+from chainlens_ops.settings.config import DatabaseTarget, Settings, load_settings
 
 PROSE_WIDTH = 80  # sentences wrap here at most, on a terminal or in a cron mail
 

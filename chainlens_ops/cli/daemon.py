@@ -14,10 +14,10 @@ from rich import box
 from rich.table import Table
 
 from chainlens_ops.cli.common import GlobalState, JsonOption, console, print_json, state
-from chainlens_ops.config import Settings
 from chainlens_ops.daemon import Daemon, DaemonConfig, JobStatus, daemon_status, read_daemon_config
 from chainlens_ops.daemon.jobs import CommandCheck
-from chainlens_ops.daemon.status import DAEMON_GRACE, daemon_fix, needs_action
+from chainlens_ops.daemon.report import DAEMON_GRACE, daemon_fix, needs_action
+from chainlens_ops.settings.config import Settings
 
 try:  # Typer >= 0.2x ships its own copy of click
     from typer._click import exceptions as click_exc

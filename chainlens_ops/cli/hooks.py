@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import sys
 
-from chainlens_ops.errors import EXIT_FAILED, EXIT_OK, FETCH_FATAL, ChainlensError, UsageError
+from chainlens_ops.core.errors import EXIT_FAILED, EXIT_OK, FETCH_FATAL, ChainlensError, UsageError
 
-# No dataclasses, typing or pathlib here or below on this path (chainlens_ops.record).
+# No dataclasses, typing or pathlib here or below on this path (chainlens_ops.core.record).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar
 
-    from chainlens_ops.outcome import Outcome
+    from chainlens_ops.core.outcome import Outcome
     from chainlens_ops.wal.fetch import FetchResult
     from chainlens_ops.wal.push import PushResult
 
@@ -171,7 +171,7 @@ def push_main(args: list[str]) -> int:
     """`wal push`: returns the exit code; prints only errors (and a summary with -v)."""
 
     def call(parsed: HookArgs) -> PushResult:
-        from chainlens_ops.config import load_settings
+        from chainlens_ops.settings.config import load_settings
         from chainlens_ops.wal.archive import archive_segment
 
         return archive_segment(
@@ -188,7 +188,7 @@ def fetch_main(args: list[str]) -> int:
     """`wal fetch`: 0 restored, 1 confirmed missing, 255 anything else."""
 
     def call(parsed: HookArgs) -> FetchResult:
-        from chainlens_ops.config import load_settings
+        from chainlens_ops.settings.config import load_settings
         from chainlens_ops.wal.archive import restore_segment
 
         name, dest = parsed.positional

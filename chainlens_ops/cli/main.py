@@ -31,7 +31,7 @@ from chainlens_ops.cli import (
 )
 from chainlens_ops.cli.common import GlobalState, err_console
 from chainlens_ops.cli.helptext import polish
-from chainlens_ops.errors import EXIT_USAGE, ChainlensError
+from chainlens_ops.core.errors import EXIT_USAGE, ChainlensError
 
 try:  # Typer >= 0.2x ships its own copy of click
     from typer._click import core as click_core

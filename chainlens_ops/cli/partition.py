@@ -19,7 +19,6 @@ from chainlens_ops.cli.common import (
     print_json,
     state,
 )
-from chainlens_ops.months import Month
 from chainlens_ops.partitions import (
     MANAGED_TABLES,
     PartitionInfo,
@@ -29,6 +28,7 @@ from chainlens_ops.partitions import (
     list_partitions,
     retain_partitions,
 )
+from chainlens_ops.partitions.months import Month
 
 _TABLES = ", ".join(t.name for t in MANAGED_TABLES)
 

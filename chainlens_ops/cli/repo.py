@@ -15,7 +15,6 @@ from chainlens_ops.cli.common import (
     repository_for,
 )
 from chainlens_ops.cli.wal import RepoOption
-from chainlens_ops.configcheck import format_bytes
 from chainlens_ops.repository.admin import (
     KeyChange,
     encrypt_repository,
@@ -24,6 +23,7 @@ from chainlens_ops.repository.admin import (
     repository_info,
     rotate_key,
 )
+from chainlens_ops.settings.keys import format_bytes
 
 app = typer.Typer(
     help="The repository itself: init, info, encryption and its key.",
@@ -142,7 +142,7 @@ def rotate_key_command(
     """Re-wrap the data key with a new key; no data object is rewritten."""
     repository = repository_for(ctx, db.value if db else None, repo)
     if not new_key_file and not new_kms_key_id:
-        from chainlens_ops.errors import UsageError
+        from chainlens_ops.core.errors import UsageError
 
         raise UsageError("rotate-key needs --new-key-file FILE or --new-kms-key-id ARN")
     source = key_source(

@@ -25,8 +25,7 @@ from chainlens_ops.cli.common import (
     state,
 )
 from chainlens_ops.cli.wal import RepoOption
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.connection import connect
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.logical import LogicalResult, restore_logical
@@ -56,6 +55,7 @@ from chainlens_ops.restore.table import (
     keep_databases,
     restore_tables,
 )
+from chainlens_ops.settings.keys import format_bytes
 
 app = typer.Typer(
     help="Restore: point in time into a data folder, or a logical backup into a database.",

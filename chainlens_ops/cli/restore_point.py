@@ -20,14 +20,14 @@ from chainlens_ops.cli.common import (
     repository_for,
     state,
 )
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.timetext import parse_time_text
 from chainlens_ops.repository import open_repository
-from chainlens_ops.restore_points import (
+from chainlens_ops.restore.points import (
     RestorePoint,
     create_restore_point,
     list_restore_points,
 )
-from chainlens_ops.timetext import parse_time_text
 
 app = typer.Typer(
     help="Named restore points (recovery_target_name): create them, list them.",

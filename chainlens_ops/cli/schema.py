@@ -20,9 +20,9 @@ from chainlens_ops.cli.common import (
     print_json,
     state,
 )
-from chainlens_ops.config import parse_duration_ms
-from chainlens_ops.outcome import PerTarget
-from chainlens_ops.schema import ApplyResult, TargetStatus, apply_schema, schema_status
+from chainlens_ops.core.outcome import PerTarget
+from chainlens_ops.schema.migrate import ApplyResult, TargetStatus, apply_schema, schema_status
+from chainlens_ops.settings.config import parse_duration_ms
 
 app = typer.Typer(help="Apply the platform schema and show its state.", no_args_is_help=True)
 

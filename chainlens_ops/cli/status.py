@@ -19,8 +19,8 @@ from chainlens_ops.cli.common import (
 )
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.timeline import draw_window
-from chainlens_ops.status import JobFacts, StatusReport, collect_status
-from chainlens_ops.window import span_lines
+from chainlens_ops.health.overview import JobFacts, StatusReport, collect_status
+from chainlens_ops.restore.window import span_lines
 
 
 def status_command(

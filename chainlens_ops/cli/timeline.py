@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from chainlens_ops.window import RecoverableWindow
+from chainlens_ops.restore.window import RecoverableWindow
 
 SOLID, LIGHT = "█", "░"
 MAX_LABELS = 6

@@ -24,10 +24,10 @@ from chainlens_ops.cli.common import (
     repository_for,
     state,
 )
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import FETCH_FATAL, ChainlensError
+from chainlens_ops.core.errors import FETCH_FATAL, ChainlensError
+from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.wal.archive import archive_segment, restore_segment
-from chainlens_ops.wal.catalog import check_wal, list_wal
+from chainlens_ops.wal.inventory import check_wal, list_wal
 
 app = typer.Typer(
     help="Archive WAL into the repository (archive_command/restore_command), list and check it.",

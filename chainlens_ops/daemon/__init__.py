@@ -2,8 +2,8 @@
 replicas (claimed in `chainlens_ops.job_runs`), each run in its own child process."""
 
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec, read_daemon_config
+from chainlens_ops.daemon.report import JobStatus, daemon_status
 from chainlens_ops.daemon.scheduler import Daemon, DaemonResult
-from chainlens_ops.daemon.status import JobStatus, daemon_status
 
 __all__ = [
     "Daemon",

@@ -31,11 +31,11 @@ from typing import Any
 
 import psycopg
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import ChainlensError, OperationFailed
+from chainlens_ops.core.errors import ChainlensError, OperationFailed
 from chainlens_ops.pg.connection import Connection, connect, first_line
-from chainlens_ops.schema import LOCK_CLASS
-from chainlens_ops.schema import TRACKING_SCHEMA as SCHEMA
+from chainlens_ops.schema.migrate import LOCK_CLASS
+from chainlens_ops.schema.migrate import TRACKING_SCHEMA as SCHEMA
+from chainlens_ops.settings.config import DatabaseTarget
 
 TABLE = f"{SCHEMA}.job_runs"
 # Advisory lock keys: (class, object). The 'clop' class is schema.py's (object 1 = schema

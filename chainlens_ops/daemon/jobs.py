@@ -32,8 +32,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from chainlens_ops.config import JobSettings, Settings, build_settings, redact_conninfo
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.core.errors import ConfigError
+from chainlens_ops.settings.config import JobSettings, Settings, build_settings, redact_conninfo
 
 # Intervals are aligned to this instant, so every replica computes the same slots.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -101,7 +101,7 @@ def _dsn_password(argv: list[str]) -> bool:
     """Whether any `--dsn` value in `argv` holds a secret (password, sslpassword)."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from chainlens_ops.config import SECRET_KEYWORDS
+    from chainlens_ops.settings.config import SECRET_KEYWORDS
 
     values = [a.removeprefix("--dsn=") for a in argv if a.startswith("--dsn=")]
     values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--dsn"]

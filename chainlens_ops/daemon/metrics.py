@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import psycopg
 
-from chainlens_ops.atomicfile import write_bytes_atomic
-from chainlens_ops.config import DATABASES, Settings
+from chainlens_ops.core.atomicfile import write_bytes_atomic
+from chainlens_ops.core.errors import ChainlensError
 from chainlens_ops.daemon.history import JobRun, last_runs, wal_archiver
-from chainlens_ops.errors import ChainlensError
 from chainlens_ops.pg.backlog import read_backlog
 from chainlens_ops.pg.connection import connect
+from chainlens_ops.settings.config import DATABASES, Settings
 
 log = logging.getLogger("chainlens_ops.daemon")
 
@@ -142,7 +142,7 @@ def repository_metrics(settings: Settings) -> list[Metric]:
     from chainlens_ops.backup.manifest import read_catalog, utc_now
     from chainlens_ops.backup.proofs import DRILL, VERIFY, latest_proofs
     from chainlens_ops.repository import open_repository
-    from chainlens_ops.window import recoverable_window
+    from chainlens_ops.restore.window import recoverable_window
 
     start: list[tuple[dict[str, str], float]] = []
     end: list[tuple[dict[str, str], float]] = []

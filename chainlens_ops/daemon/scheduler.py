@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
-from chainlens_ops.config import Settings
-from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import ChainlensError, ConfigError
 from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec
 from chainlens_ops.daemon.metrics import write_metrics
 from chainlens_ops.daemon.runner import JobProcess, RunOutcome, child_argv
-from chainlens_ops.errors import ChainlensError, ConfigError
+from chainlens_ops.settings.config import Settings
 
 log = logging.getLogger("chainlens_ops.daemon")
 

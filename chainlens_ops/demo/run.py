@@ -20,21 +20,21 @@ import psycopg
 from chainlens_ops.backup.manifest import read_catalog
 from chainlens_ops.backup.take import BackupOptions, take_backup
 from chainlens_ops.backup.verify import verify_backup
-from chainlens_ops.cache import cleanup_cache
-from chainlens_ops.config import DATABASES, Settings, load_settings
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.daemon.jobs import CommandCheck, read_daemon_config
 from chainlens_ops.daemon.scheduler import Daemon
 from chainlens_ops.demo import data, sandbox
 from chainlens_ops.demo.sandbox import Cluster
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.maintenance.cache import cleanup_cache
 from chainlens_ops.partitions.create import ensure_partitions
 from chainlens_ops.repository import Repository, repository_for
 from chainlens_ops.restore.drill import run_drill
 from chainlens_ops.restore.physical import _tool_path as executable_path
 from chainlens_ops.restore.plan import parse_target_time
+from chainlens_ops.restore.points import create_restore_point
 from chainlens_ops.restore.table import TableRestoreOptions, restore_tables
-from chainlens_ops.restore_points import create_restore_point
-from chainlens_ops.schema import apply_schema
+from chainlens_ops.schema.migrate import apply_schema
+from chainlens_ops.settings.config import DATABASES, Settings, load_settings
 
 __all__ = ["DemoOptions", "DemoResult", "Step", "run_demo", "tear_down_demo"]
 

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.cluster import (
     PG_USER,
     LocalCluster,

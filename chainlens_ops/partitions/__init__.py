@@ -3,20 +3,20 @@
 The CLI and the daemon call these functions; each returns dataclasses and never prints.
 """
 
-from chainlens_ops.partitions.catalog import (
-    MANAGED_TABLES,
-    ManagedTable,
-    PartitionInfo,
-    TablePartitions,
-    list_partitions,
-    resolve_table,
-)
 from chainlens_ops.partitions.create import (
     EnsureResult,
     MonthResult,
     TableFailure,
     create_month,
     ensure_partitions,
+)
+from chainlens_ops.partitions.registry import (
+    MANAGED_TABLES,
+    ManagedTable,
+    PartitionInfo,
+    TablePartitions,
+    list_partitions,
+    resolve_table,
 )
 from chainlens_ops.partitions.retain import RetainAction, RetainResult, retain_partitions
 

@@ -56,11 +56,10 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.config import Settings
-from chainlens_ops.errors import ChainlensError, OperationFailed, UsageError
-from chainlens_ops.months import Month, parse_month, partition_name
-from chainlens_ops.outcome import worst_exit
-from chainlens_ops.partitions.catalog import (
+from chainlens_ops.core.errors import ChainlensError, OperationFailed, UsageError
+from chainlens_ops.core.outcome import worst_exit
+from chainlens_ops.partitions.months import Month, parse_month, partition_name
+from chainlens_ops.partitions.registry import (
     ManagedTable,
     check_dsn,
     check_parent,
@@ -75,6 +74,7 @@ from chainlens_ops.partitions.catalog import (
     table_columns,
 )
 from chainlens_ops.pg.connection import Connection, first_line
+from chainlens_ops.settings.config import Settings
 
 _CHECK_NAME = "chainlens_ops_month_bounds"
 

@@ -9,10 +9,9 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.config import Settings
-from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.months import Month
-from chainlens_ops.partitions.catalog import (
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.partitions.months import Month
+from chainlens_ops.partitions.registry import (
     ManagedTable,
     check_dsn,
     check_parent,
@@ -25,6 +24,7 @@ from chainlens_ops.partitions.catalog import (
     select_tables,
 )
 from chainlens_ops.pg.connection import Connection, first_line
+from chainlens_ops.settings.config import Settings
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from psycopg import Connection
 
-from chainlens_ops.config import StatusSettings
+from chainlens_ops.settings.config import StatusSettings
 
 OK = "ok"
 WARN = "warn"

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.core.errors import ConfigError
 
 PG_LIB = Path("/usr/lib/postgresql")
 
@@ -63,8 +63,8 @@ def connection_for_binary(conninfo: str) -> tuple[str, dict[str, str]]:
     """
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from chainlens_ops.config import SECRET_KEYWORDS
     from chainlens_ops.pg.connection import bad_conninfo
+    from chainlens_ops.settings.config import SECRET_KEYWORDS
 
     try:
         params = conninfo_to_dict(conninfo)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.errors import ConfigError, OperationFailed, PgCommandError
+from chainlens_ops.core.errors import ConfigError, OperationFailed, PgCommandError
 from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.process import PgResult, run_pg
 

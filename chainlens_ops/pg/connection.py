@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import ConfigError, ConnectionFailed
+from chainlens_ops.core.errors import ConfigError, ConnectionFailed
+from chainlens_ops.settings.config import DatabaseTarget
 
 APPLICATION_NAME = "chainlens-ops"
 CONNECT_TIMEOUT_S = 10

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from chainlens_ops.errors import OperationFailed, PgCommandError
+from chainlens_ops.core.errors import OperationFailed, PgCommandError
 
 STDERR_TAIL_BYTES = 8192
 MAX_CAPTURED_STDOUT = 4 * 1024 * 1024  # run_pg: output meant for humans, not dumps

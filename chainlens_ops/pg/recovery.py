@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.atomicfile import fsync_dir, write_bytes_atomic
+from chainlens_ops.core.atomicfile import fsync_dir, write_bytes_atomic
 
 AUTO_CONF = "postgresql.auto.conf"
 RECOVERY_SIGNAL = "recovery.signal"

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.cluster import DEFAULT_MAJOR, LocalCluster, free_port, give_to_server_user
 
 DATA = "data"

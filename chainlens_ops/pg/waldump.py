@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chainlens_ops.errors import PgCommandError
+from chainlens_ops.core.errors import PgCommandError
 from chainlens_ops.pg.binaries import find_binary
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.pg.walnames import lsn_text

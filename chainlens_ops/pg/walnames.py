@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import struct
 
-from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.record import record
 
 SEGMENT = "segment"
 PARTIAL = "partial"

@@ -28,8 +28,8 @@ import io
 import os
 
 from chainlens_ops import __version__
-from chainlens_ops.errors import ConfigError, OperationFailed
-from chainlens_ops.record import replace
+from chainlens_ops.core.errors import ConfigError, OperationFailed
+from chainlens_ops.core.record import replace
 from chainlens_ops.repository import layout
 from chainlens_ops.repository.codec import RepositoryStorage
 from chainlens_ops.repository.layout import (
@@ -44,9 +44,9 @@ from chainlens_ops.storage import AlreadyExists, NotFound, open_storage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chainlens_ops.config import S3Settings, Settings
     from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import Sealer
+    from chainlens_ops.settings.config import S3Settings, Settings
     from chainlens_ops.storage.protocol import Storage
 
 __all__ = [

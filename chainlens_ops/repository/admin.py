@@ -12,10 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.record import replace
-from chainlens_ops.repolock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.record import replace
+from chainlens_ops.core.streams import read_full
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.codec import Prefixed, is_sealed
 from chainlens_ops.repository.crypto import (
@@ -34,9 +34,9 @@ from chainlens_ops.repository.layout import (
     WAL_PREFIX,
     is_plaintext,
 )
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository.marker import AES_256_GCM, FORMAT_ENCRYPTED, RepoMarker
 from chainlens_ops.storage import AlreadyExists
-from chainlens_ops.streams import read_full
 
 
 @dataclass(frozen=True)

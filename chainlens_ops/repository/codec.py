@@ -29,11 +29,11 @@ from __future__ import annotations
 import io
 import struct
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.core.streams import read_full
 from chainlens_ops.repository.crypto import is_invalid_tag
 from chainlens_ops.repository.layout import is_plaintext
 from chainlens_ops.storage import NotFound, ObjectInfo
-from chainlens_ops.streams import read_full
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

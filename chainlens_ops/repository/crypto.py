@@ -19,8 +19,8 @@ import binascii
 import os
 import stat as st
 
-from chainlens_ops.errors import ConfigError, UsageError
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import ConfigError, UsageError
+from chainlens_ops.core.record import record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from typing import BinaryIO
 import zstandard
 
 from chainlens_ops.backup.manifest import BackupObject
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.storage import NotFound
 from chainlens_ops.storage.protocol import Storage
 

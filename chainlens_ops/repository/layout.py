@@ -9,7 +9,7 @@ every backend):
     locks/repository.lock               the repository lock (plaintext JSON: who holds it)
     locks/takeover-<token>-<generation> a same-host takeover claim (plaintext)
     locks/claims/<token>.json           a running restore's or drill's claim on what it
-                                        reads (plaintext, like the lock: repoclaim)
+                                        reads (plaintext, like the lock: repository.claim)
     wal/<TTTTTTTTXXXXXXXX>/<segment>    WAL segments, `.partial` segments and `.backup`
                                         files, grouped by timeline + log id (256 files
                                         per folder at 16 MB segments)

@@ -1,5 +1,5 @@
 """The repository marker, `chainlens-repo.toml`: flat TOML, read without a TOML parser
-(it is on the `wal push` path, see chainlens_ops.record). Plaintext, and never a secret:
+(it is on the `wal push` path, see chainlens_ops.core.record). Plaintext, and never a secret:
 
     format = 1 | 2                      2 once encrypted (older tools, which know only 1,
                                         refuse it rather than write plaintext into it)
@@ -22,9 +22,9 @@ The system identifier is kept as a string: it is an unsigned 64-bit number.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import OperationFailed
-from chainlens_ops.metadata import DamagedMetadata, Fields
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.core.metadata import DamagedMetadata, Fields
+from chainlens_ops.core.record import record
 from chainlens_ops.repository.layout import MARKER_KEY
 
 FORMAT_PLAIN = 1
@@ -89,7 +89,7 @@ class RepoMarker:
 
 
 def parse_marker(raw: bytes, url: str) -> RepoMarker:
-    """The marker, checked by the metadata layer (chainlens_ops.metadata): a damaged one
+    """The marker, checked by the metadata layer (chainlens_ops.core.metadata): a damaged one
     raises DamagedMetadata, one line naming the field."""
     where = f"repository {url}: {MARKER_KEY}"
     values: dict[str, object] = {}

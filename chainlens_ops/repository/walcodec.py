@@ -31,10 +31,10 @@ import os
 import struct
 import sys
 
-from chainlens_ops.errors import OperationFailed
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.core.record import record
+from chainlens_ops.core.streams import read_full
 from chainlens_ops.repository.codec import CorruptObject as CorruptObject
-from chainlens_ops.streams import read_full
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from psycopg import sql
 
 from chainlens_ops.backup.manifest import format_time, parse_time, require_backup
 from chainlens_ops.backup.proofs import DRILL, record_proof
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import ChainlensError
-from chainlens_ops.outcome import failed_exit
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import ChainlensError
+from chainlens_ops.core.outcome import failed_exit
 from chainlens_ops.pg.cluster import loopback_conninfo
 from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository

@@ -27,21 +27,21 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chainlens_ops.backup.manifest import LOGICAL, BackupManifest, BackupObject, read_manifest
-from chainlens_ops.backup.spool import (
+from chainlens_ops.backup.parallel import (
     fetch_directory,
     is_directory,
     require_room,
     spool_folder,
     spool_root,
 )
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import connect, server_version_num
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.settings.config import DatabaseTarget
 
 DUMP_OBJECT = "dump.pgc.zst"
 

@@ -7,7 +7,7 @@ A failure during extraction removes what the extraction wrote (the folder was em
 its old contents had been moved aside, which are kept and named).
 
 A restore never promotes short of its plan:
-- `planned_restore` holds a claim on the repository (`chainlens_ops.repoclaim`) from
+- `planned_restore` holds a claim on the repository (`chainlens_ops.repository.claim`) from
   before the plan until the server reached its target, so `backup prune` keeps the
   backup and the WAL it reads;
 - the restore_command it writes names the plan's last segments (`wal fetch
@@ -33,14 +33,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from chainlens_ops.crashpoints import pause_point
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.crashpoints import pause_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import LocalCluster
 from chainlens_ops.pg.ports import DEFAULT_PORT, port_in_use
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
-from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.repository.datacodec import CheckedReader
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.replay import ReplayWatch

@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chainlens_ops.backup.manifest import BackupManifest, read_catalog, require_backup
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.timetext import parse_time_text
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.walscan import find_restore_point
-from chainlens_ops.timetext import parse_time_text
-from chainlens_ops.wal.catalog import TimelineSpan, check_wal
-from chainlens_ops.window import (
+from chainlens_ops.restore.window import (
     RecoverableWindow,
     recoverable_window,
     span_lines,
     target_time_text,
     window_text,
 )
+from chainlens_ops.wal.inventory import TimelineSpan, check_wal
 
 TIME = "time"
 NAME = "name"
@@ -78,7 +78,7 @@ def _shown(text: str) -> str:
 
 
 def parse_target_time(text: str) -> Target:
-    """Any form `chainlens_ops.timetext` reads (ISO 8601, psql's `now()`, the server
+    """Any form `chainlens_ops.core.timetext` reads (ISO 8601, psql's `now()`, the server
     log's `... UTC`); no offset = UTC."""
     if len(text) > MAX_TARGET_TEXT:
         raise UsageError(f"cannot read the target time {_shown(text)}: too long")
@@ -167,7 +167,7 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     newest_segno = parse_wal_name(newest).segno(seg_size)
     oldest_start = _segno(bases[-1].start_wal, seg_size)
     newest_first = _segments_on_path(check.path, newest_segno, oldest_start, seg_size)[::-1]
-    # The one window every command shows (chainlens_ops.window): a time target is
+    # The one window every command shows (chainlens_ops.restore.window): a time target is
     # accepted exactly when it lies in it.
     window = recoverable_window(repo, check, catalog=catalog)
     shown = window_text(window.recoverable)
@@ -306,7 +306,7 @@ def _choose(
 
 
 def _restore_point(repo: Repository, name: str, oldest_first: list[str]) -> tuple[int, str]:
-    from chainlens_ops.restore_points import COMPLETE, catalog_entry
+    from chainlens_ops.restore.points import COMPLETE, catalog_entry
 
     # DamagedMetadata (one line naming the entry and the field) when it cannot be read.
     entry = catalog_entry(repo, name)

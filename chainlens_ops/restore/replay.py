@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.restore.plan import RestorePlan
 

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from chainlens_ops.crashpoints import pause_point
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.crashpoints import pause_point
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, restore

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.cluster import LocalCluster, ServerStartFailed, loopback_conninfo
 from chainlens_ops.restore.plan import RestorePlan
 

@@ -33,18 +33,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import loopback_conninfo as local_conninfo
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
-from chainlens_ops.repoclaim import RestoreClaim
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.restore.physical import refuse_root
 from chainlens_ops.restore.plan import TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.scratch import ScratchServer, scratch_free_bytes, scratch_server
 from chainlens_ops.restore.selective import Selection
+from chainlens_ops.settings.config import DatabaseTarget
+from chainlens_ops.settings.keys import format_bytes
 
 Say = Callable[[str], None]
 COPY_BATCH = 1024 * 1024
@@ -175,7 +175,7 @@ def restore_tables(
         all_dbs = [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
         live_sysid = _system_identifier(conn)
     # A running table restore holds a claim, as every restore does: prune keeps its backup
-    # and WAL until the scratch cluster is gone (chainlens_ops.repoclaim).
+    # and WAL until the scratch cluster is gone (chainlens_ops.repository.claim).
     claim = RestoreClaim(repo.storage, "restore table") if not options.dry_run else None
     with claim.hold() if claim else contextlib.nullcontext() as held:
         plan = make_plan(repo, options.target, options.backup_id)

@@ -11,8 +11,8 @@ conditional put, and returns from `put` only once the bytes are durable.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import UsageError
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.record import record
 from chainlens_ops.storage.base import (
     AlreadyExists,
     InvalidKey,
@@ -27,7 +27,7 @@ from chainlens_ops.storage.base import (
 # chainlens_ops.storage.protocol and is loaded here only when someone asks for it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chainlens_ops.config import S3Settings
+    from chainlens_ops.settings.config import S3Settings
     from chainlens_ops.storage.protocol import Storage
 
 __all__ = ["BACKENDS", "AlreadyExists", "Backend", "InvalidKey", "NotFound", "ObjectInfo",

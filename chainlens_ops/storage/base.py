@@ -6,8 +6,8 @@ backends import these without importing the factory that imports them.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import EXIT_CONFIG, EXIT_USAGE, OperationFailed
-from chainlens_ops.record import record
+from chainlens_ops.core.errors import EXIT_CONFIG, EXIT_USAGE, OperationFailed
+from chainlens_ops.core.record import record
 
 
 class StorageError(OperationFailed):

@@ -17,9 +17,9 @@ import os
 import stat as st
 import time
 
-from chainlens_ops.atomicfile import fsync_dir, is_temp_name, temp_writer_gone, write_atomic
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.atomicfile import fsync_dir, is_temp_name, temp_writer_gone, write_atomic
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.storage.base import (
     AlreadyExists,
     NotFound,

@@ -27,9 +27,10 @@ import boto3
 import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chainlens_ops.config import S3Settings
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import ConfigError, UsageError
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import ConfigError, UsageError
+from chainlens_ops.core.streams import read_full
+from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage.base import (
     AlreadyExists,
     InvalidKey,
@@ -39,7 +40,6 @@ from chainlens_ops.storage.base import (
     StorageUnreachable,
 )
 from chainlens_ops.storage.keys import check_key, check_prefix
-from chainlens_ops.streams import read_full
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -1,17 +1,17 @@
 """Settings -> the repository and spool a WAL hook works with (one place: the hooks, the
 Typer commands and the daemon all open an archive this way).
 
-On the `wal push`/`wal fetch` path: nothing heavy at import time (chainlens_ops.record).
+On the `wal push`/`wal fetch` path: nothing heavy at import time (chainlens_ops.core.record).
 """
 
 from __future__ import annotations
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chainlens_ops.config import Settings
     from chainlens_ops.repository import Repository
+    from chainlens_ops.settings.config import Settings
     from chainlens_ops.wal.fetch import FetchResult
     from chainlens_ops.wal.push import PushResult
     from chainlens_ops.wal.spool import Spool

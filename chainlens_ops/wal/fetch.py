@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import os
 
-from chainlens_ops.atomicfile import unlink_quietly as _unlink
-from chainlens_ops.atomicfile import write_atomic
-from chainlens_ops.crashpoints import pause_point
-from chainlens_ops.errors import FETCH_MISSING, OperationFailed, UsageError
+from chainlens_ops.core.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.core.atomicfile import write_atomic
+from chainlens_ops.core.crashpoints import pause_point
+from chainlens_ops.core.errors import FETCH_MISSING, OperationFailed, UsageError
+from chainlens_ops.core.record import record
 from chainlens_ops.pg.walnames import SEGMENT, WalName, next_segment_names, parse_wal_name
-from chainlens_ops.record import record
 from chainlens_ops.repository import Repository, data_folder_system_identifier
 from chainlens_ops.repository.walcodec import CorruptObject, decode
 from chainlens_ops.storage import NotFound

@@ -51,7 +51,7 @@ def _foreign(repo: Repository, name: WalName, why: str) -> WrongCluster:
 
 
 def _check_history(repo: Repository, path: str, name: WalName) -> None:
-    from chainlens_ops.wal.catalog import parse_history
+    from chainlens_ops.wal.inventory import parse_history
 
     with open(path, "rb") as fh:
         switches = parse_history(fh.read(1024 * 1024).decode("ascii", "replace"))

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.record import record
 from chainlens_ops.pg.walnames import (
     HISTORY,
     LONG_HEADER_SIZE,
@@ -33,7 +34,6 @@ from chainlens_ops.pg.walnames import (
     parse_wal_header,
     parse_wal_name,
 )
-from chainlens_ops.record import record
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.walcodec import (
     DEFAULT_LEVEL,

@@ -29,8 +29,8 @@ from __future__ import annotations
 import os
 import zlib
 
-from chainlens_ops.atomicfile import unlink_quietly as _unlink
-from chainlens_ops.atomicfile import write_bytes_atomic
+from chainlens_ops.core.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.core.atomicfile import write_bytes_atomic
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600

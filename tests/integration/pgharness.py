@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from chainlens_ops.errors import ChainlensError
+from chainlens_ops.core.errors import ChainlensError
 from chainlens_ops.pg import cluster as pgcluster
 from chainlens_ops.pg.cluster import LocalCluster
 

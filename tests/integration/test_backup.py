@@ -16,8 +16,8 @@ from pgharness import CLI, PG_BIN, SCRAM_PASSWORD, SCRAM_USER, PgCluster, cli_en
 from test_wal import archiving, pgbench, switch_and_wait
 from test_wal_s3 import S3Setup, client, s3_archiving
 
-from chainlens_ops.config import load_settings
 from chainlens_ops.daemon.metrics import newest_backup_age_s
+from chainlens_ops.settings.config import load_settings
 
 __all__ = ["archiving", "s3_archiving"]  # fixtures shared with the WAL tests
 

@@ -19,9 +19,9 @@ import pytest
 from pgharness import CLI, PgCluster, cli_env, run_cli, wait_for
 from test_cache import add_cache_rows, micro_db
 
-from chainlens_ops.atomicfile import write_bytes_atomic
-from chainlens_ops.config import DatabaseTarget
+from chainlens_ops.core.atomicfile import write_bytes_atomic
 from chainlens_ops.daemon import history
+from chainlens_ops.settings.config import DatabaseTarget
 
 RUNS = "SELECT job_name, scheduled_for, status, error, host FROM chainlens_ops.job_runs"
 SECRET = "hunter2-not-for-logs"

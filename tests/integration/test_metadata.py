@@ -24,7 +24,7 @@ from pgharness import PgCluster, free_port
 from test_status import Ops, healthy, make_ops
 from test_wal import switch_and_wait
 
-from chainlens_ops.window import target_time_text
+from chainlens_ops.restore.window import target_time_text
 
 Proc = subprocess.CompletedProcess[str]
 TS = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\+00"

@@ -11,8 +11,8 @@ import pytest
 from pgharness import PgCluster, free_port, run_cli
 from rich.console import Console
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.schema import apply_schema
+from chainlens_ops.schema.migrate import apply_schema
+from chainlens_ops.settings.config import DatabaseTarget
 
 USER = uuid.UUID("00000000-0000-0000-0000-0000000000bb")
 
@@ -206,8 +206,8 @@ def test_list_table_keeps_names_whole_in_narrow_terminals(env: dict[str, str], w
     """Rendered as at a terminal `width` columns wide: every partition name appears whole
     on one line, nothing runs past the edge, dates are short."""
     from chainlens_ops.cli.partition import partition_table
-    from chainlens_ops.config import DatabaseTarget, Settings
     from chainlens_ops.partitions import list_partitions
+    from chainlens_ops.settings.config import DatabaseTarget, Settings
 
     settings = Settings(
         databases={

@@ -15,16 +15,16 @@ import psycopg
 import pytest
 from pgharness import PgCluster
 
-from chainlens_ops.config import DatabaseTarget, Settings
-from chainlens_ops.errors import LockTimeout, OperationFailed
-from chainlens_ops.months import Month
+from chainlens_ops.core.errors import LockTimeout, OperationFailed
 from chainlens_ops.partitions import (
     create_month,
     ensure_partitions,
     list_partitions,
     retain_partitions,
 )
-from chainlens_ops.schema import apply_schema
+from chainlens_ops.partitions.months import Month
+from chainlens_ops.schema.migrate import apply_schema
+from chainlens_ops.settings.config import DatabaseTarget, Settings
 
 USER = uuid.UUID("00000000-0000-0000-0000-0000000000aa")
 _names = itertools.count()

@@ -21,10 +21,10 @@ import pytest
 from conftest import MotoServer
 from pgharness import SCRAM_PASSWORD, SCRAM_USER, PgCluster
 
-from chainlens_ops.config import S3Settings
-from chainlens_ops.errors import PgCommandError
+from chainlens_ops.core.errors import PgCommandError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary
 from chainlens_ops.pg.process import PgCancelled, PgStream, run_pg
+from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import NotFound, open_storage
 from chainlens_ops.storage.protocol import Storage
 from chainlens_ops.storage.s3 import S3Storage

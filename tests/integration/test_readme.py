@@ -10,7 +10,7 @@
 - Every `chainlens-ops ...` line of README.md and docs/reference.md (code blocks, inline
   code) names a real command and real options of the command tree; every `[[jobs]]`
   command passes the daemon's own check; every TOML example loads.
-- The configuration tables list exactly configcheck's keys and the variables the code
+- The configuration tables list exactly settings.keys' keys and the variables the code
   reads; the exit-code table is errors.py's.
 - The cron lines are silent when their command succeeds and print the exit code when it
   fails; the systemd unit passes `systemd-analyze verify`; completion works through the
@@ -38,13 +38,13 @@ from typing import Any
 import pytest
 from pgharness import CLI, VENV, PgCluster, cli_env, free_port, make_shared_dir, run_cli
 
-from chainlens_ops import errors
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.helptext import SUMMARIES, command_paths
 from chainlens_ops.cli.main import build_command
-from chainlens_ops.config import DATABASES, build_settings
-from chainlens_ops.configcheck import known_keys
+from chainlens_ops.core import errors
 from chainlens_ops.daemon.jobs import parse_daemon_config
+from chainlens_ops.settings.config import DATABASES, build_settings
+from chainlens_ops.settings.keys import known_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

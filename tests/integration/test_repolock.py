@@ -16,16 +16,16 @@ import pytest
 from conftest import MotoServer
 from pgharness import VENV
 
-from chainlens_ops.config import S3Settings
-from chainlens_ops.repolock import LOCK_KEY, LockLost, RepositoryLock, RepositoryLocked
+from chainlens_ops.repository.lock import LOCK_KEY, LockLost, RepositoryLock, RepositoryLocked
+from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
 
 # One writer: takes the lock, logs start/end around a short critical section, N times.
 WRITER = r"""
 import json, os, sys, time
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.repolock import RepositoryLock
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.repository.lock import RepositoryLock
 from chainlens_ops.storage import open_storage
 url, log, rounds, ttl = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 lock = RepositoryLock(open_storage(url), "test-writer", ttl_s=ttl, wait_s=60)

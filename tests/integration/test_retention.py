@@ -15,8 +15,8 @@ from pgharness import VENV, PgCluster, cli_env, run_cli, wait_for
 from test_backup import backup, cli, listing
 from test_wal import PUSH, switch_and_wait
 
-from chainlens_ops.config import load_settings
 from chainlens_ops.daemon.metrics import write_metrics
+from chainlens_ops.settings.config import load_settings
 
 Proc = subprocess.CompletedProcess[str]
 

@@ -24,12 +24,12 @@ from test_wal import PUSH, switch_and_wait
 
 from chainlens_ops.backup.proofs import latest_proofs
 from chainlens_ops.cli.timeline import draw_window
-from chainlens_ops.config import load_settings
 from chainlens_ops.daemon.history import ensure_table
-from chainlens_ops.daemon.status import daemon_fix
+from chainlens_ops.daemon.report import daemon_fix
+from chainlens_ops.health.overview import collect_status
 from chainlens_ops.repository import Repository
-from chainlens_ops.status import collect_status
-from chainlens_ops.window import BaseMark, PointLabel, RecoverableWindow, Span, WalRun
+from chainlens_ops.restore.window import BaseMark, PointLabel, RecoverableWindow, Span, WalRun
+from chainlens_ops.settings.config import load_settings
 
 Proc = subprocess.CompletedProcess[str]
 NARROW = {"COLUMNS": "80"}

@@ -14,7 +14,7 @@ import pytest
 from conftest import MotoServer
 from storage_support import MiB, PatternStream, pattern_digest, stream_digest
 
-from chainlens_ops.config import S3Settings
+from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import (
     AlreadyExists,
     InvalidKey,

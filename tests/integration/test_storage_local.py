@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pgharness import VENV, as_postgres, make_shared_dir, pg_uid_gid
 from storage_support import MiB, pattern_digest, stream_digest
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.storage import AlreadyExists, StorageError, open_storage
 from chainlens_ops.storage.local import LocalStorage
 from chainlens_ops.storage.s3 import S3Storage

@@ -37,7 +37,7 @@ def test_header_of_a_real_segment_matches_pg_controldata(pg_template: Path) -> N
 
 
 # Each of these costs milliseconds to import, on a path PostgreSQL runs once per segment
-# and whose speed target is pgBackRest's archive-push (see chainlens_ops/record.py).
+# and whose speed target is pgBackRest's archive-push (see chainlens_ops/core/record.py).
 HEAVY_FOR_PUSH = {
     "typer", "rich", "click", "psycopg", "boto3", "botocore", "pglast",
     "dataclasses", "typing", "json", "re", "pathlib", "inspect", "hashlib", "threading",

@@ -79,7 +79,7 @@ def write_backup(repo: Repository, m: BackupManifest) -> BackupManifest:
 
 
 def write_restore_point(repo: Repository, name: str, lsn: str) -> None:
-    from chainlens_ops.restore_points import catalog_key
+    from chainlens_ops.restore.points import catalog_key
 
     entry = {"name": name, "lsn": lsn, "timeline": 1, "state": "complete",
              "time": T0.isoformat()}  # fmt: skip

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from chainlens_ops.atomicfile import is_temp_name, temp_name, temp_writer_gone
+from chainlens_ops.core.atomicfile import is_temp_name, temp_name, temp_writer_gone
 
 
 def test_a_temp_file_of_this_live_process_is_still_being_written() -> None:

@@ -25,7 +25,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.prune import prune_backups
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
 from chainlens_ops.backup.take import KINDS
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.restore.plan import (
     LATEST,
     LSN,

@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from chainlens_ops import errors
 from chainlens_ops.cli.common import finish
 from chainlens_ops.cli.main import app, hoist_global_options, run
-from chainlens_ops.errors import (
+from chainlens_ops.core import errors
+from chainlens_ops.core.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
@@ -28,7 +28,7 @@ from chainlens_ops.errors import (
     PgCommandError,
     UsageError,
 )
-from chainlens_ops.outcome import Outcome, PerTarget, TargetFailure, failed_exit, worst_exit
+from chainlens_ops.core.outcome import Outcome, PerTarget, TargetFailure, failed_exit, worst_exit
 
 
 @pytest.fixture(autouse=True)
@@ -259,7 +259,7 @@ def test_finish_exits_with_the_outcomes_code_and_names_failed_targets(
 def test_core_results_carry_their_outcome() -> None:
     from chainlens_ops.backup.verify import ObjectCheck, VerifyResult
     from chainlens_ops.partitions.create import EnsureResult, TableFailure
-    from chainlens_ops.schema import FileStatus, TargetStatus
+    from chainlens_ops.schema.migrate import FileStatus, TargetStatus
 
     drifted = TargetStatus("supabase", "x", [FileStatus("001", "a", "drifted", None)])
     fine = TargetStatus("supabase", "x", [FileStatus("001", "a", "applied", None)])

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from chainlens_ops.config import load_settings, parse_duration_ms, redact_conninfo
-from chainlens_ops.configcheck import KNOWN_TOP_LEVEL_KEYS
-from chainlens_ops.errors import ConfigError, UsageError
+from chainlens_ops.core.errors import ConfigError, UsageError
+from chainlens_ops.settings.config import load_settings, parse_duration_ms, redact_conninfo
+from chainlens_ops.settings.keys import KNOWN_TOP_LEVEL_KEYS
 
 TOML = """
 default_db = "supabase"
@@ -231,7 +231,7 @@ def _nest(flat: dict[str, object]) -> dict[str, object]:
 
 
 def test_every_key_is_known_to_the_property_test() -> None:
-    from chainlens_ops.config import _CONNINFO_KEYS
+    from chainlens_ops.settings.config import _CONNINFO_KEYS
 
     db_keys = {k.split(".", 2)[2] for k in GOOD if k.startswith("databases.supabase.")}
     assert db_keys == {*_CONNINFO_KEYS, "dsn", "ssl", "repo"}
@@ -244,7 +244,7 @@ def test_wrong_typed_values_for_every_key_give_one_config_error_never_a_tracebac
     key: str, value: object
 ) -> None:
     """Any value for any key: either it is accepted, or ConfigError names the key."""
-    from chainlens_ops.config import build_settings
+    from chainlens_ops.settings.config import build_settings
 
     data = _nest(GOOD | {key: value})
     try:
@@ -256,7 +256,7 @@ def test_wrong_typed_values_for_every_key_give_one_config_error_never_a_tracebac
 
 def test_record_as_dict_and_json_leave_hidden_fields_out() -> None:
     from chainlens_ops.cli.common import to_jsonable
-    from chainlens_ops.record import replace
+    from chainlens_ops.core.record import replace
 
     target = load_settings(
         None, env={"CHAINLENS_SUPABASE_DSN": "host=h password=hunter2"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from chainlens_ops.errors import EXIT_CONFIG
+from chainlens_ops.core.errors import EXIT_CONFIG
 from chainlens_ops.pg.connection import bad_conninfo
 
 

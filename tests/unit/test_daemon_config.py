@@ -12,7 +12,7 @@ import pytest
 
 from chainlens_ops.cli.daemon import command_checker
 from chainlens_ops.cli.main import build_command
-from chainlens_ops.config import build_settings, load_settings
+from chainlens_ops.core.errors import ConfigError
 from chainlens_ops.daemon.jobs import (
     CommandCheck,
     DaemonConfig,
@@ -20,7 +20,7 @@ from chainlens_ops.daemon.jobs import (
     parse_daemon_config,
     read_daemon_config,
 )
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.settings.config import build_settings, load_settings
 
 SECRET = "hunter2-not-for-logs"
 GOOD = {"name": "good", "command": "cache stats", "every": "1s"}

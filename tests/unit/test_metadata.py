@@ -26,11 +26,11 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
 )
 from chainlens_ops.backup.proofs import DRILL, VERIFY, latest_proofs, record_proof
-from chainlens_ops.errors import ChainlensError, OperationFailed
-from chainlens_ops.metadata import DamagedMetadata, load_json
+from chainlens_ops.core.errors import ChainlensError, OperationFailed
+from chainlens_ops.core.metadata import DamagedMetadata, load_json
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.marker import parse_marker
-from chainlens_ops.restore_points import (
+from chainlens_ops.restore.points import (
     DAMAGED,
     SCAN_FORMAT,
     catalog_entry,
@@ -252,7 +252,7 @@ def test_the_catalog_lists_damaged_manifests_beside_the_sound_ones(tmp_path: Pat
 
 
 def test_damaged_restore_point_entries_are_one_line_or_listed_as_damaged(tmp_path: Path) -> None:
-    from chainlens_ops.restore_points import _catalog
+    from chainlens_ops.restore.points import _catalog
 
     repo = local_repo(tmp_path)
     put(repo, catalog_key("good"), json.dumps(entry(name="good")).encode())

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainlens_ops.errors import UsageError
-from chainlens_ops.months import (
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.partitions.months import (
     MAX_YEAR,
     MIN_YEAR,
     Month,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainlens_ops.cli.timeline import LIGHT, MAX_LABELS, SOLID, draw_window
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import (
     MAX_SEG_SIZE,
     MIN_SEG_SIZE,
@@ -20,7 +20,7 @@ from chainlens_ops.pg.walnames import (
     segment_name,
     segments_per_log,
 )
-from chainlens_ops.window import BaseMark, PointLabel, RecoverableWindow, Span, WalRun
+from chainlens_ops.restore.window import BaseMark, PointLabel, RecoverableWindow, Span, WalRun
 
 MB = 1024 * 1024
 SIZES = [MIN_SEG_SIZE, 16 * MB, 64 * MB, MAX_SEG_SIZE]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from chainlens_ops.cli.common import PROSE_WIDTH, _NoTrailingSpaces, prose
 from chainlens_ops.cli.restore_point import point_rows, print_points
-from chainlens_ops.restore_points import RestorePoint
+from chainlens_ops.restore.points import RestorePoint
 
 SEGMENT = "000000010000000000000003"
 BACKUP = "20261128T194526Z-base-supabase"

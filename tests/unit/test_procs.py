@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from chainlens_ops.backup.leftovers import Cleanup, remove_dead_backups, remove_dead_spools
-from chainlens_ops.backup.spool import OWNER_FILE, process_identity, spool_folder
-from chainlens_ops.config import mask_secrets, redact_conninfo
+from chainlens_ops.backup.parallel import OWNER_FILE, process_identity, spool_folder
+from chainlens_ops.core.errors import ConfigError
 from chainlens_ops.daemon.runner import error_line
-from chainlens_ops.errors import ConfigError
 from chainlens_ops.pg.binaries import connection_for_binary
 from chainlens_ops.repository import Repository
+from chainlens_ops.settings.config import mask_secrets, redact_conninfo
 
 SECRET, SSL_SECRET = "pw-s3cret", "ssl-s3cret"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository.codec import CHUNK, CorruptObject, Sealer
 from chainlens_ops.repository.crypto import (
@@ -101,7 +101,7 @@ def test_marker_round_trip_and_legacy_markers() -> None:
     assert parse_marker(marker.to_bytes(), "r") == marker
     unbound = RepoMarker(1, 0, 0, 0, "t", "c", "id")
     assert not parse_marker(unbound.to_bytes(), "r").bound
-    from chainlens_ops.errors import OperationFailed
+    from chainlens_ops.core.errors import OperationFailed
 
     with pytest.raises(OperationFailed, match="understands up to 2"):
         parse_marker(legacy.replace(b"format = 1", b"format = 3"), "r")

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from chainlens_ops.config import S3Settings
-from chainlens_ops.errors import EXIT_USAGE, UsageError
+from chainlens_ops.core.errors import EXIT_USAGE, UsageError
 from chainlens_ops.pg.walnames import parse_wal_name
-from chainlens_ops.repoclaim import CLAIM_PREFIX, RestoreClaim, live_claims
-from chainlens_ops.repolock import (
+from chainlens_ops.repository.claim import CLAIM_PREFIX, RestoreClaim, live_claims
+from chainlens_ops.repository.lock import (
     LOCK_KEY,
     RepositoryLock,
     RepositoryLocked,
@@ -42,10 +41,11 @@ from chainlens_ops.restore.plan import (
     parse_target_time,
     required_through,
 )
+from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
-from chainlens_ops.wal.catalog import TimelineSpan
 from chainlens_ops.wal.fetch import is_required, parse_required
+from chainlens_ops.wal.inventory import TimelineSpan
 
 MB = 1024 * 1024
 

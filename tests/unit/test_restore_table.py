@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.restore.plan import LSN, Target, parse_target_time
 from chainlens_ops.restore.selective import Selection, skipped_database, write_placeholder
 from chainlens_ops.restore.table import (

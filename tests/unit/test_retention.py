@@ -19,9 +19,9 @@ from chainlens_ops.backup.retention import (
     RetentionPolicy,
     select_retained,
 )
-from chainlens_ops.config import BackupSettings, StatusSettings
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.backlog import CRITICAL, OK, WARN, Backlog, backlog_level
+from chainlens_ops.settings.config import BackupSettings, StatusSettings
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 

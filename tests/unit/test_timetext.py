@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.timetext import parse_time_text
 from chainlens_ops.restore.plan import parse_target_time
-from chainlens_ops.timetext import parse_time_text
 
 AT = datetime(2026, 12, 6, 9, 6, 27, 123000, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chainlens_ops.cli.hooks import parse_args
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import (
     BACKUP,
     HISTORY,
@@ -31,7 +31,7 @@ from chainlens_ops.pg.walnames import (
 )
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.walcodec import CorruptObject, Digest, EncodingReader, decode
-from chainlens_ops.wal.catalog import check_wal, list_wal, parse_history
+from chainlens_ops.wal.inventory import check_wal, list_wal, parse_history
 
 MB = 1024 * 1024
 
@@ -150,7 +150,8 @@ def test_lean_parser_reads_global_and_command_options() -> None:
 
 
 def test_fetch_guard_agrees_with_the_one_exit_code_table() -> None:
-    from chainlens_ops import entry, errors
+    from chainlens_ops import entry
+    from chainlens_ops.core import errors
 
     assert entry.FETCH_FATAL == errors.FETCH_FATAL == 255
 

@@ -1,4 +1,4 @@
-"""The recoverable window's pure computation (chainlens_ops.window), and the restore
+"""The recoverable window's pure computation (chainlens_ops.restore.window), and the restore
 planner's choice of a base backup for a time, which must accept exactly the times the
 window shows. No repository, no PostgreSQL."""
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainlens_ops.backup.manifest import BackupManifest, format_time
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.restore.plan import _choose, parse_target_time
-from chainlens_ops.window import (
+from chainlens_ops.restore.window import (
     BaseMark,
     BaseOnAxis,
     RecoverableWindow,

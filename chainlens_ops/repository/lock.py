@@ -42,8 +42,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.repository.layout import LOCK_KEY, TAKEOVER_PREFIX
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from chainlens_ops.errors import EXIT_FAILED, EXIT_OK, ChainlensError
+from chainlens_ops.core.errors import EXIT_FAILED, EXIT_OK, ChainlensError
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 Each check is ok or needs action, and then names the commands that fix it; a check
 that cannot run (connection, repository) needs action too, so monitoring notices.
-Beside the checks: the recoverable window of each repository (chainlens_ops.window)
+Beside the checks: the recoverable window of each repository (chainlens_ops.restore.window)
 and the daemon's jobs. Reads only: nothing is written, not even a WAL scan cache.
 
 What needs action, and why the thresholds are where they are:
@@ -36,22 +36,22 @@ import psycopg
 
 from chainlens_ops.backup.manifest import BASE, LOGICAL, BackupManifest, Catalog, read_catalog
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
-from chainlens_ops.cache import cache_stats
-from chainlens_ops.config import DATABASES, Settings
-from chainlens_ops.configcheck import format_bytes
+from chainlens_ops.core.errors import ChainlensError
+from chainlens_ops.core.outcome import failed_exit
 from chainlens_ops.daemon.history import JobRun
 from chainlens_ops.daemon.jobs import CommandCheck, read_daemon_config
-from chainlens_ops.daemon.status import daemon_fix, daemon_status
-from chainlens_ops.errors import ChainlensError
-from chainlens_ops.outcome import failed_exit
-from chainlens_ops.partitions.catalog import MANAGED_TABLES, list_partitions
+from chainlens_ops.daemon.report import daemon_fix, daemon_status
+from chainlens_ops.maintenance.cache import cache_stats
+from chainlens_ops.partitions.registry import MANAGED_TABLES, list_partitions
 from chainlens_ops.pg.backlog import OK, Backlog, backlog_level, read_backlog
 from chainlens_ops.pg.connection import connect
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository, open_repository
+from chainlens_ops.restore.window import RecoverableWindow, recoverable_window
+from chainlens_ops.settings.config import DATABASES, Settings
+from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import NotFound
-from chainlens_ops.wal.catalog import DEFAULT_SEG_SIZE, WalCheck, WalGap, check_wal
-from chainlens_ops.window import RecoverableWindow, recoverable_window
+from chainlens_ops.wal.inventory import DEFAULT_SEG_SIZE, WalCheck, WalGap, check_wal
 
 BACKUP_MAX_AGE = timedelta(hours=26)
 CACHE_OVERDUE = timedelta(hours=2)
@@ -192,7 +192,7 @@ class _Repos:
 
 
 def _schema(settings: Settings, db: str) -> Check:
-    from chainlens_ops.schema import schema_status
+    from chainlens_ops.schema.migrate import schema_status
 
     files = schema_status(settings.target(db)).files
     named = {s: [f"{f.version}_{f.name}" for f in files if f.state == s]

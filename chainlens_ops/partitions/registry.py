@@ -15,10 +15,10 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.config import Settings
-from chainlens_ops.errors import LockTimeout, OperationFailed, UsageError
-from chainlens_ops.months import month_of_partition
+from chainlens_ops.core.errors import LockTimeout, OperationFailed, UsageError
+from chainlens_ops.partitions.months import month_of_partition
 from chainlens_ops.pg.connection import Connection, connect, first_line
+from chainlens_ops.settings.config import Settings
 
 T = TypeVar("T")
 

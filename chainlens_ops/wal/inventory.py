@@ -20,8 +20,8 @@ import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from chainlens_ops.errors import UsageError
-from chainlens_ops.outcome import failed_exit
+from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.outcome import failed_exit
 from chainlens_ops.pg.walnames import (
     BACKUP,
     HISTORY,

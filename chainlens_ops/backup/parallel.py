@@ -31,9 +31,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from chainlens_ops.backup.manifest import BackupManifest, BackupObject, backup_prefix
-from chainlens_ops.configcheck import format_bytes
-from chainlens_ops.crashpoints import crash_point
-from chainlens_ops.errors import OperationFailed
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository.datacodec import (
     LOGICAL_WINDOW_LOG,
@@ -42,6 +41,7 @@ from chainlens_ops.repository.datacodec import (
     Progress,
     store_compressed,
 )
+from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage.protocol import Storage
 
 DIRECTORY = "dump.d/"  # under backups/<id>/

@@ -19,7 +19,7 @@ encrypted) is the repository's business.
 
 from __future__ import annotations
 
-from chainlens_ops.errors import ChainlensError, OperationFailed
+from chainlens_ops.core.errors import ChainlensError, OperationFailed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

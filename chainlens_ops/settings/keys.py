@@ -6,7 +6,7 @@ key is unknown (it is an error path).
 
 from __future__ import annotations
 
-from chainlens_ops.errors import ConfigError
+from chainlens_ops.core.errors import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

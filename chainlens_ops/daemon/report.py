@@ -9,9 +9,9 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from chainlens_ops.config import Settings
 from chainlens_ops.daemon.history import JobRun, last_runs
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec
+from chainlens_ops.settings.config import Settings
 
 DAEMON_GRACE = timedelta(minutes=5)
 DAEMON_UNIT = "chainlens-ops-daemon"  # scripts/chainlens-ops-daemon.service

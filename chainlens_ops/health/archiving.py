@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chainlens_ops.config import DatabaseTarget, mask_secrets
-from chainlens_ops.errors import EXIT_FAILED, ChainlensError
+from chainlens_ops.core.errors import EXIT_FAILED, ChainlensError
 from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.walcodec import decode
+from chainlens_ops.settings.config import DatabaseTarget, mask_secrets
 from chainlens_ops.storage import NotFound
 
 POLL_S = 0.25

@@ -14,7 +14,7 @@ partial file under the final name. The caller says what durability it needs:
 - `durable=False`: for caches (spool records, files handed to PostgreSQL's recovery,
   which fsyncs what it keeps): no fsync at all.
 
-Named crash points (chainlens_ops.crashpoints): `after-temp-write`, `after-link`
+Named crash points (chainlens_ops.core.crashpoints): `after-temp-write`, `after-link`
 (published, folder not yet fsynced), `exists-before-sync` (an exclusive write found the
 name taken, before syncing it).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from chainlens_ops.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

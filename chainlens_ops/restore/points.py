@@ -38,16 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from chainlens_ops import __version__
-from chainlens_ops.atomicfile import unlink_quietly as _unlink
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import OperationFailed, UsageError
-from chainlens_ops.metadata import MAX_RECORD, DamagedMetadata, Fields, load_json
+from chainlens_ops.core.atomicfile import unlink_quietly as _unlink
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.metadata import MAX_RECORD, DamagedMetadata, Fields, load_json
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.waldump import scan
 from chainlens_ops.pg.walnames import SEGMENT, parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import RESTORE_POINTS_PREFIX, Repository
 from chainlens_ops.repository.layout import SCANNED_PREFIX, restore_point_key
 from chainlens_ops.repository.walcodec import decode
+from chainlens_ops.settings.config import DatabaseTarget
 from chainlens_ops.storage import AlreadyExists, NotFound
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")

@@ -9,7 +9,7 @@ Every error carries the exit code the CLI uses, so the mapping lives in one plac
 
 `wal fetch` has its own rules (1 = segment not in the archive, 255 = anything else,
 usage errors included: PostgreSQL stops recovery instead of ending it early); see
-`chainlens_ops.cli.hooks`. Results carry `ok` and `exit_code` (chainlens_ops.outcome) so
+`chainlens_ops.cli.hooks`. Results carry `ok` and `exit_code` (chainlens_ops.core.outcome) so
 the CLI and the daemon decide success the same way.
 """
 

@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 
-from chainlens_ops.repolock import (
+from chainlens_ops.repository.layout import CLAIMS_PREFIX as CLAIM_PREFIX
+from chainlens_ops.repository.layout import LOCK_KEY
+from chainlens_ops.repository.lock import (
     DEFAULT_WAIT_S,
     LockOwner,
     RepositoryLocked,
@@ -40,8 +42,6 @@ from chainlens_ops.repolock import (
     parse_owner,
     utc_text,
 )
-from chainlens_ops.repository.layout import CLAIMS_PREFIX as CLAIM_PREFIX
-from chainlens_ops.repository.layout import LOCK_KEY
 from chainlens_ops.storage import NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
 

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import os
 
-from chainlens_ops.configcheck import (
+from chainlens_ops.core.errors import ConfigError, UsageError
+from chainlens_ops.core.record import record, replace
+from chainlens_ops.settings.keys import (
     BACKUP_KEYS,
     DAEMON_KEYS,
     DATABASE_KEYS,
@@ -54,11 +56,9 @@ from chainlens_ops.configcheck import (
     text,
     whole_number,
 )
-from chainlens_ops.errors import ConfigError, UsageError
-from chainlens_ops.record import record, replace
 
 # This module is on the `wal push` path, which starts once per WAL segment: no
-# dataclasses, typing, pathlib or re at import time (see chainlens_ops.record).
+# dataclasses, typing, pathlib or re at import time (see chainlens_ops.core.record).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from chainlens_ops.backup.manifest import BackupManifest, Catalog, parse_time, read_catalog
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import SEGMENT, parse_wal_name, segment_name
 from chainlens_ops.repository import WAL_PREFIX, Repository
-from chainlens_ops.restore_points import COMPLETE, list_restore_points
-from chainlens_ops.wal.catalog import WalCheck, WalGap, check_wal, needed_timeline
+from chainlens_ops.restore.points import COMPLETE, list_restore_points
+from chainlens_ops.wal.inventory import WalCheck, WalGap, check_wal, needed_timeline
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
 

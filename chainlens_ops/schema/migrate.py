@@ -23,10 +23,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.config import DatabaseTarget
-from chainlens_ops.errors import ConfigError, LockTimeout, OperationFailed
-from chainlens_ops.outcome import failed_exit
+from chainlens_ops.core.errors import ConfigError, LockTimeout, OperationFailed
+from chainlens_ops.core.outcome import failed_exit
 from chainlens_ops.pg.connection import Connection, connect, first_line
+from chainlens_ops.settings.config import DatabaseTarget
 
 TRACKING_SCHEMA = "chainlens_ops"
 TRACKING_TABLE = "schema_migrations"

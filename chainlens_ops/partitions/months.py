@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 
 # A partition for December needs January of the next year as its upper bound, and
 # Python's datetime stops at year 9999: the last month we can name is 9998-12.

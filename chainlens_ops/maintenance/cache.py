@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chainlens_ops.config import Settings
-from chainlens_ops.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.connection import Connection, connect
+from chainlens_ops.settings.config import Settings
 
 CACHE_TABLE = "shared_cache.analysis_cache"
 DEFAULT_BATCH_SIZE = 1000

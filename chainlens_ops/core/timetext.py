@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from chainlens_ops.errors import UsageError
+from chainlens_ops.core.errors import UsageError
 
 _TIME = re.compile(
     r"""^(?P<date>\d{4}-\d{2}-\d{2})

@@ -1,0 +1,1 @@
+"""Foundations of every layer: errors, outcomes, crash points, records, streams, atomic files."""

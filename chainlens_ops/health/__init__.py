@@ -1,0 +1,1 @@
+"""What needs action: `status` (the overview) and `check` (the archiving check)."""

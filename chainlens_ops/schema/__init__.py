@@ -1,0 +1,1 @@
+"""The platform's schema: versioned SQL files applied once each, safely."""

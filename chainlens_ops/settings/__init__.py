@@ -1,0 +1,1 @@
+"""The one configuration model (options, environment, TOML file) and its key table."""
