@@ -58,6 +58,19 @@ class CorruptObject(OperationFailed):
     our format."""
 
 
+# Locks of sealers whose key is still being prepared in the background. The process waits
+# for them at exit: a thread still inside `cryptography`'s native code when the
+# interpreter finalizes is torn down mid-call, which aborts the whole process (SIGABRT,
+# exit 134) after the command's work was done.
+_PREPARING: list[Any] = []
+
+
+def _wait_for_preparing() -> None:
+    for done in _PREPARING:
+        if done.acquire(timeout=30):
+            done.release()
+
+
 class Sealer:
     """The data key of one encrypted repository, ready to seal and open objects.
 
@@ -86,6 +99,11 @@ class Sealer:
             finally:
                 self._done.release()
 
+        if not _PREPARING:
+            import atexit
+
+            atexit.register(_wait_for_preparing)
+        _PREPARING.append(self._done)
         _thread.start_new_thread(prepare, ())
 
     def ready(self) -> Any:
