@@ -112,8 +112,8 @@ class ApplyResult:
 
 def default_sql_dir() -> Path:
     """The SQL shipped in the package (wheel), or the source tree's `sql/`."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sql", here.parent / "sql"):
+    package = Path(__file__).resolve().parents[1]  # chainlens_ops/
+    for candidate in (package / "sql", package.parent / "sql"):
         if candidate.is_dir():
             return candidate
     raise ConfigError("the schema SQL files are missing from this installation")

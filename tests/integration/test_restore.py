@@ -450,9 +450,11 @@ def test_listings_and_the_plan_fit_80_columns_piped_without_padding(
         lines = (proc.stdout + proc.stderr).splitlines()
         assert all(line == line.rstrip() for line in lines), (what, lines)
         # Piped, `wal list`'s table keeps room for whole identifiers (200 columns);
-        # every other command's lines fit 80.
+        # every other command's lines fit 80, but for an identifier longer than a line on
+        # a line of its own (a deep --pgdata path: never cut).
         if what != "wal list":
-            assert all(len(line) <= 80 for line in lines), (what, lines)
+            too_wide = [line for line in lines if len(line) > 80 and len(line.split()) > 1]
+            assert not too_wide, (what, too_wide)
     points = runs["restore-point list"].stdout.splitlines()
     assert points[0].split() == ["name", "lsn", "tli", "time", "(UTC)", "source"]
     assert points[1].startswith("before-b  ")
