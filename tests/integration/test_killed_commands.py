@@ -56,7 +56,12 @@ def gone(name: str, marker: str) -> bool:
 @contextmanager
 def table_locked(pg: PgCluster, db: str, table: str) -> Iterator[psycopg.Connection[Any]]:
     """ACCESS EXCLUSIVE on `table` until the block ends: pg_dump (and a pg_restore
-    --clean) wait for it."""
+    --clean) wait for it. A backend blocked on a lock notices its client is gone only
+    when it checks: with client_connection_check_interval set (as production servers
+    should have it), the one a killed pg_dump/pg_restore left waiting ends within a
+    second, whether the kill came before its lock request or during the wait."""
+    pg.execute("ALTER SYSTEM SET client_connection_check_interval = '200ms'")
+    pg.execute("SELECT pg_reload_conf()")
     conn = pg.connect(db, autocommit=False)
     try:
         conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
@@ -199,10 +204,7 @@ def freed(text: str) -> float:
 
 
 def test_killed_jobs_restore_takes_pg_restore_along(make_cluster: ClusterFactory) -> None:
-    # A backend blocked on a lock notices its client is gone only when it checks: with
-    # this set (as production servers should have it), the one a killed pg_restore left
-    # waiting ends within a second, whether the kill came before its DROP or during it.
-    pg = make_cluster(client_connection_check_interval="200ms")
+    pg = make_cluster()
     fill(pg, "shop")
     repo = Repo("local", make_cluster, None)  # type: ignore[arg-type]
     made = repo.cli("backup", "--repo", repo.url, "--dsn", pg.conninfo("shop"), "--kind",
