@@ -63,6 +63,17 @@ app = typer.Typer(
 )
 
 
+# The targets of a whole-cluster restore and of a table restore: one parser (`_target`),
+# one set of options.
+TargetTimeOption = Annotated[
+    str | None, typer.Option("--target-time", help="ISO 8601, psql or log time; no zone = UTC.")
+]
+TargetNameOption = Annotated[str | None, typer.Option("--target-name", help="A restore point.")]
+TargetLsnOption = Annotated[
+    str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
+]
+
+
 def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -> Target:
     given = [t for t in (time, name, lsn) if t is not None] + (["latest"] if latest else [])
     if len(given) != 1:
@@ -79,15 +90,9 @@ def _target(time: str | None, name: str | None, lsn: str | None, latest: bool) -
 @app.callback()
 def restore_command(
     ctx: typer.Context,
-    target_time: Annotated[
-        str | None, typer.Option("--target-time", help="ISO 8601, psql or log time; no zone = UTC.")
-    ] = None,
-    target_name: Annotated[
-        str | None, typer.Option("--target-name", help="A restore point.")
-    ] = None,
-    target_lsn: Annotated[
-        str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
-    ] = None,
+    target_time: TargetTimeOption = None,
+    target_name: TargetNameOption = None,
+    target_lsn: TargetLsnOption = None,
     latest: Annotated[bool, typer.Option("--latest", help="Replay all archived WAL.")] = False,
     pgdata: Annotated[
         Path | None, typer.Option("--pgdata", help="Data folder to restore into (empty).")
@@ -348,15 +353,9 @@ def drill_command(
 def table_command(
     ctx: typer.Context,
     tables: Annotated[list[str], typer.Argument(help="schema.table (default schema public).")],
-    target_time: Annotated[
-        str | None, typer.Option("--target-time", help="ISO 8601; no offset = UTC.")
-    ] = None,
-    target_name: Annotated[
-        str | None, typer.Option("--target-name", help="A restore point.")
-    ] = None,
-    target_lsn: Annotated[
-        str | None, typer.Option("--target-lsn", help="A WAL position, e.g. 0/3000148.")
-    ] = None,
+    target_time: TargetTimeOption = None,
+    target_name: TargetNameOption = None,
+    target_lsn: TargetLsnOption = None,
     into_schema: Annotated[
         str | None,
         typer.Option("--into-schema", help="New schema (default restored_<target>)."),
