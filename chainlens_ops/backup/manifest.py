@@ -33,16 +33,23 @@ from chainlens_ops.storage import NotFound
 
 MANIFEST_FORMAT = 1
 COMPLETE = "complete"
+# How a physical backup's files are stored: one tar stream from pg_basebackup, or the
+# file map and block bundles of a backup read from the data folder (backup.files).
+TAR_LAYOUT = "tar"
+FILES_LAYOUT = "files"
+LAYOUTS = (TAR_LAYOUT, FILES_LAYOUT)
 
 
 class BackupKind(StrEnum):
     """What a backup holds: the one list of kinds, for manifests, the catalog and the CLI."""
 
-    BASE = "base"  # the whole cluster (pg_basebackup): replayable with archived WAL
+    BASE = "base"  # the whole cluster, full: replayable with archived WAL
+    INCR = "incr"  # the whole cluster, the blocks changed since `parent`: replayable too
     LOGICAL = "logical"  # one database (pg_dump): restored as it was, never replayed
 
 
 BASE = BackupKind.BASE
+INCR = BackupKind.INCR
 LOGICAL = BackupKind.LOGICAL
 
 
@@ -77,6 +84,13 @@ class BackupManifest:
     compression: str = "zstd"
     format: int = MANIFEST_FORMAT
     notes: list[str] = field(default_factory=list)
+    layout: str = TAR_LAYOUT  # physical backups: TAR_LAYOUT or FILES_LAYOUT
+    parent: str | None = None  # incr: the backup whose blocks this one builds on
+    chain_depth: int = 0  # incr: 1 + its parent's depth; a full backup is 0
+
+    @property
+    def physical(self) -> bool:
+        return self.kind in (BackupKind.BASE, BackupKind.INCR)
 
     @property
     def size_bytes(self) -> int:
@@ -191,14 +205,21 @@ def parse_manifest(raw: bytes, where: str) -> BackupManifest:
         compression=fields.text("compression", "zstd"),
         format=version,
         notes=fields.texts("notes"),
+        layout=fields.choice("layout", LAYOUTS, TAR_LAYOUT),
+        parent=fields.opt_text("parent"),
+        chain_depth=fields.integer("chain_depth", 0, minimum=0),
     )
     # Totals are derived (to_dict writes them for readers of the JSON): they must agree.
     for total, value in (("size_bytes", manifest.size_bytes), ("raw_bytes", manifest.raw_bytes)):
         if fields.has(total) and fields.integer(total) != value:
             raise fields.damaged(total, f"is not the sum of its objects' ({value})")
     fields.finish()
-    if manifest.kind == BASE and manifest.valid and not manifest.start_wal:
+    if manifest.physical and manifest.valid and not manifest.start_wal:
         raise fields.damaged("start_wal", "is missing (a base backup needs it)")
+    if manifest.kind == INCR and (manifest.parent is None or manifest.chain_depth < 1):
+        raise fields.damaged("parent", "is missing (an incremental backup needs it)")
+    if manifest.kind == INCR and manifest.layout != FILES_LAYOUT:
+        raise fields.damaged("layout", f"must be {FILES_LAYOUT!r} for an incremental backup")
     return manifest
 
 
@@ -223,7 +244,7 @@ _MANIFEST_FIELDS = (*BackupManifest.__dataclass_fields__, "size_bytes", "raw_byt
 def can_start_pitr(backup: BackupManifest) -> bool:
     """A point-in-time restore can start from `backup`: a base backup that names its
     first WAL segment (the one rule; `Catalog.pitr_starts` and retention ask it)."""
-    return backup.kind == BackupKind.BASE and bool(backup.start_wal)
+    return backup.physical and bool(backup.start_wal)
 
 
 @dataclass(frozen=True)
@@ -245,6 +266,30 @@ class Catalog:
         backups that name their first WAL segment. The one place that knows which kinds
         replay WAL forward (an incremental kind learns it here)."""
         return [b for b in self.valid if can_start_pitr(b)]
+
+    def chain(self, backup: BackupManifest) -> list[BackupManifest]:
+        """`backup` and the ancestors its blocks live in, oldest (the full) first: the one
+        walk up `parent` for restore, verify and list. OperationFailed naming the first
+        ancestor that is missing, damaged or incomplete (then `backup` cannot be read)."""
+        by_id = {b.id: b for b in self.backups}
+        chain = [backup]
+        while chain[-1].parent is not None:
+            parent = chain[-1].parent
+            if parent in self.problems:
+                raise OperationFailed(
+                    f"backup {backup.id} builds on {parent}, which is damaged: "
+                    f"{self.problems[parent]}"
+                )
+            found = by_id.get(parent)
+            if found is None or not found.valid:
+                raise OperationFailed(
+                    f"backup {backup.id} builds on {parent}, which is "
+                    + ("not in the repository" if found is None else "incomplete")
+                )
+            if found in chain or len(chain) > 10_000:
+                raise OperationFailed(f"backup {backup.id}: its chain loops at {parent}")
+            chain.append(found)
+        return chain[::-1]
 
 
 def read_catalog(repo: Repository) -> Catalog:

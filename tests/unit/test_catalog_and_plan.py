@@ -52,9 +52,9 @@ from .support import (
 
 
 def test_backup_kinds_are_one_enum_and_the_cli_choices_follow_it() -> None:
-    assert [k.value for k in BackupKind] == ["base", "logical"]
+    assert [k.value for k in BackupKind] == ["base", "incr", "logical"]
     assert BASE is BackupKind.BASE and LOGICAL is BackupKind.LOGICAL
-    assert KINDS == ("auto", "base", "logical")
+    assert KINDS == ("auto", "base", "incr", "logical")
     assert BackupKind("base") == "base"  # a StrEnum: JSON and ids carry the plain word
 
 

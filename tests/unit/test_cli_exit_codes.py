@@ -57,7 +57,7 @@ REFUSALS: dict[str, tuple[tuple[str, ...], str | None, int, str]] = {
     "bad --lock-wait": (("schema", "apply", "--lock-wait", "soon"), None, 2, r"--lock-wait must"),
     "zero --lock-wait": (("schema", "apply", "--lock-wait", "0"), None, 2, r"must be a positive"),
     "zero check --timeout": (("check", "--timeout", "0"), None, 2, r"--timeout must be"),
-    "bad --kind": (("backup", "--kind", "bogus"), None, 2, r"--kind.*auto, base, logical"),
+    "bad --kind": (("backup", "--kind", "bogus"), None, 2, r"--kind.*auto, base, incr, logical"),
     "zero --jobs": (("backup", "--jobs", "0", "--repo", "/r"), None, 2, r"--jobs"),
     "--dsn with --db all": (
         ("backup", "--db", "all", "--dsn", "host=x", "--repo", "/r"),

@@ -147,12 +147,15 @@ def test_dead_backups_and_stale_writes_are_removed_live_ones_kept(tmp_path: Path
     put("backups/good/manifest.json", io.BytesIO(json.dumps({}).encode()))
     put("backups/good/dump.zst", io.BytesIO(b"g" * 100))
     put("backups/dead/dump.d/toc.dat.zst", io.BytesIO(b"d" * 300))
+    gone = subprocess.Popen(["true"])  # a pid that no longer exists on this host
+    gone.wait()
+    dead, live = gone.pid, os.getpid()
     temp = {
-        "dead": root / "backups/dead/dump.d/.1.dat.zst.99-ab.tmp",  # its killed upload
-        "only": root / "backups/only/.dump.zst.98-cd.tmp",  # a backup killed at once
-        "proof": root / "backups/good/.verify-x.json.97-ef.tmp",  # a live write: kept
-        "wal_old": root / "wal/0000000100000000/.seg.96-01.tmp",  # stale: removed
-        "wal_new": root / "wal/0000000100000000/.seg.95-02.tmp",  # a live push: kept
+        "dead": root / f"backups/dead/dump.d/.1.dat.zst.{dead}-ab.tmp",  # its killed upload
+        "only": root / f"backups/only/.dump.zst.{dead}-cd.tmp",  # a backup killed at once
+        "proof": root / f"backups/good/.verify-x.json.{live}-ef.tmp",  # a live write: kept
+        "wal_old": root / f"wal/0000000100000000/.seg.{live}-01.tmp",  # stale: removed
+        "wal_new": root / f"wal/0000000100000000/.seg.{live}-02.tmp",  # a live push: kept
     }
     for path in temp.values():
         path.parent.mkdir(parents=True, exist_ok=True)
