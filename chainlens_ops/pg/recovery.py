@@ -10,7 +10,7 @@ for the same parameter, so a restore that is repeated never stacks settings.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chainlens_ops.core.atomicfile import fsync_dir, write_bytes_atomic
@@ -29,6 +29,7 @@ class RecoverySettings:
     target_action: str = "promote"  # promote | pause | shutdown
     target_timeline: str = "latest"
     archive_mode: str | None = "off"  # None: leave the backed-up setting as it is
+    server: Mapping[str, str] = field(default_factory=dict)  # a scratch server's own
 
     def parameters(self) -> dict[str, str]:
         params = {
@@ -41,6 +42,7 @@ class RecoverySettings:
             params["recovery_target_inclusive"] = "on"
         if self.archive_mode is not None:
             params["archive_mode"] = self.archive_mode
+        params.update(self.server)
         return params
 
 

@@ -39,11 +39,20 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from chainlens_ops.core.errors import OperationFailed
-from chainlens_ops.pg.cluster import DEFAULT_MAJOR, LocalCluster, free_port, give_to_server_user
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.pg.cluster import (
+    DEFAULT_MAJOR,
+    LocalCluster,
+    free_port,
+    give_to_server_user,
+)
+from chainlens_ops.pg.controldata import hot_standby_minimums, read_controldata
 
 DATA = "data"
 _STOP_TIMEOUT_S = 30
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
+HBA = "pg_hba.conf"
+IDENT = "pg_ident.conf"
 
 
 class Terminated(OperationFailed):
@@ -127,6 +136,15 @@ class ScratchCluster:
     def give_to_server_user(self) -> None:
         """Before a start as root: the server's user must own the copy."""
         give_to_server_user(self.folder)
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        """A connection to the scratch server through its own socket (server_settings)."""
+        return scratch_conninfo(self.folder, self.port, dbname)
+
+    def server_settings(self) -> dict[str, str]:
+        """The settings the scratch server runs with (see scratch_server_settings), once a
+        data folder is at `pgdata`."""
+        return scratch_server_settings(self.folder, self.pgdata, self.port, self.major)
 
     def __exit__(
         self,
@@ -220,3 +238,55 @@ def _size(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_size
     return total
+
+
+def scratch_conninfo(folder: Path, port: int, dbname: str = "postgres") -> str:
+    """libpq: the socket in `folder`, as ourselves (restores refuse root: the server
+    runs as the user who runs the restore)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(host=str(folder), port=port, dbname=dbname, connect_timeout=5)
+
+
+def scratch_server_settings(folder: Path, pgdata: Path, port: int, major: int) -> dict[str, str]:
+    """A scratch server answers only on a socket in its own folder (mode 0700: only its
+    owner and root reach it), with its own pg_hba.conf trusting that socket, and never
+    touches the live server's things, whatever the backed-up configuration says:
+    no TCP listener, no external pid file, no log collector writing into the live
+    server's log folder (the log goes to pg_ctl's file, which recovery is watched
+    through), no streaming from the live primary, no synchronous standby to wait for,
+    a small shared_buffers beside the live server, and the hot-standby minimums the
+    primary ran with (pg_control), so reads are served during recovery. A backup
+    without postgresql.conf (Debian keeps it in /etc/postgresql) gets an empty one."""
+    socket = folder / f".s.PGSQL.{port}"
+    if len(str(socket).encode()) > SOCKET_PATH_MAX:
+        raise UsageError(
+            f"the scratch folder {folder} is too deep for a server socket "
+            f"({len(str(socket).encode())} > {SOCKET_PATH_MAX} bytes)",
+            hint="pass a shorter --scratch-dir",
+        )
+    (folder / HBA).write_text("# chainlens-ops scratch server: its own socket only\n"
+                              "local all all trust\n")  # fmt: skip
+    (folder / IDENT).write_text("")
+    conf = pgdata / "postgresql.conf"
+    if not conf.exists():
+        conf.write_text("# chainlens-ops: the backup held no postgresql.conf\n")
+    settings = {
+        "listen_addresses": "",
+        "unix_socket_directories": str(folder),
+        "unix_socket_permissions": "0700",
+        "hba_file": str(folder / HBA),
+        "ident_file": str(folder / IDENT),
+        "external_pid_file": "",
+        "logging_collector": "off",
+        "log_destination": "stderr",
+        "ssl": "off",
+        "shared_buffers": "128MB",
+        "huge_pages": "try",
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "synchronous_standby_names": "",
+        "hot_standby": "on",
+    }
+    settings.update(hot_standby_minimums(read_controldata(pgdata, major)))
+    return settings

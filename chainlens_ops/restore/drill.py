@@ -27,7 +27,6 @@ from chainlens_ops.backup.proofs import DRILL, record_proof
 from chainlens_ops.core.crashpoints import crash_point
 from chainlens_ops.core.errors import ChainlensError
 from chainlens_ops.core.outcome import failed_exit
-from chainlens_ops.pg.cluster import loopback_conninfo
 from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.repository import Repository
 from chainlens_ops.restore.physical import RestoreOptions, planned_restore
@@ -70,7 +69,8 @@ def run_drill(
         with ScratchCluster("drill", root=scratch_root) as scratch:
             result.swept = [leftover.describe() for leftover in scratch.swept]
             options = RestoreOptions(pgdata=scratch.pgdata, start=True, port=scratch.port,
-                                     start_timeout=timeout, config_file=config_file)  # fmt: skip
+                                     start_timeout=timeout, config_file=config_file,
+                                     scratch=scratch)  # fmt: skip
 
             def planned(plan: RestorePlan) -> None:
                 result.backup_id = plan.backup.id
@@ -83,7 +83,7 @@ def run_drill(
             crash_point("drill-started")
             result.rto_seconds = round(time.monotonic() - began, 3)
             result.replay_lsn = restored.started.replay_lsn
-            result.row_counts, last_tx = _read_everything(restored.started.port)
+            result.row_counts, last_tx = _read_everything(scratch)
             if last_tx is not None:
                 result.rpo_seconds = round((datetime.now(UTC) - last_tx).total_seconds(), 3)
             result.ok = True
@@ -96,15 +96,15 @@ def run_drill(
     return result
 
 
-def _read_everything(port: int) -> tuple[dict[str, int], datetime | None]:
+def _read_everything(scratch: ScratchCluster) -> tuple[dict[str, int], datetime | None]:
     counts: dict[str, int] = {}
-    with psycopg.connect(loopback_conninfo(port), autocommit=True) as conn:
+    with psycopg.connect(scratch.conninfo(), autocommit=True) as conn:
         row = conn.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()
         last_tx = row[0] if row else None
         databases = [r[0] for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")]  # fmt: skip
     for db in databases:
-        with psycopg.connect(loopback_conninfo(port, db), autocommit=True) as conn:
+        with psycopg.connect(scratch.conninfo(db), autocommit=True) as conn:
             tables = conn.execute(
                 "SELECT n.nspname, c.relname FROM pg_class c "
                 "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "

@@ -38,6 +38,7 @@ from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import LocalCluster
 from chainlens_ops.pg.ports import DEFAULT_PORT, port_in_use
 from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
+from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.claim import RestoreClaim
@@ -67,6 +68,9 @@ class RestoreOptions:
     config_file: Path | None = None
     # Only these databases readable (`restore --db-only`, `restore table`): see selective.py
     selection: Selection | None = None
+    # A drill's or table restore's throwaway server: its own socket, hba and limits
+    # (pg/scratch.py scratch_server_settings), whatever the backed-up configuration says.
+    scratch: ScratchCluster | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,7 @@ def restore(
             target_value=plan.recovery_target,
             target_action=options.target_action,
             archive_mode="off" if options.archive_mode == "off" else None,
+            server=options.scratch.server_settings() if options.scratch is not None else {},
         )
         written = write_recovery_settings(pgdata, settings)
     except BaseException as exc:
@@ -281,8 +286,10 @@ def restore(
     if options.start:
         watch = ReplayWatch(pgdata / LOG_NAME, plan, progress.replayed)
         try:
-            started = start_and_wait(pgdata, plan, options.target_action, options.port,
-                                     options.start_timeout, on_poll=watch.poll)  # fmt: skip
+            started = start_and_wait(
+                pgdata, plan, options.target_action, options.port, options.start_timeout,
+                on_poll=watch.poll, scratch=options.scratch,
+            )  # fmt: skip
         except RecoveryFailed as exc:
             missing = next((line for line in exc.log_tail if "required WAL segment" in line), None)
             if missing is not None:

@@ -41,6 +41,7 @@ class ScratchServer:
     extract_seconds: float
     recovery_seconds: float
     replay_lsn: str | None
+    conninfo: Callable[[str], str]  # database -> a connection through its own socket
 
 
 @contextmanager
@@ -62,11 +63,12 @@ def scratch_server(
         say(f"extracting backup {plan.backup.id} into {pgdata}")
         began = time.monotonic()
         options = RestoreOptions(pgdata=pgdata, target_action="pause", port=scratch.port,
-                                 config_file=config_file, selection=selection)  # fmt: skip
+                                 config_file=config_file, selection=selection,
+                                 scratch=scratch)  # fmt: skip
         restored = restore(repo, plan, options)
         extracted = time.monotonic()
         say(f"recovering to {plan.recovery_target} on 127.0.0.1:{scratch.port}")
-        started = start_and_wait(pgdata, plan, "pause", scratch.port, timeout)
+        started = start_and_wait(pgdata, plan, "pause", scratch.port, timeout, scratch=scratch)
         pause_point(PAUSE_RECOVERING)
         yield ScratchServer(
             folder=scratch.folder,
@@ -77,6 +79,7 @@ def scratch_server(
             extract_seconds=extracted - began,
             recovery_seconds=started.seconds,
             replay_lsn=started.replay_lsn,
+            conninfo=scratch.conninfo,
         )
 
 

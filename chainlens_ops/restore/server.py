@@ -20,6 +20,7 @@ import psycopg
 
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.cluster import LocalCluster, ServerStartFailed, loopback_conninfo
+from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.restore.plan import RestorePlan
 
 LOG_NAME = "chainlens-restore.log"
@@ -51,6 +52,7 @@ def start_and_wait(
     port: int | None,
     timeout: float,
     on_poll: Callable[[], None] | None = None,  # each wait round (replay progress)
+    scratch: ScratchCluster | None = None,  # a scratch server answers on its own socket
 ) -> StartResult:
     log = pgdata / LOG_NAME
     port = port or 5432
@@ -63,7 +65,7 @@ def start_and_wait(
     except ServerStartFailed as exc:
         raise RecoveryFailed(f"the restored server did not start: {exc.reason}",
                              exc.log_tail) from None  # fmt: skip
-    conninfo = loopback_conninfo(port)
+    conninfo = scratch.conninfo() if scratch is not None else loopback_conninfo(port)
     # `--latest` (or no target action applies): recovery ends at the end of the archive
     # and PostgreSQL promotes.
     wanted = action if plan.recovery_target is not None else "promote"

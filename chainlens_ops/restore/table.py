@@ -34,7 +34,6 @@ import psycopg
 from psycopg import sql
 
 from chainlens_ops.core.errors import OperationFailed, UsageError
-from chainlens_ops.pg.cluster import loopback_conninfo as local_conninfo
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
@@ -283,7 +282,7 @@ def _describe(
 ) -> list[_Shape]:
     """Each table as it was at the target; refuses a missing one before any load."""
     try:
-        with psycopg.connect(local_conninfo(scratch.port), autocommit=True) as conn:
+        with psycopg.connect(scratch.conninfo("postgres"), autocommit=True) as conn:
             row = conn.execute("SELECT oid::int FROM pg_database WHERE datname = %s",
                                (database,)).fetchone()  # fmt: skip
         if row is None or int(row[0]) != oid:
@@ -291,7 +290,7 @@ def _describe(
                 f"database {database} at the target is not the live one (it was dropped or "
                 "recreated since): a table restore cannot read it"
             )
-        with psycopg.connect(local_conninfo(scratch.port, database), autocommit=True) as conn:
+        with psycopg.connect(scratch.conninfo(database), autocommit=True) as conn:
             conn.execute("SET search_path = pg_catalog")  # format_type then qualifies types
             return [_shape(conn, schema, table) for schema, table in names]
     except psycopg.Error as exc:
@@ -343,7 +342,7 @@ def _load(
     say: Say,
 ) -> list[TableOutcome]:
     outcomes: list[TableOutcome] = []
-    source = local_conninfo(scratch.port, database)
+    source = scratch.conninfo(database)
     with connect(live, autocommit=False) as dst, psycopg.connect(source, autocommit=True) as src:
         try:
             dst.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))

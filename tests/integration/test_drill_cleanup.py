@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,9 +22,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import ClusterFactory
 from pgharness import CLI, PgCluster, run_cli, wait_for
+from psycopg.conninfo import make_conninfo
 from test_backup import backup
 from test_wal import PUSH, switch_and_wait
 
@@ -177,7 +180,39 @@ def promoted(server: PgCluster) -> bool:
     if len(lines) < 4:
         return False
     server.port = int(lines[3])
+    # A scratch server answers only on the socket in its own folder (pg/scratch.py).
+    conninfo = make_conninfo(host=str(server.pgdata.parent), port=server.port,
+                             user="postgres", dbname="postgres", connect_timeout=5)  # fmt: skip
     try:
-        return server.scalar("SELECT NOT pg_is_in_recovery()") is True
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT NOT pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is True
     except Exception:
         return False
+
+
+def test_a_cluster_configured_outside_its_data_folder_drills(drillable: Drillable) -> None:
+    """Debian keeps postgresql.conf and pg_hba.conf in /etc/postgresql, so a base backup
+    holds neither. The scratch server brings its own (an empty postgresql.conf, a
+    pg_hba.conf trusting only its private socket) and the primary's hot-standby
+    minimums from pg_control (max_connections 120 here, above the default 100, which
+    would keep a recovering copy from serving reads)."""
+    factory = drillable.factory
+    repo, etc, tmp = factory.dir("repo"), factory.dir("etc"), factory.dir("tmp")
+    source = factory(start=False, archive_mode="on", max_connections=120,
+                     archive_command=f"{PUSH} --repo file://{repo} %p")  # fmt: skip
+    for name in ("postgresql.conf", "pg_hba.conf", "pg_ident.conf"):
+        shutil.move(source.data / name, etc / name)
+    with (etc / "postgresql.conf").open("a") as conf:
+        conf.write(f"hba_file = '{etc}/pg_hba.conf'\nident_file = '{etc}/pg_ident.conf'\n")
+    source.start(options=f"-c config_file={etc}/postgresql.conf")
+    source.execute("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 70) g")
+    switch_and_wait(source)
+    made = backup(repo, source.conninfo(), "--kind", "base", "--quiet")
+    assert made.returncode == 0, made.stderr
+    switch_and_wait(source)
+    proc = run_cli("restore", "drill", "--repo", str(repo), "--json", env={"TMPDIR": str(tmp)},
+                   user="postgres", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["row_counts"]["postgres.public.t"] == 70
+    assert_nothing_left(tmp)
