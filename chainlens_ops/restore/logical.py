@@ -26,7 +26,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from chainlens_ops.backup.manifest import LOGICAL, BackupManifest, BackupObject, read_manifest
+from chainlens_ops.backup.manifest import (
+    LOGICAL,
+    BackupManifest,
+    BackupObject,
+    read_manifest,
+    require_backup,
+)
 from chainlens_ops.backup.parallel import (
     fetch_directory,
     is_directory,
@@ -34,12 +40,13 @@ from chainlens_ops.backup.parallel import (
     spool_folder,
     spool_root,
 )
-from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import connect, server_version_num
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.repository.datacodec import CheckedReader
 from chainlens_ops.settings.config import DatabaseTarget
 
@@ -68,6 +75,26 @@ def restore_logical(
     clean: bool = False,
     spool_dir: str | None = None,
     spool_reserve: int = 0,
+) -> LogicalResult:
+    """Under a claim on the backup, as every restore: a prune that lands meanwhile keeps
+    it (repository/claim.py). A mistyped id is refused before the claim is written."""
+    require_backup(repo, backup_id)
+    with RestoreClaim(repo.storage, "restore --dbname").hold() as claim:
+        claim.scope(backup_id)
+        return _restore_logical(repo, target, backup_id, dbname, jobs=jobs, clean=clean,
+                                spool_dir=spool_dir, spool_reserve=spool_reserve)  # fmt: skip
+
+
+def _restore_logical(
+    repo: Repository,
+    target: DatabaseTarget,
+    backup_id: str,
+    dbname: str,
+    *,
+    jobs: int,
+    clean: bool,
+    spool_dir: str | None,
+    spool_reserve: int,
 ) -> LogicalResult:
     manifest = read_manifest(repo, backup_id)
     if manifest.kind != LOGICAL:
@@ -121,6 +148,7 @@ def restore_logical(
                 CheckedReader(repo.storage, obj) as reader,
                 PgStream(argv, env=env, stdin=reader) as proc,  # type: ignore[arg-type]
             ):
+                pause_point("logical-restoring")  # pg_restore reading the dump
                 proc.wait()
                 restored = reader.raw_size
     return LogicalResult(

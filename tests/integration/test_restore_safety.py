@@ -6,6 +6,8 @@
 - a WAL segment that vanishes while the base backup is extracted (pause point
   `restore-extracting`) stops recovery: the restore exits 1 naming the segment, and no
   promoted server (and no server at all) is left;
+- a logical restore holds a claim too: a prune while pg_restore reads the dump (pause
+  point `logical-restoring`) keeps that backup;
 - a backup killed while it holds the repository lock (crash point `repo-lock-acquired`)
   does not block the next backup: the lock of a dead process of this host is taken over
   at once, naming it.
@@ -248,3 +250,37 @@ def test_a_backup_killed_holding_the_lock_does_not_block_the_next(
     assert f"on {os.uname().nodename}" in proc.stderr
     assert "no longer exists on this host" in proc.stderr
     assert took < 30, took  # not the lock's 120 s expiry
+
+
+def test_a_prune_during_a_logical_restore_keeps_the_dump(
+    make_cluster: ClusterFactory, repo: Repo
+) -> None:
+    """A logical restore holds a claim like every restore: a prune that lands while
+    pg_restore reads the dump (pause point `logical-restoring`) keeps that backup."""
+    cluster = make_cluster()
+    cluster.execute("CREATE TABLE t AS SELECT g AS n FROM generate_series(1, 2000) g")
+    made = []
+    for _ in range(2):
+        proc = repo.run("backup", "--repo", repo.url, "--dsn", cluster.conninfo(), "--kind",
+                        "logical", "--quiet")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        made.append(proc.stdout.strip())
+    old = made[0]
+    pause = make_cluster.dir("pause")
+    env = {"CHAINLENS_PAUSE_AT": "logical-restoring", "CHAINLENS_PAUSE_DIR": str(pause)}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(repo.run, "restore", "--repo", repo.url, "--backup", old,
+                              "--dsn", cluster.conninfo(), "--dbname", "back", env=env)  # fmt: skip
+        try:
+            wait_for((pause / "logical-restoring.reached").exists, timeout=120)
+            pruned = repo.run("backup", "prune", "--repo", repo.url, "--keep-last", "1")
+            assert pruned.returncode == 0, pruned.stderr
+            assert f"keep {old} (in use by a running restore)" in pruned.stdout, pruned.stdout
+        finally:
+            (pause / "logical-restoring.go").touch()
+        restored = running.result(timeout=300)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert int(cluster.scalar("SELECT count(*) FROM t", "back")) == 2000
+    assert keys(repo.storage, "locks/claims/") == []
+    again = repo.run("backup", "prune", "--repo", repo.url, "--keep-last", "1")
+    assert again.returncode == 0 and "removed 1" in again.stdout, again.stdout + again.stderr
