@@ -188,7 +188,7 @@ def copy_data_folder(
     try:
         row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
-        copier = _Copier(folder, backup_id, parent_map, since, insert_lsn, progress)
+        copier = Copier(folder, backup_id, parent_map, since, insert_lsn, progress)
         objects = copier.store(repo)
         row = conn.execute(
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -217,7 +217,7 @@ def copy_data_folder(
     return Copy(objects, start_lsn, stop_lsn, timeline, label)
 
 
-class _Copier:
+class Copier:
     """Reads the data folder into bundle records, group by group, and keeps the file
     map entries of what it read."""
 
@@ -247,7 +247,7 @@ class _Copier:
         groups[CLUSTER_GROUP] = cluster
         objects: list[BackupObject] = []
         for group in order:
-            pending = Pending(self._records(groups[group]))
+            pending = Pending(self.records(groups[group]))
             part = 0
             while pending.has_more():
                 key = backup_prefix(self.backup_id) + bundle_name(group, part)
@@ -258,7 +258,9 @@ class _Copier:
                 part += 1
         return objects
 
-    def _records(self, entries: list[Entry]) -> Iterator[Chunks]:
+    def records(self, entries: list[Entry]) -> Iterator[Chunks]:
+        """Bundle records of `entries` (read as they are consumed); their map entries
+        land in `files`."""
         for entry in entries:
             try:
                 fh = open(self.folder / entry.path, "rb")  # noqa: SIM115 (read as records)

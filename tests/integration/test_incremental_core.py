@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import ClusterFactory
 from pgharness import CLI, PgCluster, cli_env, free_port, run_cli
@@ -135,6 +136,22 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
     assert fingerprint(restored) == want
     restored.stop()
 
+    # --db-only: only newdb (and the maintenance database) readable; the others are
+    # placeholders whose bundles were never read.
+    pgdata = source.factory.dir("dbonly") / "data"
+    port = free_port()
+    proc = run_cli("restore", "--repo", str(source.repo), "--latest", "--pgdata", str(pgdata),
+                   "--dsn", pg.conninfo(), "--db-only", "newdb", "--start", "--port", str(port),
+                   user="postgres", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    only = PgCluster(pgdata, port)
+    source.factory.made.append(only)
+    assert only.scalar("SELECT count(*) FROM n", "newdb") == 500
+    assert only.scalar("SELECT count(*) FROM big") == want["postgres.public.big"][0]
+    with pytest.raises(psycopg.OperationalError, match="PG_VERSION"):
+        only.scalar("SELECT 1", "template1")
+    only.stop()
+
     # verify walks the chain: the newest is fine, then a flipped byte in the full's
     # bundle fails the newest's verify naming that object.
     ok = cli(source.repo, "verify", newest_id)
@@ -173,3 +190,27 @@ def test_refusals(source: Source) -> None:
     assert "belongs to another cluster" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
     assert sorted(p.name for p in (source.repo / "backups").iterdir()) == before
+
+
+def test_a_killed_incremental_leaves_nothing_valid_and_the_next_one_works(source: Source) -> None:
+    source.cluster.execute("CREATE TABLE after_kill AS SELECT g FROM generate_series(1, 100) g")
+    before = {b["id"] for b in listed(source)}
+    proc = backup(source.repo, source.cluster.conninfo(), "--kind", "incr",
+                  env={"CHAINLENS_CRASH_AT": "incr-mid-copy"})  # fmt: skip
+    assert proc.returncode in (-9, 137), proc.stderr
+    leftover = {p.name for p in (source.repo / "backups").iterdir()} - before
+    assert len(leftover) == 1 and not any(
+        (source.repo / "backups" / name / "manifest.json").exists() for name in leftover
+    )
+    assert {b["id"] for b in listed(source)} == before  # nothing new listed as valid
+    made, proc = take(source)  # the server's backup ended with the killed session
+    assert made not in leftover and manifest(source.repo, made)["kind"] == "incr"
+    assert not (source.repo / "backups" / leftover.pop()).exists()  # cleaned
+
+
+def listed(src: Source) -> list[dict[str, object]]:
+    proc = cli(src.repo, "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    backups = data["backups"] if isinstance(data, dict) else data
+    return [b for b in backups if b.get("status", "complete") == "complete"]
