@@ -310,6 +310,11 @@ class Copier:
             if self.progress is not None:
                 self.progress(len(data))
             view = memoryview(data)
+            if owners.beyond(first):  # nothing of the parent's from here on: all stored
+                yield _run(entry.path, first, 0, count, view)
+                _extend(ranges, first, self.backup_id, count)
+                first += count
+                continue
             run_start: int | None = None
             for i in range(count):
                 block = first + i
@@ -336,12 +341,12 @@ def _run(path: str, first: int, start: int, end: int, view: memoryview) -> Chunk
     return iter((record_header(record), bytes(view[start * BLOCK_SIZE : end * BLOCK_SIZE])))
 
 
-def _extend(ranges: list[Range], block: int, owner: str) -> None:
+def _extend(ranges: list[Range], block: int, owner: str, count: int = 1) -> None:
     if ranges and ranges[-1][2] == owner:
-        first, count, _ = ranges[-1]
-        ranges[-1] = (first, count + 1, owner)
+        first, had, _ = ranges[-1]
+        ranges[-1] = (first, had + count, owner)
     else:
-        ranges.append((block, 1, owner))
+        ranges.append((block, count, owner))
 
 
 class _Owners:
@@ -358,6 +363,11 @@ class _Owners:
                 return owner if block >= first else None
             self._i += 1
         return None  # beyond the parent's size of the file
+
+    def beyond(self, block: int) -> bool:
+        """No block from `block` on is the parent's."""
+        last = self._ranges[-1] if self._ranges else None
+        return last is None or block >= last[0] + last[1]
 
 
 def files_full_notice(name: str) -> str:
