@@ -43,7 +43,7 @@ from chainlens_ops.backup.manifest import (
     UnknownBackup,
     backup_prefix,
 )
-from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.streams import read_full
 from chainlens_ops.pg.connection import Connection, first_line
@@ -255,6 +255,7 @@ class Copier:
                     repo.storage, key, BundleStream(pending), level=ZSTD_LEVEL_BASE,  # type: ignore[arg-type]
                 ))  # fmt: skip
                 crash_point("incr-mid-copy")
+                pause_point("incr-mid-copy")  # files listed, one bundle stored
                 part += 1
         return objects
 
