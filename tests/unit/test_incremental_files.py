@@ -41,11 +41,13 @@ from chainlens_ops.backup.manifest import (
     read_catalog,
     write_manifest,
 )
+from chainlens_ops.backup.retention import RetentionPolicy, select_retained
 from chainlens_ops.core.metadata import DamagedMetadata
 from chainlens_ops.pg.datadir import BLOCK_SIZE, page_changed, walk
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import store_compressed
 from chainlens_ops.restore.assemble import assemble, needed_objects
+from chainlens_ops.restore.plan import LATEST, Target, make_plan, parse_target_lsn
 from chainlens_ops.restore.selective import Selection
 
 from . import support
@@ -322,3 +324,36 @@ def test_a_chain_restores_and_verifies(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     bad = [c for c in check_chain(repo, newest) if not c.ok]
     assert [c.key for c in bad] == [bundle.key]
+
+
+def files_backup(
+    backup_id: str, start_segno: int, hours: int, parent: BackupManifest | None
+) -> BackupManifest:
+    at = support.T0 + timedelta(hours=hours)
+    return replace(
+        support.manifest(backup_id, at=at, start_segno=start_segno),
+        layout=FILES_LAYOUT, parent=parent.id if parent else None,
+        kind=BackupKind.INCR if parent else BackupKind.BASE,
+        chain_depth=parent.chain_depth + 1 if parent else 0,
+    )  # fmt: skip
+
+
+def test_the_planner_starts_from_an_incremental_and_a_claim_keeps_its_chain(
+    tmp_path: Path,
+) -> None:
+    repo = support.make_repo(tmp_path)
+    support.store_segments(repo, 1, range(1, 12))
+    a = files_backup("a", 2, 0, None)
+    a1 = files_backup("a1", 4, 1, a)
+    b = files_backup("b", 6, 2, None)
+    b1 = files_backup("b1", 8, 3, b)
+    for m in (a, a1, b, b1):
+        support.write_backup(repo, m)
+    assert make_plan(repo, Target(LATEST, "latest")).backup.id == "b1"
+    assert make_plan(repo, parse_target_lsn(f"0/{5 * support.MB:X}")).backup.id == "a1"
+    valid = read_catalog(repo).valid
+    kept = select_retained(valid, RetentionPolicy(keep_last=1), support.T0 + timedelta(days=1))
+    assert set(kept) == {"b1", "b"}
+    claimed = select_retained(valid, RetentionPolicy(keep_last=1),
+                              support.T0 + timedelta(days=1), in_use=["a1"])  # fmt: skip
+    assert set(claimed) == {"b1", "b", "a1", "a"}
