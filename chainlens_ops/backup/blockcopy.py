@@ -42,6 +42,7 @@ from chainlens_ops.backup.manifest import (
     Catalog,
     UnknownBackup,
     backup_prefix,
+    parse_time,
 )
 from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
@@ -61,6 +62,7 @@ from chainlens_ops.pg.walnames import parse_lsn
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, store_compressed
 
+MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's start
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
 CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
 Progress = Callable[[int], None]
@@ -188,7 +190,11 @@ def copy_data_folder(
     try:
         row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
-        copier = Copier(folder, backup_id, parent_map, since, insert_lsn, progress)
+        settled = None
+        if parent is not None:  # the parent began after this: its files older than that
+            began = parse_time(parent.started_at).timestamp() - MTIME_MARGIN_S
+            settled = int(began * 1e9)
+        copier = Copier(folder, backup_id, parent_map, since, insert_lsn, progress, settled)
         objects = copier.store(repo)
         row = conn.execute(
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -223,8 +229,9 @@ class Copier:
 
     def __init__(
         self, folder: Path, backup_id: str, parent: FileMap | None, since: int | None,
-        insert_lsn: int, progress: Progress | None,
+        insert_lsn: int, progress: Progress | None, settled_ns: int | None = None,
     ) -> None:  # fmt: skip
+        self.settled_ns = settled_ns  # see _unchanged
         self.folder = folder
         self.backup_id = backup_id
         self.parent = parent.by_path() if parent is not None else {}
@@ -263,6 +270,8 @@ class Copier:
         """Bundle records of `entries` (read as they are consumed); their map entries
         land in `files`."""
         for entry in entries:
+            if self._unchanged(entry):
+                continue
             try:
                 fh = open(self.folder / entry.path, "rb")  # noqa: SIM115 (read as records)
             except FileNotFoundError:
@@ -277,6 +286,21 @@ class Copier:
                     yield from self._blocks(entry, fh)
                 else:
                     yield from self._whole(entry, fh)
+
+    def _unchanged(self, entry: Entry) -> bool:
+        """A file the parent holds as it is now, not read again: same size and mtime_ns
+        as in the parent's map, and that mtime older than the parent's start by
+        MTIME_MARGIN_S. A write after the parent read the file came after the parent
+        began, so it set the mtime (the kernel's clock, at most a tick coarse) to a time
+        past the margin: a value the map cannot hold. Its map entry (and the backups it
+        names) carries over."""
+        if self.settled_ns is None or entry.mtime_ns >= self.settled_ns:
+            return False
+        previous = self.parent.get(entry.path)
+        if previous is None or (previous.size, previous.mtime_ns) != (entry.size, entry.mtime_ns):
+            return False
+        self.files.append(previous)
+        return True
 
     def _whole(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,

@@ -213,6 +213,8 @@ def test_refusals(source: Source) -> None:
 
 def test_a_killed_incremental_leaves_nothing_valid_and_the_next_one_works(source: Source) -> None:
     source.cluster.execute("CREATE TABLE after_kill AS SELECT g FROM generate_series(1, 100) g")
+    if not listed(source):  # run alone (or on another worker): a full to build on
+        take(source)
     before = {b["id"] for b in listed(source)}
     proc = backup(source.repo, source.cluster.conninfo(), "--kind", "incr",
                   env={"CHAINLENS_CRASH_AT": "incr-mid-copy"})  # fmt: skip

@@ -6,7 +6,9 @@ files grown, shrunk and new, forks and other files copied whole)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -43,7 +45,7 @@ from chainlens_ops.backup.manifest import (
 )
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
 from chainlens_ops.core.metadata import DamagedMetadata
-from chainlens_ops.pg.datadir import BLOCK_SIZE, page_changed, walk
+from chainlens_ops.pg.datadir import BLOCK_SIZE, Entry, page_changed, walk
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import store_compressed
 from chainlens_ops.restore.assemble import assemble, needed_objects
@@ -357,3 +359,52 @@ def test_the_planner_starts_from_an_incremental_and_a_claim_keeps_its_chain(
     claimed = select_retained(valid, RetentionPolicy(keep_last=1),
                               support.T0 + timedelta(days=1), in_use=["a1"])  # fmt: skip
     assert set(claimed) == {"b1", "b", "a1", "a"}
+
+
+def test_a_file_settled_before_the_parent_began_is_not_read_again(tmp_path: Path) -> None:
+    old = page(0x4000000)
+    for name in ("base/5/1", "base/5/2", "base/5/3_vm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(old * 2)
+    long_ago = 1_000_000_000 * 10**9
+    for name in ("base/5/1", "base/5/3_vm"):
+        os.utime(tmp_path / name, ns=(long_ago, long_ago))
+    full, _ = copy(tmp_path, None, "full")
+    settled = long_ago + 10**9  # the parent began after these files were last written
+
+    def records(backup_id: str) -> tuple[dict[str, FileEntry], set[str], int]:
+        read = [0]
+
+        def progress(n: int) -> None:
+            read[0] += n
+
+        copier = Copier(tmp_path, backup_id, full, 0x5000000, 0x9000000, progress, settled)
+        stored = {r.path for r in _heads(copier.records(sorted_files(tmp_path)))}
+        return {f.path: f for f in copier.files}, stored, read[0]
+
+    # base/5/2 was written after the margin: read (its pages are still the parent's).
+    files, stored, read = records("incr")
+    assert stored == set() and read == 2 * B
+    assert files["base/5/1"].ranges == [(0, 2, "full")] and files["base/5/3_vm"].whole == "full"
+    assert files["base/5/2"].ranges == [(0, 2, "full")]
+    # Same mtime but another size, or a newer mtime: read again.
+    (tmp_path / "base/5/3_vm").write_bytes(old * 3)
+    os.utime(tmp_path / "base/5/3_vm", ns=(long_ago, long_ago))
+    os.utime(tmp_path / "base/5/1", ns=(settled + 1, settled + 1))
+    files, stored, read = records("incr2")
+    assert stored == {"base/5/3_vm"} and read == 7 * B
+    assert files["base/5/3_vm"].whole == "incr2" and files["base/5/1"].ranges == [(0, 2, "full")]
+
+
+def sorted_files(folder: Path) -> list[Entry]:
+    return [e for e in walk(folder) if not e.is_dir]
+
+
+def _heads(records: Iterator[Iterator[bytes]]) -> Iterator[Record]:
+    import json
+
+    for chunks in records:
+        parts = list(chunks)
+        (length,) = struct.unpack(">I", parts[0][:4])
+        head = json.loads(parts[0][4 : 4 + length])
+        yield Record(head["path"], head["offset"], head["length"])
