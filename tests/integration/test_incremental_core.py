@@ -185,6 +185,12 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
         assert bad.returncode == 1, bad.stdout + bad.stderr
         key = f"backups/{full_id}/data/{bundle.name}"
         assert key in bad.stdout + bad.stderr
+        # A restore of the newest fails naming it, and removes what it wrote.
+        fresh = source.factory.dir("broken") / "data"
+        proc = run_cli("restore", "--repo", str(source.repo), "--latest", "--pgdata", str(fresh),
+                       user="postgres", timeout=300)  # fmt: skip
+        assert proc.returncode == 1 and key in proc.stderr, proc.stderr
+        assert not fresh.exists() or not any(fresh.iterdir())
     finally:
         bundle.write_bytes(original)
 
