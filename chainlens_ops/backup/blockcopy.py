@@ -16,6 +16,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -47,7 +48,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.streams import read_full
-from chainlens_ops.pg.connection import Connection, first_line
+from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.datadir import (
     BLOCK_SIZE,
     Entry,
@@ -61,6 +62,7 @@ from chainlens_ops.pg.datadir import (
 from chainlens_ops.pg.walnames import parse_lsn
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, store_compressed
+from chainlens_ops.settings.config import DatabaseTarget
 
 MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's start
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
@@ -77,6 +79,7 @@ class Copy:
     stop_lsn: str
     timeline: int
     label: str  # backup_label from pg_backup_stop
+    lineage: dict[str, Any]  # the manifest's layout, parent and chain_depth
 
 
 def local_data_folder(conn: Connection, system_identifier: int | None) -> Path:
@@ -120,18 +123,35 @@ def local_data_folder(conn: Connection, system_identifier: int | None) -> Path:
     return folder
 
 
-def current_timeline(conn: Connection) -> int:
-    row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
-    return int(row[0]) if row else 1
+@dataclass(frozen=True)
+class DataFolder:
+    """A server's data folder, checked to be this machine's, and the session its
+    backup runs on."""
+
+    session: Connection
+    folder: Path
+    system_identifier: int
+    timeline: int  # the server's now
 
 
-def choose_parent(
-    catalog: Catalog, system_identifier: int, timeline: int, wanted: str | None
-) -> BackupManifest | None:
+def open_data_folder(target: DatabaseTarget, system_identifier: int | None) -> DataFolder:
+    """A session to `target` and its checked data folder (local_data_folder)."""
+    session = connect(target)
+    try:
+        folder = local_data_folder(session, system_identifier)
+        row = session.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    except BaseException:
+        session.close()
+        raise
+    assert system_identifier is not None
+    return DataFolder(session, folder, system_identifier, int(row[0]) if row else 1)
+
+
+def choose_parent(catalog: Catalog, local: DataFolder, wanted: str | None) -> BackupManifest | None:
     """The backup an incremental builds on: `wanted`, or the newest complete
     files-layout physical backup of this cluster and timeline (None: take a full).
     UsageError (exit 2) for a `wanted` that is unknown or cannot be a parent."""
-    sysid = str(system_identifier)
+    sysid, timeline = str(local.system_identifier), local.timeline
     if wanted is not None:
         found = next((b for b in catalog.valid if b.id == wanted), None)
         if found is None:
@@ -166,8 +186,7 @@ def _not_a_parent(backup: BackupManifest, sysid: str, timeline: int) -> str | No
 
 
 def copy_data_folder(
-    conn: Connection,
-    folder: Path,
+    local: DataFolder,
     repo: Repository,
     backup_id: str,
     parent: BackupManifest | None,
@@ -175,6 +194,7 @@ def copy_data_folder(
 ) -> Copy:
     """pg_backup_start, the copy into bundles, pg_backup_stop, the file map. A failure
     after the start closes the session, which ends the backup on the server."""
+    conn, folder = local.session, local.folder
     parent_map = read_file_map(repo, parent) if parent is not None else None
     since = parse_lsn(parent_map.start_lsn) if parent_map is not None else None
     try:
@@ -220,7 +240,12 @@ def copy_data_folder(
             level=ZSTD_LEVEL_BASE,
         )
     )
-    return Copy(objects, start_lsn, stop_lsn, timeline, label)
+    lineage = {
+        "layout": FILES_LAYOUT,
+        "parent": parent.id if parent is not None else None,
+        "chain_depth": parent.chain_depth + 1 if parent is not None else 0,
+    }
+    return Copy(objects, start_lsn, stop_lsn, timeline, label, lineage)
 
 
 class Copier:

@@ -103,11 +103,19 @@ def assemble(
 
     def one(backup: BackupManifest, obj: BackupObject) -> tuple[int, int]:
         writer = _Writer(pgdata, files, backup.id)
+        reported = 0
+
+        def write(record: Record, done: int, chunk: bytes) -> None:
+            nonlocal reported
+            writer.write(record, done, chunk)
+            reported += len(chunk)
+            seen(len(chunk))  # the bytes read, as they pass (record headers at the end)
+
         try:
             with CheckedReader(repo.storage, obj) as reader:
-                read_bundle(reader, f"{repo.url}: {obj.key}", writer.write)  # type: ignore[arg-type]
+                read_bundle(reader, f"{repo.url}: {obj.key}", write)  # type: ignore[arg-type]
                 reader.drain()
-                seen(reader.raw_size)
+                seen(reader.raw_size - reported)
                 return writer.written, reader.raw_size
         finally:
             writer.close()
