@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chainlens_ops.backup.blockcopy import Copier
+from chainlens_ops.backup.blockcopy import Copier, DataFolder, choose_parent
 from chainlens_ops.backup.chaincheck import check_chain
 from chainlens_ops.backup.files import (
     BUNDLE_MAGIC,
@@ -44,6 +44,7 @@ from chainlens_ops.backup.manifest import (
     write_manifest,
 )
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.core.metadata import DamagedMetadata
 from chainlens_ops.pg.datadir import BLOCK_SIZE, Entry, page_changed, walk
 from chainlens_ops.repository import Repository
@@ -408,3 +409,29 @@ def _heads(records: Iterator[Iterator[bytes]]) -> Iterator[Record]:
         (length,) = struct.unpack(">I", parts[0][:4])
         head = json.loads(parts[0][4 : 4 + length])
         yield Record(head["path"], head["offset"], head["length"])
+
+
+def test_the_parent_is_the_newest_files_backup_of_this_cluster_and_timeline(
+    tmp_path: Path,
+) -> None:
+    repo = support.make_repo(tmp_path)
+    mine = files_backup("mine", 2, 0, None)
+    child = files_backup("child", 3, 1, mine)
+    tar = replace(files_backup("tar", 4, 2, None), layout="tar")
+    other = replace(files_backup("other", 5, 3, None), system_identifier="8")
+    later_tli = replace(files_backup("tli2", 6, 4, None), timeline=2)
+    dump = support.manifest("dump", BackupKind.LOGICAL, at=support.T0 + timedelta(hours=5))
+    for m in (mine, child, tar, other, later_tli, dump):
+        support.write_backup(repo, m)
+    catalog = read_catalog(repo)
+    here = DataFolder(None, tmp_path, 7, 1)  # type: ignore[arg-type]
+    assert choose_parent(catalog, here, None) == child  # newest of this cluster and timeline
+    assert choose_parent(catalog, here, "mine") == mine
+    assert choose_parent(catalog, replace(here, timeline=3), None) is None  # a full, then
+    for wanted, why in (("tar", "tar"), ("other", "another cluster"), ("tli2", "timeline 2"),
+                        ("dump", "logical")):  # fmt: skip
+        with pytest.raises(UsageError, match=why) as exc:
+            choose_parent(catalog, here, wanted)
+        assert exc.value.exit_code == 2
+    with pytest.raises(UsageError, match="no complete backup 'nope'"):
+        choose_parent(catalog, here, "nope")
