@@ -348,8 +348,10 @@ class Copier:
     def _blocks(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         blocks = entry.size // BLOCK_SIZE
         previous = self.parent.get(entry.path)
-        owners = _Owners(previous.ranges if previous is not None and self.since is not None
-                         and previous.ranges else [])  # fmt: skip
+        inherited = previous.ranges if previous is not None and self.since is not None else None
+        if inherited and len(inherited) > max_ranges(blocks):
+            inherited = None  # too fragmented: stored whole again, its map entry one range
+        owners = _Owners(inherited or [])
         ranges: list[Range] = []
         first = 0
         while first < blocks:
@@ -384,6 +386,13 @@ class Copier:
             first += count
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
                                     ranges=ranges))  # fmt: skip
+
+
+def max_ranges(blocks: int) -> int:
+    """The ranges a file's map entry may inherit: beyond that (scattered changes over a
+    long chain) the file is stored again whole, so the file map, and the memory that
+    holds it, stays near 2 ranges per 64 blocks at most."""
+    return max(64, blocks // 64)
 
 
 def _run(path: str, first: int, start: int, end: int, view: memoryview) -> Chunks:
