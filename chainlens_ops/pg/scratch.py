@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.cluster import (
     DEFAULT_MAJOR,
     LocalCluster,
@@ -51,6 +51,7 @@ from chainlens_ops.pg.controldata import hot_standby_minimums, read_controldata
 DATA = "data"
 _STOP_TIMEOUT_S = 30
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
+SHORT_ROOT = "/tmp"  # a socket folder when the scratch folder is too deep for one
 HBA = "pg_hba.conf"
 IDENT = "pg_ident.conf"
 
@@ -104,6 +105,7 @@ class ScratchCluster:
         self.folder = Path()
         self.cluster = LocalCluster(Path(), 0, major)
         self.swept: list[SweptScratch] = []  # what dead owners left, removed on entry
+        self.socket_dir = Path()  # the folder, or a private one in SHORT_ROOT
         self._entry: Path | None = None
         self._previous_handler: Any = None
         self._handling = False
@@ -121,7 +123,10 @@ class ScratchCluster:
         self.folder = Path(tempfile.mkdtemp(prefix=f"chainlens-{self.purpose}-", dir=self.root))
         self.cluster = LocalCluster(self.pgdata, free_port(), self.major,
                                     self.folder / "server.log")  # fmt: skip
-        self._entry = _register(self.folder, self.purpose, self.major)
+        self.socket_dir = self.folder
+        if not socket_fits(self.folder):
+            self.socket_dir = Path(tempfile.mkdtemp(prefix="clo-", dir=SHORT_ROOT))
+        self._entry = _register(self.folder, self.purpose, self.major, self.socket_dir)
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
             self._handling = True
@@ -131,7 +136,7 @@ class ScratchCluster:
         """The server version is known only once the backup is chosen."""
         self.major = self.cluster.major = major
         if self._entry is not None:
-            _write_entry(self._entry, self.folder, self.purpose, major)
+            _write_entry(self._entry, self.folder, self.purpose, major, self.socket_dir)
 
     def give_to_server_user(self) -> None:
         """Before a start as root: the server's user must own the copy."""
@@ -139,12 +144,12 @@ class ScratchCluster:
 
     def conninfo(self, dbname: str = "postgres") -> str:
         """A connection to the scratch server through its own socket (server_settings)."""
-        return scratch_conninfo(self.folder, self.port, dbname)
+        return scratch_conninfo(self.socket_dir, self.port, dbname)
 
     def server_settings(self) -> dict[str, str]:
         """The settings the scratch server runs with (see scratch_server_settings), once a
         data folder is at `pgdata`."""
-        return scratch_server_settings(self.folder, self.pgdata, self.port, self.major)
+        return scratch_server_settings(self.folder, self.socket_dir, self.pgdata, self.major)
 
     def __exit__(
         self,
@@ -155,7 +160,7 @@ class ScratchCluster:
         if self._handling:  # a second SIGTERM must not cut the cleanup short
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            _remove(self.folder, self.major)
+            _remove(self.folder, self.major, self.socket_dir)
             if self._entry is not None:
                 self._entry.unlink(missing_ok=True)
         finally:
@@ -179,6 +184,7 @@ def sweep_scratch() -> list[SweptScratch]:
             pid, started = int(info["pid"]), info.get("started")
             scratch, purpose = Path(info["folder"]), str(info["purpose"])
             major = int(info.get("major", DEFAULT_MAJOR))
+            socket_dir = Path(info.get("socket") or scratch)
         except (OSError, ValueError, KeyError, TypeError):
             entry.unlink(missing_ok=True)  # unreadable: nothing can be swept from it
             continue
@@ -186,7 +192,7 @@ def sweep_scratch() -> list[SweptScratch]:
         if alive is not None and (started is None or alive == started):
             continue  # its owner still runs: its own cleanup will do this
         size = _size(scratch)
-        stopped = _remove(scratch, major)
+        stopped = _remove(scratch, major, socket_dir)
         entry.unlink(missing_ok=True)
         if size or stopped:
             swept.append(SweptScratch(str(scratch), purpose, pid, stopped, size))
@@ -197,25 +203,26 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated("stopped by SIGTERM")
 
 
-def _register(scratch: Path, purpose: str, major: int) -> Path:
+def _register(scratch: Path, purpose: str, major: int, socket_dir: Path) -> Path:
     registry = registry_dir()
     registry.mkdir(mode=0o700, exist_ok=True)
     entry = registry / f"{scratch.name}.json"
-    _write_entry(entry, scratch, purpose, major)
+    _write_entry(entry, scratch, purpose, major, socket_dir)
     return entry
 
 
-def _write_entry(entry: Path, scratch: Path, purpose: str, major: int) -> None:
+def _write_entry(entry: Path, scratch: Path, purpose: str, major: int, socket_dir: Path) -> None:
     body = {"folder": str(scratch), "purpose": purpose, "pid": os.getpid(),
             "started": process_start(os.getpid()), "major": major,
-            "created": time.time()}  # fmt: skip
+            "created": time.time(), "socket": str(socket_dir)}  # fmt: skip
     tmp = entry.with_suffix(".tmp")
     tmp.write_text(json.dumps(body))
     os.replace(tmp, entry)
 
 
-def _remove(scratch: Path, major: int) -> bool:
-    """Stop a server running in `scratch/data` (True if one was) and remove the folder."""
+def _remove(scratch: Path, major: int, socket_dir: Path) -> bool:
+    """Stop a server running in `scratch/data` (True if one was) and remove the folder
+    (and its socket folder when that is elsewhere)."""
     stopped = False
     cluster = LocalCluster(scratch / DATA, 0, major)
     pid = cluster.postmaster_pid()
@@ -228,6 +235,8 @@ def _remove(scratch: Path, major: int) -> bool:
             except OSError:
                 pass
     shutil.rmtree(scratch, ignore_errors=True)
+    if socket_dir != scratch and socket_dir.name.startswith("clo-"):
+        shutil.rmtree(socket_dir, ignore_errors=True)
     return stopped
 
 
@@ -240,6 +249,11 @@ def _size(path: Path) -> int:
     return total
 
 
+def socket_fits(folder: Path) -> bool:
+    """Whether a server socket in `folder` fits sun_path whatever the port."""
+    return len(str(folder / ".s.PGSQL.65535").encode()) <= SOCKET_PATH_MAX
+
+
 def scratch_conninfo(folder: Path, port: int, dbname: str = "postgres") -> str:
     """libpq: the socket in `folder`, as ourselves (restores refuse root: the server
     runs as the user who runs the restore)."""
@@ -248,9 +262,12 @@ def scratch_conninfo(folder: Path, port: int, dbname: str = "postgres") -> str:
     return make_conninfo(host=str(folder), port=port, dbname=dbname, connect_timeout=5)
 
 
-def scratch_server_settings(folder: Path, pgdata: Path, port: int, major: int) -> dict[str, str]:
-    """A scratch server answers only on a socket in its own folder (mode 0700: only its
-    owner and root reach it), with its own pg_hba.conf trusting that socket, and never
+def scratch_server_settings(
+    folder: Path, socket_dir: Path, pgdata: Path, major: int
+) -> dict[str, str]:
+    """A scratch server answers only on a socket in its own folder, or in a private one
+    in /tmp when its folder is too deep for a socket path (mode 0700 either way: only
+    its owner and root reach it), with its own pg_hba.conf trusting that socket, and never
     touches the live server's things, whatever the backed-up configuration says:
     no TCP listener, no external pid file, no log collector writing into the live
     server's log folder (the log goes to pg_ctl's file, which recovery is watched
@@ -258,13 +275,6 @@ def scratch_server_settings(folder: Path, pgdata: Path, port: int, major: int) -
     a small shared_buffers beside the live server, and the hot-standby minimums the
     primary ran with (pg_control), so reads are served during recovery. A backup
     without postgresql.conf (Debian keeps it in /etc/postgresql) gets an empty one."""
-    socket = folder / f".s.PGSQL.{port}"
-    if len(str(socket).encode()) > SOCKET_PATH_MAX:
-        raise UsageError(
-            f"the scratch folder {folder} is too deep for a server socket "
-            f"({len(str(socket).encode())} > {SOCKET_PATH_MAX} bytes)",
-            hint="pass a shorter --scratch-dir",
-        )
     (folder / HBA).write_text("# chainlens-ops scratch server: its own socket only\n"
                               "local all all trust\n")  # fmt: skip
     (folder / IDENT).write_text("")
@@ -273,7 +283,7 @@ def scratch_server_settings(folder: Path, pgdata: Path, port: int, major: int) -
         conf.write_text("# chainlens-ops: the backup held no postgresql.conf\n")
     settings = {
         "listen_addresses": "",
-        "unix_socket_directories": str(folder),
+        "unix_socket_directories": str(socket_dir),
         "unix_socket_permissions": "0700",
         "hba_file": str(folder / HBA),
         "ident_file": str(folder / IDENT),

@@ -179,9 +179,11 @@ def promoted(server: PgCluster) -> bool:
         server.pgdata / "postmaster.pid").exists() else []  # fmt: skip
     if len(lines) < 4:
         return False
+    if len(lines) < 5:
+        return False
     server.port = int(lines[3])
-    # A scratch server answers only on the socket in its own folder (pg/scratch.py).
-    conninfo = make_conninfo(host=str(server.pgdata.parent), port=server.port,
+    # A scratch server answers only on its own socket (pg/scratch.py), named on line 5.
+    conninfo = make_conninfo(host=lines[4], port=server.port,
                              user="postgres", dbname="postgres", connect_timeout=5)  # fmt: skip
     try:
         with psycopg.connect(conninfo, autocommit=True) as conn:

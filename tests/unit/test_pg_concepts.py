@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +111,35 @@ def test_a_scratch_folder_is_registered_and_removed_with_its_context(tmpdir_env:
         folder = box.folder
     assert not folder.exists()
     assert list(scratch.registry_dir().glob("*.json")) == []
+
+
+def test_a_folder_too_deep_for_a_socket_gets_a_private_one_removed_with_it(
+    tmpdir_env: Path,
+) -> None:
+    """sun_path holds 107 bytes: a deep scratch folder's server gets its socket in a
+    private (0700) folder in /tmp, removed with the scratch folder, and by the sweep
+    when the owner died."""
+    deep = tmpdir_env / ("d" * 90)
+    deep.mkdir()
+    with scratch.ScratchCluster("table", root=deep) as box:
+        assert not scratch.socket_fits(box.folder)
+        socket_dir = box.socket_dir
+        assert socket_dir.parent == Path("/tmp") and socket_dir.stat().st_mode & 0o777 == 0o700
+        assert f"host={socket_dir} " in box.conninfo("db1") and "dbname=db1" in box.conninfo("db1")
+        (entry,) = scratch.registry_dir().glob("*.json")
+        assert json.loads(entry.read_text())["socket"] == str(socket_dir)
+    assert not socket_dir.exists() and not box.folder.exists()
+    with scratch.ScratchCluster("drill", root=tmpdir_env) as box:
+        assert box.socket_dir == box.folder  # short enough: the socket stays inside
+    registry = scratch.registry_dir()
+    lost = Path(tempfile.mkdtemp(prefix="clo-", dir="/tmp"))
+    folder = deep / "chainlens-table-dead"
+    folder.mkdir()
+    entry = {"folder": str(folder), "purpose": "table", "pid": dead_pid(), "started": "1",
+             "socket": str(lost)}  # fmt: skip
+    (registry / "dead.json").write_text(json.dumps(entry))
+    scratch.sweep_scratch()
+    assert not lost.exists() and not folder.exists()
 
 
 def test_an_exception_still_removes_the_folder(tmpdir_env: Path) -> None:
