@@ -137,8 +137,6 @@ class Repository:
             except NotFound:
                 return None
             self._marker = parse_marker(raw, self.url)
-            if self._marker.encrypted and self._marker.key_source == "file":
-                self.sealer()  # start unwrapping the key now, in the background
         return self._marker
 
     def marker(self, *, fresh: bool = False) -> RepoMarker | None:
@@ -251,6 +249,13 @@ class Repository:
                 plain_allowed=marker.plain_objects,
             )
         return self._sealer
+
+    def prepare_key(self) -> None:
+        """Start unwrapping an encrypted repository's data key in the background, for a
+        caller about to do long GIL-free work first (`wal push` compresses its segment)."""
+        sealer = self.sealer()
+        if sealer is not None:
+            sealer.prepare_in_background()
 
     # -- keys -------------------------------------------------------------------------
 

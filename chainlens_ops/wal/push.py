@@ -151,6 +151,7 @@ def push_file(
         # must fit what the repository holds).
         check_origin(repo, path, name)
         key = repo.wal_key(name)
+        repo.prepare_key()  # while the segment is compressed
         reader = EncodingReader(fh, name.name, size, level=level)
         try:
             info = repo.storage.put(key, reader, if_absent=True)  # type: ignore[arg-type]

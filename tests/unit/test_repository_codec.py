@@ -156,8 +156,58 @@ def test_a_key_problem_surfaces_on_first_use_not_as_anything_else() -> None:
     def no_key() -> bytes:
         raise KeyUnavailable("repository r is encrypted and no key file is configured")
 
-    sealer = Sealer(no_key, plain_allowed=False)  # the key is fetched in the background
-    with pytest.raises(KeyUnavailable, match="no key file"):
-        seal(sealer, b"data")
-    with pytest.raises(KeyUnavailable, match="no key file"):
-        unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
+    for background in (False, True):
+        sealer = Sealer(no_key, plain_allowed=False)
+        if background:
+            sealer.prepare_in_background()
+        for _ in range(2):  # every call that needs the key says why it has none
+            with pytest.raises(KeyUnavailable, match="no key file"):
+                seal(sealer, b"data")
+            with pytest.raises(KeyUnavailable, match="no key file"):
+                unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
+
+
+def test_the_key_is_prepared_once_whoever_asks_first() -> None:
+    """At first use, or in a background thread (`wal push` compresses meanwhile); asked
+    for again, or by several look-ahead threads at once, the key is fetched once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+    data_key = os.urandom(32)
+
+    def counted() -> bytes:
+        calls.append(1)
+        return data_key
+
+    for background in (False, True):
+        calls.clear()
+        sealer = Sealer(counted, plain_allowed=False)
+        if background:
+            sealer.prepare_in_background()
+            sealer.prepare_in_background()
+        stored = seal(sealer, b"wal")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: unseal(sealer, stored), range(4)))  # noqa: B023
+        assert results == [b"wal"] * 4 and calls == [1], background
+        assert unseal(Sealer(lambda: data_key, plain_allowed=False), stored) == b"wal"
+
+
+def test_cryptography_binding_loads_without_its_python_layers() -> None:
+    """`wal push`/`wal fetch` load cryptography's Rust binding alone
+    (chainlens_ops.core.native); a later normal import finds that very module."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from chainlens_ops.repository.crypto import aesgcm\n"
+        "aead = aesgcm(bytes(32))\n"
+        "assert not any(m == 'cryptography' or m.startswith('cryptography.') and "
+        "not m.endswith('._rust') for m in sys.modules), sorted(sys.modules)\n"
+        "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
+        "assert type(aead) is AESGCM, (type(aead), AESGCM)\n"
+        "assert AESGCM(bytes(32)).decrypt(bytes(12), aead.encrypt(bytes(12), b'x', None), None)"
+        " == b'x'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
