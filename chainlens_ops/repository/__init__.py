@@ -145,7 +145,22 @@ class Repository:
         marker = self.stored_marker(fresh=fresh)
         return marker if marker is not None and marker.bound else None
 
-    def write_marker(self, marker: RepoMarker, *, if_absent: bool = False) -> None:
+    def write_marker(
+        self, marker: RepoMarker, *, if_absent: bool = False, data_key: bytes | None = None
+    ) -> None:
+        """Store `marker`; an authenticated one is tagged here, with `data_key` (a new
+        key: `repo init`, `repo encrypt`) or the stored marker's (a changed field)."""
+        if marker.authenticated:
+            if data_key is not None:
+                from chainlens_ops.repository.crypto import aesgcm
+
+                aead = aesgcm(data_key)
+            else:
+                sealer = self.sealer()
+                if sealer is None:
+                    raise OperationFailed(f"repository {self.url}: no data key to tag its marker")
+                aead = sealer.ready()
+            marker = marker.signed(aead)
         self.backend.put(MARKER_KEY, io.BytesIO(marker.to_bytes()), if_absent=if_absent)
         self._marker = marker
         self._sealer = None
@@ -247,6 +262,7 @@ class Repository:
             self._sealer = Sealer(
                 lambda: unwrap_data_key(marker, key_file=key_file, url=url),
                 plain_allowed=marker.plain_objects,
+                check=lambda aead: marker.check_tag(aead, url),
             )
         return self._sealer
 

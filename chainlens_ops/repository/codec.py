@@ -83,9 +83,16 @@ class Sealer:
     bytes and takes it at once. KeyUnavailable is raised by every call that needs it.
     `_thread`, not `threading`: the hot path avoids importing `threading`."""
 
-    def __init__(self, data_key: Callable[[], bytes], *, plain_allowed: bool) -> None:
+    def __init__(
+        self,
+        data_key: Callable[[], bytes],
+        *,
+        plain_allowed: bool,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
         self.plain_allowed = plain_allowed
         self._data_key = data_key
+        self._check = check  # given the AEAD: the marker's tag (marker.py)
         self._aead: Any = None
         self._error: BaseException | None = None
         # Held while the key is being prepared (look-ahead threads share one sealer).
@@ -98,7 +105,10 @@ class Sealer:
         try:
             from chainlens_ops.repository.crypto import aesgcm
 
-            self._aead = aesgcm(self._data_key())
+            aead = aesgcm(self._data_key())
+            if self._check is not None:
+                self._check(aead)
+            self._aead = aead
         except BaseException as exc:
             self._error = exc
 
@@ -141,6 +151,7 @@ class Sealer:
         head = read_full(src, _HEADER.size)
         if head[:8] == MAGIC:
             return UnsealingReader(src, head, key, self, where)  # type: ignore[return-value]
+        self.ready()  # `plain_allowed` is the marker's word: trusted once its tag is checked
         if self.plain_allowed:
             return Prefixed(head, src)  # type: ignore[return-value]
         raise CorruptObject(

@@ -8,6 +8,11 @@ key (KEK) that never enters the repository.
                with the repository id as encryption context; AWS credentials in the
                environment decide who may unwrap it (no key file)
 
+The wrap binds the marker's format too (associated data `data key v2`, or the KMS
+context's `chainlens-marker = authenticated`, for format 3): a key wrapped for an
+authenticated marker does not unwrap under an untagged format-2 one, so the marker's
+tag (marker.py) cannot be dropped by rewriting the marker as the older format.
+
 All cryptography is `cryptography`'s (OpenSSL's AES-GCM). It is imported only when a
 repository is encrypted: its public package costs ~20 ms of a `wal push`, its Rust
 binding alone ~3 ms and OpenSSL's first cipher ~1 ms (the same class, see `aesgcm`).
@@ -33,7 +38,7 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 FILE = "file"
 KMS = "kms"
-_WRAP_AAD = b"chainlens-ops data key v1 "
+_WRAP_AAD = {2: b"chainlens-ops data key v1 ", 3: b"chainlens-ops data key v2 "}
 
 
 class KeyUnavailable(ConfigError):
@@ -113,17 +118,30 @@ def create_key_file(path: str) -> None:
         os.close(fd)
 
 
-def wrap_with_file(kek: bytes, data_key: bytes, repository_id: str) -> str:
+def _wrap_aad(repository_id: str, format: int) -> bytes:
+    return _WRAP_AAD[min(max(format, 2), 3)] + repository_id.encode()
+
+
+def _kms_context(repository_id: str, format: int) -> dict[str, str]:
+    context = {"chainlens-repository": repository_id}
+    if format >= 3:
+        context["chainlens-marker"] = "authenticated"
+    return context
+
+
+def wrap_with_file(kek: bytes, data_key: bytes, repository_id: str, *, format: int) -> str:
     nonce = os.urandom(NONCE_SIZE)
-    sealed = aesgcm(kek).encrypt(nonce, data_key, _WRAP_AAD + repository_id.encode())
+    sealed = aesgcm(kek).encrypt(nonce, data_key, _wrap_aad(repository_id, format))
     return _b64encode(nonce + sealed)
 
 
-def unwrap_with_file(kek: bytes, wrapped: str, repository_id: str, *, path: str) -> bytes:
+def unwrap_with_file(
+    kek: bytes, wrapped: str, repository_id: str, *, path: str, format: int
+) -> bytes:
     raw = _b64(wrapped)
     try:
         data_key: bytes = aesgcm(kek).decrypt(
-            raw[:NONCE_SIZE], raw[NONCE_SIZE:], _WRAP_AAD + repository_id.encode()
+            raw[:NONCE_SIZE], raw[NONCE_SIZE:], _wrap_aad(repository_id, format)
         )
     except Exception as exc:
         if not is_invalid_tag(exc):
@@ -153,24 +171,24 @@ def _kms_client(key_id: str) -> Any:
     return boto3.session.Session().client("kms", region_name=region, config=config)
 
 
-def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str) -> str:
+def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str, *, format: int) -> str:
     try:
         response = _kms_client(key_id).encrypt(
             KeyId=key_id,
             Plaintext=data_key,
-            EncryptionContext={"chainlens-repository": repository_id},
+            EncryptionContext=_kms_context(repository_id, format),
         )
     except Exception as exc:
         raise KeyUnavailable(f"KMS key {key_id} cannot wrap the data key: {_why(exc)}") from None
     return _b64encode(response["CiphertextBlob"])
 
 
-def unwrap_with_kms(key_id: str, wrapped: str, repository_id: str) -> bytes:
+def unwrap_with_kms(key_id: str, wrapped: str, repository_id: str, *, format: int) -> bytes:
     try:
         response = _kms_client(key_id).decrypt(
             KeyId=key_id,
             CiphertextBlob=_b64(wrapped),
-            EncryptionContext={"chainlens-repository": repository_id},
+            EncryptionContext=_kms_context(repository_id, format),
         )
     except Exception as exc:
         raise KeyUnavailable(
@@ -216,22 +234,29 @@ class KeySource:
         return f"key file {self.key_file}" if self.kind == FILE else f"KMS key {self.kms_key_id}"
 
 
-def wrap_data_key(data_key: bytes, source: KeySource, repository_id: str) -> str:
+def wrap_data_key(data_key: bytes, source: KeySource, repository_id: str, *, format: int) -> str:
+    """`data_key` wrapped for a marker of `format` (the wrap binds it)."""
     if source.kind == KMS:
-        return wrap_with_kms(source.kms_key_id, data_key, repository_id)
-    return wrap_with_file(read_key_file(source.key_file), data_key, repository_id)
+        return wrap_with_kms(source.kms_key_id, data_key, repository_id, format=format)
+    return wrap_with_file(read_key_file(source.key_file), data_key, repository_id, format=format)
 
 
 def unwrap_data_key(marker: RepoMarker, *, key_file: str | None, url: str) -> bytes:
     """The data key of encrypted repository `marker`, unwrapped with its KMS key or
     with `key_file`; KeyUnavailable otherwise."""
     if marker.key_source == KMS:
-        return unwrap_with_kms(marker.kms_key_id, marker.data_key, marker.repository_id)
+        return unwrap_with_kms(
+            marker.kms_key_id, marker.data_key, marker.repository_id, format=marker.format
+        )
     if not key_file:
         raise KeyUnavailable(
             f"repository {url} is encrypted and no key file is configured",
             hint="set CHAINLENS_REPO_KEY_FILE or [repository] key_file",
         )
     return unwrap_with_file(
-        read_key_file(key_file), marker.data_key, marker.repository_id, path=key_file
+        read_key_file(key_file),
+        marker.data_key,
+        marker.repository_id,
+        path=key_file,
+        format=marker.format,
     )

@@ -307,7 +307,7 @@ def test_kms_wrapped_repository_through_the_cli(
     body = s3.get_object(Bucket=s3_bucket, Key=f"kms/wal/0000000100000000/{name}")["Body"].read()
     assert body[:8] == b"CLOPSENC"
     marker = s3.get_object(Bucket=s3_bucket, Key="kms/chainlens-repo.toml")["Body"].read()
-    assert arn.encode() in marker and b"format = 2" in marker
+    assert arn.encode() in marker and b"format = 3" in marker and b"tag = " in marker
 
     rotated = run_cli("repo", "rotate-key", "--repo", repo, "--new-kms-key-id", arn2, env=env)
     assert rotated.returncode == 0, rotated.stderr
