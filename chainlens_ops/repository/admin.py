@@ -23,6 +23,7 @@ from chainlens_ops.repository.crypto import (
     KMS,
     KeySource,
     aesgcm,
+    check_marker,
     create_key_file,
     new_data_key,
     unwrap_data_key,
@@ -203,7 +204,7 @@ def rotate_key(
                 f"repository {repo.url} is not encrypted", hint="`repo encrypt` encrypts it"
             )
         data_key = unwrap_data_key(marker, key_file=repo.key_file, url=repo.url)
-        marker.check_tag(aesgcm(data_key), repo.url)  # never re-sign a changed marker
+        check_marker(marker, aesgcm(data_key), repo.url)  # never re-sign a changed marker
         created = _ensure_key_file(new)
         rotated = _encrypted(marker, new, data_key)  # a format-2 marker is authenticated now
         repo.write_marker(rotated, data_key=data_key)
@@ -212,7 +213,7 @@ def rotate_key(
         key_file = new.key_file if new.kind == FILE else None
         if unwrap_data_key(stored, key_file=key_file, url=repo.url) != data_key:
             raise OperationFailed(f"repository {repo.url}: the rotated key does not read back")
-        stored.check_tag(aesgcm(data_key), repo.url)
+        check_marker(stored, aesgcm(data_key), repo.url)
     return KeyChange(repo.url, "rotated", new.display, created_key_file=created)
 
 

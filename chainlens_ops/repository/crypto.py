@@ -25,7 +25,9 @@ import os
 import stat as st
 
 from chainlens_ops.core.errors import ConfigError, UsageError
-from chainlens_ops.core.record import record
+from chainlens_ops.core.record import record, replace
+from chainlens_ops.repository.layout import MARKER_KEY
+from chainlens_ops.repository.marker import MarkerTampered
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -260,3 +262,30 @@ def unwrap_data_key(marker: RepoMarker, *, key_file: str | None, url: str) -> by
         path=key_file,
         format=marker.format,
     )
+
+
+# -- the marker's tag (marker.py says why) ------------------------------------------
+
+
+def sign_marker(marker: RepoMarker, aead: Any) -> RepoMarker:
+    """`marker` with its tag, made with the data key's AEAD (format 3, encrypted)."""
+    nonce = os.urandom(NONCE_SIZE)
+    tag = aead.encrypt(nonce, b"", marker.signed_bytes())
+    return replace(marker, tag=_b64encode(nonce + tag))
+
+
+def check_marker(marker: RepoMarker, aead: Any, url: str) -> None:
+    """MarkerTampered unless `marker`'s tag authenticates every field (format 3)."""
+    if not marker.authenticated:
+        return
+    try:
+        raw = binascii.a2b_base64(marker.tag.encode("ascii"), strict_mode=True)
+        aead.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], marker.signed_bytes())
+    except Exception as exc:
+        if not isinstance(exc, ValueError | UnicodeError) and not is_invalid_tag(exc):
+            raise
+        raise MarkerTampered(
+            f"repository {url}: {MARKER_KEY} fails authentication (changed by someone "
+            "without the repository's key); nothing was read or written",
+            hint="restore the marker from a copy; `repo info` shows what it says now",
+        ) from None

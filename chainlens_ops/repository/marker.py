@@ -27,7 +27,8 @@ could swap its wrapped key, KMS key or settings (`plain_objects = "yes"` would l
 planted plaintext objects through). Its `tag` is an AES-256-GCM tag, under the data key,
 over the marker's fields as `to_bytes` writes them without the tag, with
 MARKER_AAD as their prefix (no object's associated data starts so) and a fresh nonce:
-`nonce (12) | tag (16)`, base64. The tag is checked as soon as the data key is
+`nonce (12) | tag (16)`, base64 (crypto.py makes and checks it). The tag is checked as
+soon as the data key is
 unwrapped, before any object is sealed or opened. The wrapped data key is bound to the
 format in turn (crypto.py), so turning a format-3 marker back into an untagged format-2
 one makes the key unwrap fail rather than the tag go unchecked. A plain repository's
@@ -36,17 +37,10 @@ marker holds no secret to key a tag with and stays as it was.
 
 from __future__ import annotations
 
-import binascii
-import os
-
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.core.metadata import DamagedMetadata, Fields
 from chainlens_ops.core.record import record, replace
 from chainlens_ops.repository.layout import MARKER_KEY
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 FORMAT_PLAIN = 1
 FORMAT_ENCRYPTED = 2  # encrypted, marker not authenticated (read, never written now)
@@ -54,7 +48,6 @@ FORMAT_AUTHENTICATED = 3  # encrypted, marker authenticated by its tag
 FORMAT = FORMAT_AUTHENTICATED  # the highest this tool reads and writes
 AES_256_GCM = "aes-256-gcm"
 MARKER_AAD = b"chainlens-ops repository marker v1\n"
-_NONCE = 12
 
 
 class MarkerTampered(OperationFailed):
@@ -99,29 +92,9 @@ class RepoMarker:
         """Whether this marker carries a tag to check (encrypted, format 3)."""
         return self.encrypted and self.format >= FORMAT_AUTHENTICATED
 
-    def signed(self, aead: Any) -> RepoMarker:
-        """This marker with its tag, made with the data key's AEAD."""
-        nonce = os.urandom(_NONCE)
-        tag = aead.encrypt(nonce, b"", MARKER_AAD + replace(self, tag="").to_bytes())
-        return replace(self, tag=binascii.b2a_base64(nonce + tag, newline=False).decode())
-
-    def check_tag(self, aead: Any, url: str) -> None:
-        """MarkerTampered unless the tag authenticates every field (format 3)."""
-        if not self.authenticated:
-            return
-        try:
-            raw = binascii.a2b_base64(self.tag.encode("ascii"), strict_mode=True)
-            aead.decrypt(raw[:_NONCE], raw[_NONCE:], MARKER_AAD + replace(self, tag="").to_bytes())
-        except Exception as exc:
-            from chainlens_ops.repository.crypto import is_invalid_tag
-
-            if not isinstance(exc, ValueError | UnicodeError) and not is_invalid_tag(exc):
-                raise
-            raise MarkerTampered(
-                f"repository {url}: {MARKER_KEY} fails authentication (changed by someone "
-                "without the repository's key); nothing was read or written",
-                hint="restore the marker from a copy; `repo info` shows what it says now",
-            ) from None
+    def signed_bytes(self) -> bytes:
+        """What its tag authenticates: every field but the tag, as stored."""
+        return MARKER_AAD + replace(self, tag="").to_bytes()
 
     def to_bytes(self) -> bytes:
         lines = [

@@ -221,7 +221,7 @@ def encrypted_repo(
     else:
         server: MotoServer = request.getfixturevalue("moto_server")
         bucket: str = request.getfixturevalue("s3_bucket")
-        from chainlens_ops.settings.config import S3Settings
+        from chainlens_ops.storage.s3 import S3Settings
 
         url = f"s3://{bucket}/r"
         env = server.env()

@@ -154,7 +154,7 @@ def test_layout_and_backends_by_scheme() -> None:
     assert not is_plaintext("restore-points/x.json") and not is_plaintext("wal/history/x")
     assert backend_for("/srv/repo").scheme == backend_for("file:///srv/repo").scheme == "file"
     assert is_remote("s3://bucket/p") and not is_remote("/srv/repo")
-    assert backend_for("s3://b").housekeeping == ()
+    assert backend_for("s3://b").housekeeping == ("stale multipart uploads",)
     for bad in ("relative/repo", "ftp://host/x", "s3:/b", ""):
         with pytest.raises(UsageError, match="is not a file://"):
             backend_for(bad)
