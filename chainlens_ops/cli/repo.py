@@ -117,8 +117,7 @@ def info_command(
     if info.plain_objects:
         rows.append(("plaintext", "objects from before encryption may remain"))
     if info.encryption and not info.marker_authenticated:
-        rows.append(("marker", "not authenticated (written before format 3): "
-                               "`repo rotate-key` authenticates it"))  # fmt: skip
+        rows.append(("marker", "not authenticated (format 2): `repo rotate-key` does it"))
     for name, usage in info.sizes.items():
         rows.append((name, f"{usage.objects} objects, {format_bytes(usage.bytes)}"))
     for name, value in rows:
