@@ -32,7 +32,10 @@ soon as the data key is
 unwrapped, before any object is sealed or opened. The wrapped data key is bound to the
 format in turn (crypto.py), so turning a format-3 marker back into an untagged format-2
 one makes the key unwrap fail rather than the tag go unchecked. A plain repository's
-marker holds no secret to key a tag with and stays as it was.
+marker holds no secret to key a tag with and stays as it was. What the tag cannot stop:
+a marker rewritten whole around a data key of the writer's own, wrapped by a KMS key
+they control, opens wherever this server's AWS credentials may use that KMS key (IAM
+decides; a key file cannot be forged that way), and a marker rewritten as plain.
 """
 
 from __future__ import annotations
