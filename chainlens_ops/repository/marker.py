@@ -40,7 +40,7 @@ decides; a key file cannot be forged that way), and a marker rewritten as plain.
 
 from __future__ import annotations
 
-from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.core.errors import EXIT_FAILED, ChainlensError, OperationFailed
 from chainlens_ops.core.metadata import DamagedMetadata, Fields
 from chainlens_ops.core.record import record, replace
 from chainlens_ops.repository.layout import MARKER_KEY
@@ -53,9 +53,12 @@ AES_256_GCM = "aes-256-gcm"
 MARKER_AAD = b"chainlens-ops repository marker v1\n"
 
 
-class MarkerTampered(OperationFailed):
+class MarkerTampered(ChainlensError):
     """An encrypted repository's marker fails authentication: changed by someone
-    without its data key."""
+    without its data key. Not an OperationFailed: no reader may take it for one damaged
+    object and carry on (a catalog lists damaged manifests); the command stops (exit 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 @record

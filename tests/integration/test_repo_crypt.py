@@ -181,6 +181,19 @@ def test_encrypted_incident_rotation_and_wrong_keys(
     fetched = cli(k2, "wal", "fetch", "--repo", str(repo), segment, str(work / "x"))
     assert fetched.returncode == 0, fetched.stderr
 
+    # The marker changed by someone without the key (plaintext objects allowed from now
+    # on): every command refuses it before reading an object; restored, all is well.
+    marker = repo / "chainlens-repo.toml"
+    genuine = marker.read_bytes()
+    marker.write_bytes(genuine.replace(b"\ntag = ", b'\nplain_objects = "yes"\ntag = '))
+    fetched = cli(k2, "wal", "fetch", "--repo", str(repo), segment, str(work / "y"))
+    assert fetched.returncode == 255 and "fails authentication" in fetched.stderr, fetched.stderr
+    listed = cli(k2, "backup", "list", "--repo", str(repo))
+    assert listed.returncode == 1 and "fails authentication" in listed.stderr, listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1, listed.stderr
+    marker.write_bytes(genuine)
+    assert cli(k2, "backup", "list", "--repo", str(repo)).returncode == 0
+
     assert_sealed(repo, [k1.read_bytes(), k2.read_bytes()])
     for proc in (made, base, logical, rotated, info, points):
         for secret in (k1.read_bytes(), k2.read_bytes()):
