@@ -267,12 +267,12 @@ class Repository:
             )
         return self._sealer
 
-    def prepare_key(self) -> None:
+    def prepare_key(self) -> bool:
         """Start unwrapping an encrypted repository's data key in the background, for a
-        caller about to do long GIL-free work first (`wal push` compresses its segment)."""
+        caller about to do long GIL-free work first (`wal push` compresses its segment);
+        whether a thread started."""
         sealer = self.sealer()
-        if sealer is not None:
-            sealer.prepare_in_background()
+        return sealer is not None and sealer.prepare_in_background()
 
     # -- keys -------------------------------------------------------------------------
 

@@ -112,13 +112,14 @@ class Sealer:
         except BaseException as exc:
             self._error = exc
 
-    def prepare_in_background(self) -> None:
-        """Start preparing the key in a thread, for a caller with GIL-free work ahead."""
+    def prepare_in_background(self) -> bool:
+        """Start preparing the key in a thread, for a caller with GIL-free work ahead;
+        False if it is prepared (or being prepared) already."""
         if not self._preparing.acquire(blocking=False):
-            return  # being prepared already
+            return False  # being prepared already
         if self._aead is not None or self._error is not None:
             self._preparing.release()
-            return
+            return False
         done = self._preparing
 
         def prepare() -> None:
@@ -133,6 +134,7 @@ class Sealer:
             atexit.register(_wait_for_preparing)
         _PREPARING.append(done)
         _thread.start_new_thread(prepare, ())
+        return True
 
     def ready(self) -> Any:
         """The AEAD, once the key is in hand; KeyUnavailable if it cannot be."""

@@ -77,9 +77,11 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_CHECKSUM_FLAG = 0x04  # Frame_Header_Descriptor bit 2: Content_Checksum_flag
 TRAILER_SIZE = _TRAILER.size
 CHUNK = 1024 * 1024
-# A WAL file is compressed from its mapping in slices of this: each compress call runs
-# ~5 ms without the GIL, as long as loading cryptography's binding holds it (`beside`).
-MAPPED_SLICE = 8 * CHUNK
+# A WAL file is compressed from its mapping in slices of MAPPED_SLICE, the first of
+# BESIDE_SLICE when work runs beside it (`beside`): ~5 ms without the GIL, as long as
+# loading cryptography's binding holds it. Each slice's pages leave the process after it.
+MAPPED_SLICE = CHUNK  # both whole pages (madvise)
+BESIDE_SLICE = 8 * CHUNK
 DEFAULT_LEVEL = 1  # measured: level 1 is ~as small as 3 on WAL and the fastest
 
 
@@ -101,11 +103,12 @@ class EncodingReader(io.RawIOBase):
         size: int,
         *,
         level: int = DEFAULT_LEVEL,
-        beside: Callable[[], None] | None = None,
+        beside: Callable[[], bool] | None = None,
     ) -> None:
         """`beside`: called right before the first compress call, to start work in a
         thread that runs while zstd holds no GIL (`wal push`: an encrypted repository's
-        key, ~4 ms of loading cryptography that holds the GIL throughout)."""
+        key, ~4 ms of loading cryptography that holds the GIL throughout); it says
+        whether it started any (then the first compress call is a long one)."""
         super().__init__()
         self._chunks = _encode(src, name, size, level, beside)
         self._pending = b""
@@ -146,17 +149,17 @@ class EncodingReader(io.RawIOBase):
 
 
 def _encode(
-    src: BinaryIO, name: str, size: int, level: int, beside: Callable[[], None] | None
+    src: BinaryIO, name: str, size: int, level: int, beside: Callable[[], bool] | None
 ) -> Iterator[bytes]:
     raw_name = name.encode("ascii")
     yield _HEADER.pack(MAGIC, VERSION, ZSTD, len(raw_name), size) + raw_name
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
     stream = compressor.compressobj(size=size)
     mapped = _mapped(src, size)
-    if beside is not None:
-        beside()  # nothing between this and the first compress call releases the GIL
+    # Nothing between `beside` and the first compress call releases the GIL.
+    first = BESIDE_SLICE if beside is not None and beside() else MAPPED_SLICE
     if mapped is not None:
-        yield from _compress_mapped(mapped, stream)
+        yield from _compress_mapped(mapped, stream, first)
         total = os.fstat(src.fileno()).st_size
     else:
         total = yield from _compress_read(src, stream)
@@ -188,16 +191,19 @@ def _mapped(src: BinaryIO, size: int) -> Any:
         return None
 
 
-def _compress_mapped(mapped: Any, stream: Any) -> Iterator[bytes]:
+def _compress_mapped(mapped: Any, stream: Any, first: int) -> Iterator[bytes]:
     import mmap
 
     view = memoryview(mapped)
     try:
-        for offset in range(0, len(mapped), MAPPED_SLICE):
-            out = stream.compress(view[offset : offset + MAPPED_SLICE])
+        offset, length = 0, first
+        while offset < len(mapped):
+            length = min(length, len(mapped) - offset)
+            out = stream.compress(view[offset : offset + length])
             # Done with these pages: out of this process's memory (the page cache keeps
             # them), so its peak stays one slice whatever the segment size.
-            mapped.madvise(mmap.MADV_DONTNEED, offset, min(MAPPED_SLICE, len(mapped) - offset))
+            mapped.madvise(mmap.MADV_DONTNEED, offset, length)
+            offset, length = offset + length, MAPPED_SLICE
             if out:
                 yield out
     finally:

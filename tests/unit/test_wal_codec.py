@@ -122,16 +122,21 @@ def test_a_file_is_encoded_from_its_mapping_as_a_stream_is(
     from chainlens_ops.repository import walcodec
 
     monkeypatch.setattr(walcodec, "MAPPED_SLICE", 64 * 1024)  # several slices, quickly
+    monkeypatch.setattr(walcodec, "BESIDE_SLICE", 2 * 64 * 1024)  # pages: madvise
     name = "000000010000000000000001"
+    started: list[int] = []
     for size in (1, 64 * 1024, 3 * 64 * 1024 + 4097):
         content = os.urandom(size // 2) + bytes(size - size // 2)
         path = tmp_path / f"wal-{size}"
         path.write_bytes(content)
-        with path.open("rb", buffering=0) as fh:
-            encoded = b"".join(EncodingReader(fh, name, size))  # type: ignore[arg-type]
-        out = io.BytesIO()
-        assert decode(io.BytesIO(encoded), out, name=name).size == size
-        assert out.getvalue() == content
+        for beside in (None, lambda: bool(started.append(1)) or True):
+            with path.open("rb", buffering=0) as fh:
+                reader = EncodingReader(fh, name, size, beside=beside)  # type: ignore[arg-type]
+                encoded = b"".join(reader)
+            out = io.BytesIO()
+            assert decode(io.BytesIO(encoded), out, name=name).size == size
+            assert out.getvalue() == content
+    assert started == [1, 1, 1]  # once per file, before compressing
     grown = tmp_path / "grown"
     grown.write_bytes(b"x" * 5000)
     with grown.open("rb", buffering=0) as fh, pytest.raises(OperationFailed, match="changed size"):
