@@ -32,7 +32,7 @@ SEGMENT = 16 * 1024 * 1024
 
 PUT_ONE = """
 import sys
-from chainlens_ops.settings.config import S3Settings
+from chainlens_ops.storage.s3 import S3Settings
 from chainlens_ops.storage import open_storage
 url, path = sys.argv[1], sys.argv[2]
 with open(path, "rb") as fh:
@@ -82,8 +82,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=12)
     args = parser.parse_args()
-    from chainlens_ops.settings.config import S3Settings
     from chainlens_ops.storage import open_storage
+    from chainlens_ops.storage.s3 import S3Settings
 
     rows: list[tuple[str, float, str, float | None]] = []
     notes: list[str] = []

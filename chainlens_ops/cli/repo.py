@@ -116,6 +116,8 @@ def info_command(
     ]
     if info.plain_objects:
         rows.append(("plaintext", "objects from before encryption may remain"))
+    if info.encryption and not info.marker_authenticated:
+        rows.append(("marker", "not authenticated (format 2): `repo rotate-key` does it"))
     for name, usage in info.sizes.items():
         rows.append((name, f"{usage.objects} objects, {format_bytes(usage.bytes)}"))
     for name, value in rows:

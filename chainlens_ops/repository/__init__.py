@@ -46,7 +46,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import Sealer
-    from chainlens_ops.settings.config import S3Settings, Settings
+    from chainlens_ops.settings.config import Settings
     from chainlens_ops.storage.protocol import Storage
 
 __all__ = [
@@ -78,15 +78,16 @@ class RepositoryUnavailable(OperationFailed):
 class Repository:
     """One repository. The storage backend is opened on first use, so a caller that
     needs only the URL (e.g. `wal push`'s look-ahead fast path) never imports boto3.
+    `settings`: its backend's parsed settings (`repository_for` picks them), or None.
 
     `key_file`: the key-encryption key of an encrypted repository whose marker says
     `key_source = "file"` (CHAINLENS_REPO_KEY_FILE or `[repository] key_file`)."""
 
     def __init__(
-        self, url: str, s3: S3Settings | None = None, *, key_file: str | None = None
+        self, url: str, settings: object | None = None, *, key_file: str | None = None
     ) -> None:
         self.url = url
-        self._s3 = s3
+        self._settings = settings  # its backend's, opaque here (chainlens_ops.storage)
         self.key_file = key_file
         self._backend: Storage | None = None
         self._storage: RepositoryStorage | None = None
@@ -104,7 +105,7 @@ class Repository:
         if self._backend is None:
             with self._storage_lock:
                 if self._backend is None:
-                    self._backend = open_storage(self.url, self._s3)
+                    self._backend = open_storage(self.url, self._settings)
         return self._backend
 
     @property
@@ -137,8 +138,6 @@ class Repository:
             except NotFound:
                 return None
             self._marker = parse_marker(raw, self.url)
-            if self._marker.encrypted and self._marker.key_source == "file":
-                self.sealer()  # start unwrapping the key now, in the background
         return self._marker
 
     def marker(self, *, fresh: bool = False) -> RepoMarker | None:
@@ -147,7 +146,22 @@ class Repository:
         marker = self.stored_marker(fresh=fresh)
         return marker if marker is not None and marker.bound else None
 
-    def write_marker(self, marker: RepoMarker, *, if_absent: bool = False) -> None:
+    def write_marker(
+        self, marker: RepoMarker, *, if_absent: bool = False, data_key: bytes | None = None
+    ) -> None:
+        """Store `marker`; an authenticated one is tagged here, with `data_key` (a new
+        key: `repo init`, `repo encrypt`) or the stored marker's (a changed field)."""
+        if marker.authenticated:
+            from chainlens_ops.repository.crypto import aesgcm, sign_marker
+
+            if data_key is not None:
+                aead = aesgcm(data_key)
+            else:
+                sealer = self.sealer()
+                if sealer is None:
+                    raise OperationFailed(f"repository {self.url}: no data key to tag its marker")
+                aead = sealer.ready()
+            marker = sign_marker(marker, aead)
         self.backend.put(MARKER_KEY, io.BytesIO(marker.to_bytes()), if_absent=if_absent)
         self._marker = marker
         self._sealer = None
@@ -243,14 +257,22 @@ class Repository:
             return None
         if self._sealer is None:
             from chainlens_ops.repository.codec import Sealer
-            from chainlens_ops.repository.crypto import unwrap_data_key
+            from chainlens_ops.repository.crypto import check_marker, unwrap_data_key
 
             key_file, url = self.key_file, self.url
             self._sealer = Sealer(
                 lambda: unwrap_data_key(marker, key_file=key_file, url=url),
                 plain_allowed=marker.plain_objects,
+                check=lambda aead: check_marker(marker, aead, url),
             )
         return self._sealer
+
+    def prepare_key(self) -> bool:
+        """Start unwrapping an encrypted repository's data key in the background, for a
+        caller about to do long GIL-free work first (`wal push` compresses its segment);
+        whether a thread started."""
+        sealer = self.sealer()
+        return sealer is not None and sealer.prepare_in_background()
 
     # -- keys -------------------------------------------------------------------------
 
@@ -292,10 +314,10 @@ def repo_url(settings: Settings, *, db: str | None = None, repo: str | None = No
 
 def repository_for(settings: Settings, url: str) -> Repository:
     """The one way from settings to a repository: its backend's settings and its key."""
-    from chainlens_ops.storage import check_url
+    from chainlens_ops.storage import backend_for
 
-    check_url(url)
-    return Repository(url, settings.s3, key_file=settings.repo_key_file)
+    backend = backend_for(url)
+    return Repository(url, backend.settings_from(settings.storage), key_file=settings.repo_key_file)
 
 
 def open_repository(

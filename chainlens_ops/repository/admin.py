@@ -22,6 +22,8 @@ from chainlens_ops.repository.crypto import (
     FILE,
     KMS,
     KeySource,
+    aesgcm,
+    check_marker,
     create_key_file,
     new_data_key,
     unwrap_data_key,
@@ -35,7 +37,7 @@ from chainlens_ops.repository.layout import (
     is_plaintext,
 )
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
-from chainlens_ops.repository.marker import AES_256_GCM, FORMAT_ENCRYPTED, RepoMarker
+from chainlens_ops.repository.marker import AES_256_GCM, FORMAT_AUTHENTICATED, RepoMarker
 from chainlens_ops.storage import AlreadyExists
 
 
@@ -54,6 +56,7 @@ class RepoInfo:
     key_source: str | None = None  # "key file" or "KMS key <arn>"
     key_rotated_at: str | None = None
     plain_objects: bool = False
+    marker_authenticated: bool = False  # encrypted, format 3: the marker carries a tag
     system_identifier: str | None = None  # None until a cluster has pushed
     pg_version: int | None = None
     wal_segment_size: int | None = None
@@ -104,14 +107,17 @@ def _now() -> str:
 
 
 def _encrypted(marker: RepoMarker, source: KeySource, data_key: bytes) -> RepoMarker:
+    """`marker` encrypted with `data_key` wrapped by `source`: an authenticated marker
+    (format 3; `Repository.write_marker` tags it), whatever format it had."""
     return replace(
         marker,
-        format=FORMAT_ENCRYPTED,
+        format=FORMAT_AUTHENTICATED,
         encryption=AES_256_GCM,
         key_source=source.kind,
         kms_key_id=source.kms_key_id,
-        data_key=wrap_data_key(data_key, source, marker.repository_id),
+        data_key=wrap_data_key(data_key, source, marker.repository_id, format=FORMAT_AUTHENTICATED),
         key_rotated_at=_now(),
+        tag="",
     )
 
 
@@ -125,12 +131,14 @@ def init_repository(repo: Repository, *, encrypt: bool, source: KeySource | None
         )
     marker = repo.new_marker()
     created = None
+    data_key = None
     if encrypt:
         assert source is not None
         created = _ensure_key_file(source)
-        marker = _encrypted(marker, source, new_data_key())
+        data_key = new_data_key()
+        marker = _encrypted(marker, source, data_key)
     try:
-        repo.write_marker(marker, if_absent=True)
+        repo.write_marker(marker, if_absent=True, data_key=data_key)
     except AlreadyExists:
         raise OperationFailed(f"repository {repo.url} is already initialized") from None
     return KeyChange(
@@ -165,6 +173,7 @@ def repository_info(repo: Repository) -> RepoInfo:
         key_source=source_text if source else None,
         key_rotated_at=marker.key_rotated_at or None,
         plain_objects=marker.plain_objects,
+        marker_authenticated=marker.authenticated,
         system_identifier=str(marker.system_identifier) if marker.bound else None,
         pg_version=marker.pg_version or None,
         wal_segment_size=marker.wal_segment_size or None,
@@ -195,14 +204,16 @@ def rotate_key(
                 f"repository {repo.url} is not encrypted", hint="`repo encrypt` encrypts it"
             )
         data_key = unwrap_data_key(marker, key_file=repo.key_file, url=repo.url)
+        check_marker(marker, aesgcm(data_key), repo.url)  # never re-sign a changed marker
         created = _ensure_key_file(new)
-        rotated = _encrypted(marker, new, data_key)
-        repo.write_marker(rotated)
+        rotated = _encrypted(marker, new, data_key)  # a format-2 marker is authenticated now
+        repo.write_marker(rotated, data_key=data_key)
         # Read back: the marker now stored must open with the new key alone.
         stored = _require_marker(repo)
         key_file = new.key_file if new.kind == FILE else None
         if unwrap_data_key(stored, key_file=key_file, url=repo.url) != data_key:
             raise OperationFailed(f"repository {repo.url}: the rotated key does not read back")
+        check_marker(stored, aesgcm(data_key), repo.url)
     return KeyChange(repo.url, "rotated", new.display, created_key_file=created)
 
 
@@ -221,8 +232,9 @@ def encrypt_repository(
                 raise UsageError("repo encrypt needs a key: --key-file FILE or --kms-key-id ARN")
             created = _ensure_key_file(source)
             base = marker if marker is not None else repo.new_marker()
-            marker = replace(_encrypted(base, source, new_data_key()), plain_objects=True)
-            repo.write_marker(marker)
+            data_key = new_data_key()
+            marker = replace(_encrypted(base, source, data_key), plain_objects=True)
+            repo.write_marker(marker, data_key=data_key)
             if source.kind == FILE:
                 repo.key_file = source.key_file
         elif not rewrite:

@@ -26,6 +26,7 @@ Standard library only at import time: on the `wal push`/`wal fetch` path.
 
 from __future__ import annotations
 
+import _thread
 import io
 import struct
 
@@ -58,10 +59,10 @@ class CorruptObject(OperationFailed):
     our format."""
 
 
-# Locks of sealers whose key is still being prepared in the background. The process waits
-# for them at exit: a thread still inside `cryptography`'s native code when the
-# interpreter finalizes is torn down mid-call, which aborts the whole process (SIGABRT,
-# exit 134) after the command's work was done.
+# Locks of sealers whose key is being prepared in the background. The process waits for
+# them at exit: a thread still inside `cryptography`'s native code when the interpreter
+# finalizes is torn down mid-call, which aborts the whole process (SIGABRT, exit 134)
+# after the command's work was done.
 _PREPARING: list[Any] = []
 
 
@@ -74,43 +75,72 @@ def _wait_for_preparing() -> None:
 class Sealer:
     """The data key of one encrypted repository, ready to seal and open objects.
 
-    `data_key` (reading the key file or asking KMS, and loading `cryptography`) runs in
-    a background thread from construction on: `wal push` compresses its segment
-    meanwhile (~10 ms of a ~35 ms push), and the key is first needed for the first
-    sealed chunk. Its error (KeyUnavailable) is raised by the first call that needs it.
+    `data_key` (reading the key file or asking KMS) runs, with loading `cryptography`,
+    when the key is first needed, or in a background thread from
+    `prepare_in_background` on. The thread pays only beside work that releases the GIL
+    for long stretches (loading the Rust binding holds it for ~3 ms at a time): `wal
+    push` compresses its segment meanwhile; `wal fetch` needs the key for its first
+    bytes and takes it at once. KeyUnavailable is raised by every call that needs it.
     `_thread`, not `threading`: the hot path avoids importing `threading`."""
 
-    def __init__(self, data_key: Callable[[], bytes], *, plain_allowed: bool) -> None:
-        import _thread
-
+    def __init__(
+        self,
+        data_key: Callable[[], bytes],
+        *,
+        plain_allowed: bool,
+        check: Callable[[Any], None] | None = None,
+    ) -> None:
         self.plain_allowed = plain_allowed
+        self._data_key = data_key
+        self._check = check  # given the AEAD: the marker's tag (marker.py)
         self._aead: Any = None
         self._error: BaseException | None = None
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
+        # Held while the key is being prepared (look-ahead threads share one sealer).
+        self._preparing = _thread.allocate_lock()
+
+    def _prepare(self) -> None:
+        """With `_preparing` held: the AEAD, or the error every later call raises."""
+        if self._aead is not None or self._error is not None:
+            return
+        try:
+            from chainlens_ops.repository.crypto import aesgcm
+
+            aead = aesgcm(self._data_key())
+            if self._check is not None:
+                self._check(aead)
+            self._aead = aead
+        except BaseException as exc:
+            self._error = exc
+
+    def prepare_in_background(self) -> bool:
+        """Start preparing the key in a thread, for a caller with GIL-free work ahead;
+        False if it is prepared (or being prepared) already."""
+        if not self._preparing.acquire(blocking=False):
+            return False  # being prepared already
+        if self._aead is not None or self._error is not None:
+            self._preparing.release()
+            return False
+        done = self._preparing
 
         def prepare() -> None:
             try:
-                from chainlens_ops.repository.crypto import aesgcm
-
-                self._aead = aesgcm(data_key())
-            except BaseException as exc:
-                self._error = exc
+                self._prepare()
             finally:
-                self._done.release()
+                done.release()
 
         if not _PREPARING:
             import atexit
 
             atexit.register(_wait_for_preparing)
-        _PREPARING.append(self._done)
+        _PREPARING.append(done)
         _thread.start_new_thread(prepare, ())
+        return True
 
     def ready(self) -> Any:
         """The AEAD, once the key is in hand; KeyUnavailable if it cannot be."""
         if self._aead is None:
-            with self._done:
-                pass
+            with self._preparing:
+                self._prepare()
             if self._error is not None:
                 raise self._error
         return self._aead
@@ -123,6 +153,7 @@ class Sealer:
         head = read_full(src, _HEADER.size)
         if head[:8] == MAGIC:
             return UnsealingReader(src, head, key, self, where)  # type: ignore[return-value]
+        self.ready()  # `plain_allowed` is the marker's word: trusted once its tag is checked
         if self.plain_allowed:
             return Prefixed(head, src)  # type: ignore[return-value]
         raise CorruptObject(
@@ -130,7 +161,7 @@ class Sealer:
             "chainlens-ops, or tampered with)"
         )
 
-    def decrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes | memoryview, body: bytes | memoryview, aad: bytes) -> bytes:
         data: bytes = self.ready().decrypt(nonce, body, aad)
         return data
 
@@ -253,8 +284,9 @@ class UnsealingReader(_Chunked):
         if len(sealed) < NONCE + TAG:
             raise CorruptObject(f"{self._where}: object is truncated (its last chunk is missing)")
         aad = self._aad + _AAD_TAIL.pack(self._index, last)
+        view = memoryview(sealed)  # slices of a view: no copy of the chunk
         try:
-            plain = self._sealer.decrypt(sealed[:NONCE], sealed[NONCE:], aad)
+            plain = self._sealer.decrypt(view[:NONCE], view[NONCE:], aad)
         except Exception as exc:
             if not is_invalid_tag(exc):
                 raise

@@ -8,9 +8,14 @@ key (KEK) that never enters the repository.
                with the repository id as encryption context; AWS credentials in the
                environment decide who may unwrap it (no key file)
 
+The wrap binds the marker's format too (associated data `data key v2`, or the KMS
+context's `chainlens-marker = authenticated`, for format 3): a key wrapped for an
+authenticated marker does not unwrap under an untagged format-2 one, so the marker's
+tag (marker.py) cannot be dropped by rewriting the marker as the older format.
+
 All cryptography is `cryptography`'s (OpenSSL's AES-GCM). It is imported only when a
 repository is encrypted: its public package costs ~20 ms of a `wal push`, its Rust
-binding alone about half that (the same class, see `aesgcm`).
+binding alone ~3 ms and OpenSSL's first cipher ~1 ms (the same class, see `aesgcm`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import os
 import stat as st
 
 from chainlens_ops.core.errors import ConfigError, UsageError
-from chainlens_ops.core.record import record
+from chainlens_ops.core.record import record, replace
+from chainlens_ops.repository.layout import MARKER_KEY
+from chainlens_ops.repository.marker import MarkerTampered
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,7 +40,7 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 FILE = "file"
 KMS = "kms"
-_WRAP_AAD = b"chainlens-ops data key v1 "
+_WRAP_AAD = {2: b"chainlens-ops data key v1 ", 3: b"chainlens-ops data key v2 "}
 
 
 class KeyUnavailable(ConfigError):
@@ -43,11 +50,12 @@ class KeyUnavailable(ConfigError):
 
 
 def aesgcm(key: bytes) -> Any:
-    """cryptography's AESGCM for `key`, loaded through its Rust binding when possible."""
+    """cryptography's AESGCM for `key`, from its Rust binding loaded without the Python
+    packages around it (chainlens_ops.core.native): the same class, ~1 ms sooner."""
     try:
-        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
+        from chainlens_ops.core.native import load_extension
 
-        cls: Any = rust_openssl.aead.AESGCM
+        cls: Any = load_extension("cryptography.hazmat.bindings._rust").openssl.aead.AESGCM
     except (ImportError, AttributeError):  # pragma: no cover - another layout
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -112,17 +120,30 @@ def create_key_file(path: str) -> None:
         os.close(fd)
 
 
-def wrap_with_file(kek: bytes, data_key: bytes, repository_id: str) -> str:
+def _wrap_aad(repository_id: str, format: int) -> bytes:
+    return _WRAP_AAD[min(max(format, 2), 3)] + repository_id.encode()
+
+
+def _kms_context(repository_id: str, format: int) -> dict[str, str]:
+    context = {"chainlens-repository": repository_id}
+    if format >= 3:
+        context["chainlens-marker"] = "authenticated"
+    return context
+
+
+def wrap_with_file(kek: bytes, data_key: bytes, repository_id: str, *, format: int) -> str:
     nonce = os.urandom(NONCE_SIZE)
-    sealed = aesgcm(kek).encrypt(nonce, data_key, _WRAP_AAD + repository_id.encode())
+    sealed = aesgcm(kek).encrypt(nonce, data_key, _wrap_aad(repository_id, format))
     return _b64encode(nonce + sealed)
 
 
-def unwrap_with_file(kek: bytes, wrapped: str, repository_id: str, *, path: str) -> bytes:
+def unwrap_with_file(
+    kek: bytes, wrapped: str, repository_id: str, *, path: str, format: int
+) -> bytes:
     raw = _b64(wrapped)
     try:
         data_key: bytes = aesgcm(kek).decrypt(
-            raw[:NONCE_SIZE], raw[NONCE_SIZE:], _WRAP_AAD + repository_id.encode()
+            raw[:NONCE_SIZE], raw[NONCE_SIZE:], _wrap_aad(repository_id, format)
         )
     except Exception as exc:
         if not is_invalid_tag(exc):
@@ -152,24 +173,24 @@ def _kms_client(key_id: str) -> Any:
     return boto3.session.Session().client("kms", region_name=region, config=config)
 
 
-def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str) -> str:
+def wrap_with_kms(key_id: str, data_key: bytes, repository_id: str, *, format: int) -> str:
     try:
         response = _kms_client(key_id).encrypt(
             KeyId=key_id,
             Plaintext=data_key,
-            EncryptionContext={"chainlens-repository": repository_id},
+            EncryptionContext=_kms_context(repository_id, format),
         )
     except Exception as exc:
         raise KeyUnavailable(f"KMS key {key_id} cannot wrap the data key: {_why(exc)}") from None
     return _b64encode(response["CiphertextBlob"])
 
 
-def unwrap_with_kms(key_id: str, wrapped: str, repository_id: str) -> bytes:
+def unwrap_with_kms(key_id: str, wrapped: str, repository_id: str, *, format: int) -> bytes:
     try:
         response = _kms_client(key_id).decrypt(
             KeyId=key_id,
             CiphertextBlob=_b64(wrapped),
-            EncryptionContext={"chainlens-repository": repository_id},
+            EncryptionContext=_kms_context(repository_id, format),
         )
     except Exception as exc:
         raise KeyUnavailable(
@@ -215,22 +236,56 @@ class KeySource:
         return f"key file {self.key_file}" if self.kind == FILE else f"KMS key {self.kms_key_id}"
 
 
-def wrap_data_key(data_key: bytes, source: KeySource, repository_id: str) -> str:
+def wrap_data_key(data_key: bytes, source: KeySource, repository_id: str, *, format: int) -> str:
+    """`data_key` wrapped for a marker of `format` (the wrap binds it)."""
     if source.kind == KMS:
-        return wrap_with_kms(source.kms_key_id, data_key, repository_id)
-    return wrap_with_file(read_key_file(source.key_file), data_key, repository_id)
+        return wrap_with_kms(source.kms_key_id, data_key, repository_id, format=format)
+    return wrap_with_file(read_key_file(source.key_file), data_key, repository_id, format=format)
 
 
 def unwrap_data_key(marker: RepoMarker, *, key_file: str | None, url: str) -> bytes:
     """The data key of encrypted repository `marker`, unwrapped with its KMS key or
     with `key_file`; KeyUnavailable otherwise."""
     if marker.key_source == KMS:
-        return unwrap_with_kms(marker.kms_key_id, marker.data_key, marker.repository_id)
+        return unwrap_with_kms(
+            marker.kms_key_id, marker.data_key, marker.repository_id, format=marker.format
+        )
     if not key_file:
         raise KeyUnavailable(
             f"repository {url} is encrypted and no key file is configured",
             hint="set CHAINLENS_REPO_KEY_FILE or [repository] key_file",
         )
     return unwrap_with_file(
-        read_key_file(key_file), marker.data_key, marker.repository_id, path=key_file
+        read_key_file(key_file),
+        marker.data_key,
+        marker.repository_id,
+        path=key_file,
+        format=marker.format,
     )
+
+
+# -- the marker's tag (marker.py says why) ------------------------------------------
+
+
+def sign_marker(marker: RepoMarker, aead: Any) -> RepoMarker:
+    """`marker` with its tag, made with the data key's AEAD (format 3, encrypted)."""
+    nonce = os.urandom(NONCE_SIZE)
+    tag = aead.encrypt(nonce, b"", marker.signed_bytes())
+    return replace(marker, tag=_b64encode(nonce + tag))
+
+
+def check_marker(marker: RepoMarker, aead: Any, url: str) -> None:
+    """MarkerTampered unless `marker`'s tag authenticates every field (format 3)."""
+    if not marker.authenticated:
+        return
+    try:
+        raw = binascii.a2b_base64(marker.tag.encode("ascii"), strict_mode=True)
+        aead.decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], marker.signed_bytes())
+    except Exception as exc:
+        if not isinstance(exc, ValueError | UnicodeError) and not is_invalid_tag(exc):
+            raise
+        raise MarkerTampered(
+            f"repository {url}: {MARKER_KEY} fails authentication (changed by someone "
+            "without the repository's key); nothing was read or written",
+            hint="restore the marker from a copy; `repo info` shows what it says now",
+        ) from None

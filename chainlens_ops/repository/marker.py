@@ -1,8 +1,10 @@
 """The repository marker, `chainlens-repo.toml`: flat TOML, read without a TOML parser
 (it is on the `wal push` path, see chainlens_ops.core.record). Plaintext, and never a secret:
 
-    format = 1 | 2                      2 once encrypted (older tools, which know only 1,
-                                        refuse it rather than write plaintext into it)
+    format = 1 | 2 | 3                  1 plain; 3 encrypted (2: encrypted by releases
+                                        before the marker was authenticated, still read).
+                                        Older tools refuse a format they do not know
+                                        rather than write plaintext into it
     system_identifier = "7712..."       the cluster it serves ("0": not yet bound, after
     wal_segment_size = 16777216         `repo init` and before the first `wal push`)
     pg_version = 15
@@ -16,21 +18,47 @@
     key_rotated_at = "2026-...Z"        last `repo rotate-key` (or when encryption began)
     plain_objects = "yes"               objects from before `repo encrypt` may remain
                                         plaintext (until `repo encrypt --rewrite` ends)
+    tag = "<base64>"                    format 3: authenticates every field above
 
 The system identifier is kept as a string: it is an unsigned 64-bit number.
+
+Authentication (format 3). The marker is plaintext, so whoever can write the bucket
+could swap its wrapped key, KMS key or settings (`plain_objects = "yes"` would let
+planted plaintext objects through). Its `tag` is an AES-256-GCM tag, under the data key,
+over the marker's fields as `to_bytes` writes them without the tag, with
+MARKER_AAD as their prefix (no object's associated data starts so) and a fresh nonce:
+`nonce (12) | tag (16)`, base64 (crypto.py makes and checks it). The tag is checked as
+soon as the data key is
+unwrapped, before any object is sealed or opened. The wrapped data key is bound to the
+format in turn (crypto.py), so turning a format-3 marker back into an untagged format-2
+one makes the key unwrap fail rather than the tag go unchecked. A plain repository's
+marker holds no secret to key a tag with and stays as it was. What the tag cannot stop:
+a marker rewritten whole around a data key of the writer's own, wrapped by a KMS key
+they control, opens wherever this server's AWS credentials may use that KMS key (IAM
+decides; a key file cannot be forged that way), and a marker rewritten as plain.
 """
 
 from __future__ import annotations
 
-from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.core.errors import EXIT_FAILED, ChainlensError, OperationFailed
 from chainlens_ops.core.metadata import DamagedMetadata, Fields
-from chainlens_ops.core.record import record
+from chainlens_ops.core.record import record, replace
 from chainlens_ops.repository.layout import MARKER_KEY
 
 FORMAT_PLAIN = 1
-FORMAT_ENCRYPTED = 2
-FORMAT = FORMAT_ENCRYPTED  # the highest this tool reads and writes
+FORMAT_ENCRYPTED = 2  # encrypted, marker not authenticated (read, never written now)
+FORMAT_AUTHENTICATED = 3  # encrypted, marker authenticated by its tag
+FORMAT = FORMAT_AUTHENTICATED  # the highest this tool reads and writes
 AES_256_GCM = "aes-256-gcm"
+MARKER_AAD = b"chainlens-ops repository marker v1\n"
+
+
+class MarkerTampered(ChainlensError):
+    """An encrypted repository's marker fails authentication: changed by someone
+    without its data key. Not an OperationFailed: no reader may take it for one damaged
+    object and carry on (a catalog lists damaged manifests); the command stops (exit 1)."""
+
+    exit_code = EXIT_FAILED
 
 
 @record
@@ -48,6 +76,7 @@ class RepoMarker:
     data_key: str = ""  # wrapped (base64)
     key_rotated_at: str = ""
     plain_objects: bool = False
+    tag: str = ""  # format 3: nonce and AES-GCM tag over the other fields (base64)
 
     @property
     def identity(self) -> str:
@@ -63,6 +92,15 @@ class RepoMarker:
     @property
     def encrypted(self) -> bool:
         return bool(self.encryption)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether this marker carries a tag to check (encrypted, format 3)."""
+        return self.encrypted and self.format >= FORMAT_AUTHENTICATED
+
+    def signed_bytes(self) -> bytes:
+        """What its tag authenticates: every field but the tag, as stored."""
+        return MARKER_AAD + replace(self, tag="").to_bytes()
 
     def to_bytes(self) -> bytes:
         lines = [
@@ -85,6 +123,8 @@ class RepoMarker:
             lines.append(f'key_rotated_at = "{self.key_rotated_at}"')
             if self.plain_objects:
                 lines.append('plain_objects = "yes"')
+            if self.tag:
+                lines.append(f'tag = "{self.tag}"')
         return ("\n".join(lines) + "\n").encode()
 
 
@@ -123,6 +163,9 @@ def parse_marker(raw: bytes, url: str) -> RepoMarker:
     encryption = fields.choice("encryption", ("", AES_256_GCM), "")
     if encryption and version < FORMAT_ENCRYPTED:
         raise fields.damaged("encryption", f"needs format {FORMAT_ENCRYPTED}, not {version}")
+    tag = fields.text("tag", "")
+    if encryption and version >= FORMAT_AUTHENTICATED and not tag:
+        raise fields.damaged("tag", "is missing (an encrypted marker is authenticated)")
     return RepoMarker(
         format=version,
         system_identifier=system_identifier,
@@ -137,6 +180,7 @@ def parse_marker(raw: bytes, url: str) -> RepoMarker:
         data_key=fields.text("data_key", ""),
         key_rotated_at=fields.text("key_rotated_at", ""),
         plain_objects=fields.choice("plain_objects", ("", "yes", "no"), "") == "yes",
+        tag=tag if encryption else "",
     )
 
 

@@ -43,11 +43,12 @@ from chainlens_ops.settings.keys import (
     JOB_KEYS,
     KNOWN_TOP_LEVEL_KEYS,
     REPOSITORY_KEYS,
-    S3_KEYS,
+    SECTIONS,
     STATUS_KEYS,
     boolean,
     byte_size,
     check,
+    choice,
     duration_ms,
     duration_s,
     port,
@@ -97,19 +98,6 @@ class DatabaseTarget:
         return redact_conninfo(self.conninfo)
 
 
-@record
-class S3Settings:
-    endpoint_url: str | None = None
-    region: str | None = None
-    sse: str | None = None  # "AES256" or "aws:kms"
-    sse_kms_key_id: str | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_attempts: int = 4
-
-
-_DEFAULT_S3 = S3Settings()
-
 # Logical dumps: zstd level 10 with a 32 MB window is the best size that stays within
 # `pg_dump -Z9`'s time and under 200 MB of memory (bench/README.md, "Backups").
 DEFAULT_ZSTD_LEVEL = 10
@@ -132,6 +120,7 @@ class BackupSettings:
 
 
 _DEFAULT_BACKUP = BackupSettings()
+_NO_TABLES: Mapping[str, object] = {}  # never mutated: a Settings' storage is replaced whole
 
 
 @record
@@ -188,7 +177,9 @@ class Settings:
     default_db: str = "microservices"
     lock_timeout_ms: int = 2000
     lock_retries: int = 5
-    s3: S3Settings = _DEFAULT_S3
+    # Storage backends' own tables (`[s3]`), parsed by their modules, by table name; a
+    # backend whose table is absent uses its defaults (chainlens_ops.storage).
+    storage: Mapping[str, object] = _NO_TABLES
     spool_dir: str | None = None
     config_file: str | None = None
     backup: BackupSettings = _DEFAULT_BACKUP
@@ -262,19 +253,7 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
     if default_db not in DATABASES:
         raise ConfigError(f"default_db must be one of {', '.join(DATABASES)}, not {default_db!r}")
 
-    s3_table = data.get("s3", {})
-    s3 = S3Settings(
-        endpoint_url=s3_table.get("endpoint_url"),
-        region=s3_table.get("region"),
-        sse=env.get("CHAINLENS_S3_SSE") or s3_table.get("sse"),
-        sse_kms_key_id=s3_table.get("sse_kms_key_id"),
-        connect_timeout=duration_ms(s3_table.get("connect_timeout", 5), "s3.connect_timeout")
-        / 1000,
-        read_timeout=duration_ms(s3_table.get("read_timeout", 30), "s3.read_timeout") / 1000,
-        max_attempts=s3_table.get("max_attempts", 4),
-    )
-    if s3.sse not in (None, "AES256", "aws:kms"):
-        raise ConfigError(f"CHAINLENS_S3_SSE must be AES256 or aws:kms, not {s3.sse!r}")
+    storage = _backend_settings(data, env)
 
     backup_table = data.get("backup", {})
     env_level = env.get("CHAINLENS_BACKUP_ZSTD_LEVEL")
@@ -314,7 +293,7 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         lock_retries=whole_number(env_retries, "CHAINLENS_LOCK_RETRIES", 0, 100)
         if env_retries
         else data.get("lock_retries", 5),
-        s3=s3,
+        storage=storage,
         spool_dir=env.get("CHAINLENS_SPOOL_DIR") or data.get("spool_dir"),
         config_file=path,
         backup=backup,
@@ -361,13 +340,7 @@ def parse_duration_ms(value: object, what: str, *, flag: bool = False) -> int:
     return duration_ms(value, what, error=UsageError if flag else ConfigError)
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[object, str], object]:
-    def checker(value: object, what: str) -> object:
-        if value not in options:
-            raise ConfigError(f"{what} must be one of {', '.join(options)}, not {value!r}")
-        return value
-
-    return checker
+_choice = choice
 
 
 def _database_table(value: object, what: str) -> None:
@@ -381,17 +354,51 @@ def _databases(value: object, what: str) -> None:
     check(table(value, what), dict.fromkeys(DATABASES, _database_table), f"{what}.")
 
 
-def _s3(value: object, what: str) -> None:
-    checks: dict[str, Callable[[object, str], object]] = {
-        "endpoint_url": text,
-        "region": text,
-        "sse": _choice(("AES256", "aws:kms")),
-        "sse_kms_key_id": text,
-        "connect_timeout": duration_ms,
-        "read_timeout": duration_ms,
-        "max_attempts": lambda v, w: whole_number(v, w, 1, 20),
-    }
-    check(table(value, what), {key: checks[key] for key in S3_KEYS}, f"{what}.")
+def _backend_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, object]:
+    """Each storage backend's table (`[s3]`), parsed by the backend's module, for the
+    tables the file has or the environment overrides; others keep their defaults (and
+    their modules stay unloaded: a `wal push` into a local repository reads no boto3)."""
+    from chainlens_ops.storage import BACKENDS
+
+    parsed: dict[str, object] = {}
+    for backend in BACKENDS.values():
+        name = backend.settings_table
+        if not name:
+            continue
+        if name in data or any(env.get(var) for var in backend.settings_env):
+            parsed[name] = backend.load().parse_settings(data.get(name, {}), env)
+    return parsed
+
+
+def _backend_checks() -> dict[str, Callable[[object, str], object]]:
+    """The checks of the storage backends' tables, by table name: their modules',
+    loaded only for a table the file has."""
+    from chainlens_ops.storage import BACKENDS, Backend
+
+    def checker(backend: Backend) -> Callable[[object, str], object]:
+        return lambda value, what: backend.load().check_settings(value, what)
+
+    return {b.settings_table: checker(b) for b in BACKENDS.values() if b.settings_table}
+
+
+def known_keys() -> list[str]:
+    """Every key as the README names it: `repo`, `databases.<db>.host`, `s3.region`,
+    `daemon.job_timeout`, `jobs.name` (`[[jobs]]` entries); a backend's table keys come
+    from its module."""
+    from chainlens_ops.storage import BACKENDS
+
+    keys = [k for k in KNOWN_TOP_LEVEL_KEYS if k not in SECTIONS]
+    keys += [f"databases.<db>.{k}" for k in DATABASE_KEYS]
+    for backend in BACKENDS.values():
+        if backend.settings_table:
+            names = backend.load().SETTINGS_KEYS
+            keys += [f"{backend.settings_table}.{k}" for k in names]
+    keys += [f"daemon.{k}" for k in DAEMON_KEYS]
+    keys += [f"jobs.{k}" for k in JOB_KEYS]
+    keys += [f"backup.{k}" for k in BACKUP_KEYS]
+    keys += [f"status.{k}" for k in STATUS_KEYS]
+    keys += [f"repository.{k}" for k in REPOSITORY_KEYS]
+    return keys
 
 
 def _backup(value: object, what: str) -> None:
@@ -472,14 +479,14 @@ def _validate(data: Mapping[str, Any]) -> None:
         "lock_retries": lambda v, w: whole_number(v, w, 0, 100),
         "spool_dir": text,
         "databases": _databases,
-        "s3": _s3,
         "backup": _backup,
         "status": _status,
         "daemon": _daemon,
         "jobs": _jobs,
         "repository": _repository,
     }
-    check(data, {key: checks[key] for key in KNOWN_TOP_LEVEL_KEYS})
+    checks = {key: checks[key] for key in KNOWN_TOP_LEVEL_KEYS} | _backend_checks()
+    check(data, checks)
 
 
 # libpq keywords whose value is a secret: never in argv (`pg.binaries` moves them into
@@ -581,3 +588,13 @@ def _resolve_conninfo(
 
     libpq = [v for v in ("PGHOST", "PGDATABASE", "PGSERVICE") if env.get(v)]
     return make_conninfo("", **_SEED_DEFAULTS[name]), (",".join(libpq) if libpq else "")
+
+
+def __getattr__(name: str) -> object:
+    """`S3Settings` lives with its backend now (chainlens_ops.storage.s3); still importable
+    from here for callers written before."""
+    if name == "S3Settings":
+        from chainlens_ops.storage.s3 import S3Settings
+
+        return S3Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

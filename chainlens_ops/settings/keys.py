@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Every key the config file may hold, by section: the one list the loaders check against
-# and the README's configuration reference is tested against (tests/test_readme.py).
+# and the README's configuration reference is tested against (config.known_keys).
 # Every section's types are checked in config.py when the file loads (`[[jobs]]` too);
 # daemon/jobs.py adds what only the daemon can judge (commands, cron). A new key goes
 # here first.
+# Tables of storage backends (`[s3]`) are not here: each backend module names and checks
+# its own keys (chainlens_ops.storage's registry; config.py asks them).
 KNOWN_TOP_LEVEL_KEYS = (
     "default_db",
     "repo",
@@ -25,7 +27,6 @@ KNOWN_TOP_LEVEL_KEYS = (
     "lock_retries",
     "spool_dir",
     "databases",
-    "s3",
     "jobs",
     "daemon",
     "backup",
@@ -43,15 +44,6 @@ DATABASE_KEYS = (
     "passfile",
     "ssl",
     "repo",
-)
-S3_KEYS = (
-    "endpoint_url",
-    "region",
-    "sse",
-    "sse_kms_key_id",
-    "connect_timeout",
-    "read_timeout",
-    "max_attempts",
 )
 DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
 JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
@@ -71,21 +63,9 @@ STATUS_KEYS = (
     "backlog_critical_age",
 )
 REPOSITORY_KEYS = ("key_file",)
-SECTIONS = ("databases", "s3", "jobs", "daemon", "backup", "status", "repository")
 
 
-def known_keys() -> list[str]:
-    """Every key as the README names it: `repo`, `databases.<db>.host`, `s3.region`,
-    `daemon.job_timeout`, `jobs.name` (`[[jobs]]` entries)."""
-    keys = [k for k in KNOWN_TOP_LEVEL_KEYS if k not in SECTIONS]
-    keys += [f"databases.<db>.{k}" for k in DATABASE_KEYS]
-    keys += [f"s3.{k}" for k in S3_KEYS]
-    keys += [f"daemon.{k}" for k in DAEMON_KEYS]
-    keys += [f"jobs.{k}" for k in JOB_KEYS]
-    keys += [f"backup.{k}" for k in BACKUP_KEYS]
-    keys += [f"status.{k}" for k in STATUS_KEYS]
-    keys += [f"repository.{k}" for k in REPOSITORY_KEYS]
-    return keys
+SECTIONS = ("databases", "jobs", "daemon", "backup", "status", "repository")
 
 
 # The one duration grammar, for every key, variable and flag (the daemon's too).
@@ -174,6 +154,17 @@ def text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a string, not {_kind(value)}")
     return value
+
+
+def choice(options: tuple[str, ...]) -> Callable[[object, str], object]:
+    """A check that the value is one of `options`."""
+
+    def checker(value: object, what: str) -> object:
+        if value not in options:
+            raise ConfigError(f"{what} must be one of {', '.join(options)}, not {value!r}")
+        return value
+
+    return checker
 
 
 def boolean(value: object, what: str) -> bool:

@@ -7,6 +7,12 @@
 Keys are relative, '/'-separated paths ("wal/0000000100000000/...."). Every backend
 raises the same NotFound for a missing key and AlreadyExists for a refused
 conditional put, and returns from `put` only once the bytes are durable.
+
+A backend with settings of its own has a table in the config file named in its entry
+(`[s3]`, and the variables overriding it); its module checks and parses it
+(`SETTINGS_KEYS`, `check_settings`, `parse_settings`), only when the file has that table
+or a variable is set, and the parsed value reaches its class's
+`from_settings(url, settings)`: generic code carries it as an opaque object.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from chainlens_ops.storage.base import (
 # chainlens_ops.storage.protocol and is loaded here only when someone asks for it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from chainlens_ops.settings.config import S3Settings
+    from collections.abc import Mapping
+    from types import ModuleType
+
     from chainlens_ops.storage.protocol import Storage
 
 __all__ = ["BACKENDS", "AlreadyExists", "Backend", "InvalidKey", "NotFound", "ObjectInfo",
@@ -46,14 +54,27 @@ class Backend:
     remote: bool  # round trips dominate: WAL look-ahead and prefetch pay off by default
     housekeeping: tuple[str, ...]  # leftovers of killed writers it can find and remove
     form: str  # how its URLs look, for messages
+    settings_table: str = ""  # its table in the config file, parsed by its module
+    settings_env: tuple[str, ...] = ()  # variables that override that table's keys
+
+    def load(self) -> ModuleType:
+        """Its module (for the S3 backend, without boto3: that comes with a client)."""
+        # __import__, not importlib (~0.6 ms more of a `wal push`).
+        return __import__(f"chainlens_ops.storage.{self.module}", fromlist=[self.cls])
+
+    def settings_from(self, tables: Mapping[str, object]) -> object | None:
+        """Its parsed settings among `tables` (Settings.storage), None for its defaults."""
+        return tables.get(self.settings_table) if self.settings_table else None
 
 
-# Adding a backend: one module with the protocol's methods, one entry here, and one in
-# the contract suite's list (tests/integration/test_storage_contract.py).
+# Adding a backend: one module with the protocol's methods (and, if it has settings, its
+# table here and SETTINGS_KEYS/check_settings/parse_settings there), one entry here, and
+# one in the contract suite's list (tests/integration/test_storage_contract.py).
 BACKENDS: dict[str, Backend] = {
     "file": Backend("file", "local", "LocalStorage", False, ("stale temp files",),
                     "file:///absolute/path, /absolute/path"),
-    "s3": Backend("s3", "s3", "S3Storage", True, (), "s3://bucket/prefix"),
+    "s3": Backend("s3", "s3", "S3Storage", True, ("stale multipart uploads",),
+                  "s3://bucket/prefix", "s3", ("CHAINLENS_S3_SSE",)),
 }  # fmt: skip
 
 
@@ -91,12 +112,11 @@ def same_location(a: str, b: str) -> bool:
     return normal(a) == normal(b)
 
 
-def open_storage(url: str, s3: S3Settings | None = None) -> Storage:
-    """The backend for `url`, its module imported now (boto3 only for s3:// URLs)."""
+def open_storage(url: str, settings: object | None = None) -> Storage:
+    """The backend for `url`, its module imported now (boto3 only for s3:// URLs), with
+    its parsed settings (`Backend.settings_from`; None: its defaults)."""
     backend = backend_for(url)
-    # __import__, not importlib (~0.6 ms more of a `wal push`).
-    module = __import__(f"chainlens_ops.storage.{backend.module}", fromlist=[backend.cls])
-    storage: Storage = getattr(module, backend.cls).from_settings(url, s3)
+    storage: Storage = getattr(backend.load(), backend.cls).from_settings(url, settings)
     return storage
 
 

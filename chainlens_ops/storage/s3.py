@@ -1,7 +1,7 @@
-"""The S3 backend (boto3), for `s3://bucket/prefix` repositories.
+"""The S3 backend (boto3), for `s3://bucket/prefix` repositories, and its `[s3]` table.
 
 Endpoint, region and credentials come the standard AWS ways (AWS_ENDPOINT_URL,
-AWS_DEFAULT_REGION, the credentials chain), which boto3 reads itself; S3Settings'
+AWS_DEFAULT_REGION, the credentials chain), which boto3 reads itself; `[s3]`
 endpoint_url/region override them when set. Every call has connect/read timeouts and
 bounded retries, so a stalled S3 fails with a StorageError instead of hanging.
 
@@ -10,27 +10,24 @@ S3 checks before accepting them, and we compare the checksum S3 returns with our
 Objects up to `part_size` go in one PutObject; larger ones stream through a multipart
 upload, one part in memory at a time. `if_absent` is a conditional write
 (`If-None-Match: *` on PutObject / CompleteMultipartUpload): S3 decides atomically.
+
+The module parses its own settings (`SETTINGS_KEYS`, `check_settings`, `parse_settings`:
+the config file's `[s3]` and CHAINLENS_S3_SSE, see chainlens_ops.storage) and loads boto3
+(~0.3 s) only when a client is made: loading a config file with an `[s3]` table costs a
+`wal push` into a local repository no boto3.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
-import contextlib
-import hashlib
 import io
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
-
-import boto3
-import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from chainlens_ops.core.crashpoints import crash_point
 from chainlens_ops.core.errors import ConfigError, UsageError
+from chainlens_ops.core.record import record
 from chainlens_ops.core.streams import read_full
-from chainlens_ops.settings.config import S3Settings
+from chainlens_ops.settings.keys import check, choice, duration_ms, table, text, whole_number
 from chainlens_ops.storage.base import (
     AlreadyExists,
     InvalidKey,
@@ -41,7 +38,12 @@ from chainlens_ops.storage.base import (
 )
 from chainlens_ops.storage.keys import check_key, check_prefix
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import Any, BinaryIO
+
+    from botocore.exceptions import BotoCoreError, ClientError
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
@@ -61,6 +63,75 @@ _CREDENTIALS_HINT = (
 )
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _CONFLICT_RETRIES = 3  # S3 answers 409 while a concurrent conditional write is in flight
+# An upload this old is no live writer's: one multipart upload carries one object, and the
+# largest (a base backup's tar) takes hours at worst. AWS suggests 7 days for its rule.
+STALE_UPLOAD_S = 7 * 86400.0
+
+
+# -- settings: the `[s3]` table -------------------------------------------------------
+
+
+@record
+class S3Settings:
+    endpoint_url: str | None = None
+    region: str | None = None
+    sse: str | None = None  # "AES256" or "aws:kms"
+    sse_kms_key_id: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 4
+
+
+SETTINGS_KEYS = (
+    "endpoint_url",
+    "region",
+    "sse",
+    "sse_kms_key_id",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+)
+_SSE = ("AES256", "aws:kms")
+
+
+def check_settings(value: object, what: str) -> None:
+    """The `[s3]` table's keys and types (ConfigError naming the first mistake)."""
+    checks: dict[str, Callable[[object, str], object]] = {
+        "endpoint_url": text,
+        "region": text,
+        "sse": choice(_SSE),
+        "sse_kms_key_id": text,
+        "connect_timeout": duration_ms,
+        "read_timeout": duration_ms,
+        "max_attempts": lambda v, w: whole_number(v, w, 1, 20),
+    }
+    check(table(value, what), {key: checks[key] for key in SETTINGS_KEYS}, f"{what}.")
+
+
+def parse_settings(values: Mapping[str, Any], env: Mapping[str, str]) -> S3Settings:
+    """S3Settings from a checked `[s3]` table and the environment (CHAINLENS_S3_SSE)."""
+    settings = S3Settings(
+        endpoint_url=values.get("endpoint_url"),
+        region=values.get("region"),
+        sse=env.get("CHAINLENS_S3_SSE") or values.get("sse"),
+        sse_kms_key_id=values.get("sse_kms_key_id"),
+        connect_timeout=duration_ms(values.get("connect_timeout", 5), "s3.connect_timeout") / 1000,
+        read_timeout=duration_ms(values.get("read_timeout", 30), "s3.read_timeout") / 1000,
+        max_attempts=values.get("max_attempts", 4),
+    )
+    if settings.sse not in (None, *_SSE):
+        raise ConfigError(f"CHAINLENS_S3_SSE must be AES256 or aws:kms, not {settings.sse!r}")
+    return settings
+
+
+def _load_boto3() -> Any:
+    """boto3, imported with the first client; binds botocore's error classes that the
+    `except` clauses below name (they run only once a client exists)."""
+    global BotoCoreError, ClientError
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return boto3
 
 
 class S3RequestFailed(StorageError):
@@ -86,6 +157,9 @@ class S3Storage:
         self.url = url
         self.bucket, self.prefix = _parse_url(url)
         self.settings = settings or S3Settings()
+        boto3 = _load_boto3()
+        import botocore.config
+
         config = botocore.config.Config(
             connect_timeout=self.settings.connect_timeout,
             read_timeout=self.settings.read_timeout,
@@ -114,10 +188,12 @@ class S3Storage:
         return True  # a missing bucket fails every call, naming itself
 
     def stale_leftovers(self) -> tuple[str, ...]:
-        return ()  # abandoned multipart uploads: `remove_incomplete` (backup, prune) aborts them
+        """Multipart uploads started more than STALE_UPLOAD_S ago and never completed (a
+        killed writer's); a backup's own are aborted sooner by `remove_incomplete`."""
+        return tuple(i.key for i in self.remove_incomplete("", _stale_upload, dry_run=True))
 
     def remove_stale_leftovers(self) -> int:
-        return 0
+        return len(self.remove_incomplete("", _stale_upload))
 
     def housekeep_now_and_then(self, stamp: str | None) -> None:
         return None
@@ -230,8 +306,8 @@ class S3Storage:
                 number = len(parts) + 1
                 if number > MAX_PARTS:
                     raise StorageError(f"{self._where(key)}: object too large for one upload")
-                digest = hashlib.sha256(chunk).digest()
-                checksum = base64.b64encode(digest).decode()
+                digest = _sha256(chunk)
+                checksum = _b64(digest)
                 response = self._call(
                     "write",
                     key,
@@ -327,6 +403,8 @@ class S3Storage:
 
     def _abort(self, full: str, upload_id: str) -> None:
         # Best effort: a bucket lifecycle rule cleans up uploads abandoned even so.
+        import contextlib  # here: see the module's docstring
+
         with contextlib.suppress(ClientError, BotoCoreError):
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
 
@@ -447,6 +525,10 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
+def _stale_upload(upload: ObjectInfo) -> bool:
+    return upload.mtime < time.time() - STALE_UPLOAD_S
+
+
 def _parse_url(url: str) -> tuple[str, str]:
     rest = url[len("s3://") :] if url.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
@@ -468,8 +550,20 @@ def _part_size(base: int, number: int) -> int:
     return base * (1 + (number - 1) // 1000)
 
 
+def _sha256(data: bytes) -> bytes:
+    import hashlib  # here: loading this module stays cheap (see the docstring)
+
+    return hashlib.sha256(data).digest()
+
+
+def _b64(data: bytes) -> str:
+    import binascii
+
+    return binascii.b2a_base64(data, newline=False).decode()
+
+
 def _sha256_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return _b64(_sha256(data))
 
 
 def _server_time(response: Any) -> float:

@@ -151,7 +151,8 @@ def push_file(
         # must fit what the repository holds).
         check_origin(repo, path, name)
         key = repo.wal_key(name)
-        reader = EncodingReader(fh, name.name, size, level=level)
+        # An encrypted repository's key is prepared while the segment is compressed.
+        reader = EncodingReader(fh, name.name, size, level=level, beside=repo.prepare_key)
         try:
             info = repo.storage.put(key, reader, if_absent=True)  # type: ignore[arg-type]
         except AlreadyExists:

@@ -24,10 +24,9 @@ from pgharness import SCRAM_PASSWORD, SCRAM_USER, PgCluster
 from chainlens_ops.core.errors import PgCommandError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary
 from chainlens_ops.pg.process import PgCancelled, PgStream, run_pg
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import NotFound, open_storage
 from chainlens_ops.storage.protocol import Storage
-from chainlens_ops.storage.s3 import S3Storage
+from chainlens_ops.storage.s3 import S3Settings, S3Storage
 
 MiB = 1024 * 1024
 PG_DUMP = find_binary("pg_dump", 15)

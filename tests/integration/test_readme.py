@@ -43,8 +43,7 @@ from chainlens_ops.cli.helptext import SUMMARIES, command_paths
 from chainlens_ops.cli.main import build_command
 from chainlens_ops.core import errors
 from chainlens_ops.daemon.jobs import parse_daemon_config
-from chainlens_ops.settings.config import DATABASES, build_settings
-from chainlens_ops.settings.keys import known_keys
+from chainlens_ops.settings.config import DATABASES, build_settings, known_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -181,6 +181,19 @@ def test_encrypted_incident_rotation_and_wrong_keys(
     fetched = cli(k2, "wal", "fetch", "--repo", str(repo), segment, str(work / "x"))
     assert fetched.returncode == 0, fetched.stderr
 
+    # The marker changed by someone without the key (plaintext objects allowed from now
+    # on): every command refuses it before reading an object; restored, all is well.
+    marker = repo / "chainlens-repo.toml"
+    genuine = marker.read_bytes()
+    marker.write_bytes(genuine.replace(b"\ntag = ", b'\nplain_objects = "yes"\ntag = '))
+    fetched = cli(k2, "wal", "fetch", "--repo", str(repo), segment, str(work / "y"))
+    assert fetched.returncode == 255 and "fails authentication" in fetched.stderr, fetched.stderr
+    listed = cli(k2, "backup", "list", "--repo", str(repo))
+    assert listed.returncode == 1 and "fails authentication" in listed.stderr, listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1, listed.stderr
+    marker.write_bytes(genuine)
+    assert cli(k2, "backup", "list", "--repo", str(repo)).returncode == 0
+
     assert_sealed(repo, [k1.read_bytes(), k2.read_bytes()])
     for proc in (made, base, logical, rotated, info, points):
         for secret in (k1.read_bytes(), k2.read_bytes()):
@@ -221,7 +234,7 @@ def encrypted_repo(
     else:
         server: MotoServer = request.getfixturevalue("moto_server")
         bucket: str = request.getfixturevalue("s3_bucket")
-        from chainlens_ops.settings.config import S3Settings
+        from chainlens_ops.storage.s3 import S3Settings
 
         url = f"s3://{bucket}/r"
         env = server.env()
@@ -307,7 +320,7 @@ def test_kms_wrapped_repository_through_the_cli(
     body = s3.get_object(Bucket=s3_bucket, Key=f"kms/wal/0000000100000000/{name}")["Body"].read()
     assert body[:8] == b"CLOPSENC"
     marker = s3.get_object(Bucket=s3_bucket, Key="kms/chainlens-repo.toml")["Body"].read()
-    assert arn.encode() in marker and b"format = 2" in marker
+    assert arn.encode() in marker and b"format = 3" in marker and b"tag = " in marker
 
     rotated = run_cli("repo", "rotate-key", "--repo", repo, "--new-kms-key-id", arn2, env=env)
     assert rotated.returncode == 0, rotated.stderr

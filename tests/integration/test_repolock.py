@@ -17,9 +17,9 @@ from conftest import MotoServer
 from pgharness import VENV
 
 from chainlens_ops.repository.lock import LOCK_KEY, LockLost, RepositoryLock, RepositoryLocked
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
+from chainlens_ops.storage.s3 import S3Settings
 
 # One writer: takes the lock, logs start/end around a short critical section, N times.
 WRITER = r"""

@@ -31,9 +31,9 @@ from test_wal import PUSH, switch_and_wait
 from test_wal_s3 import S3Setup
 
 from chainlens_ops.backup.manifest import manifest_key
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
+from chainlens_ops.storage.s3 import S3Settings
 
 Proc = subprocess.CompletedProcess[str]
 ROWS_PER_STEP = 3000

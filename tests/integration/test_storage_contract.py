@@ -14,7 +14,6 @@ import pytest
 from conftest import MotoServer
 from storage_support import MiB, PatternStream, pattern_digest, stream_digest
 
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import (
     AlreadyExists,
     InvalidKey,
@@ -25,7 +24,7 @@ from chainlens_ops.storage import (
     open_storage,
 )
 from chainlens_ops.storage.local import LocalStorage
-from chainlens_ops.storage.s3 import S3Storage
+from chainlens_ops.storage.s3 import S3Settings, S3Storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -21,9 +21,8 @@ import pytest
 from conftest import MotoServer
 from storage_support import MiB, PatternStream, pattern_digest, stream_digest
 
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
-from chainlens_ops.storage.s3 import S3Storage
+from chainlens_ops.storage.s3 import S3Settings, S3Storage
 
 FAST_FAIL = S3Settings(connect_timeout=1.0, read_timeout=2.0, max_attempts=2)
 

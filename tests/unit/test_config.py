@@ -267,3 +267,36 @@ def test_record_as_dict_and_json_leave_hidden_fields_out() -> None:
     assert moved.conninfo == target.conninfo and moved.repo == "/elsewhere"
     with pytest.raises(TypeError):
         replace(target, nope=1)  # type: ignore[call-arg]
+
+
+def test_a_storage_backend_parses_its_own_table(tmp_path: Path) -> None:
+    """`[s3]` is the S3 backend's: its module checks and parses it, the settings carry the
+    result opaquely, and `repository_for` hands each repository its backend's settings.
+    Loading a file with `[s3]` imports no boto3 (a `wal push` into a local repository)."""
+    import subprocess
+    import sys
+
+    from chainlens_ops.repository import repository_for
+    from chainlens_ops.storage.s3 import S3Settings
+
+    path = tmp_path / "c.toml"
+    path.write_text('[s3]\nregion = "eu-west-1"\nmax_attempts = 2\n')
+    s = load_settings(path, env={"CHAINLENS_S3_SSE": "aws:kms"})
+    parsed = s.storage["s3"]
+    assert parsed == S3Settings(region="eu-west-1", sse="aws:kms", max_attempts=2)
+    assert repository_for(s, "s3://bucket/p")._settings is parsed
+    assert repository_for(s, str(tmp_path / "repo"))._settings is None
+    assert load_settings(None, env={}).storage == {}  # no table: the backend's defaults
+    assert load_settings(None, env={"CHAINLENS_S3_SSE": "AES256"}).storage["s3"] == S3Settings(
+        sse="AES256"
+    )
+    with pytest.raises(ConfigError, match="CHAINLENS_S3_SSE must be AES256 or aws:kms"):
+        load_settings(None, env={"CHAINLENS_S3_SSE": "rot13"})
+    script = (
+        "import sys\n"
+        "from chainlens_ops.settings.config import load_settings\n"
+        f"load_settings({str(path)!r}, env={{}})\n"
+        "assert not any(m.split('.')[0] in ('boto3', 'botocore') for m in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 
 from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.record import replace
 from chainlens_ops.pg.walnames import parse_wal_name
+from chainlens_ops.repository import Repository
+from chainlens_ops.repository.admin import init_repository, repository_info, rotate_key
 from chainlens_ops.repository.codec import CHUNK, CorruptObject, Sealer
 from chainlens_ops.repository.crypto import (
+    FILE,
+    KeySource,
     KeyUnavailable,
     create_key_file,
     read_key_file,
@@ -21,7 +26,7 @@ from chainlens_ops.repository.crypto import (
     wrap_with_file,
 )
 from chainlens_ops.repository.layout import is_plaintext, wal_key
-from chainlens_ops.repository.marker import RepoMarker, parse_marker
+from chainlens_ops.repository.marker import MarkerTampered, RepoMarker, parse_marker
 from chainlens_ops.storage import backend_for, is_remote, same_location
 
 KEY = "wal/0000000100000000/000000010000000000000001"
@@ -103,8 +108,11 @@ def test_marker_round_trip_and_legacy_markers() -> None:
     assert not parse_marker(unbound.to_bytes(), "r").bound
     from chainlens_ops.core.errors import OperationFailed
 
-    with pytest.raises(OperationFailed, match="understands up to 2"):
-        parse_marker(legacy.replace(b"format = 1", b"format = 3"), "r")
+    with pytest.raises(OperationFailed, match="understands up to 3"):
+        parse_marker(legacy.replace(b"format = 1", b"format = 4"), "r")
+    untagged = replace(marker, format=3).to_bytes()  # encrypted, format 3, no tag
+    with pytest.raises(OperationFailed, match="'tag' is missing"):
+        parse_marker(untagged, "r")
     with pytest.raises(OperationFailed, match="damaged"):
         parse_marker(b"\xff\xfe", "r")
 
@@ -117,13 +125,15 @@ def test_key_files_are_owner_only_and_wrap_the_data_key(tmp_path: Path) -> None:
         create_key_file(path)
     kek = read_key_file(path)
     data_key = os.urandom(32)
-    wrapped = wrap_with_file(kek, data_key, "repo-1")
+    wrapped = wrap_with_file(kek, data_key, "repo-1", format=3)
     assert kek.hex() not in wrapped and data_key.hex() not in wrapped
-    assert unwrap_with_file(kek, wrapped, "repo-1", path=path) == data_key
+    assert unwrap_with_file(kek, wrapped, "repo-1", path=path, format=3) == data_key
     with pytest.raises(KeyUnavailable, match="does not open"):
-        unwrap_with_file(os.urandom(32), wrapped, "repo-1", path=path)
+        unwrap_with_file(os.urandom(32), wrapped, "repo-1", path=path, format=3)
     with pytest.raises(KeyUnavailable, match="does not open"):  # another repository's
-        unwrap_with_file(kek, wrapped, "repo-2", path=path)
+        unwrap_with_file(kek, wrapped, "repo-2", path=path, format=3)
+    with pytest.raises(KeyUnavailable, match="does not open"):  # under an older marker
+        unwrap_with_file(kek, wrapped, "repo-1", path=path, format=2)
     os.chmod(path, 0o640)
     with pytest.raises(KeyUnavailable, match="group or others") as caught:
         read_key_file(path)
@@ -144,7 +154,7 @@ def test_layout_and_backends_by_scheme() -> None:
     assert not is_plaintext("restore-points/x.json") and not is_plaintext("wal/history/x")
     assert backend_for("/srv/repo").scheme == backend_for("file:///srv/repo").scheme == "file"
     assert is_remote("s3://bucket/p") and not is_remote("/srv/repo")
-    assert backend_for("s3://b").housekeeping == ()
+    assert backend_for("s3://b").housekeeping == ("stale multipart uploads",)
     for bad in ("relative/repo", "ftp://host/x", "s3:/b", ""):
         with pytest.raises(UsageError, match="is not a file://"):
             backend_for(bad)
@@ -156,8 +166,156 @@ def test_a_key_problem_surfaces_on_first_use_not_as_anything_else() -> None:
     def no_key() -> bytes:
         raise KeyUnavailable("repository r is encrypted and no key file is configured")
 
-    sealer = Sealer(no_key, plain_allowed=False)  # the key is fetched in the background
-    with pytest.raises(KeyUnavailable, match="no key file"):
-        seal(sealer, b"data")
-    with pytest.raises(KeyUnavailable, match="no key file"):
-        unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
+    for background in (False, True):
+        sealer = Sealer(no_key, plain_allowed=False)
+        if background:
+            sealer.prepare_in_background()
+        for _ in range(2):  # every call that needs the key says why it has none
+            with pytest.raises(KeyUnavailable, match="no key file"):
+                seal(sealer, b"data")
+            with pytest.raises(KeyUnavailable, match="no key file"):
+                unseal(sealer, seal(new_sealer(plain_allowed=False), b"data"))
+
+
+def test_the_key_is_prepared_once_whoever_asks_first() -> None:
+    """At first use, or in a background thread (`wal push` compresses meanwhile); asked
+    for again, or by several look-ahead threads at once, the key is fetched once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[int] = []
+    data_key = os.urandom(32)
+
+    def counted() -> bytes:
+        calls.append(1)
+        return data_key
+
+    for background in (False, True):
+        calls.clear()
+        sealer = Sealer(counted, plain_allowed=False)
+        if background:
+            sealer.prepare_in_background()
+            sealer.prepare_in_background()
+        stored = seal(sealer, b"wal")
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: unseal(sealer, stored), range(4)))  # noqa: B023
+        assert results == [b"wal"] * 4 and calls == [1], background
+        assert unseal(Sealer(lambda: data_key, plain_allowed=False), stored) == b"wal"
+
+
+def test_cryptography_binding_loads_without_its_python_layers() -> None:
+    """`wal push`/`wal fetch` load cryptography's Rust binding alone
+    (chainlens_ops.core.native); a later normal import finds that very module."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from chainlens_ops.repository.crypto import aesgcm\n"
+        "aead = aesgcm(bytes(32))\n"
+        "assert not any(m == 'cryptography' or m.startswith('cryptography.') and "
+        "not m.endswith('._rust') for m in sys.modules), sorted(sys.modules)\n"
+        "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
+        "assert type(aead) is AESGCM, (type(aead), AESGCM)\n"
+        "assert AESGCM(bytes(32)).decrypt(bytes(12), aead.encrypt(bytes(12), b'x', None), None)"
+        " == b'x'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def encrypted_repo(tmp_path: Path) -> tuple[Repository, str]:
+    """`repo init --encrypt --key-file`, then a first push's binding and one object."""
+    key = str(tmp_path / "repo.key")
+    repo = Repository(f"file://{tmp_path}/repo", key_file=key)
+    init_repository(repo, encrypt=True, source=KeySource(FILE, key_file=key))
+    repo.ensure_marker(7, 1 << 24, 15)
+    repo.storage.put("restore-points/a.json", io.BytesIO(b'{"a": 1}'))
+    return repo, key
+
+
+def reopened(repo: Repository, key: str) -> Repository:
+    return Repository(repo.url, key_file=key)
+
+
+def read_point(repo: Repository) -> bytes:
+    with repo.storage.open("restore-points/a.json") as fh:
+        return fh.read()
+
+
+def test_an_encrypted_marker_is_authenticated(tmp_path: Path) -> None:
+    """Whoever can write the bucket but has no key cannot change the marker unseen: a
+    changed field, the tag dropped, or the marker turned back into the untagged format 2
+    fails before any object is read or written. A plain marker stays plain."""
+    repo, key = encrypted_repo(tmp_path)
+    path = tmp_path / "repo" / "chainlens-repo.toml"
+    stored = path.read_bytes()
+    marker = parse_marker(stored, "r")
+    assert marker.format == 3 and marker.authenticated and marker.bound and marker.tag
+    assert read_point(reopened(repo, key)) == b'{"a": 1}'
+
+    changes = {
+        "plain objects allowed": stored.replace(b'tag = "', b'plain_objects = "yes"\ntag = "'),
+        "another cluster": stored.replace(b'"7"', b'"8"'),
+        "a created_by": stored.replace(b'created_by = "', b'created_by = "x'),
+        "a rotation date": stored.replace(b'key_rotated_at = "', b'key_rotated_at = "1'),
+    }
+    for what, changed in changes.items():
+        path.write_bytes(changed)
+        fresh = reopened(repo, key)
+        with pytest.raises(MarkerTampered, match="fails authentication"):
+            read_point(fresh)
+        assert changed != stored, what
+        with pytest.raises(MarkerTampered):
+            fresh.storage.put("restore-points/b.json", io.BytesIO(b"{}"))
+    assert not (tmp_path / "repo" / "restore-points" / "b.json").exists()
+
+    tag_line = next(line for line in stored.splitlines() if line.startswith(b"tag"))
+    downgraded = stored.replace(tag_line + b"\n", b"").replace(b"format = 3", b"format = 2")
+    path.write_bytes(downgraded)
+    with pytest.raises(KeyUnavailable, match="does not open"):  # the wrap binds the format
+        read_point(reopened(repo, key))
+
+    path.write_bytes(stored)
+    assert read_point(reopened(repo, key)) == b'{"a": 1}'
+    plain = Repository(f"file://{tmp_path}/plain")
+    plain.ensure_marker(7, 1 << 24, 15)
+    text = (tmp_path / "plain" / "chainlens-repo.toml").read_bytes()
+    assert b"format = 1" in text and b"tag" not in text
+
+
+def test_a_marker_of_the_previous_format_reads_and_rotation_authenticates_it(
+    tmp_path: Path,
+) -> None:
+    """An encrypted repository as the release before authenticated markers wrote it
+    (format 2, the data key wrapped for it, no tag) stays readable and writable;
+    `repo rotate-key` makes it format 3."""
+    key = str(tmp_path / "repo.key")
+    create_key_file(key)
+    data_key = os.urandom(32)
+    legacy = RepoMarker(2, 7, 1 << 24, 15, "2026-12-01T00:00:00Z", "chainlens-ops 0.1.0",
+                        "0123456789abcdef", "aes-256-gcm", "file", "",
+                        wrap_with_file(read_key_file(key), data_key, "0123456789abcdef",
+                                       format=2), "2026-12-01T00:00:00Z")  # fmt: skip
+    folder = tmp_path / "repo"
+    folder.mkdir(mode=0o700)
+    (folder / "chainlens-repo.toml").write_bytes(legacy.to_bytes())
+    old = Sealer(lambda: data_key, plain_allowed=False)
+    sealed = old.seal(io.BytesIO(b'{"a": 1}'), "restore-points/a.json").read()
+    (folder / "restore-points").mkdir(mode=0o700)
+    (folder / "restore-points" / "a.json").write_bytes(sealed)
+
+    repo = Repository(f"file://{folder}", key_file=key)
+    assert read_point(repo) == b'{"a": 1}'
+    repo.storage.put("restore-points/b.json", io.BytesIO(b"{}"))
+    info = repository_info(repo)
+    assert info.format == 2 and info.encryption and not info.marker_authenticated
+
+    new_key = str(tmp_path / "new.key")
+    rotate_key(repo, KeySource(FILE, key_file=new_key), lock_wait_s=1)
+    rotated = reopened(repo, new_key)
+    marker = rotated.stored_marker()
+    assert marker is not None and marker.format == 3 and marker.tag
+    assert read_point(rotated) == b'{"a": 1}'
+    assert repository_info(rotated).marker_authenticated
+    with pytest.raises(KeyUnavailable):
+        read_point(reopened(repo, key))

@@ -41,9 +41,9 @@ from chainlens_ops.restore.plan import (
     parse_target_time,
     required_through,
 )
-from chainlens_ops.settings.config import S3Settings
 from chainlens_ops.storage import open_storage
 from chainlens_ops.storage.protocol import Storage
+from chainlens_ops.storage.s3 import S3Settings
 from chainlens_ops.wal.fetch import is_required, parse_required
 from chainlens_ops.wal.inventory import TimelineSpan
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chainlens_ops.cli.hooks import parse_args
-from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.walnames import (
     BACKUP,
     HISTORY,
@@ -111,6 +111,36 @@ def test_envelope_round_trip_and_checksum(content: bytes) -> None:
     assert unhashed.getvalue() == content
     with pytest.raises(CorruptObject, match="holds"):
         decode(io.BytesIO(encoded), None, name="000000010000000000000002")
+
+
+def test_a_file_is_encoded_from_its_mapping_as_a_stream_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wal push` maps the WAL file (no copy, long GIL-free compress calls): the object
+    decodes to the same bytes as one encoded from a stream, across mapped slices, and a
+    file that grew while it was read is refused."""
+    from chainlens_ops.repository import walcodec
+
+    monkeypatch.setattr(walcodec, "MAPPED_SLICE", 64 * 1024)  # several slices, quickly
+    monkeypatch.setattr(walcodec, "BESIDE_SLICE", 2 * 64 * 1024)  # pages: madvise
+    name = "000000010000000000000001"
+    started: list[int] = []
+    for size in (1, 64 * 1024, 3 * 64 * 1024 + 4097):
+        content = os.urandom(size // 2) + bytes(size - size // 2)
+        path = tmp_path / f"wal-{size}"
+        path.write_bytes(content)
+        for beside in (None, lambda: bool(started.append(1)) or True):
+            with path.open("rb", buffering=0) as fh:
+                reader = EncodingReader(fh, name, size, beside=beside)  # type: ignore[arg-type]
+                encoded = b"".join(reader)
+            out = io.BytesIO()
+            assert decode(io.BytesIO(encoded), out, name=name).size == size
+            assert out.getvalue() == content
+    assert started == [1, 1, 1]  # once per file, before compressing
+    grown = tmp_path / "grown"
+    grown.write_bytes(b"x" * 5000)
+    with grown.open("rb", buffering=0) as fh, pytest.raises(OperationFailed, match="changed size"):
+        b"".join(EncodingReader(fh, name, 4000))  # type: ignore[arg-type]
 
 
 def test_a_frame_without_its_checksum_is_refused() -> None:
