@@ -5,9 +5,12 @@
 One cluster (archive_mode on, archive_command our `wal push`) with two databases:
 `shop`, pgbench data at --scale (its pgbench_accounts is the table to bring back), and
 `big`, pgbench data at --big-scale: the other database ten times bigger than the one
-holding the table (catalogs included; the run prints the ratio). One base backup, then
-pgbench writes to both databases (--transactions per client), a time T, a third as
-many writes and a WAL switch. Each round (the order alternates) times, to the same T:
+holding the table (catalogs included; the run prints the ratio). One physical backup, by
+default files-layout (`backup --kind incr` with no parent takes a files-layout full:
+each database's files in their own bundles, so `restore table` never reads `big`'s);
+`--layout tar` takes `backup --kind base` (one base.tar.zst) instead. Then pgbench writes
+to both databases (--transactions per client), a time T, a third as many writes and a WAL
+switch. Each round (the order alternates) restores from that same backup to the same T:
 
   full restore   restore --target-time T --pgdata DIR --start --port P, from the command
                  to a promoted server that answers queries (what an operator without
@@ -77,6 +80,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transactions", type=int, default=1000,
                         help="pgbench transactions per client and database before T")  # fmt: skip
+    parser.add_argument(
+        "--layout",
+        choices=("files", "tar"),
+        default="files",
+        help="files: --kind incr (a files-layout full); tar: --kind base",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -106,9 +115,13 @@ def main() -> int:
         sizes = {db: int(cluster.scalar(f"SELECT pg_database_size('{db}')")) for db in
                  ("shop", "big")}  # fmt: skip
         print(f"shop {sizes['shop'] / 2**20:.0f} MB, big {sizes['big'] / 2**20:.0f} MB "
-              f"({sizes['big'] / sizes['shop']:.1f}x); base backup ...", flush=True)  # fmt: skip
-        run([str(CLI), "backup", "--kind", "base", "--quiet", "--repo", f"file://{repo}",
-             "--dsn", cluster.conninfo("shop")], cwd=base, env=env)  # fmt: skip
+              f"({sizes['big'] / sizes['shop']:.1f}x); {args.layout}-layout backup ...",
+              flush=True)  # fmt: skip
+        kind = "incr" if args.layout == "files" else "base"
+        taken = run_json([str(CLI), "backup", "--kind", kind, "--repo", f"file://{repo}",
+                          "--dsn", cluster.conninfo("shop")], cwd=base, env=env)  # fmt: skip
+        print(f"backup {taken.get('id')}: kind {taken.get('kind')}, "
+              f"{int(taken.get('size_bytes', 0)) / 2**20:.0f} MB stored", flush=True)  # fmt: skip
         for db in ("shop", "big"):  # WAL to replay in both databases
             run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions), db], cwd=base, env=env)
         target = str(cluster.scalar("SELECT now()::text"))
