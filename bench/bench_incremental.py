@@ -1,7 +1,7 @@
 """Incremental backups: chainlens-ops `backup --kind incr` against pgBackRest `--type=incr`.
 
     /opt/chainlens-ops/venv/bin/python bench/bench_incremental.py [--rows 1500000] [--days 7]
-        [--rounds 2] [--keep]
+        [--rounds 3] [--ours-kind incr|base] [--keep]
 
 One cluster (archive_mode on: archive_command pushes every segment to the chainlens-ops
 repository AND pgBackRest's stanza, as bench_backup.py does), shaped like the platform:
@@ -17,7 +17,9 @@ for a while) and checkpointed. A full backup by each tool (ours: `backup --kind 
 no parent takes a files-layout full), then --days "days", each:
 
   appends        2% of --rows into the current month (in time order, as events arrive)
-  updates        --updates rows picked at random through the 11 older months
+  updates        --updates rows picked at random in --months-touched (3) of the 11 older
+                 months, a different few each day (corrections to old events: a month
+                 nobody touched that day is a file pgBackRest can skip too)
   profiles       1% of user_profiles updated
   shorter        the newest 4% of api_sessions deleted, VACUUM api_sessions (truncates)
   rewritten      20% of rate_limits updated, VACUUM FULL rate_limits (a new relfilenode)
@@ -181,9 +183,13 @@ def load(cluster: PgCluster, rows: int) -> None:
     sql(cluster, "postgres", "CHECKPOINT")
 
 
-def a_day(cluster: PgCluster, day: int, rows: int, updates: int) -> None:
-    """One day of the platform's writes (see the module's docstring)."""
+def a_day(cluster: PgCluster, day: int, rows: int, updates: int, months: int) -> None:
+    """One day of the platform's writes (see the module's docstring); the old-month
+    updates fall in `months` of the 11 old months, a different few each day."""
     old_rows = int(rows * (1 - CURRENT_SHARE)) // (MONTHS - 1) * (MONTHS - 1)
+    per_month = old_rows // (MONTHS - 1)
+    touched = sorted({(months * day + k) % (MONTHS - 1) + 1 for k in range(months)})
+    months_list = ",".join(map(str, touched))
     appends = rows // 50
     first = rows + (day - 1) * appends + 1
     sql(
@@ -197,7 +203,9 @@ def a_day(cluster: PgCluster, day: int, rows: int, updates: int) -> None:
         f"FROM generate_series({first}, {first + appends - 1}) g",
         "UPDATE usage_events SET metadata = metadata || jsonb_build_object('corrected', "
         f"{day}) WHERE created_at < '2026-12-01 00:00+00' AND id = ANY(ARRAY(SELECT "
-        f"1 + (random() * {old_rows - 1})::bigint FROM generate_series(1, {updates})))",
+        f"(('{{{months_list}}}'::int[])[1 + floor(random() * {len(touched)})::int] - 1) * "
+        f"{per_month} + 1 + floor(random() * {per_month})::bigint "
+        f"FROM generate_series(1, {updates})))",
         "UPDATE user_profiles SET tier = 'pro', updated_at = now() WHERE id = ANY(ARRAY("
         "SELECT 1 + (random() * 49999)::int FROM generate_series(1, 500)))",
         "DELETE FROM api_sessions WHERE id > (SELECT max(id) - count(*) / 25 FROM api_sessions)",
@@ -234,7 +242,9 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=7, help="incrementals in the chain")
     parser.add_argument("--updates", type=int, default=2000,
                         help="old-month rows updated per day")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=2, help="restore rounds")
+    parser.add_argument("--months-touched", type=int, default=3, choices=range(1, MONTHS),
+                        help="old months the day's updates fall in (of 11)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="restore rounds")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile'd incr")
     parser.add_argument(
         "--ours-kind",
@@ -293,7 +303,7 @@ def main() -> int:
 
         chain_end = ""
         for day in range(1, args.days + 1):
-            a_day(cluster, day, args.rows, args.updates)
+            a_day(cluster, day, args.rows, args.updates, args.months_touched)
             order = [OURS, PGBR] if day % 2 else [PGBR, OURS]
             runs: dict[str, Run] = {}
             wrote: dict[str, int] = {}
@@ -359,7 +369,7 @@ def main() -> int:
                 print(f"  round {n + 1}: restore from {label} {took:.2f} s{phase}", flush=True)
 
         if not args.no_profile:
-            a_day(cluster, args.days + 1, args.rows, args.updates)
+            a_day(cluster, args.days + 1, args.rows, args.updates, args.months_touched)
             prof = base / "incr.prof"
             python = str(VENV / "bin" / "python")
             as_postgres([python, "-m", "cProfile", "-o", str(prof), "-m", "chainlens_ops",
