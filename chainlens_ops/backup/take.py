@@ -19,24 +19,21 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.backup.blockcopy import (
     choose_parent,
     copy_data_folder,
-    current_timeline,
     files_full_notice,
-    local_data_folder,
+    open_data_folder,
 )
 from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
-    FILES_LAYOUT,
     INCR,
     LOGICAL,
     BackupKind,
@@ -192,19 +189,11 @@ def take_backup(
         repo.storage, f"backup --kind {kind} --db {target.name}",
         wait_s=options.lock_wait_s, notify=notify,
     )  # fmt: skip
-    session: Connection | None = None
-    folder: Path | None = None
-    if kind == INCR:  # refused before anything is written: the data folder must be here
-        session = connect(target)
-        try:
-            folder = local_data_folder(session, cluster.system_identifier)
-            timeline = current_timeline(session)
-        except BaseException:
-            session.close()
-            raise
+    # incr: refused before anything is written unless the data folder is here
+    local = open_data_folder(target, cluster.system_identifier) if kind == INCR else None
     started = utc_now()
     clock = time.monotonic()
-    with lock.hold(), _closing(session):
+    with lock.hold(), closing(local.session) if local else nullcontext():
         cleaned += remove_dead_backups(repo)
         if freed := cleaned.summary():
             notify(freed)
@@ -212,27 +201,17 @@ def take_backup(
             repo.ensure_marker(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
             )
-        parent: BackupManifest | None = None
-        if kind == INCR:
-            assert cluster.system_identifier is not None
-            parent = choose_parent(
-                read_catalog(repo), cluster.system_identifier, timeline, options.parent
-            )
-            if parent is None:
-                kind = BASE
-                notify(files_full_notice(target.name))
+        parent = choose_parent(read_catalog(repo), local, options.parent) if local else None
+        if local is not None and parent is None:
+            kind = BASE
+            notify(files_full_notice(target.name))
         backup_id = new_backup_id(repo, started, kind, target.name)
-        wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
-        if session is not None and folder is not None:
-            copied = copy_data_folder(session, folder, repo, backup_id, parent, options.progress)
+        wal: dict[str, Any] = {}  # a physical backup's WAL fields of the manifest
+        if local is not None:
+            copied = copy_data_folder(local, repo, backup_id, parent, options.progress)
             objects = copied.objects
             wal = _wal_fields(repo, cluster, copied.start_lsn, copied.timeline,
-                              copied.stop_lsn, options)  # fmt: skip
-            wal.update(
-                layout=FILES_LAYOUT,
-                parent=parent.id if parent is not None else None,
-                chain_depth=parent.chain_depth + 1 if parent is not None else 0,
-            )
+                              copied.stop_lsn, options) | copied.lineage  # fmt: skip
         elif kind == LOGICAL and options.jobs > 1:
             objects = _logical_parallel(
                 target, cluster, backup_id, repo, options, notify, spool_free
@@ -455,15 +434,6 @@ def _wal_fields(
         "start_wal": segment_name(tli, first, seg), "stop_wal": segment_name(tli, last, seg),
         "backup_label": label,
     }  # fmt: skip
-
-
-@contextmanager
-def _closing(conn: Connection | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if conn is not None:
-            conn.close()
 
 
 def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:

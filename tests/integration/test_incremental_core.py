@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import ClusterFactory
-from pgharness import CLI, PgCluster, cli_env, free_port, run_cli
+from pgharness import CLI, PgCluster, cli_env, free_port, run_cli, wait_for
 from test_backup import backup, cli
 from test_wal import PUSH, switch_and_wait
 
@@ -118,9 +118,28 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
     )  # fmt: skip
     assert int(incr["size_bytes"]) < int(full["size_bytes"]) / 2  # type: ignore[call-overload]
 
-    pg.execute("UPDATE big SET v = 'again' WHERE id % 7000 = 0")
     pg.execute("DROP DATABASE app")
-    newest_id, _ = take(source, "--from", incr_id)
+    # Writers while the copy runs (held after its first bundle, the files listed): pages
+    # changed after the start, a file that vanishes, one that shrinks, one that is new.
+    pause = source.factory.dir("pause")
+    env = cli_env({"CHAINLENS_PAUSE_AT": "incr-mid-copy", "CHAINLENS_PAUSE_DIR": str(pause)})
+    argv = ["runuser", "-u", "postgres", "--", str(CLI), "backup", "--repo", str(source.repo),
+            "--dsn", pg.conninfo(), "--kind", "incr", "--from", incr_id]  # fmt: skip
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as running:  # fmt: skip
+        wait_for((pause / "incr-mid-copy.reached").exists, timeout=120)
+        for statement in (
+            "UPDATE big SET v = 'again' WHERE id % 7000 = 0",
+            "DROP TABLE fresh",
+            "DELETE FROM shrink WHERE id > 1000",
+            "VACUUM shrink",
+            "CREATE TABLE during AS SELECT g AS id FROM generate_series(1, 2000) g",
+        ):
+            pg.execute(statement)
+        (pause / "incr-mid-copy.go").touch()
+        out, err = running.communicate(timeout=180)
+    assert running.returncode == 0, err
+    newest_id = out.strip()
     assert manifest(source.repo, newest_id)["chain_depth"] == 2
     switch_and_wait(pg)
     want = fingerprint(pg)
@@ -166,6 +185,12 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
         assert bad.returncode == 1, bad.stdout + bad.stderr
         key = f"backups/{full_id}/data/{bundle.name}"
         assert key in bad.stdout + bad.stderr
+        # A restore of the newest fails naming it, and removes what it wrote.
+        fresh = source.factory.dir("broken") / "data"
+        proc = run_cli("restore", "--repo", str(source.repo), "--latest", "--pgdata", str(fresh),
+                       user="postgres", timeout=300)  # fmt: skip
+        assert proc.returncode == 1 and key in proc.stderr, proc.stderr
+        assert not fresh.exists() or not any(fresh.iterdir())
     finally:
         bundle.write_bytes(original)
 
@@ -194,6 +219,8 @@ def test_refusals(source: Source) -> None:
 
 def test_a_killed_incremental_leaves_nothing_valid_and_the_next_one_works(source: Source) -> None:
     source.cluster.execute("CREATE TABLE after_kill AS SELECT g FROM generate_series(1, 100) g")
+    if not listed(source):  # run alone (or on another worker): a full to build on
+        take(source)
     before = {b["id"] for b in listed(source)}
     proc = backup(source.repo, source.cluster.conninfo(), "--kind", "incr",
                   env={"CHAINLENS_CRASH_AT": "incr-mid-copy"})  # fmt: skip

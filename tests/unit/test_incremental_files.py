@@ -6,14 +6,20 @@ files grown, shrunk and new, forks and other files copied whole)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from chainlens_ops.backup.blockcopy import Copier
+from chainlens_ops.backup.blockcopy import Copier, DataFolder, choose_parent
+from chainlens_ops.backup.chaincheck import check_chain
 from chainlens_ops.backup.files import (
     BUNDLE_MAGIC,
+    MAP_NAME,
     BundleStream,
     DamagedBundle,
     DirEntry,
@@ -26,10 +32,28 @@ from chainlens_ops.backup.files import (
     group_of,
     parse_file_map,
     read_bundle,
+    read_file_map,
     record_header,
 )
+from chainlens_ops.backup.manifest import (
+    FILES_LAYOUT,
+    BackupKind,
+    BackupManifest,
+    backup_prefix,
+    read_catalog,
+    write_manifest,
+)
+from chainlens_ops.backup.retention import RetentionPolicy, select_retained
+from chainlens_ops.core.errors import UsageError
 from chainlens_ops.core.metadata import DamagedMetadata
-from chainlens_ops.pg.datadir import BLOCK_SIZE, page_changed, walk
+from chainlens_ops.pg.datadir import BLOCK_SIZE, Entry, page_changed, walk
+from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import store_compressed
+from chainlens_ops.restore.assemble import assemble, needed_objects
+from chainlens_ops.restore.plan import LATEST, Target, make_plan, parse_target_lsn
+from chainlens_ops.restore.selective import Selection
+
+from . import support
 
 B = BLOCK_SIZE
 WHERE = "file:///repo: backups/x/files.json.zst"
@@ -232,3 +256,182 @@ def test_the_block_chooser_on_a_changing_relation(tmp_path: Path) -> None:
     rel.write_bytes(old + b"x")
     odd, _ = copy(tmp_path, shrunk, "incr3")
     assert odd.by_path()["base/5/16384"].whole == "incr3"
+
+
+def take_files(
+    repo: Repository, folder: Path, backup_id: str, parent: BackupManifest | None, at: int
+) -> BackupManifest:
+    """What `backup --kind incr` stores, without a server: bundles, file map, manifest."""
+    fmap = read_file_map(repo, parent) if parent is not None else None
+    copier = Copier(folder, backup_id, fmap, 0x5000000 if parent else None, 0x9000000, None)
+    objects = copier.store(repo)
+    mine = FileMap("0/5000000", "START WAL LOCATION: 0/5000000\n", dirs=copier.dirs,
+                   files=sorted(copier.files, key=lambda f: f.path))  # fmt: skip
+    key = backup_prefix(backup_id) + MAP_NAME
+    objects.append(store_compressed(repo.storage, key, io.BytesIO(mine.to_bytes()), level=3))
+    made = replace(
+        support.manifest(backup_id, at=support.T0 + timedelta(hours=at)), objects=objects,
+        layout=FILES_LAYOUT, parent=parent.id if parent else None,
+        kind=BackupKind.INCR if parent else BackupKind.BASE,
+        chain_depth=parent.chain_depth + 1 if parent else 0,
+    )  # fmt: skip
+    write_manifest(repo, made)
+    return made
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_chain_restores_and_verifies(tmp_path: Path) -> None:
+    repo = support.make_repo(tmp_path)
+    src = tmp_path / "src"
+    old = page(0x4000000)
+    for name, data in (("base/5/16384", old * 4), ("base/6/16384", old * 2),
+                       ("base/6/pg_filenode.map", b"map"), ("base/6/PG_VERSION", b"15\n"),
+                       ("global/pg_control", b"c" * 100), ("pg_wal/x", b"wal")):  # fmt: skip
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    full = take_files(repo, src, "full", None, 0)
+    (src / "base/5/16384").write_bytes(old + page(0x6000000) + old + old + page(0x7000000))
+    (src / "base/6/16384").write_bytes(old)
+    mid = take_files(repo, src, "mid", full, 1)
+    (src / "base/5/16384").write_bytes(old + page(0x6000000) + page(0x8000000) + old)
+    newest = take_files(repo, src, "newest", mid, 2)
+    chain = read_catalog(repo).chain(newest)
+    assert [b.id for b in chain] == ["full", "mid", "newest"]
+
+    out = tmp_path / "out"
+    done = assemble(repo, chain, out)
+    want = {k: v for k, v in tree(src).items() if not k.startswith("pg_wal/")}
+    assert tree(out) == want | {"backup_label": b"START WAL LOCATION: 0/5000000\n"}
+    assert (out / "pg_wal").is_dir() and done.skipped == 0
+
+    # --db-only 5: database 6 becomes placeholders and its bundles are never read.
+    keep = Selection(frozenset({5}))
+    assert not any(
+        "db6" in o.key for _b, o in needed_objects(chain, read_file_map(repo, newest), keep)
+    )
+    out2 = tmp_path / "out2"
+    assemble(repo, chain, out2, selection=keep)
+    assert (out2 / "base/5/16384").read_bytes() == want["base/5/16384"]
+    assert (out2 / "base/6/pg_filenode.map").read_bytes() == b"map"
+    assert not (out2 / "base/6/PG_VERSION").exists()
+    assert (out2 / "base/6/16384").read_bytes() == bytes(B)
+
+    assert all(c.ok for c in check_chain(repo, newest)), check_chain(repo, newest)
+    bundle = next(o for o in full.objects if "db5" in o.key)
+    path = tmp_path / "repo" / bundle.key
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))
+    bad = [c for c in check_chain(repo, newest) if not c.ok]
+    assert [c.key for c in bad] == [bundle.key]
+
+
+def files_backup(
+    backup_id: str, start_segno: int, hours: int, parent: BackupManifest | None
+) -> BackupManifest:
+    at = support.T0 + timedelta(hours=hours)
+    return replace(
+        support.manifest(backup_id, at=at, start_segno=start_segno),
+        layout=FILES_LAYOUT, parent=parent.id if parent else None,
+        kind=BackupKind.INCR if parent else BackupKind.BASE,
+        chain_depth=parent.chain_depth + 1 if parent else 0,
+    )  # fmt: skip
+
+
+def test_the_planner_starts_from_an_incremental_and_a_claim_keeps_its_chain(
+    tmp_path: Path,
+) -> None:
+    repo = support.make_repo(tmp_path)
+    support.store_segments(repo, 1, range(1, 12))
+    a = files_backup("a", 2, 0, None)
+    a1 = files_backup("a1", 4, 1, a)
+    b = files_backup("b", 6, 2, None)
+    b1 = files_backup("b1", 8, 3, b)
+    for m in (a, a1, b, b1):
+        support.write_backup(repo, m)
+    assert make_plan(repo, Target(LATEST, "latest")).backup.id == "b1"
+    assert make_plan(repo, parse_target_lsn(f"0/{5 * support.MB:X}")).backup.id == "a1"
+    valid = read_catalog(repo).valid
+    kept = select_retained(valid, RetentionPolicy(keep_last=1), support.T0 + timedelta(days=1))
+    assert set(kept) == {"b1", "b"}
+    claimed = select_retained(valid, RetentionPolicy(keep_last=1),
+                              support.T0 + timedelta(days=1), in_use=["a1"])  # fmt: skip
+    assert set(claimed) == {"b1", "b", "a1", "a"}
+
+
+def test_a_file_settled_before_the_parent_began_is_not_read_again(tmp_path: Path) -> None:
+    old = page(0x4000000)
+    for name in ("base/5/1", "base/5/2", "base/5/3_vm"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(old * 2)
+    long_ago = 1_000_000_000 * 10**9
+    for name in ("base/5/1", "base/5/3_vm"):
+        os.utime(tmp_path / name, ns=(long_ago, long_ago))
+    full, _ = copy(tmp_path, None, "full")
+    settled = long_ago + 10**9  # the parent began after these files were last written
+
+    def records(backup_id: str) -> tuple[dict[str, FileEntry], set[str], int]:
+        read = [0]
+
+        def progress(n: int) -> None:
+            read[0] += n
+
+        copier = Copier(tmp_path, backup_id, full, 0x5000000, 0x9000000, progress, settled)
+        stored = {r.path for r in _heads(copier.records(sorted_files(tmp_path)))}
+        return {f.path: f for f in copier.files}, stored, read[0]
+
+    # base/5/2 was written after the margin: read (its pages are still the parent's).
+    files, stored, read = records("incr")
+    assert stored == set() and read == 2 * B
+    assert files["base/5/1"].ranges == [(0, 2, "full")] and files["base/5/3_vm"].whole == "full"
+    assert files["base/5/2"].ranges == [(0, 2, "full")]
+    # Same mtime but another size, or a newer mtime: read again.
+    (tmp_path / "base/5/3_vm").write_bytes(old * 3)
+    os.utime(tmp_path / "base/5/3_vm", ns=(long_ago, long_ago))
+    os.utime(tmp_path / "base/5/1", ns=(settled + 1, settled + 1))
+    files, stored, read = records("incr2")
+    assert stored == {"base/5/3_vm"} and read == 7 * B
+    assert files["base/5/3_vm"].whole == "incr2" and files["base/5/1"].ranges == [(0, 2, "full")]
+
+
+def sorted_files(folder: Path) -> list[Entry]:
+    return [e for e in walk(folder) if not e.is_dir]
+
+
+def _heads(records: Iterator[Iterator[bytes]]) -> Iterator[Record]:
+    import json
+
+    for chunks in records:
+        parts = list(chunks)
+        (length,) = struct.unpack(">I", parts[0][:4])
+        head = json.loads(parts[0][4 : 4 + length])
+        yield Record(head["path"], head["offset"], head["length"])
+
+
+def test_the_parent_is_the_newest_files_backup_of_this_cluster_and_timeline(
+    tmp_path: Path,
+) -> None:
+    repo = support.make_repo(tmp_path)
+    mine = files_backup("mine", 2, 0, None)
+    child = files_backup("child", 3, 1, mine)
+    tar = replace(files_backup("tar", 4, 2, None), layout="tar")
+    other = replace(files_backup("other", 5, 3, None), system_identifier="8")
+    later_tli = replace(files_backup("tli2", 6, 4, None), timeline=2)
+    dump = support.manifest("dump", BackupKind.LOGICAL, at=support.T0 + timedelta(hours=5))
+    for m in (mine, child, tar, other, later_tli, dump):
+        support.write_backup(repo, m)
+    catalog = read_catalog(repo)
+    here = DataFolder(None, tmp_path, 7, 1)  # type: ignore[arg-type]
+    assert choose_parent(catalog, here, None) == child  # newest of this cluster and timeline
+    assert choose_parent(catalog, here, "mine") == mine
+    assert choose_parent(catalog, replace(here, timeline=3), None) is None  # a full, then
+    for wanted, why in (("tar", "tar"), ("other", "another cluster"), ("tli2", "timeline 2"),
+                        ("dump", "logical")):  # fmt: skip
+        with pytest.raises(UsageError, match=why) as exc:
+            choose_parent(catalog, here, wanted)
+        assert exc.value.exit_code == 2
+    with pytest.raises(UsageError, match="no complete backup 'nope'"):
+        choose_parent(catalog, here, "nope")
