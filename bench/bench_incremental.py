@@ -369,24 +369,21 @@ def main() -> int:
                 print(f"  round {n + 1}: restore from {label} {took:.2f} s{phase}", flush=True)
 
         if not args.no_profile:
-            python = str(VENV / "bin" / "python")
             prof = base / "restore.prof"
             pgdata = base / "restore-profiled"
             t0 = time.perf_counter()
-            as_postgres([python, "-m", "cProfile", "-o", str(prof), "-m", "chainlens_ops",
-                         "restore", "--repo", f"file://{repo}", "--backup", chain_end,
-                         "--latest", "--pgdata", str(pgdata), "--quiet"],
-                        cwd=base, env=env)  # fmt: skip
+            as_postgres(profiled_cli(prof, ["restore", "--repo", f"file://{repo}", "--backup",
+                                            chain_end, "--latest", "--pgdata", str(pgdata),
+                                            "--quiet"]), cwd=base, env=env)  # fmt: skip
             profile_lines += [f"\nthe restore from the chain's end, extraction only (no start): "
-                              f"{time.perf_counter() - t0:.2f} s", *_profile_top(prof)]  # fmt: skip
+                              f"{time.perf_counter() - t0:.2f} s", *profile_top(prof)]  # fmt: skip
             shutil.rmtree(pgdata, ignore_errors=True)
             a_day(cluster, args.days + 1, args.rows, args.updates, args.months_touched)
             prof = base / "incr.prof"
             t0 = time.perf_counter()
-            as_postgres([python, "-m", "cProfile", "-o", str(prof), "-m", "chainlens_ops",
-                         *ours_backup[1:], "--quiet"], cwd=base, env=env)  # fmt: skip
+            as_postgres(profiled_cli(prof, [*ours_backup[1:], "--quiet"]), cwd=base, env=env)
             profile_lines += [f"\none more day's backup --kind incr: "
-                              f"{time.perf_counter() - t0:.2f} s", *_profile_top(prof)]  # fmt: skip
+                              f"{time.perf_counter() - t0:.2f} s", *profile_top(prof)]  # fmt: skip
     finally:
         if cluster is not None:
             cluster.stop()
@@ -407,7 +404,23 @@ def _pgbr_latest_set(pgbr: list[str], base: Path, env: dict[str, str]) -> str:
     return str(json.loads(proc.stdout)[0]["backup"][-1]["label"])
 
 
-def _profile_top(prof: Path, n: int = 20) -> list[str]:
+# `python -c PROFILED PROF ARGS...`: the CLI under cProfile, keeping its exit code
+# (`python -m cProfile` exits 0 whatever the command did).
+PROFILED = (
+    "import cProfile, sys\n"
+    "from chainlens_ops.entry import main\n"
+    "out, sys.argv = sys.argv[1], ['chainlens-ops', *sys.argv[2:]]\n"
+    "prof = cProfile.Profile()\n"
+    "try:\n    prof.runcall(main)\nfinally:\n    prof.dump_stats(out)\n"
+)
+
+
+def profiled_cli(prof: Path, args: list[str]) -> list[str]:
+    """argv running the CLI with `args` under cProfile into `prof`."""
+    return [str(VENV / "bin" / "python"), "-c", PROFILED, str(prof), *args]
+
+
+def profile_top(prof: Path, n: int = 20) -> list[str]:
     """The profile's top functions by own time, then chainlens_ops's by cumulative time."""
     import io
 
