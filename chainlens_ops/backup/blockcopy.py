@@ -268,11 +268,14 @@ class Copier:
 
     def store(self, repo: Repository) -> list[BackupObject]:
         groups: dict[str, list[Entry]] = {}
-        for entry in walk(self.folder):
-            if entry.is_dir:
-                self.dirs.append(DirEntry(entry.path, entry.mode))
-            else:
-                groups.setdefault(group_of(entry.path), []).append(entry)
+        try:
+            for entry in walk(self.folder):
+                if entry.is_dir:
+                    self.dirs.append(DirEntry(entry.path, entry.mode))
+                else:
+                    groups.setdefault(group_of(entry.path), []).append(entry)
+        except PermissionError as exc:
+            raise _unreadable(Path(exc.filename or self.folder)) from None
         cluster = groups.pop(CLUSTER_GROUP, [])
         cluster.sort(key=lambda e: e.path == CONTROL_FILE)  # pg_control last
         order = [*sorted(groups, key=lambda g: int(g[2:])), CLUSTER_GROUP]
@@ -302,10 +305,7 @@ class Copier:
             except FileNotFoundError:
                 continue  # dropped since the walk: WAL replay drops it too
             except PermissionError:
-                raise OperationFailed(
-                    f"cannot read {self.folder / entry.path}: permission denied",
-                    hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
-                ) from None
+                raise _unreadable(self.folder / entry.path) from None
             with fh:
                 if entry.size and entry.size % BLOCK_SIZE == 0 and is_main_fork(entry.path):
                     yield from self._blocks(entry, fh)
@@ -348,8 +348,10 @@ class Copier:
     def _blocks(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         blocks = entry.size // BLOCK_SIZE
         previous = self.parent.get(entry.path)
-        owners = _Owners(previous.ranges if previous is not None and self.since is not None
-                         and previous.ranges else [])  # fmt: skip
+        inherited = previous.ranges if previous is not None and self.since is not None else None
+        if inherited and len(inherited) > max_ranges(blocks):
+            inherited = None  # too fragmented: stored whole again, its map entry one range
+        owners = _Owners(inherited or [])
         ranges: list[Range] = []
         first = 0
         while first < blocks:
@@ -384,6 +386,20 @@ class Copier:
             first += count
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
                                     ranges=ranges))  # fmt: skip
+
+
+def _unreadable(path: Path) -> OperationFailed:
+    return OperationFailed(
+        f"cannot read {path}: permission denied",
+        hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
+    )
+
+
+def max_ranges(blocks: int) -> int:
+    """The ranges a file's map entry may inherit: beyond that (scattered changes over a
+    long chain) the file is stored again whole, so the file map, and the memory that
+    holds it, stays near 2 ranges per 64 blocks at most."""
+    return max(64, blocks // 64)
 
 
 def _run(path: str, first: int, start: int, end: int, view: memoryview) -> Chunks:

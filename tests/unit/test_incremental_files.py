@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chainlens_ops.backup.blockcopy import Copier, DataFolder, choose_parent
+from chainlens_ops.backup.blockcopy import Copier, DataFolder, choose_parent, max_ranges
 from chainlens_ops.backup.chaincheck import check_chain
 from chainlens_ops.backup.files import (
     BUNDLE_MAGIC,
@@ -435,3 +435,17 @@ def test_the_parent_is_the_newest_files_backup_of_this_cluster_and_timeline(
         assert exc.value.exit_code == 2
     with pytest.raises(UsageError, match="no complete backup 'nope'"):
         choose_parent(catalog, here, "nope")
+
+
+def test_a_file_fragmented_over_a_chain_is_stored_whole_again(tmp_path: Path) -> None:
+    rel = tmp_path / "base/5/16384"
+    rel.parent.mkdir(parents=True)
+    old, new = page(0x4000000), page(0x6000000)
+    rel.write_bytes(old * 256)
+    full, _ = copy(tmp_path, None, "full")
+    rel.write_bytes((old + new) * 128)  # every other block changed: 256 ranges
+    scattered, _ = copy(tmp_path, full, "scattered")
+    assert len(scattered.by_path()["base/5/16384"].ranges or []) == 256 > max_ranges(256)
+    again, records = copy(tmp_path, scattered, "again")
+    assert again.by_path()["base/5/16384"].ranges == [(0, 256, "again")]
+    assert sum(r.length for r in records if r.path == "base/5/16384") == 256 * B
