@@ -79,10 +79,13 @@ TABLES = {
 
 @dataclass
 class Run:
-    """One timed command: wall seconds, peak RSS (KB), --json output if any."""
+    """One timed command: wall seconds, peak RSS (KB), CPU seconds (user + system, the
+    process and the children it waited for: less swayed by a busy machine than wall
+    time), --json output if any."""
 
     seconds: float
     peak_kb: int
+    cpu: float = 0.0
     out: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +107,8 @@ def as_postgres(argv: list[str], *, cwd: Path, env: dict[str, str], json_out: bo
             tail = err.read().decode(errors="replace").strip()[-600:]
             raise SystemExit(f"{' '.join(argv[:4])} ... failed ({proc.returncode}): {tail}")
         parsed = json.loads(out.read() or b"{}") if json_out else {}
-    return Run(seconds, usage.ru_maxrss, parsed if isinstance(parsed, dict) else {})
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, usage.ru_maxrss, cpu, parsed if isinstance(parsed, dict) else {})
 
 
 def sql(cluster: PgCluster, db: str, *statements: str) -> None:
@@ -269,6 +273,7 @@ def main() -> int:
     restores: dict[str, list[float]] = {}
     restore_peak = 0
     restore_phases: dict[str, list[str]] = {}
+    extracts: dict[str, list[tuple[float, float]]] = {}  # ours: (extract s, CPU s)
     profile_lines: list[str] = []
     ok = True
     try:
@@ -318,13 +323,20 @@ def main() -> int:
             days.append(runs)
             bytes_by.append(wrote)
             print(f"  day {day}: " + ", ".join(
-                f"{t} {runs[t].seconds:.1f} s {wrote[t] / 2**20:.2f} MB "
-                f"{runs[t].peak_kb / 1024:.0f} MB peak" for t in (OURS, PGBR)
+                f"{t} {runs[t].seconds:.1f} s (CPU {runs[t].cpu:.1f} s) {wrote[t] / 2**20:.2f} "
+                f"MB {runs[t].peak_kb / 1024:.0f} MB peak" for t in (OURS, PGBR)
             ) + f" (ours: kind {runs[OURS].out.get('kind')})", flush=True)  # fmt: skip
 
         # A full of the same data (no writes since the chain's end) and the restores.
-        full_id = str(as_postgres([str(CLI), "backup", "--kind", "base", *ours_repo], cwd=base,
-                                  env=env, json_out=True).out.get("id", ""))  # fmt: skip
+        tar_full = as_postgres([str(CLI), "backup", "--kind", "base", *ours_repo], cwd=base,
+                               env=env, json_out=True)  # fmt: skip
+        full_id = str(tar_full.out.get("id", ""))
+        raw = [int(full_ours.out.get("raw_bytes", 0)),
+               sum(int(d[OURS].out.get("raw_bytes", 0)) for d in days)]  # fmt: skip
+        print(f"the chain's objects hold {(raw[0] + raw[1]) / 2**20:.0f} MB raw (its full "
+              f"{raw[0] / 2**20:.0f} MB, the {len(days)} incrementals {raw[1] / 2**20:.0f} MB); "
+              f"the tar full {int(tar_full.out.get('raw_bytes', 0)) / 2**20:.0f} MB",
+              flush=True)  # fmt: skip
         pgbr_set = _pgbr_latest_set(pgbr, base, env)
         source = fingerprint(cluster.port)
         sources = {"chain end": chain_end, "full": full_id, "pgBackRest chain": pgbr_set}
@@ -353,9 +365,10 @@ def main() -> int:
                     took = time.perf_counter() - t0
                     restore_peak = max(restore_peak, run.peak_kb)
                     start_s = float(run.out.get("started", {}).get("seconds", 0.0))
-                    phase = (f" (extract {float(run.out.get('seconds', 0.0)) - start_s:.2f} s, "
-                             f"start and recovery {start_s:.2f} s, peak "
-                             f"{run.peak_kb / 1024:.0f} MB)")  # fmt: skip
+                    extract = float(run.out.get("seconds", 0.0)) - start_s
+                    extracts.setdefault(label, []).append((extract, run.cpu))
+                    phase = (f" (extract {extract:.2f} s, start and recovery {start_s:.2f} s; "
+                             f"CPU {run.cpu:.2f} s, peak {run.peak_kb / 1024:.0f} MB)")  # fmt: skip
                 restores.setdefault(label, []).append(took)
                 restore_phases.setdefault(label, []).append(phase)
                 got = fingerprint(port)
@@ -390,6 +403,10 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     ok = _report(args, fulls, days, bytes_by, restores, restore_peak) and ok
+    for label, pairs in extracts.items():
+        print(f"restore from {label}: extraction median "
+              f"{statistics.median(p[0] for p in pairs):.2f} s, the command's CPU median "
+              f"{statistics.median(p[1] for p in pairs):.2f} s")  # fmt: skip
     if profile_lines:
         print("\nwhere our time goes (cProfile: the main thread only; not in the ratios above)")
         print("\n".join(profile_lines))
@@ -460,28 +477,29 @@ def _report(
         return False
     mb = 2**20
     ok = True
-    print(f"\n{'backup':22} {'tool':14} {'seconds':>8} {'MB written':>11} {'peak MB':>8}  "
-          "ratio to pgBackRest")  # fmt: skip
+    print(f"\n{'backup':22} {'tool':14} {'seconds':>8} {'CPU s':>6} {'MB written':>11} "
+          f"{'peak MB':>8}  ratio to pgBackRest")  # fmt: skip
     for tool in (PGBR, OURS):
         run, size = fulls[tool]
         ratio = "anchor" if tool == PGBR else (
             f"time {run.seconds / fulls[PGBR][0].seconds:.2f}x, bytes "
             f"{size / max(fulls[PGBR][1], 1):.2f}x")  # fmt: skip
-        print(f"{'full':22} {tool:14} {run.seconds:8.1f} {size / mb:11.2f} "
+        print(f"{'full':22} {tool:14} {run.seconds:8.1f} {run.cpu:6.1f} {size / mb:11.2f} "
               f"{run.peak_kb / 1024:8.0f}  {ratio}")  # fmt: skip
     rows = [("incr, day 1", [0])]
     if len(days) > 1:
         rows.append((f"incr, days 1-{len(days)}", list(range(len(days)))))
     for label, idx in rows:
         secs = {t: sum(days[i][t].seconds for i in idx) for t in (OURS, PGBR)}
+        cpu = {t: sum(days[i][t].cpu for i in idx) for t in (OURS, PGBR)}
         size = {t: sum(bytes_by[i][t] for i in idx) for t in (OURS, PGBR)}
         peak = {t: max(days[i][t].peak_kb for i in idx) for t in (OURS, PGBR)}
         t_ratio = secs[OURS] / secs[PGBR]
         b_ratio = size[OURS] / max(size[PGBR], 1)
         for tool in (PGBR, OURS):
             ratio = "anchor" if tool == PGBR else f"time {t_ratio:.2f}x, bytes {b_ratio:.2f}x"
-            print(f"{label:22} {tool:14} {secs[tool]:8.1f} {size[tool] / mb:11.2f} "
-                  f"{peak[tool] / 1024:8.0f}  {ratio}")  # fmt: skip
+            print(f"{label:22} {tool:14} {secs[tool]:8.1f} {cpu[tool]:6.1f} "
+                  f"{size[tool] / mb:11.2f} {peak[tool] / 1024:8.0f}  {ratio}")  # fmt: skip
         ok = ok and t_ratio <= 1.0 and b_ratio <= 0.5
     per_day = [bytes_by[i][OURS] / max(bytes_by[i][PGBR], 1) for i in range(len(days))]
     print("bytes ratio per day: " + ", ".join(f"{r:.2f}x" for r in per_day))
