@@ -193,7 +193,7 @@ def take_backup(
     local = open_data_folder(target, cluster.system_identifier) if kind == INCR else None
     started = utc_now()
     clock = time.monotonic()
-    with lock.hold(), closing(local.session) if local else nullcontext():
+    with closing(local.session) if local else nullcontext(), lock.hold():
         cleaned += remove_dead_backups(repo)
         if freed := cleaned.summary():
             notify(freed)
