@@ -385,11 +385,13 @@ def main() -> int:
             prof = base / "restore.prof"
             pgdata = base / "restore-profiled"
             t0 = time.perf_counter()
+            serial = {**env, "SERIAL": "1"}
             as_postgres(profiled_cli(prof, ["restore", "--repo", f"file://{repo}", "--backup",
                                             chain_end, "--latest", "--pgdata", str(pgdata),
-                                            "--quiet"]), cwd=base, env=env)  # fmt: skip
-            profile_lines += [f"\nthe restore from the chain's end, extraction only (no start): "
-                              f"{time.perf_counter() - t0:.2f} s", *profile_top(prof)]  # fmt: skip
+                                            "--quiet"]), cwd=base, env=serial)  # fmt: skip
+            profile_lines += [f"\nthe restore from the chain's end, extraction only (no start), "
+                              f"its bundles read one at a time: {time.perf_counter() - t0:.2f} s",
+                              *profile_top(prof)]  # fmt: skip
             shutil.rmtree(pgdata, ignore_errors=True)
             a_day(cluster, args.days + 1, args.rows, args.updates, args.months_touched)
             prof = base / "incr.prof"
@@ -422,10 +424,25 @@ def _pgbr_latest_set(pgbr: list[str], base: Path, env: dict[str, str]) -> str:
 
 
 # `python -c PROFILED PROF ARGS...`: the CLI under cProfile, keeping its exit code
-# (`python -m cProfile` exits 0 whatever the command did).
+# (`python -m cProfile` exits 0 whatever the command did). cProfile sees the main thread
+# only, so with SERIAL=1 in the environment a files-layout restore reads its bundles one
+# after the other in the main thread instead of in restore.assemble's thread pool.
 PROFILED = (
-    "import cProfile, sys\n"
+    "import cProfile, os, sys\n"
+    "from concurrent.futures import Future\n"
     "from chainlens_ops.entry import main\n"
+    "class Serial:\n"
+    "    def __init__(self, max_workers=0): pass\n"
+    "    def __enter__(self): return self\n"
+    "    def __exit__(self, *exc): return False\n"
+    "    def submit(self, fn, *args):\n"
+    "        done = Future()\n"
+    "        try:\n            done.set_result(fn(*args))\n"
+    "        except BaseException as exc:\n            done.set_exception(exc)\n"
+    "        return done\n"
+    "if os.environ.get('SERIAL'):\n"
+    "    import chainlens_ops.restore.assemble as assemble\n"
+    "    assemble.ThreadPoolExecutor = Serial\n"
     "out, sys.argv = sys.argv[1], ['chainlens-ops', *sys.argv[2:]]\n"
     "prof = cProfile.Profile()\n"
     "try:\n    prof.runcall(main)\nfinally:\n    prof.dump_stats(out)\n"
