@@ -405,10 +405,14 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     ok = _report(args, fulls, days, bytes_by, restores, restore_peak) and ok
+    cpu = {label: statistics.median(p[1] for p in pairs) for label, pairs in extracts.items()}
     for label, pairs in extracts.items():
         print(f"restore from {label}: extraction median "
               f"{statistics.median(p[0] for p in pairs):.2f} s, the command's CPU median "
-              f"{statistics.median(p[1] for p in pairs):.2f} s")  # fmt: skip
+              f"{cpu[label]:.2f} s")  # fmt: skip
+    if cpu.get("full"):
+        print(f"CPU of the restore command, chain end / full: "
+              f"{cpu.get('chain end', 0.0) / cpu['full']:.2f}x")  # fmt: skip
     if profile_lines:
         print("\nwhere our time goes (cProfile: the main thread only; not in the ratios above)")
         print("\n".join(profile_lines))
