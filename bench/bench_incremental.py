@@ -367,8 +367,10 @@ def main() -> int:
                     start_s = float(run.out.get("started", {}).get("seconds", 0.0))
                     extract = float(run.out.get("seconds", 0.0)) - start_s
                     extracts.setdefault(label, []).append((extract, run.cpu))
-                    phase = (f" (extract {extract:.2f} s, start and recovery {start_s:.2f} s; "
-                             f"CPU {run.cpu:.2f} s, peak {run.peak_kb / 1024:.0f} MB)")  # fmt: skip
+                    wrote_mb = int(run.out.get("extracted_bytes", 0)) / 2**20
+                    phase = (f" (extract {extract:.2f} s, {wrote_mb:.0f} MB written, start and "
+                             f"recovery {start_s:.2f} s; CPU {run.cpu:.2f} s, peak "
+                             f"{run.peak_kb / 1024:.0f} MB)")  # fmt: skip
                 restores.setdefault(label, []).append(took)
                 restore_phases.setdefault(label, []).append(phase)
                 got = fingerprint(port)
