@@ -1,7 +1,7 @@
 """Incremental backups: chainlens-ops `backup --kind incr` against pgBackRest `--type=incr`.
 
     /opt/chainlens-ops/venv/bin/python bench/bench_incremental.py [--rows 1500000] [--days 7]
-        [--rounds 3] [--ours-kind incr|base] [--keep]
+        [--rounds 5] [--ours-kind incr|base] [--keep]
 
 One cluster (archive_mode on: archive_command pushes every segment to the chainlens-ops
 repository AND pgBackRest's stanza, as bench_backup.py does), shaped like the platform:
@@ -248,7 +248,7 @@ def main() -> int:
                         help="old-month rows updated per day")  # fmt: skip
     parser.add_argument("--months-touched", type=int, default=3, choices=range(1, MONTHS),
                         help="old months the day's updates fall in (of 11)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="restore rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="restore rounds")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile'd incr")
     parser.add_argument(
         "--ours-kind",
