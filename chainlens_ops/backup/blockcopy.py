@@ -31,6 +31,7 @@ from chainlens_ops.backup.files import (
     Pending,
     Range,
     Record,
+    Run,
     bundle_name,
     group_of,
     read_file_map,
@@ -52,6 +53,7 @@ from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.datadir import (
     BLOCK_SIZE,
     Entry,
+    all_visible,
     control_system_identifier,
     is_main_fork,
     label_start,
@@ -208,8 +210,12 @@ def copy_data_folder(
         ) from None
     assert row is not None
     try:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        row = conn.execute(
+            "SELECT pg_current_wal_insert_lsn(), timeline_id FROM pg_control_checkpoint()"
+        ).fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
+        if parent is not None and row is not None and int(row[1]) != parent.timeline:
+            raise OperationFailed(_moved_timeline(parent, int(row[1])))
         settled = None
         if parent is not None:  # the parent began after this: its files older than that
             began = parse_time(parent.started_at).timestamp() - MTIME_MARGIN_S
@@ -246,6 +252,15 @@ def copy_data_folder(
         "chain_depth": parent.chain_depth + 1 if parent is not None else 0,
     }
     return Copy(objects, start_lsn, stop_lsn, timeline, label, lineage)
+
+
+def _moved_timeline(parent: BackupManifest, timeline: int) -> str:
+    """The server was promoted after the parent was chosen (pg_control's checkpoint
+    lagged the promotion until pg_backup_start's own checkpoint): another history, whose
+    pages an LSN compared with the parent's start cannot tell apart."""
+    return (f"the server is on timeline {timeline}, its parent {parent.id} on timeline "
+            f"{parent.timeline}: run the backup again (it builds on a backup of timeline "
+            f"{timeline} or takes a full one)")  # fmt: skip
 
 
 class Copier:
@@ -313,23 +328,29 @@ class Copier:
                     yield from self._whole(entry, fh)
 
     def _unchanged(self, entry: Entry) -> bool:
-        """A file the parent holds as it is now, not read again: same size and mtime_ns
-        as in the parent's map, and that mtime older than the parent's start by
+        """A file the parent holds as it is now, not read again: same size, mtime_ns
+        and ctime_ns as in the parent's map, and both older than the parent's start by
         MTIME_MARGIN_S. A write after the parent read the file came after the parent
-        began, so it set the mtime (the kernel's clock, at most a tick coarse) to a time
-        past the margin: a value the map cannot hold. Its map entry (and the backups it
-        names) carries over."""
-        if self.settled_ns is None or entry.mtime_ns >= self.settled_ns:
+        began, so it set both times (the kernel's clock, at most a tick coarse) past the
+        margin: values the map cannot hold. The ctime also moves on a rename over the
+        file or a utime() that sets its mtime back, which nothing can set back. Its map
+        entry (and the backups it names) carries over."""
+        newest = max(entry.mtime_ns, entry.ctime_ns)
+        if self.settled_ns is None or newest >= self.settled_ns:
             return False
         previous = self.parent.get(entry.path)
-        if previous is None or (previous.size, previous.mtime_ns) != (entry.size, entry.mtime_ns):
+        if previous is None or previous.ctime_ns is None:
+            return False
+        if (previous.size, previous.mtime_ns, previous.ctime_ns) != (
+            entry.size, entry.mtime_ns, entry.ctime_ns,
+        ):  # fmt: skip
             return False
         self.files.append(previous)
         return True
 
     def _whole(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
-                                    whole=self.backup_id))  # fmt: skip
+                                    whole=self.backup_id, ctime_ns=entry.ctime_ns))  # fmt: skip
         if entry.size:
             yield self._chunks(Record(entry.path, 0, entry.size), fh)
 
@@ -352,6 +373,11 @@ class Copier:
         if inherited and len(inherited) > max_ranges(blocks):
             inherited = None  # too fragmented: stored whole again, its map entry one range
         owners = _Owners(inherited or [])
+        # PD_ALL_VISIBLE of the copies the parent's map points to: a page whose flag is
+        # not its held copy's is stored (VACUUM sets it without a new LSN), so every
+        # block's held copy carries the flag the page has now.
+        held_visible = _Runs(previous.visible if inherited and previous is not None else [])
+        visible: list[Run] = []
         ranges: list[Range] = []
         first = 0
         while first < blocks:
@@ -363,6 +389,9 @@ class Copier:
                 self.progress(len(data))
             view = memoryview(data)
             if owners.beyond(first):  # nothing of the parent's from here on: all stored
+                for i in range(count):
+                    if all_visible(view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]):
+                        _extend_run(visible, first + i)
                 yield _run(entry.path, first, 0, count, view)
                 _extend(ranges, first, self.backup_id, count)
                 first += count
@@ -373,7 +402,14 @@ class Copier:
                 owner = owners.at(block)
                 page = view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
                 assert self.since is not None or owner is None
-                if owner is None or page_changed(page, self.since or 0, self.insert_lsn):
+                flagged = all_visible(page)
+                if flagged:
+                    _extend_run(visible, block)
+                if (
+                    owner is None
+                    or page_changed(page, self.since or 0, self.insert_lsn)
+                    or flagged != held_visible.has(block)
+                ):
                     owner = self.backup_id
                     if run_start is None:
                         run_start = i
@@ -384,8 +420,11 @@ class Copier:
             if run_start is not None:
                 yield _run(entry.path, first, run_start, count, view)
             first += count
+        # Bounded like the ranges: a block left out only costs its store next time.
+        del visible[max_ranges(blocks) :]
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
-                                    ranges=ranges))  # fmt: skip
+                                    ranges=ranges, ctime_ns=entry.ctime_ns,
+                                    visible=visible))  # fmt: skip
 
 
 def _unreadable(path: Path) -> OperationFailed:
@@ -413,6 +452,29 @@ def _extend(ranges: list[Range], block: int, owner: str, count: int = 1) -> None
         ranges[-1] = (first, had + count, owner)
     else:
         ranges.append((block, count, owner))
+
+
+def _extend_run(runs: list[Run], block: int) -> None:
+    if runs and runs[-1][0] + runs[-1][1] == block:
+        runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+    else:
+        runs.append((block, 1))
+
+
+class _Runs:
+    """Whether a block is in a list of runs, asked in block order."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        self._runs = runs
+        self._i = 0
+
+    def has(self, block: int) -> bool:
+        while self._i < len(self._runs):
+            first, count = self._runs[self._i]
+            if block < first + count:
+                return block >= first
+            self._i += 1
+        return False
 
 
 class _Owners:
