@@ -70,6 +70,12 @@ MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
 CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
 Progress = Callable[[int], None]
+# The timeline the server writes now: pg_control's checkpoint names the old one until the
+# first checkpoint after a promotion; the current WAL file's name does not lag.
+CURRENT_TIMELINE = (
+    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,7 @@ def open_data_folder(target: DatabaseTarget, system_identifier: int | None) -> D
     session = connect(target)
     try:
         folder = local_data_folder(session, system_identifier)
-        row = session.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+        row = session.execute(f"SELECT {CURRENT_TIMELINE}").fetchone()
     except BaseException:
         session.close()
         raise
@@ -210,9 +216,7 @@ def copy_data_folder(
         ) from None
     assert row is not None
     try:
-        row = conn.execute(
-            "SELECT pg_current_wal_insert_lsn(), timeline_id FROM pg_control_checkpoint()"
-        ).fetchone()
+        row = conn.execute(f"SELECT pg_current_wal_insert_lsn(), {CURRENT_TIMELINE}").fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
         if parent is not None and row is not None and int(row[1]) != parent.timeline:
             raise OperationFailed(_moved_timeline(parent, int(row[1])))
@@ -255,9 +259,8 @@ def copy_data_folder(
 
 
 def _moved_timeline(parent: BackupManifest, timeline: int) -> str:
-    """The server was promoted after the parent was chosen (pg_control's checkpoint
-    lagged the promotion until pg_backup_start's own checkpoint): another history, whose
-    pages an LSN compared with the parent's start cannot tell apart."""
+    """The server was promoted after the parent was chosen: another history, whose pages
+    an LSN compared with the parent's start cannot tell apart."""
     return (f"the server is on timeline {timeline}, its parent {parent.id} on timeline "
             f"{parent.timeline}: run the backup again (it builds on a backup of timeline "
             f"{timeline} or takes a full one)")  # fmt: skip

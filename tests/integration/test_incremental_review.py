@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import ClusterFactory
 from pgharness import PgCluster, free_port, run_cli
+from test_backup import backup
 from test_incremental_core import Source, fingerprint, manifest, take
 from test_wal import PUSH, switch_and_wait
+
+from chainlens_ops.backup.blockcopy import CURRENT_TIMELINE
 
 VIS_ORPHANS = (
     "SELECT count(*) FROM pg_visibility('{table}') WHERE all_visible AND NOT pd_all_visible"
@@ -158,3 +161,39 @@ def test_a_restore_of_every_incremental_equals_its_source(source: Source) -> Non
     left = restored.scalar("SELECT count(v) FROM vis WHERE id > 0")  # reads the heap
     assert index_only_count(restored, "id > 0") == left
     restored.stop()
+
+
+def test_after_a_promoted_restore_a_new_chain_starts_on_the_new_timeline(source: Source) -> None:
+    """A restore promoted onto timeline 2 (archiving to the same repository) never builds
+    on a timeline-1 backup: its first incremental is a full; an incremental on top of it
+    restores equal to the promoted server."""
+    if not any((source.repo / "backups").glob("*/manifest.json")):
+        take(source)  # run alone: a timeline-1 chain to be tempted by
+    promoted = restore(source, "promoted", "--archive-mode", "preserve")
+    assert promoted.scalar(f"SELECT {CURRENT_TIMELINE}") == 2
+    promoted.execute(
+        "CREATE TABLE after_promotion AS SELECT g AS id FROM generate_series(1, 700) g"
+    )
+    # Taken at once, while pg_control may still name timeline 1 (its first checkpoint
+    # after the promotion is spread): the server's timeline is the one it writes on.
+    proc = backup(source.repo, promoted.conninfo(), "--kind", "incr")
+    assert proc.returncode == 0 and "taking a full one" in proc.stderr, proc.stderr
+    full = manifest(source.repo, proc.stdout.strip())
+    assert (full["kind"], full["timeline"], full["parent"]) == ("base", 2, None)
+    promoted.execute("UPDATE after_promotion SET id = -id WHERE id % 7 = 0")
+    proc = backup(source.repo, promoted.conninfo(), "--kind", "incr")
+    assert proc.returncode == 0, proc.stderr
+    incr = manifest(source.repo, proc.stdout.strip())
+    assert (incr["kind"], incr["timeline"], incr["parent"]) == ("incr", 2, full["id"])
+    switch_and_wait(promoted)
+    want = fingerprint(promoted)
+    assert want["postgres.public.after_promotion"][0] == 700
+    again = restore(source, "again")
+    got = fingerprint(again)
+    for table in [t for t in want if t.endswith((".unl", ".tounl"))]:
+        assert got.pop(table)[0] == 0
+        want.pop(table)
+    assert got == want
+    assert again.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 3
+    again.stop()
+    promoted.stop()

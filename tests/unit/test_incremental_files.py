@@ -259,13 +259,18 @@ def test_the_block_chooser_on_a_changing_relation(tmp_path: Path) -> None:
     assert ("base/5/16384", B, 2 * B) in stored and ("base/5/16384", 4 * B, B) in stored
     assert not any(r.path == "base/5/16384" and r.offset == 0 for r in records)
 
-    # Shrunk (VACUUM truncation) and a dropped file: the map follows the folder.
+    # Shrunk (VACUUM truncation) and a dropped file: the map follows the folder; so does
+    # a truncation to fewer segments (its `.1` file gone, the first segment cut short).
+    (tmp_path / "base/5/16384.1").write_bytes(old * 3)
+    segmented, _ = copy(tmp_path, incr, "incr1")
+    assert segmented.by_path()["base/5/16384.1"].ranges == [(0, 3, "incr1")]
     rel.write_bytes(old * 2)
     (tmp_path / "base/5/16390").unlink()
-    shrunk, _ = copy(tmp_path, incr, "incr2")
+    (tmp_path / "base/5/16384.1").unlink()
+    shrunk, _ = copy(tmp_path, segmented, "incr2")
     files = shrunk.by_path()
-    assert files["base/5/16384"].ranges == [(0, 1, "full"), (1, 1, "incr")]
-    assert "base/5/16390" not in files
+    assert files["base/5/16384"].ranges == [(0, 1, "full"), (1, 1, "incr1")]
+    assert "base/5/16390" not in files and "base/5/16384.1" not in files
     # A file that is not whole blocks is copied whole.
     rel.write_bytes(old + b"x")
     odd, _ = copy(tmp_path, shrunk, "incr3")
