@@ -391,10 +391,10 @@ class Copier:
             if self.progress is not None:
                 self.progress(len(data))
             view = memoryview(data)
+            flags = all_visible(view)
+            for i in (i for i, flagged in enumerate(flags) if flagged):
+                _extend_run(visible, first + i)
             if owners.beyond(first):  # nothing of the parent's from here on: all stored
-                for i in range(count):
-                    if all_visible(view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]):
-                        _extend_run(visible, first + i)
                 yield _run(entry.path, first, 0, count, view)
                 _extend(ranges, first, self.backup_id, count)
                 first += count
@@ -405,13 +405,10 @@ class Copier:
                 owner = owners.at(block)
                 page = view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
                 assert self.since is not None or owner is None
-                flagged = all_visible(page)
-                if flagged:
-                    _extend_run(visible, block)
                 if (
                     owner is None
                     or page_changed(page, self.since or 0, self.insert_lsn)
-                    or flagged != held_visible.has(block)
+                    or flags[i] != held_visible.has(block)
                 ):
                     owner = self.backup_id
                     if run_start is None:
