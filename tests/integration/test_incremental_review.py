@@ -220,5 +220,6 @@ def test_after_a_promoted_restore_a_new_chain_starts_on_the_new_timeline(source:
         want.pop(table)
     assert got == want
     assert again.scalar("SELECT timeline_id FROM pg_control_checkpoint()") == 3
+    amcheck(again, "postgres")
     again.stop()
     promoted.stop()
