@@ -70,12 +70,9 @@ MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
 CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
 Progress = Callable[[int], None]
-# The timeline the server writes now: pg_control's checkpoint names the old one until the
+# The timeline a primary writes now: pg_control's checkpoint names the old one until the
 # first checkpoint after a promotion; the current WAL file's name does not lag.
-CURRENT_TIMELINE = (
-    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
-    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
-)
+CURRENT_TIMELINE = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
 
 
 @dataclass(frozen=True)
@@ -146,6 +143,13 @@ def open_data_folder(target: DatabaseTarget, system_identifier: int | None) -> D
     """A session to `target` and its checked data folder (local_data_folder)."""
     session = connect(target)
     try:
+        row = session.execute("SELECT pg_is_in_recovery()").fetchone()
+        if row is not None and row[0]:
+            raise OperationFailed(
+                "the server is in recovery (a standby): an incremental backup is taken on "
+                "the primary (it reads the WAL position the primary writes)",
+                hint="run it against the primary, or take `--kind base` from the standby",
+            )
         folder = local_data_folder(session, system_identifier)
         row = session.execute(f"SELECT {CURRENT_TIMELINE}").fetchone()
     except BaseException:

@@ -45,7 +45,8 @@ def source(pg_template: Path, scratch: Path) -> Iterator[Source]:
 def restore(src: Source, name: str, *args: str) -> PgCluster:
     pgdata = src.factory.dir(name) / "data"
     port = free_port()
-    proc = run_cli("restore", "--repo", str(src.repo), "--latest", "--pgdata", str(pgdata),
+    target = () if "--target-lsn" in args else ("--latest",)
+    proc = run_cli("restore", "--repo", str(src.repo), *target, "--pgdata", str(pgdata),
                    "--start", "--port", str(port), *args, user="postgres", timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     restored = PgCluster(pgdata, port)
@@ -194,6 +195,18 @@ def test_after_a_promoted_restore_a_new_chain_starts_on_the_new_timeline(source:
     restores equal to the promoted server."""
     if not any((source.repo / "backups").glob("*/manifest.json")):
         take(source)  # run alone: a timeline-1 chain to be tempted by
+    # A server in recovery (here paused at a target, as a standby is) is refused in one
+    # line: its timeline and WAL position are the primary's to give (the archive check
+    # speaks first here; blockcopy refuses one that archives, archive_mode always).
+    lsn = str(source.cluster.scalar("SELECT pg_current_wal_lsn()"))
+    switch_and_wait(source.cluster)
+    paused = restore(source, "paused", "--target-lsn", lsn, "--target-action", "pause",
+                     "--archive-mode", "preserve")  # fmt: skip
+    assert paused.scalar("SELECT pg_is_in_recovery()") is True
+    proc = backup(source.repo, paused.conninfo(), "--kind", "incr")
+    assert proc.returncode == 1 and "cannot take an incremental backup" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+    paused.stop()
     promoted = restore(source, "promoted", "--archive-mode", "preserve")
     assert promoted.scalar(f"SELECT {CURRENT_TIMELINE}") == 2
     promoted.execute(
