@@ -5,7 +5,8 @@ blocks changed since its parent, read from the local data folder between
 Which blocks (docs/reference.md, incremental backups, has the reasoning): a page of a
 relation's main fork is stored when its LSN is at or after the parent's start LSN, when
 it is new or zero, when it is beyond the parent's size of the file, when the parent has
-no block map of the file, or when its header is implausible; every other page is the
+no block map of the file, when its PD_ALL_VISIBLE flag is not its held copy's (VACUUM
+sets it without a new LSN), or when its header is implausible; every other page is the
 parent's (the map points where the parent said it lives). Every other file is copied
 whole. The file map (backup.files) is stored after the bundles, the manifest last.
 """
