@@ -18,7 +18,7 @@ import pytest
 from conftest import ClusterFactory
 from pgharness import PgCluster, free_port, run_cli
 from test_backup import backup
-from test_incremental_core import Source, fingerprint, manifest, take
+from test_incremental_core import Source, fingerprint, listed, manifest, take
 from test_wal import PUSH, switch_and_wait
 
 from chainlens_ops.backup.blockcopy import CURRENT_TIMELINE
@@ -207,9 +207,11 @@ def test_a_promoted_restore_starts_a_new_chain_on_its_new_timeline(source: Sourc
     paused = restore(source, "paused", "--target-lsn", lsn, "--target-action", "pause",
                      "--archive-mode", "preserve")  # fmt: skip
     assert paused.scalar("SELECT pg_is_in_recovery()") is True
+    before = listed(source)
     proc = backup(source.repo, paused.conninfo(), "--kind", "incr")
     assert proc.returncode == 1 and "cannot take an incremental backup" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+    assert listed(source) == before
     # Promoted: its end-of-recovery checkpoint is spread over the pages replay dirtied,
     # so pg_control still names timeline 1 when the backup below starts (measured: it
     # did; main's choice read pg_control and took an incremental on timeline 2 whose
