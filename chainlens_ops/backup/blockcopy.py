@@ -5,7 +5,8 @@ blocks changed since its parent, read from the local data folder between
 Which blocks (docs/reference.md, incremental backups, has the reasoning): a page of a
 relation's main fork is stored when its LSN is at or after the parent's start LSN, when
 it is new or zero, when it is beyond the parent's size of the file, when the parent has
-no block map of the file, or when its header is implausible; every other page is the
+no block map of the file, when its PD_ALL_VISIBLE flag is not its held copy's (VACUUM
+sets it without a new LSN), or when its header is implausible; every other page is the
 parent's (the map points where the parent said it lives). Every other file is copied
 whole. The file map (backup.files) is stored after the bundles, the manifest last.
 """
@@ -31,6 +32,7 @@ from chainlens_ops.backup.files import (
     Pending,
     Range,
     Record,
+    Run,
     bundle_name,
     group_of,
     read_file_map,
@@ -52,6 +54,7 @@ from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.datadir import (
     BLOCK_SIZE,
     Entry,
+    all_visible,
     control_system_identifier,
     is_main_fork,
     label_start,
@@ -68,6 +71,9 @@ MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
 CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
 Progress = Callable[[int], None]
+# The timeline a primary writes now: pg_control's checkpoint names the old one until the
+# first checkpoint after a promotion; the current WAL file's name does not lag.
+CURRENT_TIMELINE = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,15 @@ def open_data_folder(target: DatabaseTarget, system_identifier: int | None) -> D
     """A session to `target` and its checked data folder (local_data_folder)."""
     session = connect(target)
     try:
+        row = session.execute("SELECT pg_is_in_recovery()").fetchone()
+        if row is not None and row[0]:
+            raise OperationFailed(
+                "the server is in recovery (a standby): an incremental backup is taken on "
+                "the primary (it reads the WAL position the primary writes)",
+                hint="run it against the primary, or take `--kind base` from the standby",
+            )
         folder = local_data_folder(session, system_identifier)
-        row = session.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+        row = session.execute(f"SELECT {CURRENT_TIMELINE}").fetchone()
     except BaseException:
         session.close()
         raise
@@ -208,8 +221,10 @@ def copy_data_folder(
         ) from None
     assert row is not None
     try:
-        row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        row = conn.execute(f"SELECT pg_current_wal_insert_lsn(), {CURRENT_TIMELINE}").fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
+        if parent is not None and row is not None and int(row[1]) != parent.timeline:
+            raise OperationFailed(_moved_timeline(parent, int(row[1])))
         settled = None
         if parent is not None:  # the parent began after this: its files older than that
             began = parse_time(parent.started_at).timestamp() - MTIME_MARGIN_S
@@ -246,6 +261,14 @@ def copy_data_folder(
         "chain_depth": parent.chain_depth + 1 if parent is not None else 0,
     }
     return Copy(objects, start_lsn, stop_lsn, timeline, label, lineage)
+
+
+def _moved_timeline(parent: BackupManifest, timeline: int) -> str:
+    """The server was promoted after the parent was chosen: another history, whose pages
+    an LSN compared with the parent's start cannot tell apart."""
+    return (f"the server is on timeline {timeline}, its parent {parent.id} on timeline "
+            f"{parent.timeline}: run the backup again (it builds on a backup of timeline "
+            f"{timeline} or takes a full one)")  # fmt: skip
 
 
 class Copier:
@@ -313,23 +336,29 @@ class Copier:
                     yield from self._whole(entry, fh)
 
     def _unchanged(self, entry: Entry) -> bool:
-        """A file the parent holds as it is now, not read again: same size and mtime_ns
-        as in the parent's map, and that mtime older than the parent's start by
+        """A file the parent holds as it is now, not read again: same size, mtime_ns
+        and ctime_ns as in the parent's map, and both older than the parent's start by
         MTIME_MARGIN_S. A write after the parent read the file came after the parent
-        began, so it set the mtime (the kernel's clock, at most a tick coarse) to a time
-        past the margin: a value the map cannot hold. Its map entry (and the backups it
-        names) carries over."""
-        if self.settled_ns is None or entry.mtime_ns >= self.settled_ns:
+        began, so it set both times (the kernel's clock, at most a tick coarse) past the
+        margin: values the map cannot hold. The ctime also moves on a rename over the
+        file or a utime() that sets its mtime back, which nothing can set back. Its map
+        entry (and the backups it names) carries over."""
+        newest = max(entry.mtime_ns, entry.ctime_ns)
+        if self.settled_ns is None or newest >= self.settled_ns:
             return False
         previous = self.parent.get(entry.path)
-        if previous is None or (previous.size, previous.mtime_ns) != (entry.size, entry.mtime_ns):
+        if previous is None or previous.ctime_ns is None:
+            return False
+        if (previous.size, previous.mtime_ns, previous.ctime_ns) != (
+            entry.size, entry.mtime_ns, entry.ctime_ns,
+        ):  # fmt: skip
             return False
         self.files.append(previous)
         return True
 
     def _whole(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
-                                    whole=self.backup_id))  # fmt: skip
+                                    whole=self.backup_id, ctime_ns=entry.ctime_ns))  # fmt: skip
         if entry.size:
             yield self._chunks(Record(entry.path, 0, entry.size), fh)
 
@@ -352,6 +381,11 @@ class Copier:
         if inherited and len(inherited) > max_ranges(blocks):
             inherited = None  # too fragmented: stored whole again, its map entry one range
         owners = _Owners(inherited or [])
+        # PD_ALL_VISIBLE of the copies the parent's map points to: a page whose flag is
+        # not its held copy's is stored (VACUUM sets it without a new LSN), so every
+        # block's held copy carries the flag the page has now.
+        held_visible = _Runs(previous.visible if inherited and previous is not None else [])
+        visible: list[Run] = []
         ranges: list[Range] = []
         first = 0
         while first < blocks:
@@ -362,6 +396,9 @@ class Copier:
             if self.progress is not None:
                 self.progress(len(data))
             view = memoryview(data)
+            flags = all_visible(view)
+            for i in (i for i, flagged in enumerate(flags) if flagged):
+                _extend_run(visible, first + i)
             if owners.beyond(first):  # nothing of the parent's from here on: all stored
                 yield _run(entry.path, first, 0, count, view)
                 _extend(ranges, first, self.backup_id, count)
@@ -373,7 +410,11 @@ class Copier:
                 owner = owners.at(block)
                 page = view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
                 assert self.since is not None or owner is None
-                if owner is None or page_changed(page, self.since or 0, self.insert_lsn):
+                if (
+                    owner is None
+                    or page_changed(page, self.since or 0, self.insert_lsn)
+                    or flags[i] != held_visible.has(block)
+                ):
                     owner = self.backup_id
                     if run_start is None:
                         run_start = i
@@ -384,8 +425,11 @@ class Copier:
             if run_start is not None:
                 yield _run(entry.path, first, run_start, count, view)
             first += count
+        # Bounded like the ranges: a block left out only costs its store next time.
+        del visible[max_ranges(blocks) :]
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
-                                    ranges=ranges))  # fmt: skip
+                                    ranges=ranges, ctime_ns=entry.ctime_ns,
+                                    visible=visible))  # fmt: skip
 
 
 def _unreadable(path: Path) -> OperationFailed:
@@ -413,6 +457,29 @@ def _extend(ranges: list[Range], block: int, owner: str, count: int = 1) -> None
         ranges[-1] = (first, had + count, owner)
     else:
         ranges.append((block, count, owner))
+
+
+def _extend_run(runs: list[Run], block: int) -> None:
+    if runs and runs[-1][0] + runs[-1][1] == block:
+        runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+    else:
+        runs.append((block, 1))
+
+
+class _Runs:
+    """Whether a block is in a list of runs, asked in block order."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        self._runs = runs
+        self._i = 0
+
+    def has(self, block: int) -> bool:
+        while self._i < len(self._runs):
+            first, count = self._runs[self._i]
+            if block < first + count:
+                return block >= first
+            self._i += 1
+        return False
 
 
 class _Owners:

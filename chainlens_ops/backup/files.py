@@ -54,9 +54,10 @@ _BUNDLE_NAME = re.compile(r"(db\d+|cluster)-(\d{3,})\.blk\.zst")
 _MAP_FIELDS = ("format", "block_size", "start_lsn", "backup_label", "tablespace_map",
                "dirs", "files")  # fmt: skip
 _DIR_FIELDS = ("path", "mode")
-_FILE_FIELDS = ("path", "size", "mode", "mtime_ns", "whole", "ranges")
+_FILE_FIELDS = ("path", "size", "mode", "mtime_ns", "ctime_ns", "whole", "ranges", "visible")
 
 Range = tuple[int, int, str]  # first block, count, the backup holding them
+Run = tuple[int, int]  # first block, count
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ class FileEntry:
     mtime_ns: int
     whole: str | None = None  # the backup holding the whole file
     ranges: list[Range] | None = None  # or, by block, which backup holds which blocks
+    ctime_ns: int | None = None  # None in maps written before it was kept
+    # ranges files: the blocks whose held copy carries PD_ALL_VISIBLE (blockcopy)
+    visible: list[Run] = field(default_factory=list)
 
     def owners(self) -> set[str]:
         if self.whole is not None:
@@ -106,10 +110,14 @@ class FileMap:
 def _file_dict(entry: FileEntry) -> dict[str, object]:
     out: dict[str, object] = {"path": entry.path, "size": entry.size, "mode": entry.mode,
                               "mtime_ns": entry.mtime_ns}  # fmt: skip
+    if entry.ctime_ns is not None:
+        out["ctime_ns"] = entry.ctime_ns
     if entry.whole is not None:
         out["whole"] = entry.whole
     else:
         out["ranges"] = [list(r) for r in entry.ranges or ()]
+        if entry.visible:
+            out["visible"] = [list(r) for r in entry.visible]
     return out
 
 
@@ -148,11 +156,34 @@ def _read_file(fields: Fields) -> FileEntry:
         mtime_ns=fields.integer("mtime_ns"),
         whole=fields.opt_text("whole"),
     )
+    if fields.has("ctime_ns"):
+        entry.ctime_ns = fields.integer("ctime_ns")
     if fields.has("ranges") == (entry.whole is not None):
         raise fields.damaged("ranges", "and 'whole': a file has exactly one of them")
     if entry.whole is None:
         entry.ranges = _read_ranges(fields, entry.size)
+        if fields.has("visible"):
+            entry.visible = _read_runs(fields, "visible", entry.size // BLOCK_SIZE)
+    elif fields.has("visible"):
+        raise fields.damaged("visible", "on a file held whole")
     return entry
+
+
+def _read_runs(fields: Fields, name: str, blocks: int) -> list[Run]:
+    """[first block, count] runs, in order, apart, within the file's blocks."""
+    value: Any = fields.data[name]
+    runs: list[Run] = []
+    after = 0
+    for item in value if isinstance(value, list) else [[]]:
+        ok = isinstance(item, list) and len(item) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in item
+        )  # fmt: skip
+        if not ok or item[0] < after or item[1] < 1 or item[0] + item[1] > blocks:
+            raise fields.damaged(name, "should list [first block, count] in order within "
+                                 f"{blocks} blocks, not {str(item)[:40]}")  # fmt: skip
+        runs.append((item[0], item[1]))
+        after = item[0] + item[1]
+    return runs
 
 
 def _read_ranges(fields: Fields, size: int) -> list[Range]:

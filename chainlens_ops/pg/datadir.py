@@ -15,12 +15,15 @@ import os
 import re
 import stat
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK_SIZE = 8192
 PAGE_HEADER = struct.Struct("=IIHHHH")  # pd_lsn (xlogid, xrecoff), checksum, flags, lower, upper
+PD_ALL_VISIBLE = 0x0004  # bufpage.h pd_flags: every tuple on the page is visible to all
+_FLAGS_LOW_BYTE = 10 + (sys.byteorder == "big")  # pd_flags is at byte 10, native order
 EXCLUDED_DIR_CONTENTS = (
     "pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots",
     "pg_subtrans",
@@ -47,6 +50,7 @@ class Entry:
     size: int
     mode: int
     mtime_ns: int
+    ctime_ns: int = 0  # the inode's change time: no utime() can set it back
 
 
 def walk(pgdata: Path) -> Iterator[Entry]:
@@ -84,7 +88,8 @@ def _walk(root: Path, rel: str) -> Iterator[Entry]:
                 continue
             yield from _walk(root, path)
         elif stat.S_ISREG(info.st_mode):
-            yield Entry(path, False, info.st_size, stat.S_IMODE(info.st_mode), info.st_mtime_ns)
+            yield Entry(path, False, info.st_size, stat.S_IMODE(info.st_mode), info.st_mtime_ns,
+                        info.st_ctime_ns)  # fmt: skip
 
 
 def _excluded(rel: str, name: str, unlogged: set[str]) -> bool:
@@ -133,6 +138,16 @@ def is_main_fork(path: str) -> bool:
     """A relation's main fork segment (`base/<db>/<relfilenode>[.N]`, `global/<n>[.N]`):
     the files whose pages carry an LSN that says when they last changed."""
     return _MAIN_FORK.fullmatch(path) is not None
+
+
+def all_visible(pages: bytes | memoryview) -> list[bool]:
+    """Whether each page of `pages` (whole blocks) carries PD_ALL_VISIBLE. VACUUM sets it
+    (and the visibility map's bit) without a new page LSN when data checksums and
+    wal_log_hints are off, so the LSN alone cannot say the parent's copy has it
+    (docs/reference.md). One slice, not a header parse per page: a full copy asks this
+    of every page."""
+    low = bytes(pages[_FLAGS_LOW_BYTE::BLOCK_SIZE])  # PD_ALL_VISIBLE is in the low byte
+    return [bool(b & PD_ALL_VISIBLE) for b in low]
 
 
 def page_changed(page: bytes | memoryview, since_lsn: int, insert_lsn: int) -> bool:

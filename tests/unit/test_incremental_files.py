@@ -9,6 +9,7 @@ import io
 import os
 import re
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -47,7 +48,7 @@ from chainlens_ops.backup.manifest import (
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.metadata import DamagedMetadata
-from chainlens_ops.pg.datadir import BLOCK_SIZE, Entry, page_changed, walk
+from chainlens_ops.pg.datadir import BLOCK_SIZE, PD_ALL_VISIBLE, Entry, page_changed, walk
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import store_compressed
 from chainlens_ops.restore.assemble import assemble, needed_objects
@@ -60,8 +61,8 @@ B = BLOCK_SIZE
 WHERE = "file:///repo: backups/x/files.json.zst"
 
 
-def page(lsn: int, *, upper: int = 8000, lower: int = 40, fill: int = 1) -> bytes:
-    header = struct.pack("=IIHHHH", lsn >> 32, lsn & 0xFFFFFFFF, 0, 0, lower, upper)
+def page(lsn: int, *, upper: int = 8000, lower: int = 40, fill: int = 1, flags: int = 0) -> bytes:
+    header = struct.pack("=IIHHHH", lsn >> 32, lsn & 0xFFFFFFFF, 0, flags, lower, upper)
     return header + bytes([fill]) * (B - len(header))
 
 
@@ -72,7 +73,15 @@ def a_map() -> FileMap:
         dirs=[DirEntry("base", 0o700), DirEntry("base/5", 0o700)],
         files=[
             FileEntry("PG_VERSION", 3, 0o600, 1, whole="full"),
-            FileEntry("base/5/16384", 3 * B, 0o600, 2, ranges=[(0, 2, "full"), (2, 1, "incr")]),
+            FileEntry(
+                "base/5/16384",
+                3 * B,
+                0o600,
+                2,
+                ranges=[(0, 2, "full"), (2, 1, "incr")],
+                ctime_ns=3,
+                visible=[(0, 1), (2, 1)],
+            ),
         ],
     )
 
@@ -96,6 +105,10 @@ def test_file_map_round_trip() -> None:
         (lambda d: d["files"][0].update(size="3"), "size"),
         (lambda d: d["dirs"][0].update(path="/abs"), "path"),
         (lambda d: d.update(block_size=4096), "block_size"),
+        (lambda d: d["files"][1].update(visible=[[2, 2]]), "visible"),  # past its 3 blocks
+        (lambda d: d["files"][1].update(visible=[[1, 1], [0, 1]]), "visible"),  # out of order
+        (lambda d: d["files"][0].update(visible=[[0, 1]]), "visible"),  # on a whole file
+        (lambda d: d["files"][1].update(ctime_ns=-1), "ctime_ns"),
     ],
 )
 def test_a_damaged_file_map_is_one_line_naming_the_field(change: object, field: str) -> None:
@@ -111,7 +124,7 @@ def test_a_damaged_file_map_is_one_line_naming_the_field(change: object, field: 
 
 def test_a_truncated_file_map_is_damaged() -> None:
     with pytest.raises(DamagedMetadata, match="truncated JSON"):
-        parse_file_map(a_map().to_bytes()[:-10], WHERE)
+        parse_file_map(a_map().to_bytes()[:-12], WHERE)
 
 
 def records_of(*items: tuple[str, int, bytes]) -> Pending:
@@ -246,17 +259,49 @@ def test_the_block_chooser_on_a_changing_relation(tmp_path: Path) -> None:
     assert ("base/5/16384", B, 2 * B) in stored and ("base/5/16384", 4 * B, B) in stored
     assert not any(r.path == "base/5/16384" and r.offset == 0 for r in records)
 
-    # Shrunk (VACUUM truncation) and a dropped file: the map follows the folder.
+    # Shrunk (VACUUM truncation) and a dropped file: the map follows the folder; so does
+    # a truncation to fewer segments (its `.1` file gone, the first segment cut short).
+    (tmp_path / "base/5/16384.1").write_bytes(old * 3)
+    segmented, _ = copy(tmp_path, incr, "incr1")
+    assert segmented.by_path()["base/5/16384.1"].ranges == [(0, 3, "incr1")]
     rel.write_bytes(old * 2)
     (tmp_path / "base/5/16390").unlink()
-    shrunk, _ = copy(tmp_path, incr, "incr2")
+    (tmp_path / "base/5/16384.1").unlink()
+    shrunk, _ = copy(tmp_path, segmented, "incr2")
     files = shrunk.by_path()
-    assert files["base/5/16384"].ranges == [(0, 1, "full"), (1, 1, "incr")]
-    assert "base/5/16390" not in files
+    assert files["base/5/16384"].ranges == [(0, 1, "full"), (1, 1, "incr1")]
+    assert "base/5/16390" not in files and "base/5/16384.1" not in files
     # A file that is not whole blocks is copied whole.
     rel.write_bytes(old + b"x")
     odd, _ = copy(tmp_path, shrunk, "incr3")
     assert odd.by_path()["base/5/16384"].whole == "incr3"
+
+
+def test_a_page_made_all_visible_without_a_new_lsn_is_stored_again(tmp_path: Path) -> None:
+    """VACUUM sets PD_ALL_VISIBLE (and the VM's bit) without a new page LSN when checksums
+    are off: the parent's copy lacks the flag the VM now promises, so the page is
+    stored; a flag the held copy already has costs nothing."""
+    rel = tmp_path / "base/5/16384"
+    rel.parent.mkdir(parents=True)
+    old, flagged = page(0x4000000), page(0x4000000, flags=PD_ALL_VISIBLE)
+    rel.write_bytes(old * 3 + flagged)
+    full, _ = copy(tmp_path, None, "full")
+    assert full.by_path()["base/5/16384"].visible == [(3, 1)]
+    assert parse_file_map(full.to_bytes(), WHERE).by_path()["base/5/16384"].visible == [(3, 1)]
+    rel.write_bytes(old + flagged * 2 + flagged)  # VACUUM: blocks 1 and 2 flagged
+    incr, records = copy(tmp_path, full, "incr")
+    entry = incr.by_path()["base/5/16384"]
+    assert entry.ranges == [(0, 1, "full"), (1, 2, "incr"), (3, 1, "full")]
+    assert entry.visible == [(1, 3)]
+    assert [(r.offset, r.length) for r in records if r.path == "base/5/16384"] == [(B, 2 * B)]
+    rel.write_bytes(old + flagged * 3)  # nothing new: nothing stored
+    again, records = copy(tmp_path, incr, "incr2")
+    assert again.by_path()["base/5/16384"].ranges == entry.ranges
+    assert not [r for r in records if "16384" in r.path]
+    # A parent map written before the flag was kept: flagged pages stored once.
+    entry.visible = []
+    older, records = copy(tmp_path, incr, "incr3")
+    assert older.by_path()["base/5/16384"].ranges == [(0, 1, "full"), (1, 3, "incr3")]
 
 
 def take_files(
@@ -367,14 +412,13 @@ def test_the_planner_starts_from_an_incremental_and_a_claim_keeps_its_chain(
 
 def test_a_file_settled_before_the_parent_began_is_not_read_again(tmp_path: Path) -> None:
     old = page(0x4000000)
-    for name in ("base/5/1", "base/5/2", "base/5/3_vm"):
+    for name in ("base/5/1", "base/5/3_vm", "base/5/4", "base/5/5"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(old * 2)
-    long_ago = 1_000_000_000 * 10**9
-    for name in ("base/5/1", "base/5/3_vm"):
-        os.utime(tmp_path / name, ns=(long_ago, long_ago))
+    settled = time.time_ns() + 10**6  # the parent began after these were last written
+    time.sleep(0.05)  # past the kernel's timestamp tick
+    (tmp_path / "base/5/2").write_bytes(old * 2)
     full, _ = copy(tmp_path, None, "full")
-    settled = long_ago + 10**9  # the parent began after these files were last written
 
     def records(backup_id: str) -> tuple[dict[str, FileEntry], set[str], int]:
         read = [0]
@@ -391,13 +435,23 @@ def test_a_file_settled_before_the_parent_began_is_not_read_again(tmp_path: Path
     assert stored == set() and read == 2 * B
     assert files["base/5/1"].ranges == [(0, 2, "full")] and files["base/5/3_vm"].whole == "full"
     assert files["base/5/2"].ranges == [(0, 2, "full")]
-    # Same mtime but another size, or a newer mtime: read again.
+    # Another size with the old mtime put back; the same size with the mtime put back
+    # (touch -d); a copy with its times kept (cp -p) renamed over it: the ctime moved,
+    # read again. Only base/5/1 is still skipped.
+    before = os.stat(tmp_path / "base/5/1").st_mtime_ns
     (tmp_path / "base/5/3_vm").write_bytes(old * 3)
-    os.utime(tmp_path / "base/5/3_vm", ns=(long_ago, long_ago))
-    os.utime(tmp_path / "base/5/1", ns=(settled + 1, settled + 1))
+    with open(tmp_path / "base/5/4", "r+b") as fh:
+        fh.write(page(0x6000000))
+    for name in ("base/5/3_vm", "base/5/4"):
+        os.utime(tmp_path / name, ns=(before, before))
+    (tmp_path / "copy").write_bytes(page(0x6000000) * 2)
+    os.utime(tmp_path / "copy", ns=(before, before))
+    os.replace(tmp_path / "copy", tmp_path / "base/5/5")
     files, stored, read = records("incr2")
-    assert stored == {"base/5/3_vm"} and read == 7 * B
+    assert stored == {"base/5/3_vm", "base/5/4", "base/5/5"} and read == 9 * B
     assert files["base/5/3_vm"].whole == "incr2" and files["base/5/1"].ranges == [(0, 2, "full")]
+    assert files["base/5/4"].ranges == [(0, 1, "incr2"), (1, 1, "full")]
+    assert files["base/5/5"].ranges == [(0, 2, "incr2")]
 
 
 def sorted_files(folder: Path) -> list[Entry]:
