@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import pwd
+import resource
 import shutil
 import statistics
 import subprocess
@@ -109,6 +110,14 @@ def fill_platform(conninfo: str, mb: int) -> None:
         conn.execute("VACUUM ANALYZE chain_events")
 
 
+def children_cpu() -> float:
+    """CPU seconds of the finished processes this one waited for: a command and what it
+    waited for itself (pg_ctl, ...), not a server it started (the postmaster detaches, so
+    neither recovery's replay nor its `wal fetch` calls are in it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=2, help="pgbench scale of each database")
@@ -138,6 +147,7 @@ def main() -> int:
     scratch = make_shared_dir(base / "scratch")
     cluster: PgCluster | None = None
     times: dict[str, list[float]] = {FULL: [], TABLE_TOOL: []}
+    cpu: dict[str, list[float]] = {FULL: [], TABLE_TOOL: []}  # the command's, not the server's
     to_exit: list[float] = []  # restore table until it exited (scratch removed)
     seen: dict[str, tuple[int, int]] = {}
     profiled: list[str] = []
@@ -185,6 +195,7 @@ def main() -> int:
             order = [FULL, TABLE_TOOL] if n % 2 == 0 else [TABLE_TOOL, FULL]
             for tool in order:
                 started = time.perf_counter()
+                cpu_before = children_cpu()
                 if tool == FULL:
                     pgdata = base / f"restore-{n}"
                     port = free_port()
@@ -224,7 +235,9 @@ def main() -> int:
                     )
                     seen[tool] = fingerprint(cluster.conninfo("shop"), f"{schema}.{TABLE}")
                     cluster.execute(f"DROP SCHEMA {schema} CASCADE", dbname="shop")
-                print(f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s ({phases})", flush=True)
+                cpu[tool].append(children_cpu() - cpu_before)
+                print(f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s, CPU {cpu[tool][-1]:.2f} s "
+                      f"({phases})", flush=True)  # fmt: skip
         if args.profile:
             prof = base / "table.prof"
             run(profiled_cli(prof, ["restore", "table", f"public.{TABLE}", "--db", "supabase",
@@ -246,7 +259,8 @@ def main() -> int:
         med = statistics.median(runs)
         shown = ", ".join(f"{t:.2f}" for t in runs)
         ratio = "anchor" if tool == FULL else f"{med / anchor:.2f}x the time"
-        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}")
+        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}; CPU median "
+              f"{statistics.median(cpu[tool]):.2f} s")  # fmt: skip
     exit_med = statistics.median(to_exit)
     print(f"{'(to its exit)':14} {exit_med:9.2f} {', '.join(f'{t:.2f}' for t in to_exit):>22}  "
           f"{exit_med / anchor:.2f}x the time")  # fmt: skip
