@@ -121,6 +121,9 @@ def children_cpu() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=2, help="pgbench scale of each database")
+    parser.add_argument("--big-scale", type=int, default=None,
+                        help="of `big` (default --scale; the earlier pgbench-only runs: "
+                        "--big-scale 25 --shop-mb 0 --big-mb 0)")  # fmt: skip
     parser.add_argument("--shop-mb", type=int, default=16,
                         help="MB of platform-shaped rows in `shop`")  # fmt: skip
     parser.add_argument("--big-mb", type=int, default=480,
@@ -160,11 +163,13 @@ def main() -> int:
         cluster.start()
         pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
                    "-U", "postgres"]  # fmt: skip
-        for db, mb in (("shop", args.shop_mb), ("big", args.big_mb)):
+        big_scale = args.scale if args.big_scale is None else args.big_scale
+        for db, scale, mb in (("shop", args.scale, args.shop_mb), ("big", big_scale, args.big_mb)):
             cluster.createdb(db)
-            print(f"pgbench -i -s {args.scale} {db}, {mb} MB of chain_events ...", flush=True)
-            run([*pgbench, "-i", "-q", "-s", str(args.scale), db], cwd=base, env=env)
-            fill_platform(cluster.conninfo(db), mb)
+            print(f"pgbench -i -s {scale} {db}, {mb} MB of chain_events ...", flush=True)
+            run([*pgbench, "-i", "-q", "-s", str(scale), db], cwd=base, env=env)
+            if mb:
+                fill_platform(cluster.conninfo(db), mb)
         sizes = {db: int(cluster.scalar(f"SELECT pg_database_size('{db}')")) for db in
                  ("shop", "big")}  # fmt: skip
         print(f"shop {sizes['shop'] / 2**20:.0f} MB, big {sizes['big'] / 2**20:.0f} MB "
