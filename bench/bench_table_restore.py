@@ -2,10 +2,13 @@
 
     /opt/chainlens-ops/venv/bin/python bench/bench_table_restore.py [--scale 2] [--rounds 3]
 
-One cluster (archive_mode on, archive_command our `wal push`) with two databases:
-`shop`, pgbench data at --scale (its pgbench_accounts is the table to bring back), and
-`big`, pgbench data at --big-scale: the other database ten times bigger than the one
-holding the table (catalogs included; the run prints the ratio). One physical backup, by
+One cluster (archive_mode on, archive_command our `wal push`) with two databases, each
+holding pgbench tables (--scale: the transactions that make the WAL to replay, and
+`shop`'s pgbench_accounts is the table to bring back) and a table shaped like ChainLens
+data (`chain_events`: uuid, tx hash, address, numeric amount, block, jsonb payload;
+~2.5:1 under zstd where pgbench's packs ~20:1): --shop-mb of it in `shop`, --big-mb in
+`big`, so that `big` is the other database ten times bigger than the one holding the
+table (catalogs included; the run prints the ratio and the backup's). One physical backup, by
 default files-layout (`backup --kind incr` with no parent takes a files-layout full:
 each database's files in their own bundles, so `restore table` never reads `big`'s);
 `--layout tar` takes `backup --kind base` (one base.tar.zst) instead. Then pgbench writes
@@ -30,6 +33,7 @@ import argparse
 import json
 import os
 import pwd
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,10 +78,56 @@ def fingerprint(conninfo: str, table: str) -> tuple[int, int]:
         return int(row[0]), int(row[1])
 
 
+# ChainLens rows: crypto analysis (ids, hashes, addresses, amounts, JSON), which compress
+# far less than pgbench's mostly blank rows. ~330 bytes a row on disk.
+PLATFORM_TABLE = """
+CREATE TABLE IF NOT EXISTS chain_events (
+    id uuid PRIMARY KEY, tx_hash text NOT NULL, address text NOT NULL,
+    amount numeric NOT NULL, block bigint NOT NULL, payload jsonb NOT NULL)"""
+PLATFORM_ROWS = """
+INSERT INTO chain_events
+SELECT gen_random_uuid(), '0x' || md5(random()::text) || md5(random()::text),
+       '0x' || substr(md5(random()::text), 1, 40), round((random() * 1e6)::numeric, 18),
+       18000000 + g, jsonb_build_object(
+           'from', '0x' || substr(md5(random()::text), 1, 40),
+           'to', '0x' || substr(md5(random()::text), 1, 40),
+           'method', (ARRAY['transfer', 'swap', 'approve', 'mint'])[1 + g %% 4],
+           'gas', (random() * 1e6)::int, 'fee', round((random() * 1e3)::numeric, 9))
+FROM generate_series(1, %s) AS g"""
+PLATFORM_ROW_BYTES = 330
+
+
+def fill_platform(conninfo: str, mb: int) -> None:
+    """`mb` MB of platform-shaped rows in `chain_events` (in batches: one transaction of
+    several hundred MB would hold WAL and memory longer than it needs to)."""
+    rows = mb * 2**20 // PLATFORM_ROW_BYTES
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(PLATFORM_TABLE)
+        while rows > 0:
+            batch = min(rows, 200_000)
+            conn.execute(PLATFORM_ROWS, (batch,))
+            rows -= batch
+        conn.execute("VACUUM ANALYZE chain_events")
+
+
+def children_cpu() -> float:
+    """CPU seconds of the finished processes this one waited for: a command and what it
+    waited for itself (pg_ctl, ...), not a server it started (the postmaster detaches, so
+    neither recovery's replay nor its `wal fetch` calls are in it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=int, default=2, help="pgbench scale of `shop`")
-    parser.add_argument("--big-scale", type=int, default=25, help="of `big` (25: ~10x shop)")
+    parser.add_argument("--scale", type=int, default=2, help="pgbench scale of each database")
+    parser.add_argument("--big-scale", type=int, default=None,
+                        help="of `big` (default --scale; the earlier pgbench-only runs: "
+                        "--big-scale 25 --shop-mb 0 --big-mb 0)")  # fmt: skip
+    parser.add_argument("--shop-mb", type=int, default=16,
+                        help="MB of platform-shaped rows in `shop`")  # fmt: skip
+    parser.add_argument("--big-mb", type=int, default=480,
+                        help="in `big` (480: ~10x shop with its pgbench tables)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transactions", type=int, default=1000,
                         help="pgbench transactions per client and database before T")  # fmt: skip
@@ -100,6 +150,7 @@ def main() -> int:
     scratch = make_shared_dir(base / "scratch")
     cluster: PgCluster | None = None
     times: dict[str, list[float]] = {FULL: [], TABLE_TOOL: []}
+    cpu: dict[str, list[float]] = {FULL: [], TABLE_TOOL: []}  # the command's, not the server's
     to_exit: list[float] = []  # restore table until it exited (scratch removed)
     seen: dict[str, tuple[int, int]] = {}
     profiled: list[str] = []
@@ -112,10 +163,13 @@ def main() -> int:
         cluster.start()
         pgbench = [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port),
                    "-U", "postgres"]  # fmt: skip
-        for db, scale in (("shop", args.scale), ("big", args.big_scale)):
+        big_scale = args.scale if args.big_scale is None else args.big_scale
+        for db, scale, mb in (("shop", args.scale, args.shop_mb), ("big", big_scale, args.big_mb)):
             cluster.createdb(db)
-            print(f"pgbench -i -s {scale} {db} ...", flush=True)
+            print(f"pgbench -i -s {scale} {db}, {mb} MB of chain_events ...", flush=True)
             run([*pgbench, "-i", "-q", "-s", str(scale), db], cwd=base, env=env)
+            if mb:
+                fill_platform(cluster.conninfo(db), mb)
         sizes = {db: int(cluster.scalar(f"SELECT pg_database_size('{db}')")) for db in
                  ("shop", "big")}  # fmt: skip
         print(f"shop {sizes['shop'] / 2**20:.0f} MB, big {sizes['big'] / 2**20:.0f} MB "
@@ -124,8 +178,10 @@ def main() -> int:
         kind = "incr" if args.layout == "files" else "base"
         taken = run_json([str(CLI), "backup", "--kind", kind, "--repo", f"file://{repo}",
                           "--dsn", cluster.conninfo("shop")], cwd=base, env=env)  # fmt: skip
-        print(f"backup {taken.get('id')}: kind {taken.get('kind')}, "
-              f"{int(taken.get('size_bytes', 0)) / 2**20:.0f} MB stored", flush=True)  # fmt: skip
+        stored = int(taken.get("size_bytes", 0))
+        print(f"backup {taken.get('id')}: kind {taken.get('kind')}, {stored / 2**20:.0f} MB "
+              f"stored ({sum(sizes.values()) / max(stored, 1):.1f}:1 of the two databases)",
+              flush=True)  # fmt: skip
         for db in ("shop", "big"):  # WAL to replay in both databases
             run([*pgbench, "-n", "-c", "2", "-t", str(args.transactions), db], cwd=base, env=env)
         target = str(cluster.scalar("SELECT now()::text"))
@@ -144,6 +200,7 @@ def main() -> int:
             order = [FULL, TABLE_TOOL] if n % 2 == 0 else [TABLE_TOOL, FULL]
             for tool in order:
                 started = time.perf_counter()
+                cpu_before = children_cpu()
                 if tool == FULL:
                     pgdata = base / f"restore-{n}"
                     port = free_port()
@@ -183,7 +240,9 @@ def main() -> int:
                     )
                     seen[tool] = fingerprint(cluster.conninfo("shop"), f"{schema}.{TABLE}")
                     cluster.execute(f"DROP SCHEMA {schema} CASCADE", dbname="shop")
-                print(f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s ({phases})", flush=True)
+                cpu[tool].append(children_cpu() - cpu_before)
+                print(f"  round {n + 1}: {tool} {times[tool][-1]:.2f} s, CPU {cpu[tool][-1]:.2f} s "
+                      f"({phases})", flush=True)  # fmt: skip
         if args.profile:
             prof = base / "table.prof"
             run(profiled_cli(prof, ["restore", "table", f"public.{TABLE}", "--db", "supabase",
@@ -205,7 +264,8 @@ def main() -> int:
         med = statistics.median(runs)
         shown = ", ".join(f"{t:.2f}" for t in runs)
         ratio = "anchor" if tool == FULL else f"{med / anchor:.2f}x the time"
-        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}")
+        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}; CPU median "
+              f"{statistics.median(cpu[tool]):.2f} s")  # fmt: skip
     exit_med = statistics.median(to_exit)
     print(f"{'(to its exit)':14} {exit_med:9.2f} {', '.join(f'{t:.2f}' for t in to_exit):>22}  "
           f"{exit_med / anchor:.2f}x the time")  # fmt: skip

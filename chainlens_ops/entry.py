@@ -9,30 +9,16 @@ server that is missing data. So the guard wraps the imports too.
 
 import sys
 
-from chainlens_ops.cli import GLOBAL_OPTIONS
+from chainlens_ops.cli import command_words
 
 # chainlens_ops.core.errors.FETCH_FATAL, repeated on purpose: this guard must hold even when
 # importing the package fails (a test checks the two agree).
 FETCH_FATAL = 255
 
 
-def _command(args: list[str]) -> tuple[str, ...]:
-    """The first two words of the command, skipping global options."""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--config="):
-            i += 1
-        elif arg in GLOBAL_OPTIONS:
-            i += 2 if GLOBAL_OPTIONS[arg] else 1
-        else:
-            break
-    return tuple(args[i : i + 2])
-
-
 def main() -> None:
     args = sys.argv[1:]
-    command = _command(args)
+    command = command_words(args)
     if command == ("wal", "fetch"):
         try:
             from chainlens_ops.cli.hooks import fetch_main

@@ -35,7 +35,7 @@ from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.datadir import BLOCK_SIZE
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import CheckedReader
-from chainlens_ops.restore.selective import Selection, placeholder
+from chainlens_ops.restore.selective import Selection, placeholders
 
 STREAMS = 3  # bundles read at once (zstd and the writes leave the GIL)
 
@@ -126,7 +126,11 @@ def assemble(
     # Each byte is written by the one backup the map attributes it to, so the objects
     # can be read in any order, several at once.
     written = read = 0
-    with ThreadPoolExecutor(max_workers=STREAMS) as pool:
+    skipped_files = [(e.path, e.size) for e in fmap.files if _skipped(group_of(e.path), selection)]
+    with ThreadPoolExecutor(max_workers=STREAMS + 1) as pool:
+        # Beside the streams and first: a create waits longer once their writes are
+        # pending (restore.selective.placeholders). The pool waits for it on failure too.
+        placed = pool.submit(placeholders, pgdata, skipped_files)
         futures = [pool.submit(one, backup, obj) for backup, obj in objects]
         try:
             for future in as_completed(futures):  # the first failure as soon as it happens
@@ -137,12 +141,10 @@ def assemble(
             for future in futures:
                 future.cancel()
             raise
-    skipped = 0
+    skipped = placed.result()
     for entry in fmap.files:
         path = pgdata / entry.path
         if _skipped(group_of(entry.path), selection):
-            placeholder(path, entry.size)
-            skipped += entry.size
             continue
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

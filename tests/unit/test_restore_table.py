@@ -11,7 +11,12 @@ import pytest
 
 from chainlens_ops.core.errors import UsageError
 from chainlens_ops.restore.plan import LSN, Target, parse_target_time
-from chainlens_ops.restore.selective import Selection, skipped_database, write_placeholder
+from chainlens_ops.restore.selective import (
+    Selection,
+    placeholders,
+    skipped_database,
+    write_placeholder,
+)
 from chainlens_ops.restore.table import (
     _Shape,
     check_schema_name,
@@ -62,6 +67,24 @@ def test_placeholders_are_sparse_files_of_the_right_size(tmp_path: Path) -> None
     version.size = 3
     write_placeholder(version, tmp_path)
     assert not (tmp_path / "base" / "16390" / "PG_VERSION").exists()
+
+
+def test_placeholders_in_bulk_match_one_by_one(tmp_path: Path) -> None:
+    files = [("base/16390/16401", 3 * 8192), ("base/16390/16401_fsm", 0),
+             ("base/16390/PG_VERSION", 3), ("base/16391/2619", 1 << 30),
+             ("base/16390/1259", 8192)]  # fmt: skip
+    assert placeholders(tmp_path, iter(files)) == sum(size for _name, size in files)
+    for name, size in files:
+        path = tmp_path / name
+        if name.endswith("PG_VERSION"):
+            assert not path.exists()  # left out, as one by one
+            continue
+        assert path.stat().st_size == size
+        assert path.stat().st_blocks == 0  # sparse
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "base" / "16391").stat().st_mode & 0o777) == "0o700"
+    assert placeholders(tmp_path / "none", []) == 0
+    assert not (tmp_path / "none").exists()
 
 
 def test_table_names() -> None:
