@@ -22,6 +22,7 @@ docs/reference.md (incremental backups) says how the blocks are chosen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import re
@@ -306,6 +307,9 @@ class Pending:
         return next(self._records, None)
 
 
+_DONE = object()
+
+
 class BundleStream(io.RawIOBase):
     """One bundle part as a readable stream of zstd frames (what store_bundle stores):
     the magic, records taken from `pending` until `limit` raw bytes (a record longer
@@ -318,6 +322,7 @@ class BundleStream(io.RawIOBase):
         self._limit = limit
         self._pending: list[bytes] = [_skippable(_MAGIC_FRAME, BUNDLE_MAGIC)]
         self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL_BASE, write_checksum=True)
+        self._current: Iterator[None] | None = None  # the record being framed
         self._ended = False
         self.raw_size = 0
         self.records = 0
@@ -325,8 +330,9 @@ class BundleStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _record(self, chunks: Chunks) -> None:
-        """Frame one record (each CHUNK of it) into _pending."""
+    def _frames(self, chunks: Chunks) -> Iterator[None]:
+        """Frame one record into _pending, a CHUNK at a time (a long whole file is
+        never held whole)."""
         head = announced(next(chunks))
         path, at = head.path.encode(), head.offset
         end = at + head.length
@@ -338,6 +344,7 @@ class BundleStream(io.RawIOBase):
                 del held[:CHUNK]
                 self._frame(path, at, piece)
                 at += len(piece)
+                yield
         if head.length == 0:
             self._frame(path, at, b"")
         self.records += 1
@@ -350,6 +357,10 @@ class BundleStream(io.RawIOBase):
 
     def _fill(self) -> bool:
         while not self._pending:
+            if self._current is not None:
+                if next(self._current, _DONE) is _DONE:
+                    self._current = None
+                continue
             if self._ended:
                 return False
             record = self._pending_records.take() if self.raw_size < self._limit else None
@@ -357,7 +368,7 @@ class BundleStream(io.RawIOBase):
                 self._pending.append(END_MARK)
                 self._ended = True
             else:
-                self._record(record)
+                self._current = self._frames(record)
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
@@ -456,6 +467,10 @@ def _skip(stream: BinaryIO, size: int, where: str, record: Record, n: int) -> No
         size -= got
 
 
+# Consecutive records name the same file: its path is checked once.
+_safe_record_path = functools.lru_cache(maxsize=256)(safe_path)
+
+
 def _parse_header(raw: bytes, size: int, where: str, n: int) -> tuple[Record, int]:
     if len(raw) != size:
         raise DamagedBundle(where, f"truncated after {n - 1} records (no end mark)")
@@ -465,6 +480,6 @@ def _parse_header(raw: bytes, size: int, where: str, n: int) -> tuple[Record, in
     except UnicodeDecodeError:
         path = ""
     sizes_ok = length <= CHUNK and stored <= MAX_FRAME and (stored == 0) == (length == 0)
-    if not (safe_path(path) and sizes_ok):
+    if not (_safe_record_path(path) and sizes_ok):
         raise DamagedBundle(where, f"record {n} has a garbled header")
     return Record(path, offset, length), stored

@@ -178,6 +178,27 @@ def test_a_long_record_is_cut_and_unwanted_records_are_not_decompressed() -> Non
         read_all(damaged)
 
 
+def test_a_long_record_is_framed_as_it_is_read() -> None:
+    consumed = []
+
+    def long_file() -> Iterator[bytes]:
+        yield record_header(Record("pg_xact/0000", 0, 8 * CHUNK))
+        for i in range(8):
+            consumed.append(i)
+            yield os.urandom(CHUNK)
+
+    stream = BundleStream(Pending(iter([long_file()])))
+    first = b""
+    while len(first) < 1000:  # the magic, a header, part of the first data frame
+        more = stream.read(64 * 1024)
+        assert more
+        first += more
+    assert len(consumed) <= 2  # one CHUNK framed, not the whole file
+    got = read_all(first + stream.read())
+    assert sorted(got) == [("pg_xact/0000", i * CHUNK) for i in range(8)]
+    assert all(len(got["pg_xact/0000", i * CHUNK]) == CHUNK for i in range(8))
+
+
 def test_damaged_bundles_are_named() -> None:
     raw = BundleStream(records_of(("base/5/1", 0, b"a" * 100))).read()
     start = 8 + len(BUNDLE_MAGIC)
