@@ -24,7 +24,6 @@ import psycopg
 from chainlens_ops.backup.files import (
     CLUSTER_GROUP,
     MAP_NAME,
-    BundleStream,
     Chunks,
     DirEntry,
     FileEntry,
@@ -37,6 +36,7 @@ from chainlens_ops.backup.files import (
     group_of,
     read_file_map,
     record_header,
+    store_bundle,
 )
 from chainlens_ops.backup.manifest import (
     FILES_LAYOUT,
@@ -309,9 +309,7 @@ class Copier:
             part = 0
             while pending.has_more():
                 key = backup_prefix(self.backup_id) + bundle_name(group, part)
-                objects.append(store_compressed(
-                    repo.storage, key, BundleStream(pending), level=ZSTD_LEVEL_BASE,  # type: ignore[arg-type]
-                ))  # fmt: skip
+                objects.append(store_bundle(repo.storage, key, pending))
                 crash_point("incr-mid-copy")
                 pause_point("incr-mid-copy")  # files listed, one bundle stored
                 part += 1

@@ -10,17 +10,19 @@ that is a whole number of blocks, `ranges` ([first block, count, backup id], cov
 every block in order). Bundles are grouped `db<oid>` (files under `base/<oid>/`) and
 `cluster` (everything else, and the per-database files a selective restore keeps), so a
 restore of some databases never reads the others' bundles; a new part starts every
-PART_BYTES of raw bytes. A bundle (after zstd) is
+PART_BYTES of raw bytes. A bundle is zstd frames
+(the bundle framing below): each record's header in a skippable frame, its bytes (at
+most CHUNK) in a zstd frame of their own, so a restore skips, without decompressing,
+the records the newest map attributes nothing of to this backup.
 
-    b"CLBUNDLE1\\n", then records: 4-byte big-endian header length L (> 0), L bytes of
-    JSON {"path", "offset", "length"}, `length` raw bytes; then 4 zero bytes.
-
-Both are read and written streaming: a record's bytes pass in chunks, never whole.
+Both are read and written streaming: a record's bytes pass a CHUNK at a time.
 docs/reference.md (incremental backups) says how the blocks are chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
 import re
@@ -30,19 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
+import zstandard
+
 from chainlens_ops.backup.manifest import BackupManifest, BackupObject
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.core.metadata import DamagedMetadata, Fields, load_json
 from chainlens_ops.core.streams import read_full
 from chainlens_ops.pg.datadir import BLOCK_SIZE as BLOCK_SIZE
 from chainlens_ops.repository import Repository
-from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, CheckedReader, store_encoded
 from chainlens_ops.restore.selective import KEPT_IN_SKIPPED
+from chainlens_ops.storage.protocol import Storage
 
 MAP_NAME = "files.json.zst"
 MAP_FORMAT = 1
 DATA_FOLDER = "data/"
-BUNDLE_MAGIC = b"CLBUNDLE1\n"
+BUNDLE_MAGIC = b"CLBUNDLE2\n"
 BUNDLE_SUFFIX = ".blk.zst"
 PART_BYTES = 256 * 1024 * 1024  # raw bytes of a bundle part (parallel restore, bounded objects)
 MAX_HEADER = 64 * 1024
@@ -266,6 +271,17 @@ def map_object(backup: BackupManifest) -> BackupObject:
 
 
 # --- bundle framing -----------------------------------------------------------------
+#
+# A bundle is a series of zstd frames: every header is a zstd SKIPPABLE frame (magic,
+# 4-byte little-endian size, payload: any zstd decoder passes over it), every record's
+# bytes its own zstd frame, so a restore reads a header and, when it needs none of the
+# record's bytes, reads past the compressed frame without decompressing it.
+#
+#   skippable 0x184D2A50: BUNDLE_MAGIC
+#   per record: skippable 0x184D2A51: offset (8 bytes), length (8), the compressed
+#       size of the data frame that follows (4), path (UTF-8, the rest), all big-endian;
+#       then that zstd frame of `length` raw bytes (none when length is 0)
+#   end: skippable 0x184D2A5F of size 0
 
 
 @dataclass(frozen=True)
@@ -275,17 +291,31 @@ class Record:
     length: int
 
 
+_FRAME = struct.Struct("<II")  # a skippable frame's magic and payload size
+_MAGIC_FRAME, _RECORD_FRAME, _END_FRAME = 0x184D2A50, 0x184D2A51, 0x184D2A5F
+_HEADER = struct.Struct(">QQI")  # offset, length, compressed size; the path follows
+_ANNOUNCE = struct.Struct(">QQ")  # record_header: offset, length; the path follows
+MAX_FRAME = CHUNK + 64 * 1024  # a data frame of at most CHUNK raw bytes (zstd's bound)
+END_MARK = _FRAME.pack(_END_FRAME, 0)
+
+
 def record_header(record: Record) -> bytes:
-    body = json.dumps(
-        {"path": record.path, "offset": record.offset, "length": record.length},
-        separators=(",", ":"),
-    ).encode()
-    return _LENGTH.pack(len(body)) + body
+    """The first chunk of a record's Chunks: says which record the chunks after it are
+    (BundleStream frames and compresses them)."""
+    return _ANNOUNCE.pack(record.offset, record.length) + record.path.encode()
 
 
-END_MARK = _LENGTH.pack(0)
+def announced(raw: bytes) -> Record:
+    """The record a record_header() announces."""
+    offset, length = _ANNOUNCE.unpack_from(raw)
+    return Record(raw[_ANNOUNCE.size :].decode(), offset, length)
 
-# A record to write: its header, then its bytes in chunks (produced as they are read).
+
+def _skippable(magic: int, payload: bytes) -> bytes:
+    return _FRAME.pack(magic, len(payload)) + payload
+
+
+# A record to write: record_header(), then its bytes in chunks (produced as they are read).
 Chunks = Iterator[bytes]
 
 
@@ -308,101 +338,179 @@ class Pending:
         return next(self._records, None)
 
 
+_DONE = object()
+
+
 class BundleStream(io.RawIOBase):
-    """One bundle part as a readable stream (what store_compressed reads): the magic,
-    records taken from `pending` until `limit` raw bytes, the end mark."""
+    """One bundle part as a readable stream of zstd frames (what store_bundle stores):
+    the magic, records taken from `pending` until `limit` raw bytes (a record longer
+    than CHUNK is cut into records of CHUNK bytes), the end mark. `raw_size`: the
+    records' raw bytes so far."""
 
     def __init__(self, pending: Pending, limit: int = PART_BYTES) -> None:
         super().__init__()
         self._pending_records = pending
         self._limit = limit
-        self._pending: list[bytes] = [BUNDLE_MAGIC]
-        self._current: Chunks | None = None
-        self._size = 0
+        self._pending: list[bytes] = [_skippable(_MAGIC_FRAME, BUNDLE_MAGIC)]
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL_BASE, write_checksum=True)
+        self._current: Iterator[None] | None = None  # the record being framed
         self._ended = False
+        self.raw_size = 0
         self.records = 0
 
     def readable(self) -> bool:
         return True
 
+    def _frames(self, chunks: Chunks) -> Iterator[None]:
+        """Frame one record into _pending, a CHUNK at a time (a long whole file is
+        never held whole)."""
+        head = announced(next(chunks))
+        path, at = head.path.encode(), head.offset
+        end = at + head.length
+        held = bytearray()
+        for chunk in chunks:
+            held += chunk
+            while len(held) >= CHUNK or (held and at + len(held) >= end):
+                piece = bytes(held[:CHUNK])
+                del held[:CHUNK]
+                self._frame(path, at, piece)
+                at += len(piece)
+                yield
+        if head.length == 0:
+            self._frame(path, at, b"")
+        self.records += 1
+
+    def _frame(self, path: bytes, offset: int, data: bytes) -> None:
+        frame = self._zstd.compress(data) if data else b""
+        header = _HEADER.pack(offset, len(data), len(frame)) + path
+        self._pending += (_skippable(_RECORD_FRAME, header), frame)
+        self.raw_size += len(data)
+
     def _fill(self) -> bool:
         while not self._pending:
             if self._current is not None:
-                chunk = next(self._current, None)
-                if chunk:
-                    self._pending.append(chunk)
-                    return True
-                if chunk is not None:
-                    continue  # an empty chunk: the record goes on
-                self._current = None
-                self.records += 1
+                if next(self._current, _DONE) is _DONE:
+                    self._current = None
                 continue
             if self._ended:
                 return False
-            record = self._pending_records.take() if self._size < self._limit else None
+            record = self._pending_records.take() if self.raw_size < self._limit else None
             if record is None:
                 self._pending.append(END_MARK)
                 self._ended = True
-                return True
-            self._current = record
+            else:
+                self._current = self._frames(record)
         return True
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        if not self._fill():
-            return 0
-        chunk = self._pending[0]
-        n = min(len(buffer), len(chunk))
-        buffer[:n] = chunk[:n]
-        if n == len(chunk):
-            self._pending.pop(0)
-        else:
-            self._pending[0] = chunk[n:]
-        self._size += n
-        return n
+        while self._fill():
+            chunk = self._pending[0]
+            n = min(len(buffer), len(chunk))
+            if not n and chunk:
+                return 0
+            buffer[:n] = chunk[:n]
+            if n == len(chunk):
+                self._pending.pop(0)
+            else:
+                self._pending[0] = chunk[n:]
+            if n:
+                return n
+        return 0
+
+
+def store_bundle(storage: Storage, key: str, pending: Pending) -> BackupObject:
+    """One bundle part of `pending`'s records stored under `key` (frames compressed as
+    they are made, so the codec door stores them as they are)."""
+    stream = BundleStream(pending)
+    obj = store_encoded(storage, key, stream)  # type: ignore[arg-type]
+    return dataclasses.replace(obj, raw_size=stream.raw_size)
 
 
 class DamagedBundle(DamagedMetadata):
     """A bundle whose framing cannot be read (truncated, garbled)."""
 
 
-def read_bundle(stream: BinaryIO, where: str, write: Callable[[Record, int, bytes], None]) -> int:
-    """Read one bundle to its end mark, calling write(record, offset in the record,
-    chunk) for every chunk of every record; the number of records. DamagedBundle for a
-    bad magic, a garbled header, a truncated record or bytes after the end mark."""
-    if read_full(stream, len(BUNDLE_MAGIC)) != BUNDLE_MAGIC:
+def read_bundle(
+    stream: BinaryIO,
+    where: str,
+    write: Callable[[Record, int, bytes], None],
+    wanted: Callable[[Record], bool] | None = None,
+) -> int:
+    """Read one bundle (its stored frames: CheckedReader(..., decompress=False)) to its
+    end mark, calling write(record, offset in the record, bytes) for every record, or,
+    with `wanted`, for every record it wants: the others are read past (their bytes
+    still pass the object's checksum) without decompressing them. The number of
+    records. DamagedBundle for a bad magic, a garbled header, a truncated or damaged
+    record or bytes after the end mark."""
+    head = read_full(stream, _FRAME.size)
+    if len(head) != _FRAME.size or _FRAME.unpack(head) != (_MAGIC_FRAME, len(BUNDLE_MAGIC)) \
+            or read_full(stream, len(BUNDLE_MAGIC)) != BUNDLE_MAGIC:  # fmt: skip
         raise DamagedBundle(where, "it does not start as a bundle")
+    zstd = zstandard.ZstdDecompressor()
     count = 0
     while True:
-        head = read_full(stream, 4)
-        if len(head) != 4:
+        head = read_full(stream, _FRAME.size)
+        if len(head) != _FRAME.size:
             raise DamagedBundle(where, f"truncated after {count} records (no end mark)")
-        (size,) = _LENGTH.unpack(head)
-        if size == 0:
+        magic, size = _FRAME.unpack(head)
+        if (magic, size) == (_END_FRAME, 0):
             break
-        if size > MAX_HEADER:
-            raise DamagedBundle(where, f"record {count + 1} has a header of {size} bytes")
-        record = _parse_header(read_full(stream, size), where, count + 1)
-        done = 0
-        while done < record.length:
-            chunk = read_full(stream, min(CHUNK, record.length - done))
-            if not chunk:
-                raise DamagedBundle(where, f"record {count + 1} ({record.path}) is truncated")
-            write(record, done, chunk)
-            done += len(chunk)
+        if magic != _RECORD_FRAME or not _HEADER.size < size <= MAX_HEADER:
+            raise DamagedBundle(where, f"record {count + 1} has a garbled header")
+        record, stored = _parse_header(read_full(stream, size), size, where, count + 1)
+        if wanted is not None and not wanted(record):
+            _skip(stream, stored, where, record, count + 1)
+        else:
+            write(
+                record,
+                0,
+                _unpack(zstd, read_full(stream, stored), stored, where, record, count + 1),
+            )
         count += 1
     if stream.read(1):
         raise DamagedBundle(where, "bytes follow its end mark")
     return count
 
 
-def _parse_header(raw: bytes, where: str, n: int) -> Record:
+def _unpack(
+    zstd: zstandard.ZstdDecompressor, frame: bytes, stored: int, where: str, record: Record, n: int
+) -> bytes:
+    """A record's bytes from its data frame (`stored` bytes long)."""
+    what = f"record {n} ({record.path})"
+    if len(frame) != stored:
+        raise DamagedBundle(where, f"{what} is truncated")
     try:
-        data = json.loads(raw)
-        path, offset, length = data["path"], data["offset"], data["length"]
-    except (ValueError, KeyError, TypeError):
-        raise DamagedBundle(where, f"record {n} has a garbled header") from None
-    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-               for v in (offset, length))  # fmt: skip
-    if not (isinstance(path, str) and safe_path(path) and ints):
+        data = zstd.decompress(frame, max_output_size=CHUNK) if stored else b""
+    except zstandard.ZstdError as exc:
+        raise DamagedBundle(where, f"{what}: zstd: {exc}") from None
+    if len(data) != record.length:
+        raise DamagedBundle(
+            where, f"{what} holds {len(data)} bytes, its header says {record.length}"
+        )
+    return data
+
+
+def _skip(stream: BinaryIO, size: int, where: str, record: Record, n: int) -> None:
+    while size:
+        got = len(stream.read(min(size, CHUNK)))
+        if not got:
+            raise DamagedBundle(where, f"record {n} ({record.path}) is truncated")
+        size -= got
+
+
+# Consecutive records name the same file: its path is checked once.
+_safe_record_path = functools.lru_cache(maxsize=256)(safe_path)
+
+
+def _parse_header(raw: bytes, size: int, where: str, n: int) -> tuple[Record, int]:
+    if len(raw) != size:
+        raise DamagedBundle(where, f"truncated after {n - 1} records (no end mark)")
+    offset, length, stored = _HEADER.unpack_from(raw)
+    try:
+        path = raw[_HEADER.size :].decode()
+    except UnicodeDecodeError:
+        path = ""
+    sizes_ok = length <= CHUNK and stored <= MAX_FRAME and (stored == 0) == (length == 0)
+    if not (_safe_record_path(path) and sizes_ok):
         raise DamagedBundle(where, f"record {n} has a garbled header")
-    return Record(path, offset, length)
+    return Record(path, offset, length), stored

@@ -121,6 +121,16 @@ def store_compressed(
                         raw_size=raw.size)  # fmt: skip
 
 
+def store_encoded(storage: Storage, key: str, source: BinaryIO) -> BackupObject:
+    """Store `source`, already zstd frames (a bundle's, backup.files), as it is: the
+    object's size and sha256 as stored (raw_size is the caller's to fill in)."""
+    stored = _Counting(source)
+    info = storage.put(key, stored, if_absent=True)  # type: ignore[arg-type]
+    if info.size != stored.size:
+        raise OperationFailed(f"{key}: stored {info.size} bytes, sent {stored.size}")
+    return BackupObject(key=key, size=stored.size, sha256=stored.digest.hexdigest())
+
+
 def _params(
     level: int, window_log: int | None, threads: int
 ) -> zstandard.ZstdCompressionParameters:
@@ -135,11 +145,12 @@ def _params(
 
 
 class CheckedReader(io.RawIOBase):
-    """An object read back from the repository, decompressed; the final read raises
-    CorruptBackupObject if the stored bytes do not match the manifest's size and sha256
-    (or zstd finds the frame damaged)."""
+    """An object read back from the repository, decompressed (or, with `decompress`
+    False, its stored zstd frames as they are, for a reader that decompresses only the
+    frames it needs); the final read raises CorruptBackupObject if the stored bytes do
+    not match the manifest's size and sha256 (or zstd finds the frame damaged)."""
 
-    def __init__(self, storage: Storage, obj: BackupObject) -> None:
+    def __init__(self, storage: Storage, obj: BackupObject, *, decompress: bool = True) -> None:
         super().__init__()
         self.obj = obj
         try:
@@ -147,11 +158,14 @@ class CheckedReader(io.RawIOBase):
         except NotFound:
             raise CorruptBackupObject(f"{obj.key} is missing from the repository") from None
         self._counting = _Counting(self._stored)
-        self._zstd = zstandard.ZstdDecompressor().stream_reader(
-            self._counting,  # type: ignore[arg-type]
-            read_size=READ_SIZE,
-            read_across_frames=True,
-        )
+        self._zstd: BinaryIO = self._counting  # type: ignore[assignment]
+        if decompress:
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(
+                self._counting,  # type: ignore[arg-type]
+                read_size=READ_SIZE,
+                read_across_frames=True,
+            )
+        self._decompress = decompress
         self.raw_size = 0
         self._done = False
         self._error: CorruptBackupObject | None = None
@@ -159,13 +173,16 @@ class CheckedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
+        """Direct, without RawIOBase's buffer and copy (bundles read small headers)."""
+        if size is None or size < 0:
+            return self.readall()
         if self._error is not None:
             raise self._error  # a retried read must never look like a clean end
         if self._done:
-            return 0
+            return b""
         try:
-            data = self._zstd.read(len(buffer))
+            data = self._zstd.read(size)
             if not data:
                 self._check()
         except zstandard.ZstdError as exc:
@@ -175,11 +192,15 @@ class CheckedReader(io.RawIOBase):
             self._error = exc
             raise
         if data:
-            buffer[: len(data)] = data
             self.raw_size += len(data)
-            return len(data)
+            return data
         self._done = True
-        return 0
+        return b""
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def drain(self) -> None:
         """Read to the end (checking everything) without keeping the bytes."""
@@ -198,7 +219,7 @@ class CheckedReader(io.RawIOBase):
             )
         if self._counting.digest.hexdigest() != obj.sha256:
             raise CorruptBackupObject(f"{obj.key} does not match its sha256 in the manifest")
-        if obj.raw_size and self.raw_size != obj.raw_size:
+        if self._decompress and obj.raw_size and self.raw_size != obj.raw_size:
             raise CorruptBackupObject(
                 f"{obj.key} decompresses to {self.raw_size} bytes, the manifest says {obj.raw_size}"
             )
@@ -206,7 +227,8 @@ class CheckedReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                self._zstd.close()  # type: ignore[no-untyped-call]
+                if self._decompress:
+                    self._zstd.close()
                 self._stored.close()
             finally:
                 super().close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from chainlens_ops.backup.files import (
     FileEntry,
     FileMap,
+    Range,
     Record,
     bundle_group,
     group_of,
@@ -102,24 +103,28 @@ def assemble(
         with lock:
             extracted(n)
 
+    sized: set[str] = set()  # files opened (and given their size and mode) so far
+
     def one(backup: BackupManifest, obj: BackupObject) -> tuple[int, int]:
-        writer = _Writer(pgdata, files, backup.id)
-        reported = 0
+        writer = _Writer(pgdata, files, backup.id, sized, lock)
 
         def write(record: Record, done: int, chunk: bytes) -> None:
-            nonlocal reported
             if stop.is_set():
                 raise OperationFailed("stopped: another bundle of the restore failed")
             writer.write(record, done, chunk)
-            reported += len(chunk)
-            seen(len(chunk))  # the bytes read, as they pass (record headers at the end)
+            seen(len(chunk))  # the bytes read, as they pass
+
+        def wanted(record: Record) -> bool:
+            if writer.needs(record):
+                return True
+            seen(record.length)  # read past, never decompressed
+            return False
 
         try:
-            with CheckedReader(repo.storage, obj) as reader:
-                read_bundle(reader, f"{repo.url}: {obj.key}", write)  # type: ignore[arg-type]
+            with CheckedReader(repo.storage, obj, decompress=False) as reader:
+                read_bundle(reader, f"{repo.url}: {obj.key}", write, wanted)  # type: ignore[arg-type]
                 reader.drain()
-                seen(reader.raw_size - reported)
-                return writer.written, reader.raw_size
+                return writer.written, obj.raw_size
         finally:
             writer.close()
 
@@ -146,13 +151,8 @@ def assemble(
         path = pgdata / entry.path
         if _skipped(group_of(entry.path), selection):
             continue
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, entry.size)  # sparse zeros where no record wrote
-            os.fchmod(fd, (entry.mode & 0o600) | 0o600)
-        finally:
-            os.close(fd)
+        if entry.path not in sized:  # no record written: created here
+            os.close(_open_sized(path, entry, first=True))
     labels = (("backup_label", fmap.backup_label), ("tablespace_map", fmap.tablespace_map))
     for name, text in labels:
         if text:
@@ -161,17 +161,65 @@ def assemble(
     return Assembled(written, skipped, read)
 
 
+def _open_sized(path: Path, entry: FileEntry, *, first: bool) -> int:
+    """Open (creating it) a file of the map; the first open of it in a restore also
+    sets its final size (sparse zeros where no record writes: a size never cuts what
+    another stream wrote, records lie within it) and mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    if not first:
+        return fd
+    try:
+        os.ftruncate(fd, entry.size)
+        os.fchmod(fd, (entry.mode & 0o600) | 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _Writer:
     """Writes the part of each record that the newest map attributes to the backup
-    being read (`backup_id`); keeps the current file open across its records."""
+    being read (`backup_id`); keeps the current file open across its records. The
+    first writer to open a file (`sized`, shared by the streams) sets its size and
+    mode, so the final pass reopens only the files no record wrote."""
 
-    def __init__(self, pgdata: Path, files: dict[str, FileEntry], backup_id: str) -> None:
+    def __init__(
+        self, pgdata: Path, files: dict[str, FileEntry], backup_id: str,
+        sized: set[str], lock: threading.Lock,
+    ) -> None:  # fmt: skip
         self.pgdata = pgdata
         self.files = files
         self.backup_id = backup_id
         self.written = 0
+        self._sized = sized
+        self._lock = lock
         self._path: str | None = None
         self._fd = -1
+
+    def needs(self, record: Record) -> bool:
+        """Whether the map attributes any byte of `record` to this backup."""
+        entry = self.files.get(record.path)
+        if entry is None:
+            return False  # not in the newest backup: dropped since
+        if entry.whole is not None:
+            return entry.whole == self.backup_id
+        start, end = record.offset, min(record.offset + record.length, entry.size)
+        for first, count, owner in self._ranges(entry, start):
+            if owner == self.backup_id and first * BLOCK_SIZE < end:
+                return True
+            if (first + count) * BLOCK_SIZE >= end:
+                break
+        return False
+
+    @staticmethod
+    def _ranges(entry: FileEntry, start: int) -> list[Range]:
+        ranges = entry.ranges or []
+        at = max(bisect.bisect_right(ranges, start // BLOCK_SIZE, key=lambda r: r[0]) - 1, 0)
+        return ranges[at:]
 
     def write(self, record: Record, done: int, chunk: bytes) -> None:
         entry = self.files.get(record.path)
@@ -180,25 +228,24 @@ class _Writer:
         start = record.offset + done
         if entry.whole is not None:
             if entry.whole == self.backup_id:
-                self._pwrite(entry.path, chunk, start)
+                self._pwrite(entry, chunk, start)
             return
         end = min(start + len(chunk), entry.size)
-        ranges = entry.ranges or []
-        at = max(bisect.bisect_right(ranges, start // BLOCK_SIZE, key=lambda r: r[0]) - 1, 0)
-        for first, count, owner in ranges[at:]:
+        for first, count, owner in self._ranges(entry, start):
             lo, hi = max(start, first * BLOCK_SIZE), min(end, (first + count) * BLOCK_SIZE)
             if lo < hi and owner == self.backup_id:
-                self._pwrite(entry.path, chunk[lo - start : hi - start], lo)
+                self._pwrite(entry, chunk[lo - start : hi - start], lo)
             if (first + count) * BLOCK_SIZE >= end:
                 break
 
-    def _pwrite(self, path: str, data: bytes, offset: int) -> None:
-        if path != self._path:
+    def _pwrite(self, entry: FileEntry, data: bytes, offset: int) -> None:
+        if entry.path != self._path:
             self.close()
-            full = self.pgdata / path
-            full.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._fd = os.open(full, os.O_WRONLY | os.O_CREAT, 0o600)
-            self._path = path
+            with self._lock:
+                first = entry.path not in self._sized
+                self._sized.add(entry.path)
+            self._fd = _open_sized(self.pgdata / entry.path, entry, first=first)
+            self._path = entry.path
         view = memoryview(data)
         while view:
             n = os.pwrite(self._fd, view, offset)

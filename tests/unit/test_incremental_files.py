@@ -10,17 +10,20 @@ import os
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from chainlens_ops.backup.blockcopy import Copier, DataFolder, choose_parent, max_ranges
 from chainlens_ops.backup.chaincheck import check_chain
 from chainlens_ops.backup.files import (
     BUNDLE_MAGIC,
+    CHUNK,
+    END_MARK,
     MAP_NAME,
     BundleStream,
     DamagedBundle,
@@ -29,6 +32,7 @@ from chainlens_ops.backup.files import (
     FileMap,
     Pending,
     Record,
+    announced,
     bundle_group,
     bundle_name,
     group_of,
@@ -137,40 +141,94 @@ def records_of(*items: tuple[str, int, bytes]) -> Pending:
     return Pending(iter([one(*item) for item in items]))  # type: ignore[misc]
 
 
-def read_all(raw: bytes) -> dict[tuple[str, int], bytes]:
+def read_all(
+    raw: bytes, wanted: Callable[[Record], bool] | None = None
+) -> dict[tuple[str, int], bytes]:
     got: dict[tuple[str, int], bytes] = {}
 
     def write(record: Record, done: int, chunk: bytes) -> None:
         key = (record.path, record.offset)
         got[key] = got.get(key, b"") + chunk
 
-    read_bundle(io.BytesIO(raw), "bundle", write)
+    read_bundle(io.BytesIO(raw), "bundle", write, wanted)
     return got
 
 
 def test_bundle_round_trip_and_parts() -> None:
     items = [("base/5/1", 0, b"a" * 100), ("base/5/1", 8192, b"b" * 30), ("x", 0, b"hello!")]
-    raw = BundleStream(records_of(*items)).read()
-    assert raw.startswith(BUNDLE_MAGIC) and raw.endswith(b"\0\0\0\0")
+    stream = BundleStream(records_of(*items))
+    raw = stream.read()
+    assert BUNDLE_MAGIC in raw[:20] and raw.endswith(END_MARK) and stream.raw_size == 136
     assert read_all(raw) == {(p, o): d for p, o, d in items}
-    # A small part limit: a new part after each record that passes it, none lost.
+    # A plain zstd decoder passes over the headers (skippable frames): the records' bytes.
+    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
+    assert plain.read() == b"a" * 100 + b"b" * 30 + b"hello!"
+    # A small part limit (raw bytes): a new part after each record that passes it.
     pending = records_of(*items)
     parts = []
     while pending.has_more():
-        parts.append(read_all(BundleStream(pending, limit=50).read()))
+        parts.append(read_all(BundleStream(pending, limit=20).read()))
     assert len(parts) == 3 and [len(p) for p in parts] == [1, 1, 1]
+
+
+def test_a_long_record_is_cut_and_unwanted_records_are_not_decompressed() -> None:
+    long = os.urandom(CHUNK) + b"tail"
+    raw = BundleStream(records_of(("big", 0, long), ("base/5/1", 8192, b"b" * 30))).read()
+    assert read_all(raw) == {("big", 0): long[:CHUNK], ("big", CHUNK): b"tail",
+                             ("base/5/1", 8192): b"b" * 30}  # fmt: skip
+    # Damage inside the data frame of a record no one wants: read past, never decompressed
+    # (the object's sha256, checked by CheckedReader, still covers those bytes).
+    at = 8 + len(BUNDLE_MAGIC) + 8 + 20 + len("big") + 100  # in big's first data frame
+    damaged = raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1 :]
+    seen: list[Record] = []
+    assert read_all(damaged, lambda r: seen.append(r) or r.path != "big") == {
+        ("base/5/1", 8192): b"b" * 30
+    }
+    assert [(r.path, r.offset, r.length) for r in seen] == [
+        ("big", 0, CHUNK), ("big", CHUNK, 4), ("base/5/1", 8192, 30)
+    ]  # fmt: skip
+    with pytest.raises(DamagedBundle, match=r"record 1 \(big\)"):
+        read_all(damaged)
+
+
+def test_a_long_record_is_framed_as_it_is_read() -> None:
+    consumed = []
+
+    def long_file() -> Iterator[bytes]:
+        yield record_header(Record("pg_xact/0000", 0, 8 * CHUNK))
+        for i in range(8):
+            consumed.append(i)
+            yield os.urandom(CHUNK)
+
+    stream = BundleStream(Pending(iter([long_file()])))
+    first = b""
+    while len(first) < 1000:  # the magic, a header, part of the first data frame
+        more = stream.read(64 * 1024)
+        assert more
+        first += more
+    assert len(consumed) <= 2  # one CHUNK framed, not the whole file
+    got = read_all(first + stream.read())
+    assert sorted(got) == [("pg_xact/0000", i * CHUNK) for i in range(8)]
+    assert all(len(got["pg_xact/0000", i * CHUNK]) == CHUNK for i in range(8))
 
 
 def test_damaged_bundles_are_named() -> None:
     raw = BundleStream(records_of(("base/5/1", 0, b"a" * 100))).read()
+    start = 8 + len(BUNDLE_MAGIC)
+
+    def header(payload: bytes) -> bytes:
+        return struct.pack("<II", 0x184D2A51, len(payload)) + payload
+
     for bad, why in (
         (raw[:-10], "truncated"),
-        (raw[:-4], "truncated"),
+        (raw[: -len(END_MARK)], "truncated"),
         (raw + b"x", "follow its end mark"),
         (b"NOTABUNDLE" + raw[10:], "does not start"),
-        (raw[:10] + struct.pack(">I", 5) + b"{bad}" + b"\0\0\0\0", "garbled header"),
-        (raw[:10] + struct.pack(">I", 40) + b'{"path":"../x","offset":0,"length":0}  ', "garbled"),
-    ):
+        (raw[:start] + header(b"{bad}") + END_MARK, "garbled header"),
+        (raw[:start] + header(struct.pack(">QQI", 0, 0, 0) + b"../x") + END_MARK, "garbled"),
+        (raw[:start] + header(struct.pack(">QQI", 0, 5, 9) + b"x") + b"notzstd.." + END_MARK,
+         "record 1 \\(x\\): zstd"),
+    ):  # fmt: skip
         with pytest.raises(DamagedBundle, match=why):
             read_all(bad)
 
@@ -221,12 +279,9 @@ def copy(folder: Path, parent: FileMap | None, backup_id: str) -> tuple[FileMap,
     records = []
     for chunks in copier.records([e for e in walk(folder) if not e.is_dir]):
         parts = list(chunks)
-        length = struct.unpack(">I", parts[0][:4])[0]
-        import json
-
-        head = json.loads(parts[0][4 : 4 + length])
-        assert sum(len(p) for p in parts[1:]) == head["length"]
-        records.append(Record(head["path"], head["offset"], head["length"]))
+        head = announced(parts[0])
+        assert sum(len(p) for p in parts[1:]) == head.length
+        records.append(head)
     fmap = FileMap("0/9000000", "label", files=sorted(copier.files, key=lambda f: f.path))
     return fmap, records
 
@@ -459,13 +514,9 @@ def sorted_files(folder: Path) -> list[Entry]:
 
 
 def _heads(records: Iterator[Iterator[bytes]]) -> Iterator[Record]:
-    import json
-
     for chunks in records:
-        parts = list(chunks)
-        (length,) = struct.unpack(">I", parts[0][:4])
-        head = json.loads(parts[0][4 : 4 + length])
-        yield Record(head["path"], head["offset"], head["length"])
+        parts = list(chunks)  # every chunk consumed, as a bundle would
+        yield announced(parts[0])
 
 
 def test_the_parent_is_the_newest_files_backup_of_this_cluster_and_timeline(
