@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Annotated, Any
 
 import typer
@@ -18,7 +19,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
+from chainlens_ops.backup.manifest import (
+    FILES_LAYOUT,
+    BackupManifest,
+    parse_time,
+    read_catalog,
+    utc_now,
+)
 from chainlens_ops.backup.pins import Pin, read_pins, set_pin
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
@@ -119,7 +126,7 @@ def backup_command(
             "--kind",
             parser=_kind,
             metavar="|".join(KINDS),
-            help="auto: base when WAL is archived here, else logical.",
+            help="auto: base or incr when WAL is archived here (see full_every), else logical.",
         ),
     ] = "auto",
     db: Annotated[
@@ -210,18 +217,18 @@ def list_command(
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
         table.add_column("id", no_wrap=True)
-        for heading in ("took", "size", "proven"):
+        for heading in ("took", "size", "chain", "proven"):
             table.add_column(heading, overflow="fold")
+        chains = _chain_texts(valid)
         rows = [(b.id, b) for b in valid] + [(i, None) for i in catalog.damaged]
         for backup_id, b in sorted(rows, key=lambda row: row[0], reverse=True):
             if b is None:
-                table.add_row(backup_id, "-", "-", "DAMAGED manifest")
+                table.add_row(backup_id, "-", "-", "-", "DAMAGED manifest")
                 continue
             took = _seconds(b.started_at, b.finished_at)
             mark = " *" if b.id in pins else ""
-            table.add_row(
-                b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
-            )
+            table.add_row(b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes),
+                          chains[b.id], _proofs_text(proofs[b.id]))  # fmt: skip
         console.print(table)
         for b in valid:
             if b.id in pins:
@@ -427,6 +434,22 @@ def _proofs_text(proofs: dict[str, Proof]) -> str:
             verdict = "ok" if proof.ok else "FAILED"
             parts.append(f"{kind} {verdict} {proof.at:%m-%d}")
     return "; ".join(parts) or "-"
+
+
+def _chain_texts(valid: list[BackupManifest]) -> dict[str, str]:
+    """The `chain` column: `full` for the full backup a chain starts from, `+N` for an
+    incremental N deep whose parent is the files-layout backup listed right below it,
+    `+N on <parent>` otherwise; `-` for the others (tar base and logical backups)."""
+    files = [b for b in valid if b.layout == FILES_LAYOUT and b.physical]  # newest first
+    below = {b.id: older.id for b, older in pairwise(files)}
+    texts = {b.id: "-" for b in valid}
+    for b in files:
+        if b.parent is None:
+            texts[b.id] = "full"
+        else:
+            texts[b.id] = f"+{b.chain_depth}" + ("" if below.get(b.id) == b.parent
+                                                 else f" on {b.parent}")  # fmt: skip
+    return texts
 
 
 def _seconds(start: str, end: str) -> float:

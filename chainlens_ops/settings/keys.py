@@ -63,6 +63,7 @@ BACKUP_KEYS = (
     "keep_daily",
     "keep_weekly",
     "keep_monthly",
+    "full_every",
 )
 STATUS_KEYS = (
     "backlog_warn_segments",
