@@ -19,14 +19,25 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from chainlens_ops import __version__
+from chainlens_ops.backup.blockcopy import (
+    choose_parent,
+    copy_data_folder,
+    current_timeline,
+    files_full_notice,
+    local_data_folder,
+)
 from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
+    FILES_LAYOUT,
+    INCR,
     LOGICAL,
     BackupKind,
     BackupManifest,
@@ -34,6 +45,7 @@ from chainlens_ops.backup.manifest import (
     backup_prefix,
     format_time,
     new_backup_id,
+    read_catalog,
     utc_now,
     write_manifest,
 )
@@ -49,6 +61,7 @@ from chainlens_ops.core.crashpoints import crash_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_of
 from chainlens_ops.pg.connection import Connection, connect
+from chainlens_ops.pg.datadir import label_start
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name, segment_name
 from chainlens_ops.repository import Repository
@@ -85,6 +98,7 @@ class BackupOptions:
     spool_dir: str | None = None  # where that spool goes (see spool.spool_root)
     spool_reserve: int = DEFAULT_SPOOL_RESERVE  # free space it must leave on that disk
     stage: Callable[[str], None] | None = None  # "dump", "store": what progress counts
+    parent: str | None = None  # incr: `--from ID`, the backup to build on
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,8 @@ def take_backup(
         raise UsageError(f"--jobs must be 1 or more, not {options.jobs}")
     if options.jobs > 1 and options.kind != LOGICAL:
         raise UsageError("--jobs needs --kind logical (pg_dump's parallel directory format)")
+    if options.parent is not None and options.kind != INCR:
+        raise UsageError("--from needs --kind incr")
     notices: list[str] = []
 
     def notify(line: str) -> None:
@@ -153,7 +169,8 @@ def take_backup(
     kind, reason = choose_kind(cluster, repo, options.kind)
     for prev in earlier:
         same = (prev.repo, prev.system_identifier) == (repo.url, cluster.system_identifier)
-        if kind == BASE and prev.kind == BASE and same and prev.covered_by is None:
+        physical = kind in (BASE, INCR) and prev.kind in (BASE, INCR)
+        if physical and same and prev.covered_by is None:
             line = f"{target.name}: same cluster as {prev.target}: base backup {prev.id} covers it"
             notify(line)
             return replace(
@@ -175,9 +192,19 @@ def take_backup(
         repo.storage, f"backup --kind {kind} --db {target.name}",
         wait_s=options.lock_wait_s, notify=notify,
     )  # fmt: skip
+    session: Connection | None = None
+    folder: Path | None = None
+    if kind == INCR:  # refused before anything is written: the data folder must be here
+        session = connect(target)
+        try:
+            folder = local_data_folder(session, cluster.system_identifier)
+            timeline = current_timeline(session)
+        except BaseException:
+            session.close()
+            raise
     started = utc_now()
     clock = time.monotonic()
-    with lock.hold():
+    with lock.hold(), _closing(session):
         cleaned += remove_dead_backups(repo)
         if freed := cleaned.summary():
             notify(freed)
@@ -185,9 +212,28 @@ def take_backup(
             repo.ensure_marker(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
             )
+        parent: BackupManifest | None = None
+        if kind == INCR:
+            assert cluster.system_identifier is not None
+            parent = choose_parent(
+                read_catalog(repo), cluster.system_identifier, timeline, options.parent
+            )
+            if parent is None:
+                kind = BASE
+                notify(files_full_notice(target.name))
         backup_id = new_backup_id(repo, started, kind, target.name)
         wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
-        if kind == LOGICAL and options.jobs > 1:
+        if session is not None and folder is not None:
+            copied = copy_data_folder(session, folder, repo, backup_id, parent, options.progress)
+            objects = copied.objects
+            wal = _wal_fields(repo, cluster, copied.start_lsn, copied.timeline,
+                              copied.stop_lsn, options)  # fmt: skip
+            wal.update(
+                layout=FILES_LAYOUT,
+                parent=parent.id if parent is not None else None,
+                chain_depth=parent.chain_depth + 1 if parent is not None else 0,
+            )
+        elif kind == LOGICAL and options.jobs > 1:
             objects = _logical_parallel(
                 target, cluster, backup_id, repo, options, notify, spool_free
             )
@@ -224,8 +270,12 @@ def choose_kind(cluster: _Cluster, repo: Repository, wanted: str) -> tuple[Backu
     if wanted == LOGICAL:
         return LOGICAL, "logical backup, as asked (a pg_dump cannot be replayed forward)"
     why_not = _why_no_base(cluster, repo)
+    if why_not is None and wanted == INCR:
+        return INCR, "incremental backup: the cluster archives its WAL into this repository"
     if why_not is None:
         return BASE, "base backup: the cluster archives its WAL into this repository"
+    if wanted == INCR:
+        raise OperationFailed(f"cannot take an incremental backup: {why_not}", hint=PITR_HINT)
     if wanted == BASE:
         raise OperationFailed(f"cannot take a base backup: {why_not}", hint=PITR_HINT)
     return LOGICAL, f"{why_not}: logical backup; {PITR_HINT}"
@@ -369,10 +419,6 @@ def _logical_parallel(
         return dump_and_store(run, folder, repo.storage, backup_id)
 
 
-_LABEL_START = re.compile(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)")
-_LABEL_TLI = re.compile(r"START TIMELINE: (\d+)")
-
-
 def _base(
     target: DatabaseTarget, cluster: _Cluster, backup_id: str, repo: Repository,
     options: BackupOptions,
@@ -390,22 +436,43 @@ def _base(
             progress=options.progress, tap=sniffer.feed, level=ZSTD_LEVEL_BASE,
         )  # fmt: skip
     start_lsn, tli, stop_lsn = _positions(sniffer.files)
+    return obj, _wal_fields(repo, cluster, start_lsn, tli, stop_lsn, options)
+
+
+def _wal_fields(
+    repo: Repository, cluster: _Cluster, start_lsn: str, tli: int, stop_lsn: str,
+    options: BackupOptions,
+) -> dict[str, Any]:  # fmt: skip
+    """Wait for the WAL a physical backup needs (start to stop segment and its .backup
+    history file) in the repository; the manifest's WAL fields."""
     seg = cluster.seg_size
     start, stop = parse_lsn(start_lsn), parse_lsn(stop_lsn)
     first, last = start // seg, max(stop - 1, start) // seg
     history = f"{segment_name(tli, first, seg)}.{start % seg:08X}.backup"
     label = _wait_for_wal(repo, tli, first, last, history, options)
-    return obj, {
+    return {
         "timeline": tli, "start_lsn": start_lsn, "stop_lsn": stop_lsn,
         "start_wal": segment_name(tli, first, seg), "stop_wal": segment_name(tli, last, seg),
         "backup_label": label,
     }  # fmt: skip
 
 
+@contextmanager
+def _closing(conn: Connection | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if conn is not None:
+            conn.close()
+
+
 def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:
     """(start LSN, timeline, stop LSN) from backup_label and backup_manifest."""
     label = files.get("backup_label", b"").decode("utf-8", "replace")
-    start, tli = _LABEL_START.search(label), _LABEL_TLI.search(label)
+    try:
+        start, tli = label_start(label)
+    except ValueError:
+        start, tli = "", 0
     try:
         ranges = json.loads(files.get("backup_manifest", b"")).get("WAL-Ranges", [])
         stop = str(ranges[-1]["End-LSN"])
@@ -415,7 +482,7 @@ def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:
         raise OperationFailed(
             "pg_basebackup's tar holds no readable backup_label or backup_manifest"
         )
-    return start.group(1), int(tli.group(1)), stop
+    return start, tli, stop
 
 
 def _wait_for_wal(

@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from chainlens_ops.backup.chaincheck import check_chain
 from chainlens_ops.backup.manifest import (
     BASE,
+    FILES_LAYOUT,
     LOGICAL,
     BackupManifest,
     BackupObject,
@@ -102,13 +104,15 @@ def verify_backup(
     else:
         manifest = read_manifest(repo, backup_id)
     when = datetime.now(UTC)
-    if manifest.kind == LOGICAL and is_directory(manifest):
+    if manifest.physical and manifest.layout == FILES_LAYOUT:
+        checks = [ObjectCheck(c.key, c.ok, c.detail) for c in check_chain(repo, manifest)]
+    elif manifest.kind == LOGICAL and is_directory(manifest):
         checks = _check_directory(repo, manifest, spool_root(spool_dir))
     else:
         checks = [_check_object(repo, manifest, obj, extract_to) for obj in manifest.objects]
     if not manifest.objects:
         checks.append(ObjectCheck(manifest.id, False, "the manifest lists no objects"))
-    if manifest.kind == BASE:
+    if manifest.physical:
         checks.append(_check_own_wal(repo, manifest))
     result = VerifyResult(id=manifest.id, kind=manifest.kind, checks=checks)
     # The proof `backup list` and `status` show; a repository that takes no writes

@@ -145,6 +145,14 @@ def backup_command(
             help="Logical: pg_dump -j N (directory format, spooled on local disk first).",
         ),
     ] = 1,
+    parent: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="ID",
+            help="Incr: the backup to build on (default: the newest files-layout one).",
+        ),
+    ] = None,
     wal_timeout: Annotated[
         float,
         typer.Option(
@@ -171,7 +179,7 @@ def backup_command(
                     kind=kind, notify=_say(quiet), wal_wait_s=wal_timeout, jobs=jobs,
                     progress=bar.advance if bar else None, stage=bar.stage if bar else None,
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
-                    spool_reserve=settings.backup.spool_reserve,
+                    spool_reserve=settings.backup.spool_reserve, parent=parent,
                 )  # fmt: skip
                 results.append(take_backup(target, repository, options, earlier=results))
         if json_output or len(results) == done:  # printed as it goes; failures at the end

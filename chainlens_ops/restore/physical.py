@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from chainlens_ops.backup.manifest import FILES_LAYOUT, read_catalog
 from chainlens_ops.core.crashpoints import pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import LocalCluster
@@ -42,6 +43,7 @@ from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.restore.assemble import assemble
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.replay import ReplayWatch
 from chainlens_ops.restore.selective import Selection, write_placeholder
@@ -368,6 +370,12 @@ def _extract(
     progress: RestoreProgress,
     selection: Selection | None = None,
 ) -> tuple[int, int]:
+    if plan.backup.layout == FILES_LAYOUT:
+        chain = read_catalog(repo).chain(plan.backup)
+        pause_point("restore-extracting")
+        done = assemble(repo, chain, pgdata, extracting=progress.extracting,
+                        extracted=progress.extracted, selection=selection)  # fmt: skip
+        return done.written, done.skipped
     obj = next((o for o in plan.backup.objects if o.key.endswith("/" + BASE_OBJECT)), None)
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")

@@ -51,13 +51,16 @@ def skipped_database(name: str, keep_oids: frozenset[int]) -> bool:
 
 def write_placeholder(member: tarfile.TarInfo, pgdata: Path) -> None:
     """A sparse file of the member's size (its content is never read or written)."""
-    path = pgdata / member.name
-    if path.name == LEFT_OUT:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return
+    placeholder(pgdata / member.name, member.size)
+
+
+def placeholder(path: Path, size: int) -> None:
+    """A sparse file of `size` bytes at `path` of a skipped database (PG_VERSION left out)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.name == LEFT_OUT:
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.ftruncate(fd, member.size)
+        os.ftruncate(fd, size)
     finally:
         os.close(fd)

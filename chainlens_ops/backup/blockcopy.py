@@ -1,0 +1,363 @@
+"""Taking a files-layout physical backup (`backup --kind incr`): a full one, or the
+blocks changed since its parent, read from the local data folder between
+`pg_backup_start` and `pg_backup_stop` on one session.
+
+Which blocks (docs/reference.md, incremental backups, has the reasoning): a page of a
+relation's main fork is stored when its LSN is at or after the parent's start LSN, when
+it is new or zero, when it is beyond the parent's size of the file, when the parent has
+no block map of the file, or when its header is implausible; every other page is the
+parent's (the map points where the parent said it lives). Every other file is copied
+whole. The file map (backup.files) is stored after the bundles, the manifest last.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from chainlens_ops.backup.files import (
+    CLUSTER_GROUP,
+    MAP_NAME,
+    BundleStream,
+    Chunks,
+    DirEntry,
+    FileEntry,
+    FileMap,
+    Pending,
+    Range,
+    Record,
+    bundle_name,
+    group_of,
+    read_file_map,
+    record_header,
+)
+from chainlens_ops.backup.manifest import (
+    FILES_LAYOUT,
+    BackupManifest,
+    BackupObject,
+    Catalog,
+    UnknownBackup,
+    backup_prefix,
+)
+from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.errors import OperationFailed, UsageError
+from chainlens_ops.core.streams import read_full
+from chainlens_ops.pg.connection import Connection, first_line
+from chainlens_ops.pg.datadir import (
+    BLOCK_SIZE,
+    Entry,
+    control_system_identifier,
+    is_main_fork,
+    label_start,
+    page_changed,
+    tablespaces,
+    walk,
+)
+from chainlens_ops.pg.walnames import parse_lsn
+from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, store_compressed
+
+READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
+CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """What a files-layout copy stored, for the manifest."""
+
+    objects: list[BackupObject]
+    start_lsn: str
+    stop_lsn: str
+    timeline: int
+    label: str  # backup_label from pg_backup_stop
+
+
+def local_data_folder(conn: Connection, system_identifier: int | None) -> Path:
+    """The server's data folder, if it is this machine's: it exists here, can be read,
+    holds no tablespace, and its pg_control names the server's system identifier.
+    OperationFailed (one line) otherwise, before anything is written."""
+    row = conn.execute("SHOW data_directory").fetchone()
+    folder = Path(str(row[0])) if row else Path()
+    where = f"the server's data folder {folder}"
+    if system_identifier is None:
+        raise OperationFailed(
+            "an incremental backup needs a superuser (to read pg_control_system() "
+            "and to run pg_backup_start)"
+        )
+    if not folder.is_dir():
+        raise OperationFailed(
+            f"{where} is not on this machine: an incremental backup reads it directly",
+            hint="run the backup on the database host, as the server's OS user",
+        )
+    try:
+        found = control_system_identifier(folder)
+    except PermissionError:
+        raise OperationFailed(
+            f"cannot read {where}: permission denied",
+            hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
+        ) from None
+    except OSError as exc:
+        raise OperationFailed(f"cannot read {folder / CONTROL_FILE}: {exc}") from None
+    if found != system_identifier:
+        raise OperationFailed(
+            f"{where} here belongs to another cluster (system identifier {found}, the "
+            f"server's is {system_identifier}): the server is not on this machine",
+            hint="run the backup on the database host",
+        )
+    links = tablespaces(folder)
+    if links:
+        raise OperationFailed(
+            f"the cluster has tablespaces (pg_tblspc/{links[0]}): incremental backups "
+            "do not support them; take `--kind base`"
+        )
+    return folder
+
+
+def current_timeline(conn: Connection) -> int:
+    row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    return int(row[0]) if row else 1
+
+
+def choose_parent(
+    catalog: Catalog, system_identifier: int, timeline: int, wanted: str | None
+) -> BackupManifest | None:
+    """The backup an incremental builds on: `wanted`, or the newest complete
+    files-layout physical backup of this cluster and timeline (None: take a full).
+    UsageError (exit 2) for a `wanted` that is unknown or cannot be a parent."""
+    sysid = str(system_identifier)
+    if wanted is not None:
+        found = next((b for b in catalog.valid if b.id == wanted), None)
+        if found is None:
+            raise UnknownBackup(
+                f"no complete backup {wanted!r} to build on",
+                hint="see `chainlens-ops backup list` for the ids",
+            )
+        why = _not_a_parent(found, sysid, timeline)
+        if why is not None:
+            raise UsageError(f"--from {wanted}: {why}")
+        return found
+    for backup in catalog.valid:  # newest first
+        if _not_a_parent(backup, sysid, timeline) is None:
+            try:
+                catalog.chain(backup)
+            except OperationFailed:
+                continue
+            return backup
+    return None
+
+
+def _not_a_parent(backup: BackupManifest, sysid: str, timeline: int) -> str | None:
+    if not backup.physical:
+        return f"it is a {backup.kind} backup; an incremental builds on a physical one"
+    if backup.layout != FILES_LAYOUT:
+        return "it is a pg_basebackup (tar) backup; an incremental builds on a files-layout one"
+    if backup.system_identifier != sysid:
+        return "it is a backup of another cluster"
+    if backup.timeline != timeline:
+        return f"it is on timeline {backup.timeline}, the server on {timeline}"
+    return None
+
+
+def copy_data_folder(
+    conn: Connection,
+    folder: Path,
+    repo: Repository,
+    backup_id: str,
+    parent: BackupManifest | None,
+    progress: Progress | None = None,
+) -> Copy:
+    """pg_backup_start, the copy into bundles, pg_backup_stop, the file map. A failure
+    after the start closes the session, which ends the backup on the server."""
+    parent_map = read_file_map(repo, parent) if parent is not None else None
+    since = parse_lsn(parent_map.start_lsn) if parent_map is not None else None
+    try:
+        row = conn.execute(
+            "SELECT pg_backup_start(%s, true)", (f"chainlens-ops {backup_id}",)
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise OperationFailed(
+            f"cannot start the backup: {first_line(exc)}",
+            hint="an incremental backup needs a superuser or EXECUTE on pg_backup_start",
+        ) from None
+    assert row is not None
+    try:
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        insert_lsn = parse_lsn(str(row[0])) if row else 0
+        copier = _Copier(folder, backup_id, parent_map, since, insert_lsn, progress)
+        objects = copier.store(repo)
+        row = conn.execute(
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        ).fetchone()
+    except BaseException:
+        conn.close()  # a non-exclusive backup ends with its session
+        raise
+    assert row is not None
+    stop_lsn, label, spcmap = str(row[0]), str(row[1]), str(row[2] or "")
+    try:
+        start_lsn, timeline = label_start(label)
+    except ValueError as exc:
+        raise OperationFailed(f"pg_backup_stop's backup label is unreadable: {exc}") from None
+    fmap = FileMap(
+        start_lsn=start_lsn, backup_label=label, tablespace_map=spcmap,
+        dirs=copier.dirs, files=sorted(copier.files, key=lambda f: f.path),
+    )  # fmt: skip
+    objects.append(
+        store_compressed(
+            repo.storage,
+            backup_prefix(backup_id) + MAP_NAME,
+            io.BytesIO(fmap.to_bytes()),
+            level=ZSTD_LEVEL_BASE,
+        )
+    )
+    return Copy(objects, start_lsn, stop_lsn, timeline, label)
+
+
+class _Copier:
+    """Reads the data folder into bundle records, group by group, and keeps the file
+    map entries of what it read."""
+
+    def __init__(
+        self, folder: Path, backup_id: str, parent: FileMap | None, since: int | None,
+        insert_lsn: int, progress: Progress | None,
+    ) -> None:  # fmt: skip
+        self.folder = folder
+        self.backup_id = backup_id
+        self.parent = parent.by_path() if parent is not None else {}
+        self.since = since
+        self.insert_lsn = insert_lsn
+        self.progress = progress
+        self.dirs: list[DirEntry] = []
+        self.files: list[FileEntry] = []
+
+    def store(self, repo: Repository) -> list[BackupObject]:
+        groups: dict[str, list[Entry]] = {}
+        for entry in walk(self.folder):
+            if entry.is_dir:
+                self.dirs.append(DirEntry(entry.path, entry.mode))
+            else:
+                groups.setdefault(group_of(entry.path), []).append(entry)
+        cluster = groups.pop(CLUSTER_GROUP, [])
+        cluster.sort(key=lambda e: e.path == CONTROL_FILE)  # pg_control last
+        order = [*sorted(groups, key=lambda g: int(g[2:])), CLUSTER_GROUP]
+        groups[CLUSTER_GROUP] = cluster
+        objects: list[BackupObject] = []
+        for group in order:
+            pending = Pending(self._records(groups[group]))
+            part = 0
+            while pending.has_more():
+                key = backup_prefix(self.backup_id) + bundle_name(group, part)
+                objects.append(store_compressed(
+                    repo.storage, key, BundleStream(pending), level=ZSTD_LEVEL_BASE,  # type: ignore[arg-type]
+                ))  # fmt: skip
+                crash_point("incr-mid-copy")
+                part += 1
+        return objects
+
+    def _records(self, entries: list[Entry]) -> Iterator[Chunks]:
+        for entry in entries:
+            try:
+                fh = open(self.folder / entry.path, "rb")  # noqa: SIM115 (read as records)
+            except FileNotFoundError:
+                continue  # dropped since the walk: WAL replay drops it too
+            except PermissionError:
+                raise OperationFailed(
+                    f"cannot read {self.folder / entry.path}: permission denied",
+                    hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
+                ) from None
+            with fh:
+                if entry.size and entry.size % BLOCK_SIZE == 0 and is_main_fork(entry.path):
+                    yield from self._blocks(entry, fh)
+                else:
+                    yield from self._whole(entry, fh)
+
+    def _whole(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
+        self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
+                                    whole=self.backup_id))  # fmt: skip
+        if entry.size:
+            yield self._chunks(Record(entry.path, 0, entry.size), fh)
+
+    def _chunks(self, record: Record, fh: io.BufferedReader) -> Chunks:
+        yield record_header(record)
+        left = record.length
+        while left:
+            data = fh.read(min(left, READ_BLOCKS * BLOCK_SIZE))
+            if not data:  # shorter than when listed: zeros, as pg_basebackup pads
+                data = bytes(min(left, READ_BLOCKS * BLOCK_SIZE))
+            left -= len(data)
+            if self.progress is not None:
+                self.progress(len(data))
+            yield data
+
+    def _blocks(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
+        blocks = entry.size // BLOCK_SIZE
+        previous = self.parent.get(entry.path)
+        owners = _Owners(previous.ranges if previous is not None and self.since is not None
+                         and previous.ranges else [])  # fmt: skip
+        ranges: list[Range] = []
+        first = 0
+        while first < blocks:
+            count = min(READ_BLOCKS, blocks - first)
+            data = read_full(fh, count * BLOCK_SIZE)
+            if len(data) < count * BLOCK_SIZE:  # truncated while read: zero pages
+                data += bytes(count * BLOCK_SIZE - len(data))
+            if self.progress is not None:
+                self.progress(len(data))
+            view = memoryview(data)
+            run_start: int | None = None
+            for i in range(count):
+                block = first + i
+                owner = owners.at(block)
+                page = view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
+                assert self.since is not None or owner is None
+                if owner is None or page_changed(page, self.since or 0, self.insert_lsn):
+                    owner = self.backup_id
+                    if run_start is None:
+                        run_start = i
+                elif run_start is not None:
+                    yield _run(entry.path, first, run_start, i, view)
+                    run_start = None
+                _extend(ranges, block, owner)
+            if run_start is not None:
+                yield _run(entry.path, first, run_start, count, view)
+            first += count
+        self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
+                                    ranges=ranges))  # fmt: skip
+
+
+def _run(path: str, first: int, start: int, end: int, view: memoryview) -> Chunks:
+    record = Record(path, (first + start) * BLOCK_SIZE, (end - start) * BLOCK_SIZE)
+    return iter((record_header(record), bytes(view[start * BLOCK_SIZE : end * BLOCK_SIZE])))
+
+
+def _extend(ranges: list[Range], block: int, owner: str) -> None:
+    if ranges and ranges[-1][2] == owner:
+        first, count, _ = ranges[-1]
+        ranges[-1] = (first, count + 1, owner)
+    else:
+        ranges.append((block, 1, owner))
+
+
+class _Owners:
+    """Which backup the parent's map says holds each block, asked in block order."""
+
+    def __init__(self, ranges: list[Range]) -> None:
+        self._ranges = ranges
+        self._i = 0
+
+    def at(self, block: int) -> str | None:
+        while self._i < len(self._ranges):
+            first, count, owner = self._ranges[self._i]
+            if block < first + count:
+                return owner if block >= first else None
+            self._i += 1
+        return None  # beyond the parent's size of the file
+
+
+def files_full_notice(name: str) -> str:
+    return (f"{name}: no files-layout backup of this cluster and timeline to build on: "
+            "taking a full one (kind base, layout files)")  # fmt: skip

@@ -1,0 +1,174 @@
+"""Restoring a files-layout backup (a full or an incremental, backup.files): the newest
+backup's file map says where every byte lives; each backup of the chain, oldest first,
+has its bundles streamed and only what the map attributes to it written, in place (no
+intermediate copy). Then folders, sizes (sparse where no record wrote), modes and
+backup_label / tablespace_map from the map.
+
+With a Selection, bundles of skipped databases are never fetched (their files become
+placeholders, restore.selective), and nor is a bundle group of an ancestor that the map
+no longer attributes anything to.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chainlens_ops.backup.files import (
+    FileEntry,
+    FileMap,
+    Record,
+    bundle_group,
+    group_of,
+    group_oid,
+    read_bundle,
+    read_file_map,
+)
+from chainlens_ops.backup.manifest import BackupManifest, BackupObject
+from chainlens_ops.core.errors import OperationFailed
+from chainlens_ops.pg.datadir import BLOCK_SIZE
+from chainlens_ops.repository import Repository
+from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.restore.selective import Selection, placeholder
+
+
+@dataclass(frozen=True)
+class Assembled:
+    written: int  # bytes written into the data folder
+    skipped: int  # bytes of skipped databases' files (sparse placeholders)
+    read: int  # raw bytes of the objects read
+
+
+def needed_objects(
+    chain: list[BackupManifest], fmap: FileMap, selection: Selection | None
+) -> list[tuple[BackupManifest, BackupObject]]:
+    """The bundles a restore of chain[-1] reads, in order: those of groups the map
+    attributes something to in that backup, skipped databases left out."""
+    ids = {b.id for b in chain}
+    wanted: set[tuple[str, str]] = set()
+    for entry in fmap.files:
+        group = group_of(entry.path)
+        if _skipped(group, selection):
+            continue
+        for owner in entry.owners():
+            if owner not in ids:
+                raise OperationFailed(
+                    f"backup {chain[-1].id}: its file map holds {entry.path} in {owner}, "
+                    "which is not in its chain"
+                )
+            wanted.add((owner, group))
+    return [
+        (backup, obj)
+        for backup in chain
+        for obj in backup.objects
+        if (backup.id, bundle_group(obj.key)) in wanted
+    ]
+
+
+def _skipped(group: str, selection: Selection | None) -> bool:
+    oid = group_oid(group)
+    return selection is not None and oid is not None and oid not in selection.keep_oids
+
+
+def assemble(
+    repo: Repository,
+    chain: list[BackupManifest],
+    pgdata: Path,
+    *,
+    extracting: Callable[[int], None] = lambda total: None,
+    extracted: Callable[[int], None] = lambda n: None,
+    selection: Selection | None = None,
+) -> Assembled:
+    """Write chain[-1] (its ancestors first in `chain`) into the empty folder `pgdata`."""
+    newest = chain[-1]
+    fmap = read_file_map(repo, newest)
+    objects = needed_objects(chain, fmap, selection)
+    extracting(sum(obj.raw_size for _b, obj in objects))
+    for folder in sorted(fmap.dirs, key=lambda d: d.path):
+        (pgdata / folder.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = fmap.by_path()
+    writer = _Writer(pgdata, files)
+    read = 0
+    try:
+        for backup, obj in objects:
+            writer.backup_id = backup.id
+            with CheckedReader(repo.storage, obj) as reader:
+                read_bundle(reader, f"{repo.url}: {obj.key}", writer.write)  # type: ignore[arg-type]
+                reader.drain()
+                read += reader.raw_size
+                extracted(reader.raw_size)
+    finally:
+        writer.close()
+    skipped = 0
+    for entry in fmap.files:
+        path = pgdata / entry.path
+        if _skipped(group_of(entry.path), selection):
+            placeholder(path, entry.size)
+            skipped += entry.size
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, entry.size)  # sparse zeros where no record wrote
+            os.fchmod(fd, (entry.mode & 0o600) | 0o600)
+        finally:
+            os.close(fd)
+    labels = (("backup_label", fmap.backup_label), ("tablespace_map", fmap.tablespace_map))
+    for name, text in labels:
+        if text:
+            (pgdata / name).write_text(text)
+            os.chmod(pgdata / name, 0o600)
+    return Assembled(writer.written, skipped, read)
+
+
+class _Writer:
+    """Writes the part of each record that the newest map attributes to the backup
+    being read (`backup_id`); keeps the current file open across its records."""
+
+    def __init__(self, pgdata: Path, files: dict[str, FileEntry]) -> None:
+        self.pgdata = pgdata
+        self.files = files
+        self.backup_id = ""
+        self.written = 0
+        self._path: str | None = None
+        self._fd = -1
+
+    def write(self, record: Record, done: int, chunk: bytes) -> None:
+        entry = self.files.get(record.path)
+        if entry is None:
+            return  # not in the newest backup: dropped since
+        start = record.offset + done
+        if entry.whole is not None:
+            if entry.whole == self.backup_id:
+                self._pwrite(entry.path, chunk, start)
+            return
+        end = min(start + len(chunk), entry.size)
+        ranges = entry.ranges or []
+        at = max(bisect.bisect_right(ranges, start // BLOCK_SIZE, key=lambda r: r[0]) - 1, 0)
+        for first, count, owner in ranges[at:]:
+            lo, hi = max(start, first * BLOCK_SIZE), min(end, (first + count) * BLOCK_SIZE)
+            if lo < hi and owner == self.backup_id:
+                self._pwrite(entry.path, chunk[lo - start : hi - start], lo)
+            if (first + count) * BLOCK_SIZE >= end:
+                break
+
+    def _pwrite(self, path: str, data: bytes, offset: int) -> None:
+        if path != self._path:
+            self.close()
+            full = self.pgdata / path
+            full.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(full, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._path = path
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+        self.written += len(data)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._path = -1, None
