@@ -33,6 +33,7 @@ from chainlens_ops.backup.blockcopy import (
     files_full_notice,
     local_data_folder,
 )
+from chainlens_ops.backup.choice import choose_physical
 from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
@@ -73,7 +74,12 @@ from chainlens_ops.repository.datacodec import (
 )
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository.walcodec import decode
-from chainlens_ops.settings.config import DEFAULT_SPOOL_RESERVE, DEFAULT_ZSTD_LEVEL, DatabaseTarget
+from chainlens_ops.settings.config import (
+    DEFAULT_FULL_EVERY_S,
+    DEFAULT_SPOOL_RESERVE,
+    DEFAULT_ZSTD_LEVEL,
+    DatabaseTarget,
+)
 from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import NotFound
 
@@ -99,6 +105,7 @@ class BackupOptions:
     spool_reserve: int = DEFAULT_SPOOL_RESERVE  # free space it must leave on that disk
     stage: Callable[[str], None] | None = None  # "dump", "store": what progress counts
     parent: str | None = None  # incr: `--from ID`, the backup to build on
+    full_every_s: float = DEFAULT_FULL_EVERY_S  # auto: a new full once the chain's is this old
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,32 @@ def take_backup(
                 prev, target=target.name, database=cluster.database, reason=line,
                 covered_by=prev.id, size_bytes=0, raw_bytes=0, seconds=0.0, notices=notices,
             )  # fmt: skip
-    if options.kind == "auto":
+    # auto on a cluster that archives here: read the data folder itself where it is on
+    # this host (a full or an incremental, chosen under the lock), else pg_basebackup.
+    auto_files = False
+    session: Connection | None = None
+    folder: Path | None = None
+    timeline = 1
+    if kind == INCR or (options.kind == "auto" and kind == BASE):
+        session = connect(target)  # refused before anything is written: is the folder here?
+        try:
+            folder = local_data_folder(session, cluster.system_identifier)
+            timeline = current_timeline(session)
+        except OperationFailed as exc:
+            session.close()
+            session = None
+            if kind == INCR:
+                raise
+            reason = choose_physical(
+                not_local=exc.message, chain=None, full_every_s=options.full_every_s, now=utc_now()
+            ).reason
+        except BaseException:
+            session.close()
+            raise
+        else:
+            auto_files = kind == BASE
+            kind = INCR  # the files layout; a full when there is nothing to build on
+    if options.kind == "auto" and not auto_files:
         notify(f"{target.name}: {reason}")
     # What killed commands left: their spools first, as they take the room checked below.
     cleaned = remove_dead_spools(spool_root(options.spool_dir))
@@ -192,16 +224,6 @@ def take_backup(
         repo.storage, f"backup --kind {kind} --db {target.name}",
         wait_s=options.lock_wait_s, notify=notify,
     )  # fmt: skip
-    session: Connection | None = None
-    folder: Path | None = None
-    if kind == INCR:  # refused before anything is written: the data folder must be here
-        session = connect(target)
-        try:
-            folder = local_data_folder(session, cluster.system_identifier)
-            timeline = current_timeline(session)
-        except BaseException:
-            session.close()
-            raise
     started = utc_now()
     clock = time.monotonic()
     with lock.hold(), _closing(session):
@@ -215,10 +237,18 @@ def take_backup(
         parent: BackupManifest | None = None
         if kind == INCR:
             assert cluster.system_identifier is not None
-            parent = choose_parent(
-                read_catalog(repo), cluster.system_identifier, timeline, options.parent
-            )
-            if parent is None:
+            catalog = read_catalog(repo)
+            parent = choose_parent(catalog, cluster.system_identifier, timeline, options.parent)
+            if auto_files:
+                choice = choose_physical(
+                    not_local=None, chain=catalog.chain(parent) if parent else None,
+                    full_every_s=options.full_every_s, now=started,
+                )  # fmt: skip
+                parent, reason = choice.parent, choice.reason
+                notify(f"{target.name}: {reason}")
+                if parent is None:
+                    kind = BASE
+            elif parent is None:
                 kind = BASE
                 notify(files_full_notice(target.name))
         backup_id = new_backup_id(repo, started, kind, target.name)

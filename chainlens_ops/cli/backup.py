@@ -180,6 +180,7 @@ def backup_command(
                     progress=bar.advance if bar else None, stage=bar.stage if bar else None,
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
                     spool_reserve=settings.backup.spool_reserve, parent=parent,
+                    full_every_s=settings.backup.full_every_s,
                 )  # fmt: skip
                 results.append(take_backup(target, repository, options, earlier=results))
         if json_output or len(results) == done:  # printed as it goes; failures at the end

@@ -117,6 +117,7 @@ DEFAULT_SPOOL_RESERVE = 1024**3
 # `backup --kind auto` on a local cluster: a full backup once the newest full is this old,
 # an incremental on top of the chain otherwise.
 DEFAULT_FULL_EVERY = "7d"
+DEFAULT_FULL_EVERY_S = 7 * 86_400.0
 
 
 @record
@@ -132,7 +133,7 @@ class BackupSettings:
     keep_daily: int | None = None
     keep_weekly: int | None = None
     keep_monthly: int | None = None
-    full_every_s: float = 7 * 86_400.0  # DEFAULT_FULL_EVERY
+    full_every_s: float = DEFAULT_FULL_EVERY_S
 
 
 _DEFAULT_BACKUP = BackupSettings()
