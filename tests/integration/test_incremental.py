@@ -219,7 +219,7 @@ def chain(pg_template: Path, scratch: Path) -> Iterator[Chain]:
     factory.cleanup()
 
 
-def test_each_night_restores_exactly_from_its_incremental(chain: Chain) -> None:
+def each_night_restores_exactly_from_its_incremental(chain: Chain) -> None:
     full, *incrs = chain.ids
     assert full.endswith("-base-microservices")
     assert "full backup: the cluster archives its WAL into this repository" in chain.notices[0]
@@ -252,7 +252,7 @@ def test_each_night_restores_exactly_from_its_incremental(chain: Chain) -> None:
         restored.stop()
 
 
-def test_restore_table_reads_an_incremental_chain(chain: Chain) -> None:
+def restore_table_reads_an_incremental_chain(chain: Chain) -> None:
     """Issue #23 on a chain: one table back at a restore point, beside the live one."""
     scratch = chain.factory.dir("scratch")
     name = "vacuum-full"  # after the VACUUM FULL: its table's files live in the newest backups
@@ -273,7 +273,7 @@ def test_restore_table_reads_an_incremental_chain(chain: Chain) -> None:
     assert list(scratch.iterdir()) == []
 
 
-def test_damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
+def damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
     chain: Chain,
 ) -> None:
     full, newest = chain.ids[0], chain.ids[-1]
@@ -304,16 +304,26 @@ def test_damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain
 
     # A killed incremental leaves nothing `list` shows; the next one cleans it and works.
     count = len(chain.listing())
-    killed = chain.backup("--kind", "incr", env={"CHAINLENS_CRASH_AT": "backup-before-manifest"})
-    assert killed.returncode == 137, killed.stderr
-    assert len(chain.listing()) == count
+    for point in ("incr-mid-copy", "backup-before-manifest"):
+        killed = chain.backup("--kind", "incr", env={"CHAINLENS_CRASH_AT": point})
+        assert killed.returncode == 137, killed.stderr
+        assert len(chain.listing()) == count
     assert "incomplete backup(s) without a manifest" in chain.cli(
         "backup", "list", "--repo", chain.repo).stdout  # fmt: skip
     again = chain.backup("--kind", "incr")
     assert again.returncode == 0, again.stderr
+    # (the second killed one removed the first's leftovers, this one the second's)
     assert "leftovers of killed commands: 1 backup(s) without a manifest" in again.stderr
     newer = chain.listing()[0]
     assert (newer["id"], newer["parent"]) == (again.stdout.strip(), newest)
+
+
+def test_a_week_of_incrementals_on_the_database_host(chain: Chain) -> None:
+    """One chain, its cases in sequence (one source and one chain to build: the order
+    matters, as the prune at the end removes the WAL the earlier restore points need)."""
+    each_night_restores_exactly_from_its_incremental(chain)
+    restore_table_reads_an_incremental_chain(chain)
+    damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(chain)
 
 
 def test_an_encrypted_s3_chain(
