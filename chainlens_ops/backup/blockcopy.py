@@ -16,6 +16,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -42,11 +43,12 @@ from chainlens_ops.backup.manifest import (
     Catalog,
     UnknownBackup,
     backup_prefix,
+    parse_time,
 )
-from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.streams import read_full
-from chainlens_ops.pg.connection import Connection, first_line
+from chainlens_ops.pg.connection import Connection, connect, first_line
 from chainlens_ops.pg.datadir import (
     BLOCK_SIZE,
     Entry,
@@ -60,7 +62,9 @@ from chainlens_ops.pg.datadir import (
 from chainlens_ops.pg.walnames import parse_lsn
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, store_compressed
+from chainlens_ops.settings.config import DatabaseTarget
 
+MTIME_MARGIN_S = 2.0  # a file's mtime must be this much older than the parent's start
 READ_BLOCKS = 128  # blocks read at once (1 MiB): a record holds at most this many
 CONTROL_FILE = "global/pg_control"  # copied last, as pg_basebackup does
 Progress = Callable[[int], None]
@@ -75,6 +79,7 @@ class Copy:
     stop_lsn: str
     timeline: int
     label: str  # backup_label from pg_backup_stop
+    lineage: dict[str, Any]  # the manifest's layout, parent and chain_depth
 
 
 def local_data_folder(conn: Connection, system_identifier: int | None) -> Path:
@@ -118,18 +123,35 @@ def local_data_folder(conn: Connection, system_identifier: int | None) -> Path:
     return folder
 
 
-def current_timeline(conn: Connection) -> int:
-    row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
-    return int(row[0]) if row else 1
+@dataclass(frozen=True)
+class DataFolder:
+    """A server's data folder, checked to be this machine's, and the session its
+    backup runs on."""
+
+    session: Connection
+    folder: Path
+    system_identifier: int
+    timeline: int  # the server's now
 
 
-def choose_parent(
-    catalog: Catalog, system_identifier: int, timeline: int, wanted: str | None
-) -> BackupManifest | None:
+def open_data_folder(target: DatabaseTarget, system_identifier: int | None) -> DataFolder:
+    """A session to `target` and its checked data folder (local_data_folder)."""
+    session = connect(target)
+    try:
+        folder = local_data_folder(session, system_identifier)
+        row = session.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    except BaseException:
+        session.close()
+        raise
+    assert system_identifier is not None
+    return DataFolder(session, folder, system_identifier, int(row[0]) if row else 1)
+
+
+def choose_parent(catalog: Catalog, local: DataFolder, wanted: str | None) -> BackupManifest | None:
     """The backup an incremental builds on: `wanted`, or the newest complete
     files-layout physical backup of this cluster and timeline (None: take a full).
     UsageError (exit 2) for a `wanted` that is unknown or cannot be a parent."""
-    sysid = str(system_identifier)
+    sysid, timeline = str(local.system_identifier), local.timeline
     if wanted is not None:
         found = next((b for b in catalog.valid if b.id == wanted), None)
         if found is None:
@@ -164,8 +186,7 @@ def _not_a_parent(backup: BackupManifest, sysid: str, timeline: int) -> str | No
 
 
 def copy_data_folder(
-    conn: Connection,
-    folder: Path,
+    local: DataFolder,
     repo: Repository,
     backup_id: str,
     parent: BackupManifest | None,
@@ -173,6 +194,7 @@ def copy_data_folder(
 ) -> Copy:
     """pg_backup_start, the copy into bundles, pg_backup_stop, the file map. A failure
     after the start closes the session, which ends the backup on the server."""
+    conn, folder = local.session, local.folder
     parent_map = read_file_map(repo, parent) if parent is not None else None
     since = parse_lsn(parent_map.start_lsn) if parent_map is not None else None
     try:
@@ -188,7 +210,11 @@ def copy_data_folder(
     try:
         row = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         insert_lsn = parse_lsn(str(row[0])) if row else 0
-        copier = _Copier(folder, backup_id, parent_map, since, insert_lsn, progress)
+        settled = None
+        if parent is not None:  # the parent began after this: its files older than that
+            began = parse_time(parent.started_at).timestamp() - MTIME_MARGIN_S
+            settled = int(began * 1e9)
+        copier = Copier(folder, backup_id, parent_map, since, insert_lsn, progress, settled)
         objects = copier.store(repo)
         row = conn.execute(
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
@@ -214,17 +240,23 @@ def copy_data_folder(
             level=ZSTD_LEVEL_BASE,
         )
     )
-    return Copy(objects, start_lsn, stop_lsn, timeline, label)
+    lineage = {
+        "layout": FILES_LAYOUT,
+        "parent": parent.id if parent is not None else None,
+        "chain_depth": parent.chain_depth + 1 if parent is not None else 0,
+    }
+    return Copy(objects, start_lsn, stop_lsn, timeline, label, lineage)
 
 
-class _Copier:
+class Copier:
     """Reads the data folder into bundle records, group by group, and keeps the file
     map entries of what it read."""
 
     def __init__(
         self, folder: Path, backup_id: str, parent: FileMap | None, since: int | None,
-        insert_lsn: int, progress: Progress | None,
+        insert_lsn: int, progress: Progress | None, settled_ns: int | None = None,
     ) -> None:  # fmt: skip
+        self.settled_ns = settled_ns  # see _unchanged
         self.folder = folder
         self.backup_id = backup_id
         self.parent = parent.by_path() if parent is not None else {}
@@ -236,18 +268,21 @@ class _Copier:
 
     def store(self, repo: Repository) -> list[BackupObject]:
         groups: dict[str, list[Entry]] = {}
-        for entry in walk(self.folder):
-            if entry.is_dir:
-                self.dirs.append(DirEntry(entry.path, entry.mode))
-            else:
-                groups.setdefault(group_of(entry.path), []).append(entry)
+        try:
+            for entry in walk(self.folder):
+                if entry.is_dir:
+                    self.dirs.append(DirEntry(entry.path, entry.mode))
+                else:
+                    groups.setdefault(group_of(entry.path), []).append(entry)
+        except PermissionError as exc:
+            raise _unreadable(Path(exc.filename or self.folder)) from None
         cluster = groups.pop(CLUSTER_GROUP, [])
         cluster.sort(key=lambda e: e.path == CONTROL_FILE)  # pg_control last
         order = [*sorted(groups, key=lambda g: int(g[2:])), CLUSTER_GROUP]
         groups[CLUSTER_GROUP] = cluster
         objects: list[BackupObject] = []
         for group in order:
-            pending = Pending(self._records(groups[group]))
+            pending = Pending(self.records(groups[group]))
             part = 0
             while pending.has_more():
                 key = backup_prefix(self.backup_id) + bundle_name(group, part)
@@ -255,25 +290,42 @@ class _Copier:
                     repo.storage, key, BundleStream(pending), level=ZSTD_LEVEL_BASE,  # type: ignore[arg-type]
                 ))  # fmt: skip
                 crash_point("incr-mid-copy")
+                pause_point("incr-mid-copy")  # files listed, one bundle stored
                 part += 1
         return objects
 
-    def _records(self, entries: list[Entry]) -> Iterator[Chunks]:
+    def records(self, entries: list[Entry]) -> Iterator[Chunks]:
+        """Bundle records of `entries` (read as they are consumed); their map entries
+        land in `files`."""
         for entry in entries:
+            if self._unchanged(entry):
+                continue
             try:
                 fh = open(self.folder / entry.path, "rb")  # noqa: SIM115 (read as records)
             except FileNotFoundError:
                 continue  # dropped since the walk: WAL replay drops it too
             except PermissionError:
-                raise OperationFailed(
-                    f"cannot read {self.folder / entry.path}: permission denied",
-                    hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
-                ) from None
+                raise _unreadable(self.folder / entry.path) from None
             with fh:
                 if entry.size and entry.size % BLOCK_SIZE == 0 and is_main_fork(entry.path):
                     yield from self._blocks(entry, fh)
                 else:
                     yield from self._whole(entry, fh)
+
+    def _unchanged(self, entry: Entry) -> bool:
+        """A file the parent holds as it is now, not read again: same size and mtime_ns
+        as in the parent's map, and that mtime older than the parent's start by
+        MTIME_MARGIN_S. A write after the parent read the file came after the parent
+        began, so it set the mtime (the kernel's clock, at most a tick coarse) to a time
+        past the margin: a value the map cannot hold. Its map entry (and the backups it
+        names) carries over."""
+        if self.settled_ns is None or entry.mtime_ns >= self.settled_ns:
+            return False
+        previous = self.parent.get(entry.path)
+        if previous is None or (previous.size, previous.mtime_ns) != (entry.size, entry.mtime_ns):
+            return False
+        self.files.append(previous)
+        return True
 
     def _whole(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         self.files.append(FileEntry(entry.path, entry.size, entry.mode, entry.mtime_ns,
@@ -296,8 +348,10 @@ class _Copier:
     def _blocks(self, entry: Entry, fh: io.BufferedReader) -> Iterator[Chunks]:
         blocks = entry.size // BLOCK_SIZE
         previous = self.parent.get(entry.path)
-        owners = _Owners(previous.ranges if previous is not None and self.since is not None
-                         and previous.ranges else [])  # fmt: skip
+        inherited = previous.ranges if previous is not None and self.since is not None else None
+        if inherited and len(inherited) > max_ranges(blocks):
+            inherited = None  # too fragmented: stored whole again, its map entry one range
+        owners = _Owners(inherited or [])
         ranges: list[Range] = []
         first = 0
         while first < blocks:
@@ -308,6 +362,11 @@ class _Copier:
             if self.progress is not None:
                 self.progress(len(data))
             view = memoryview(data)
+            if owners.beyond(first):  # nothing of the parent's from here on: all stored
+                yield _run(entry.path, first, 0, count, view)
+                _extend(ranges, first, self.backup_id, count)
+                first += count
+                continue
             run_start: int | None = None
             for i in range(count):
                 block = first + i
@@ -329,17 +388,31 @@ class _Copier:
                                     ranges=ranges))  # fmt: skip
 
 
+def _unreadable(path: Path) -> OperationFailed:
+    return OperationFailed(
+        f"cannot read {path}: permission denied",
+        hint="run the backup as the server's OS user (e.g. `sudo -u postgres`)",
+    )
+
+
+def max_ranges(blocks: int) -> int:
+    """The ranges a file's map entry may inherit: beyond that (scattered changes over a
+    long chain) the file is stored again whole, so the file map, and the memory that
+    holds it, stays near 2 ranges per 64 blocks at most."""
+    return max(64, blocks // 64)
+
+
 def _run(path: str, first: int, start: int, end: int, view: memoryview) -> Chunks:
     record = Record(path, (first + start) * BLOCK_SIZE, (end - start) * BLOCK_SIZE)
     return iter((record_header(record), bytes(view[start * BLOCK_SIZE : end * BLOCK_SIZE])))
 
 
-def _extend(ranges: list[Range], block: int, owner: str) -> None:
+def _extend(ranges: list[Range], block: int, owner: str, count: int = 1) -> None:
     if ranges and ranges[-1][2] == owner:
-        first, count, _ = ranges[-1]
-        ranges[-1] = (first, count + 1, owner)
+        first, had, _ = ranges[-1]
+        ranges[-1] = (first, had + count, owner)
     else:
-        ranges.append((block, 1, owner))
+        ranges.append((block, count, owner))
 
 
 class _Owners:
@@ -356,6 +429,11 @@ class _Owners:
                 return owner if block >= first else None
             self._i += 1
         return None  # beyond the parent's size of the file
+
+    def beyond(self, block: int) -> bool:
+        """No block from `block` on is the parent's."""
+        last = self._ranges[-1] if self._ranges else None
+        return last is None or block >= last[0] + last[1]
 
 
 def files_full_notice(name: str) -> str:

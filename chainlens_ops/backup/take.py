@@ -19,25 +19,23 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.backup.blockcopy import (
+    DataFolder,
     choose_parent,
     copy_data_folder,
-    current_timeline,
     files_full_notice,
-    local_data_folder,
+    open_data_folder,
 )
 from chainlens_ops.backup.choice import choose_physical
 from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
-    FILES_LAYOUT,
     INCR,
     LOGICAL,
     BackupKind,
@@ -187,28 +185,18 @@ def take_backup(
     # auto on a cluster that archives here: read the data folder itself where it is on
     # this host (a full or an incremental, chosen under the lock), else pg_basebackup.
     auto_files = False
-    session: Connection | None = None
-    folder: Path | None = None
-    timeline = 1
-    if kind == INCR or (options.kind == "auto" and kind == BASE):
-        session = connect(target)  # refused before anything is written: is the folder here?
+    local: DataFolder | None = None
+    if kind == INCR:  # refused before anything is written unless the data folder is here
+        local = open_data_folder(target, cluster.system_identifier)
+    elif options.kind == "auto" and kind == BASE:
         try:
-            folder = local_data_folder(session, cluster.system_identifier)
-            timeline = current_timeline(session)
+            local = open_data_folder(target, cluster.system_identifier)
         except OperationFailed as exc:
-            session.close()
-            session = None
-            if kind == INCR:
-                raise
             reason = choose_physical(
                 not_local=exc.message, chain=None, full_every_s=options.full_every_s, now=utc_now()
             ).reason
-        except BaseException:
-            session.close()
-            raise
         else:
-            auto_files = kind == BASE
-            kind = INCR  # the files layout; a full when there is nothing to build on
+            auto_files, kind = True, INCR  # the files layout: full or incremental, below
     if options.kind == "auto" and not auto_files:
         notify(f"{target.name}: {reason}")
     # What killed commands left: their spools first, as they take the room checked below.
@@ -226,7 +214,7 @@ def take_backup(
     )  # fmt: skip
     started = utc_now()
     clock = time.monotonic()
-    with lock.hold(), _closing(session):
+    with lock.hold(), closing(local.session) if local else nullcontext():
         cleaned += remove_dead_backups(repo)
         if freed := cleaned.summary():
             notify(freed)
@@ -235,10 +223,9 @@ def take_backup(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
             )
         parent: BackupManifest | None = None
-        if kind == INCR:
-            assert cluster.system_identifier is not None
+        if local is not None:
             catalog = read_catalog(repo)
-            parent = choose_parent(catalog, cluster.system_identifier, timeline, options.parent)
+            parent = choose_parent(catalog, local, options.parent)
             if auto_files:
                 choice = choose_physical(
                     not_local=None, chain=catalog.chain(parent) if parent else None,
@@ -246,23 +233,17 @@ def take_backup(
                 )  # fmt: skip
                 parent, reason = choice.parent, choice.reason
                 notify(f"{target.name}: {reason}")
-                if parent is None:
-                    kind = BASE
             elif parent is None:
-                kind = BASE
                 notify(files_full_notice(target.name))
+            if parent is None:
+                kind = BASE
         backup_id = new_backup_id(repo, started, kind, target.name)
-        wal: dict[str, Any] = {}  # a base backup's WAL fields of the manifest
-        if session is not None and folder is not None:
-            copied = copy_data_folder(session, folder, repo, backup_id, parent, options.progress)
+        wal: dict[str, Any] = {}  # a physical backup's WAL fields of the manifest
+        if local is not None:
+            copied = copy_data_folder(local, repo, backup_id, parent, options.progress)
             objects = copied.objects
             wal = _wal_fields(repo, cluster, copied.start_lsn, copied.timeline,
-                              copied.stop_lsn, options)  # fmt: skip
-            wal.update(
-                layout=FILES_LAYOUT,
-                parent=parent.id if parent is not None else None,
-                chain_depth=parent.chain_depth + 1 if parent is not None else 0,
-            )
+                              copied.stop_lsn, options) | copied.lineage  # fmt: skip
         elif kind == LOGICAL and options.jobs > 1:
             objects = _logical_parallel(
                 target, cluster, backup_id, repo, options, notify, spool_free
@@ -485,15 +466,6 @@ def _wal_fields(
         "start_wal": segment_name(tli, first, seg), "stop_wal": segment_name(tli, last, seg),
         "backup_label": label,
     }  # fmt: skip
-
-
-@contextmanager
-def _closing(conn: Connection | None) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if conn is not None:
-            conn.close()
 
 
 def _positions(files: dict[str, bytes]) -> tuple[str, int, str]:

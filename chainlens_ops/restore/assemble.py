@@ -1,7 +1,8 @@
 """Restoring a files-layout backup (a full or an incremental, backup.files): the newest
-backup's file map says where every byte lives; each backup of the chain, oldest first,
-has its bundles streamed and only what the map attributes to it written, in place (no
-intermediate copy). Then folders, sizes (sparse where no record wrote), modes and
+backup's file map says where every byte lives; the bundles of the chain's backups are
+streamed (STREAMS at once: each byte has one owner, so the order does not matter) and
+only what the map attributes to each backup is written, in place (no intermediate
+copy). Then folders, sizes (sparse where no record wrote), modes and
 backup_label / tablespace_map from the map.
 
 With a Selection, bundles of skipped databases are never fetched (their files become
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from chainlens_ops.pg.datadir import BLOCK_SIZE
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import CheckedReader
 from chainlens_ops.restore.selective import Selection, placeholder
+
+STREAMS = 3  # bundles read at once (zstd and the writes leave the GIL)
 
 
 @dataclass(frozen=True)
@@ -90,18 +95,44 @@ def assemble(
     for folder in sorted(fmap.dirs, key=lambda d: d.path):
         (pgdata / folder.path).mkdir(parents=True, exist_ok=True, mode=0o700)
     files = fmap.by_path()
-    writer = _Writer(pgdata, files)
-    read = 0
-    try:
-        for backup, obj in objects:
-            writer.backup_id = backup.id
+    lock = threading.Lock()
+
+    def seen(n: int) -> None:
+        with lock:
+            extracted(n)
+
+    def one(backup: BackupManifest, obj: BackupObject) -> tuple[int, int]:
+        writer = _Writer(pgdata, files, backup.id)
+        reported = 0
+
+        def write(record: Record, done: int, chunk: bytes) -> None:
+            nonlocal reported
+            writer.write(record, done, chunk)
+            reported += len(chunk)
+            seen(len(chunk))  # the bytes read, as they pass (record headers at the end)
+
+        try:
             with CheckedReader(repo.storage, obj) as reader:
-                read_bundle(reader, f"{repo.url}: {obj.key}", writer.write)  # type: ignore[arg-type]
+                read_bundle(reader, f"{repo.url}: {obj.key}", write)  # type: ignore[arg-type]
                 reader.drain()
-                read += reader.raw_size
-                extracted(reader.raw_size)
-    finally:
-        writer.close()
+                seen(reader.raw_size - reported)
+                return writer.written, reader.raw_size
+        finally:
+            writer.close()
+
+    # Each byte is written by the one backup the map attributes it to, so the objects
+    # can be read in any order, several at once.
+    written = read = 0
+    with ThreadPoolExecutor(max_workers=STREAMS) as pool:
+        futures = [pool.submit(one, backup, obj) for backup, obj in objects]
+        try:
+            for future in futures:
+                w, r = future.result()
+                written, read = written + w, read + r
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     skipped = 0
     for entry in fmap.files:
         path = pgdata / entry.path
@@ -121,17 +152,17 @@ def assemble(
         if text:
             (pgdata / name).write_text(text)
             os.chmod(pgdata / name, 0o600)
-    return Assembled(writer.written, skipped, read)
+    return Assembled(written, skipped, read)
 
 
 class _Writer:
     """Writes the part of each record that the newest map attributes to the backup
     being read (`backup_id`); keeps the current file open across its records."""
 
-    def __init__(self, pgdata: Path, files: dict[str, FileEntry]) -> None:
+    def __init__(self, pgdata: Path, files: dict[str, FileEntry], backup_id: str) -> None:
         self.pgdata = pgdata
         self.files = files
-        self.backup_id = ""
+        self.backup_id = backup_id
         self.written = 0
         self._path: str | None = None
         self._fd = -1

@@ -25,7 +25,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from chainlens_ops.backup.manifest import FILES_LAYOUT, read_catalog
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.cluster import loopback_conninfo as local_conninfo
 from chainlens_ops.pg.connection import connect, first_line
@@ -206,6 +207,9 @@ def _restore_planned(
             f"cluster {plan.backup.system_identifier}: restore from that cluster's repository"
         )
     table_plan = _plan(plan, database, kept, all_dbs, names, schema, options.scratch_root)
+    if plan.backup.layout == FILES_LAYOUT:  # at most: every backup of its chain, whole
+        chain = read_catalog(repo).chain(plan.backup)
+        table_plan = replace(table_plan, bytes_to_extract=sum(b.raw_bytes for b in chain))
     if table_plan.scratch_free < table_plan.bytes_to_extract + 4 * plan.seg_size:
         raise UsageError(
             f"too little free space in {table_plan.scratch_root}: "

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from conftest import ClusterFactory
-from pgharness import CLI, PgCluster, cli_env, free_port, run_cli
+from pgharness import CLI, PgCluster, cli_env, free_port, run_cli, wait_for
 from test_backup import backup, cli
 from test_wal import PUSH, switch_and_wait
 
@@ -117,9 +118,28 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
     )  # fmt: skip
     assert int(incr["size_bytes"]) < int(full["size_bytes"]) / 2  # type: ignore[call-overload]
 
-    pg.execute("UPDATE big SET v = 'again' WHERE id % 7000 = 0")
     pg.execute("DROP DATABASE app")
-    newest_id, _ = take(source, "--from", incr_id)
+    # Writers while the copy runs (held after its first bundle, the files listed): pages
+    # changed after the start, a file that vanishes, one that shrinks, one that is new.
+    pause = source.factory.dir("pause")
+    env = cli_env({"CHAINLENS_PAUSE_AT": "incr-mid-copy", "CHAINLENS_PAUSE_DIR": str(pause)})
+    argv = ["runuser", "-u", "postgres", "--", str(CLI), "backup", "--repo", str(source.repo),
+            "--dsn", pg.conninfo(), "--kind", "incr", "--from", incr_id]  # fmt: skip
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as running:  # fmt: skip
+        wait_for((pause / "incr-mid-copy.reached").exists, timeout=120)
+        for statement in (
+            "UPDATE big SET v = 'again' WHERE id % 7000 = 0",
+            "DROP TABLE fresh",
+            "DELETE FROM shrink WHERE id > 1000",
+            "VACUUM shrink",
+            "CREATE TABLE during AS SELECT g AS id FROM generate_series(1, 2000) g",
+        ):
+            pg.execute(statement)
+        (pause / "incr-mid-copy.go").touch()
+        out, err = running.communicate(timeout=180)
+    assert running.returncode == 0, err
+    newest_id = out.strip()
     assert manifest(source.repo, newest_id)["chain_depth"] == 2
     switch_and_wait(pg)
     want = fingerprint(pg)
@@ -135,6 +155,22 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
     assert fingerprint(restored) == want
     restored.stop()
 
+    # --db-only: only newdb (and the maintenance database) readable; the others are
+    # placeholders whose bundles were never read.
+    pgdata = source.factory.dir("dbonly") / "data"
+    port = free_port()
+    proc = run_cli("restore", "--repo", str(source.repo), "--latest", "--pgdata", str(pgdata),
+                   "--dsn", pg.conninfo(), "--db-only", "newdb", "--start", "--port", str(port),
+                   user="postgres", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    only = PgCluster(pgdata, port)
+    source.factory.made.append(only)
+    assert only.scalar("SELECT count(*) FROM n", "newdb") == 500
+    assert only.scalar("SELECT count(*) FROM big") == want["postgres.public.big"][0]
+    with pytest.raises(psycopg.OperationalError, match="PG_VERSION"):
+        only.scalar("SELECT 1", "template1")
+    only.stop()
+
     # verify walks the chain: the newest is fine, then a flipped byte in the full's
     # bundle fails the newest's verify naming that object.
     ok = cli(source.repo, "verify", newest_id)
@@ -149,6 +185,12 @@ def test_full_then_incrementals_restore_exactly(source: Source) -> None:
         assert bad.returncode == 1, bad.stdout + bad.stderr
         key = f"backups/{full_id}/data/{bundle.name}"
         assert key in bad.stdout + bad.stderr
+        # A restore of the newest fails naming it, and removes what it wrote.
+        fresh = source.factory.dir("broken") / "data"
+        proc = run_cli("restore", "--repo", str(source.repo), "--latest", "--pgdata", str(fresh),
+                       user="postgres", timeout=300)  # fmt: skip
+        assert proc.returncode == 1 and key in proc.stderr, proc.stderr
+        assert not fresh.exists() or not any(fresh.iterdir())
     finally:
         bundle.write_bytes(original)
 
@@ -173,3 +215,29 @@ def test_refusals(source: Source) -> None:
     assert "belongs to another cluster" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
     assert sorted(p.name for p in (source.repo / "backups").iterdir()) == before
+
+
+def test_a_killed_incremental_leaves_nothing_valid_and_the_next_one_works(source: Source) -> None:
+    source.cluster.execute("CREATE TABLE after_kill AS SELECT g FROM generate_series(1, 100) g")
+    if not listed(source):  # run alone (or on another worker): a full to build on
+        take(source)
+    before = {b["id"] for b in listed(source)}
+    proc = backup(source.repo, source.cluster.conninfo(), "--kind", "incr",
+                  env={"CHAINLENS_CRASH_AT": "incr-mid-copy"})  # fmt: skip
+    assert proc.returncode in (-9, 137), proc.stderr
+    leftover = {p.name for p in (source.repo / "backups").iterdir()} - before
+    assert len(leftover) == 1 and not any(
+        (source.repo / "backups" / name / "manifest.json").exists() for name in leftover
+    )
+    assert {b["id"] for b in listed(source)} == before  # nothing new listed as valid
+    made, proc = take(source)  # the server's backup ended with the killed session
+    assert made not in leftover and manifest(source.repo, made)["kind"] == "incr"
+    assert not (source.repo / "backups" / leftover.pop()).exists()  # cleaned
+
+
+def listed(src: Source) -> list[dict[str, object]]:
+    proc = cli(src.repo, "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    backups = data["backups"] if isinstance(data, dict) else data
+    return [b for b in backups if b.get("status", "complete") == "complete"]

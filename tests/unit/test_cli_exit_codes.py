@@ -59,6 +59,12 @@ REFUSALS: dict[str, tuple[tuple[str, ...], str | None, int, str]] = {
     "zero check --timeout": (("check", "--timeout", "0"), None, 2, r"--timeout must be"),
     "bad --kind": (("backup", "--kind", "bogus"), None, 2, r"--kind.*auto, base, incr, logical"),
     "zero --jobs": (("backup", "--jobs", "0", "--repo", "/r"), None, 2, r"--jobs"),
+    "--from without incr": (
+        ("backup", "--kind", "base", "--from", "x", "--repo", "/r", "--dsn", "host=h"),
+        None,
+        2,
+        r"--from needs --kind incr",
+    ),
     "--dsn with --db all": (
         ("backup", "--db", "all", "--dsn", "host=x", "--repo", "/r"),
         None,
