@@ -38,13 +38,13 @@ CREATE TABLE events_2026_10 PARTITION OF events FOR VALUES FROM ('2026-10-01') T
 CREATE TABLE events_2026_11 PARTITION OF events FOR VALUES FROM ('2026-11-01') TO ('2026-12-01');
 CREATE TABLE events_2026_12 PARTITION OF events FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
 INSERT INTO events SELECT g, DATE '2026-09-01' + (g % 91), md5(g::text)
-  FROM generate_series(1, 30000) g;
+  FROM generate_series(1, {half}) g;
 INSERT INTO events SELECT g, DATE '2026-12-01' + (g % 5), md5(g::text)
-  FROM generate_series(30001, 60000) g;
+  FROM generate_series({half} + 1, 2 * {half}) g;
 CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL, note text);
 INSERT INTO accounts SELECT g, 100, 'opened' FROM generate_series(1, 5000) g;
-CREATE TABLE shrink AS SELECT g AS id, repeat('s', 200) AS pad FROM generate_series(1, 20000) g;
-CREATE TABLE rewrite AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g;
+CREATE TABLE shrink AS SELECT g AS id, repeat('s', 200) AS pad FROM generate_series(1, {tables}) g;
+CREATE TABLE rewrite AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {tables}) g;
 CREATE INDEX ON rewrite (id);
 """
 # Each night's change, in order: its name (the restore point after the backup) and its
@@ -191,13 +191,15 @@ class Chain:
         return cluster
 
 
-def build_source(factory: ClusterFactory, archive_command: str) -> PgCluster:
+def build_source(factory: ClusterFactory, archive_command: str, *, scale: int = 10) -> PgCluster:
+    """The source cluster; `scale` 10 is the local chain's size (about 50 MB), less keeps
+    the WAL an S3 archive must take (one process per segment) short."""
     source = factory(start=False, archive_mode="on", archive_command=archive_command,
                      max_wal_size="256MB")  # fmt: skip
     source.start()
     for db in ("app", "gone"):
         source.createdb(db)
-    source.execute(SOURCE_SQL, dbname="app")
+    source.execute(SOURCE_SQL.format(half=3000 * scale, tables=2000 * scale), dbname="app")
     source.execute("CREATE TABLE doomed AS SELECT g FROM generate_series(1, 1000) g", "gone")
     switch_and_wait(source)
     return source
@@ -336,7 +338,7 @@ def test_an_encrypted_s3_chain(
     assert made.returncode == 0, made.stderr
     push = (f"CHAINLENS_REPO_KEY_FILE={key} AWS_SHARED_CREDENTIALS_FILE={setup.credentials} "
             f"{CLI} --config {setup.config} wal push --repo {repo} %p")  # fmt: skip
-    source = build_source(make_cluster, push)
+    source = build_source(make_cluster, push, scale=2)
     scene = Chain(source, repo, make_cluster, env={**setup.env, "CHAINLENS_REPO_KEY_FILE":
                   str(key)}, config=setup.config)  # fmt: skip
     # Writers and each change alone are the local chain's part: here a chain of two
