@@ -225,19 +225,23 @@ def list_command(
     else:
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
-        table.add_column("id", no_wrap=True)
-        for heading in ("took", "size", "chain", "proven"):
-            table.add_column(heading, overflow="fold")
+        # `chain` only where there are files-layout backups (80 columns are tight).
         chains = _chain_texts(valid)
+        chained = any(text != "-" for text in chains.values())
+        table.add_column("id", no_wrap=True)
+        for heading in ("took", "size", *(["chain"] if chained else []), "proven"):
+            table.add_column(heading, overflow="fold")
         rows = [(b.id, b) for b in valid] + [(i, None) for i in catalog.damaged]
         for backup_id, b in sorted(rows, key=lambda row: row[0], reverse=True):
             if b is None:
-                table.add_row(backup_id, "-", "-", "-", "DAMAGED manifest")
+                table.add_row(backup_id, "-", "-", *(["-"] if chained else []),
+                              "DAMAGED manifest")  # fmt: skip
                 continue
             took = _seconds(b.started_at, b.finished_at)
             mark = " *" if b.id in pins else ""
-            table.add_row(b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes),
-                          chains[b.id], _proofs_text(proofs[b.id]))  # fmt: skip
+            chain = [chains[b.id]] if chained else []
+            table.add_row(b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes), *chain,
+                          _proofs_text(proofs[b.id]))  # fmt: skip
         console.print(table)
         for b in valid:
             if b.id in pins:
