@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import ClusterFactory, MotoServer
-from pgharness import CLI, PgCluster, free_port, run_cli
+from pgharness import CLI, PgCluster, cli_env, free_port, run_cli
 from test_backup import flip_local
 from test_wal import PUSH, switch_and_wait
 from test_wal_s3 import S3Setup, client
@@ -320,12 +321,50 @@ def damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
     assert (newer["id"], newer["parent"]) == (again.stdout.strip(), newest)
 
 
+def auto_starts_a_new_chain_after_full_every_and_runs_pg_basebackup_elsewhere(
+    chain: Chain,
+) -> None:
+    full = chain.ids[0]
+    config = chain.factory.dir("conf") / "ops.toml"
+    config.write_text('[backup]\nfull_every = "1s"\n')
+    config.chmod(0o644)
+    made = run_cli("--config", str(config), "backup", "--repo", chain.repo, "--dsn",
+                   chain.source.conninfo("app"), user="postgres")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert f"full backup: the newest full {full} is " in made.stderr, made.stderr
+    assert "old (backup.full_every is 1s)" in made.stderr, made.stderr
+    newest = chain.listing()[0]
+    assert (newest["kind"], newest["layout"], newest["parent"], newest["chain_depth"]) == (
+        "base", "files", None, 0)  # fmt: skip
+
+    # Where the data folder seen from here is not the server's (a tmpfs over it with a
+    # foreign pg_control, in a private mount namespace): pg_basebackup, said in one line.
+    data = chain.source.data
+    script = (
+        f"mount -t tmpfs -o mode=0755 none {data} && mkdir {data}/global && "
+        f"head -c 8192 /dev/urandom > {data}/global/pg_control && exec runuser -u postgres -- "
+        f"{CLI} backup --repo {chain.repo} --dsn '{chain.source.conninfo('app')}'"
+    )
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=cli_env(None),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "base backup (pg_basebackup): the cluster archives its WAL into this repository, "
+        "and its data folder cannot be read here ("
+    ) in proc.stderr, proc.stderr
+    assert "belongs to another cluster" in proc.stderr
+    newest = chain.listing()[0]
+    assert (newest["id"], newest["kind"], newest["layout"]) == (proc.stdout.strip(), "base",
+                                                                "tar")  # fmt: skip
+
+
 def test_a_week_of_incrementals_on_the_database_host(chain: Chain) -> None:
     """One chain, its cases in sequence (one source and one chain to build: the order
     matters, as the prune at the end removes the WAL the earlier restore points need)."""
     each_night_restores_exactly_from_its_incremental(chain)
     restore_table_reads_an_incremental_chain(chain)
     damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(chain)
+    auto_starts_a_new_chain_after_full_every_and_runs_pg_basebackup_elsewhere(chain)
 
 
 def test_an_encrypted_s3_chain(
