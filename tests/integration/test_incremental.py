@@ -242,16 +242,19 @@ def each_night_restores_exactly_from_its_incremental(chain: Chain) -> None:
     assert all(len(line) <= 80 for line in text.splitlines()), text
     assert "full" in text and f"+{len(incrs)}" in text
 
-    # Every night, to right after its backup (by restore point, two by time and LSN);
-    # the last is the chain of six, with VACUUM FULL, a dropped and a created database.
-    # (Not by time or LSN just before the DROP DATABASE: PostgreSQL marks the database
+    # Nights restored to right after their backup, by restore point, time and LSN. The
+    # last is the chain of six: every change above lives in it (VACUUM FULL's table, the
+    # dropped and the created database, the truncated file), most of it in blocks of
+    # older backups of the chain, so it proves the nights not restored alone here (each
+    # restore costs a server start; restore table below reads the VACUUM FULL night).
+    # Not by time or LSN just before the DROP DATABASE: PostgreSQL marks the database
     # invalid in place before the drop commits, so a recovery stopped between the two
-    # ends with an invalid database, whatever the backup.)
-    flags = {"scattered-updates": "--target-time", "vacuumed-shorter": "--target-lsn"}
-    for name, expected in chain.points.items():
-        flag = flags.get(name, "--target-name")
+    # ends with an invalid database, whatever the backup.
+    restores = {"appends": "--target-name", "scattered-updates": "--target-time",
+                "vacuumed-shorter": "--target-lsn", CHANGES[-1][0]: "--target-name"}  # fmt: skip
+    for name, flag in restores.items():
         restored = chain.restore(flag, chain.targets[name][flag])
-        assert fingerprint(restored) == expected, (name, flag)
+        assert fingerprint(restored) == chain.points[name], (name, flag)
         restored.stop()
 
 
