@@ -214,7 +214,7 @@ def take_backup(
     )  # fmt: skip
     started = utc_now()
     clock = time.monotonic()
-    with lock.hold(), closing(local.session) if local else nullcontext():
+    with closing(local.session) if local else nullcontext(), lock.hold():
         cleaned += remove_dead_backups(repo)
         if freed := cleaned.summary():
             notify(freed)

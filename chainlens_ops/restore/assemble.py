@@ -16,7 +16,7 @@ import bisect
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,7 @@ def assemble(
         (pgdata / folder.path).mkdir(parents=True, exist_ok=True, mode=0o700)
     files = fmap.by_path()
     lock = threading.Lock()
+    stop = threading.Event()  # one stream failed (or the restore was interrupted)
 
     def seen(n: int) -> None:
         with lock:
@@ -107,6 +108,8 @@ def assemble(
 
         def write(record: Record, done: int, chunk: bytes) -> None:
             nonlocal reported
+            if stop.is_set():
+                raise OperationFailed("stopped: another bundle of the restore failed")
             writer.write(record, done, chunk)
             reported += len(chunk)
             seen(len(chunk))  # the bytes read, as they pass (record headers at the end)
@@ -126,10 +129,11 @@ def assemble(
     with ThreadPoolExecutor(max_workers=STREAMS) as pool:
         futures = [pool.submit(one, backup, obj) for backup, obj in objects]
         try:
-            for future in futures:
+            for future in as_completed(futures):  # the first failure as soon as it happens
                 w, r = future.result()
                 written, read = written + w, read + r
         except BaseException:
+            stop.set()
             for future in futures:
                 future.cancel()
             raise

@@ -375,7 +375,7 @@ def _extract(
         pause_point("restore-extracting")
         done = assemble(repo, chain, pgdata, extracting=progress.extracting,
                         extracted=progress.extracted, selection=selection)  # fmt: skip
-        return done.written, done.skipped
+        return done.written + done.skipped, done.skipped  # as a tar's: skipped included
     obj = next((o for o in plan.backup.objects if o.key.endswith("/" + BASE_OBJECT)), None)
     if obj is None:
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,7 +45,7 @@ from chainlens_ops.backup.manifest import (
     write_manifest,
 )
 from chainlens_ops.backup.retention import RetentionPolicy, select_retained
-from chainlens_ops.core.errors import UsageError
+from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.metadata import DamagedMetadata
 from chainlens_ops.pg.datadir import BLOCK_SIZE, Entry, page_changed, walk
 from chainlens_ops.repository import Repository
@@ -327,6 +328,8 @@ def test_a_chain_restores_and_verifies(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     bad = [c for c in check_chain(repo, newest) if not c.ok]
     assert [c.key for c in bad] == [bundle.key]
+    with pytest.raises(OperationFailed, match=re.escape(bundle.key)):
+        assemble(repo, chain, tmp_path / "out3")
 
 
 def files_backup(
