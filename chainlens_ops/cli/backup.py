@@ -303,7 +303,7 @@ def prune_command(
     ctx: typer.Context,
     keep_last: Annotated[
         int | None,
-        typer.Option("--keep-last", metavar="N", help="Keep the newest N of each kind."),
+        typer.Option("--keep-last", metavar="N", help="Keep the newest N physical and N logical."),
     ] = None,
     keep_days: Annotated[
         float | None,
