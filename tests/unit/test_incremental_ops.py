@@ -4,6 +4,7 @@ prune on chains (the WAL floor, claims), the `chain` column of `backup list`, th
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from chainlens_ops.backup.manifest import (
     LOGICAL,
     TAR_LAYOUT,
     BackupManifest,
+    manifest_key,
     read_catalog,
 )
 from chainlens_ops.backup.prune import prune_backups
@@ -30,9 +32,10 @@ from chainlens_ops.backup.retention import (
     select_retained,
 )
 from chainlens_ops.cli.backup import _chain_texts
-from chainlens_ops.core.errors import ConfigError
+from chainlens_ops.core.errors import ConfigError, OperationFailed
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.claim import RestoreClaim
+from chainlens_ops.restore.plan import LATEST, Target, make_plan
 from chainlens_ops.settings.config import load_settings
 
 from .support import T0, make_repo, manifest, store_segments, write_backup
@@ -179,3 +182,24 @@ def test_the_chain_column_names_a_parent_only_where_it_is_not_the_row_below() ->
     texts = _chain_texts([dump, branch, i2, i1, f, tar])
     assert texts == {"dump": "-", "b1": "+1 on f", "i2": "+2", "i1": "+1", "f": "full",
                      "tar": "-"}  # fmt: skip
+
+
+# -- a chain that cannot be read --------------------------------------------------------
+
+
+def test_an_incremental_whose_full_is_damaged_starts_no_restore(tmp_path: Path) -> None:
+    """The planner, the window and status pass over an incremental whose chain cannot be
+    read, as they pass over a damaged manifest; naming it says why."""
+    repo, (f, _i1, i2) = _chain_repo(tmp_path)
+    catalog = read_catalog(repo)
+    assert [b.id for b in catalog.pitr_starts()] == ["i2", "i1", "f"]
+    assert make_plan(repo, Target(LATEST, "latest")).backup.id == "i2"
+    key = manifest_key(f.id)
+    repo.storage.put(key, io.BytesIO(b'{"id": "f", "kind": "base"'))  # truncated
+    catalog = read_catalog(repo)
+    assert catalog.pitr_starts() == [] and catalog.damaged == ["f"]
+    assert "builds on f, which is damaged" in str(catalog.chain_problem(catalog.valid[0]))
+    with pytest.raises(OperationFailed, match="backup i2 builds on f, which is damaged"):
+        make_plan(repo, Target(LATEST, "latest"), backup_id=i2.id)
+    with pytest.raises(OperationFailed, match="holds no base backup"):
+        make_plan(repo, Target(LATEST, "latest"))
