@@ -18,9 +18,10 @@
   A backup kept only because a kept incremental builds on it (its full, the middle of
   its chain) keeps its objects but does not hold WAL back: the incremental replays from
   its own start segment.
-- Running restores and drills hold claims (`chainlens_ops.repository.claim`): a claimed backup
-  is kept, with its whole chain (retention's ancestor rule) and the WAL it needs; while a restore is still planning (its claim
-  names no backup yet) nothing is removed. Each is said in a notice.
+- Running restores and drills hold claims (`chainlens_ops.repository.claim`): a claimed
+  backup is kept, with its whole chain (retention's ancestor rule) and the WAL it needs;
+  while a restore is still planning (its claim names no backup yet) nothing is removed.
+  Each is said in a notice.
 """
 
 from __future__ import annotations

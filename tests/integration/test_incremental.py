@@ -15,7 +15,6 @@ import itertools
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from test_backup import flip_local
 from test_wal import PUSH, switch_and_wait
 from test_wal_s3 import S3Setup, client
 
-Proc = Any
+Proc = subprocess.CompletedProcess[str]
 Fingerprint = dict[tuple[str, str], tuple[int, str]]
 
 SOURCE_SQL = """
@@ -408,4 +407,3 @@ def test_an_encrypted_s3_chain(
     pruned = scene.cli("backup", "prune", "--repo", repo, "--keep-last", "1", "--json")
     assert pruned.returncode == 0, pruned.stderr
     assert set(scene.ids) <= set(json.loads(pruned.stdout)["kept"])
-    time.sleep(0)  # nothing else: moto and the cluster go with the fixtures
