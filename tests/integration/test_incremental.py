@@ -256,6 +256,15 @@ def each_night_restores_exactly_from_its_incremental(chain: Chain) -> None:
         assert fingerprint(restored) == chain.points[name], (name, flag)
         restored.stop()
 
+    # A drill of the newest reads every table of the chain's restore: the source's counts.
+    drill = chain.cli("restore", "drill", "--repo", chain.repo, "--scratch",
+                      str(chain.factory.dir("drill")), "--json", timeout=300)  # fmt: skip
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    drilled = json.loads(drill.stdout)
+    assert drilled["backup_id"] == chain.ids[-1]
+    expected = {f"{db}.{table}": n for (db, table), (n, _md5) in chain.points[name].items()}
+    assert {k: v for k, v in drilled["row_counts"].items() if k in expected} == expected
+
 
 def restore_table_reads_an_incremental_chain(chain: Chain) -> None:
     """Issue #23 on a chain: one table back at a restore point, beside the live one."""
