@@ -21,7 +21,7 @@ from rich.table import Table
 
 from chainlens_ops.backup.manifest import (
     FILES_LAYOUT,
-    BackupManifest,
+    Catalog,
     parse_time,
     read_catalog,
     utc_now,
@@ -226,7 +226,7 @@ def list_command(
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
         # `chain` only where there are files-layout backups (80 columns are tight).
-        chains = _chain_texts(valid)
+        chains = _chain_texts(catalog)
         chained = any(text != "-" for text in chains.values())
         table.add_column("id", no_wrap=True)
         for heading in ("took", "size", *(["chain"] if chained else []), "proven"):
@@ -258,7 +258,11 @@ def list_command(
             )
     for backup_id in catalog.damaged:
         err_console.print(f"chainlens-ops: error: {catalog.problems[backup_id]}", markup=False)
-    if catalog.damaged:
+    # An incremental whose chain cannot be read restores nothing: said like damage.
+    broken = [problem for b in valid if (problem := catalog.chain_problem(b)) is not None]
+    for problem in broken:
+        err_console.print(f"chainlens-ops: error: {problem}", markup=False)
+    if catalog.damaged or broken:
         raise typer.Exit(1)
 
 
@@ -449,16 +453,20 @@ def _proofs_text(proofs: dict[str, Proof]) -> str:
     return "; ".join(parts) or "-"
 
 
-def _chain_texts(valid: list[BackupManifest]) -> dict[str, str]:
+def _chain_texts(catalog: Catalog) -> dict[str, str]:
     """The `chain` column: `full` for the full backup a chain starts from, `+N` for an
     incremental N deep whose parent is the files-layout backup listed right below it,
-    `+N on <parent>` otherwise; `-` for the others (tar base and logical backups)."""
-    files = [b for b in valid if b.layout == FILES_LAYOUT and b.physical]  # newest first
+    `+N on <parent>` otherwise, `+N BROKEN` when its chain cannot be read; `-` for the
+    others (tar base and logical backups)."""
+    valid = catalog.valid  # newest first
+    files = [b for b in valid if b.layout == FILES_LAYOUT and b.physical]
     below = {b.id: older.id for b, older in pairwise(files)}
     texts = {b.id: "-" for b in valid}
     for b in files:
         if b.parent is None:
             texts[b.id] = "full"
+        elif catalog.chain_problem(b) is not None:
+            texts[b.id] = f"+{b.chain_depth} BROKEN"
         else:
             texts[b.id] = f"+{b.chain_depth}" + ("" if below.get(b.id) == b.parent
                                                  else f" on {b.parent}")  # fmt: skip

@@ -301,6 +301,17 @@ def damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
     assert f"backups/{full}/data/{bundle.name}" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr
     flip_local(bundle, offset)
+    # The full's manifest gone (by hand): the chain is listed broken, exit 1, each named.
+    manifest = Path(chain.repo) / "backups" / full / "manifest.json"
+    aside = manifest.with_name("manifest.aside")
+    manifest.rename(aside)
+    try:
+        broken = chain.cli("backup", "list", "--repo", chain.repo, env={"COLUMNS": "80"})
+    finally:
+        aside.rename(manifest)
+    assert broken.returncode == 1, broken.stderr
+    assert f"{newest} builds on " in broken.stderr and "BROKEN" in broken.stdout
+    assert f"builds on {full}, which is not in the repository" in broken.stderr, broken.stderr
 
     pruned = chain.cli("backup", "prune", "--repo", chain.repo, "--keep-last", "1", "--json")
     assert pruned.returncode == 0, pruned.stderr

@@ -19,6 +19,7 @@ from chainlens_ops.backup.manifest import (
     LOGICAL,
     TAR_LAYOUT,
     BackupManifest,
+    Catalog,
     manifest_key,
     read_catalog,
 )
@@ -179,9 +180,11 @@ def test_the_chain_column_names_a_parent_only_where_it_is_not_the_row_below() ->
     branch = incr("b1", f, 0.5, 5)  # `--from f`: a second branch of the chain
     tar = manifest("tar", at=T0 - 4 * DAY)
     dump = manifest("dump", LOGICAL, at=T0)
-    texts = _chain_texts([dump, branch, i2, i1, f, tar])
-    assert texts == {"dump": "-", "b1": "+1 on f", "i2": "+2", "i1": "+1", "f": "full",
-                     "tar": "-"}  # fmt: skip
+    catalog = Catalog([dump, branch, i2, i1, f, tar], [], [])
+    assert _chain_texts(catalog) == {"dump": "-", "b1": "+1 on f", "i2": "+2", "i1": "+1",
+                                     "f": "full", "tar": "-"}  # fmt: skip
+    gone = Catalog([dump, branch, i2, tar], [], [])  # f and i1 deleted by hand
+    assert _chain_texts(gone) == {"dump": "-", "b1": "+1 BROKEN", "i2": "+2 BROKEN", "tar": "-"}
 
 
 # -- a chain that cannot be read --------------------------------------------------------
