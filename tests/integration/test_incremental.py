@@ -331,7 +331,7 @@ def damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
     count = len(chain.listing())
     for point in ("incr-mid-copy", "backup-before-manifest"):
         killed = chain.backup("--kind", "incr", env={"CHAINLENS_CRASH_AT": point})
-        assert killed.returncode == 137, killed.stderr
+        assert killed.returncode in (-9, 137), killed.stderr  # SIGKILL (runuser: 137)
         assert len(chain.listing()) == count
     assert "incomplete backup(s) without a manifest" in chain.cli(
         "backup", "list", "--repo", chain.repo).stdout  # fmt: skip
