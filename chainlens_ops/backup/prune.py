@@ -166,15 +166,15 @@ def _claimed(
     if planning is not None:
         note(f"nothing pruned: {planning.describe()} is planning a restore from this repository")
         return {b.id for b in valid}
-    ids = {b.id for b in valid}
+    by_id = {b.id: b for b in valid}
     used: set[str] = set()
     for claim in claims:
-        if claim.backup_id in ids and claim.backup_id not in used:
-            used.add(str(claim.backup_id))
-            note(
-                f"kept backup {claim.backup_id} (with its chain) and its WAL: "
-                f"{claim.describe()} is restoring it"
-            )
+        claimed = by_id.get(str(claim.backup_id))
+        if claimed is not None and claimed.id not in used:
+            used.add(claimed.id)
+            chain = " (with the chain it builds on)" if claimed.parent else ""
+            note(f"kept backup {claimed.id} and its WAL{chain}: {claim.describe()} is "
+                 "restoring it")  # fmt: skip
     return used
 
 

@@ -164,7 +164,7 @@ def test_a_claimed_incremental_keeps_its_chain_and_its_wal(tmp_path: Path) -> No
     assert set(done.kept) == {"f2", "i1", "f"}
     assert IN_USE in done.reasons["i1"] and done.reasons["f"] == [PARENT]
     assert done.wal_before == i1.start_wal and done.wal_removed == 4  # segments 1..4
-    assert any("kept backup i1 (with its chain) and its WAL" in line for line in lines)
+    assert any("kept backup i1 and its WAL (with the chain it builds on)" in line for line in lines)
     # Once the restore is over, the chain goes with the next prune.
     again = prune_backups(repo, policy=RetentionPolicy(keep_last=1), now=T0)
     assert set(again.removed) == {"i1", "f"} and again.kept == ["f2"]
