@@ -263,9 +263,21 @@ class Catalog:
 
     def pitr_starts(self) -> list[BackupManifest]:
         """The backups a point-in-time restore can start from, newest first: valid base
-        backups that name their first WAL segment. The one place that knows which kinds
-        replay WAL forward (an incremental kind learns it here)."""
-        return [b for b in self.valid if can_start_pitr(b)]
+        backups that name their first WAL segment, and incrementals among them only
+        where their whole chain is there to read (`chain_problem`). The one place that
+        knows which kinds replay WAL forward."""
+        return [b for b in self.valid if can_start_pitr(b) and self.chain_problem(b) is None]
+
+    def chain_problem(self, backup: BackupManifest) -> str | None:
+        """Why `backup` cannot be read (an ancestor missing, damaged or incomplete: the
+        line `chain` raises), None when it can."""
+        if backup.parent is None:
+            return None
+        try:
+            self.chain(backup)
+        except OperationFailed as exc:
+            return exc.one_line()
+        return None
 
     def chain(self, backup: BackupManifest) -> list[BackupManifest]:
         """`backup` and the ancestors its blocks live in, oldest (the full) first: the one

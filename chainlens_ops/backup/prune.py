@@ -15,9 +15,13 @@
 - WAL: segments (and .backup files) older than the start segment of the oldest retained
   *base* backup are removed, and only those; history files always stay. With no base
   backup retained, no WAL is removed (there is nothing to measure "older" against).
-- Running restores and drills hold claims (`chainlens_ops.repository.claim`): a claimed backup
-  is kept, and with it the WAL it needs; while a restore is still planning (its claim
-  names no backup yet) nothing is removed. Each is said in a notice.
+  A backup kept only because a kept incremental builds on it (its full, the middle of
+  its chain) keeps its objects but does not hold WAL back: the incremental replays from
+  its own start segment.
+- Running restores and drills hold claims (`chainlens_ops.repository.claim`): a claimed
+  backup is kept, with its whole chain (retention's ancestor rule) and the WAL it needs;
+  while a restore is still planning (its claim names no backup yet) nothing is removed.
+  Each is said in a notice.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from chainlens_ops.backup.manifest import (
 )
 from chainlens_ops.backup.parallel import spool_root
 from chainlens_ops.backup.pins import read_pins
-from chainlens_ops.backup.retention import RetentionPolicy, select_retained
+from chainlens_ops.backup.retention import RetentionPolicy, own_right, select_retained
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
@@ -95,7 +99,10 @@ def prune_backups(
         reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins,
                                   in_use=_claimed(catalog.valid, claims, note))  # fmt: skip
         removed = [b for b in catalog.valid if b.id not in reasons]
-        kept = [b for b in catalog.pitr_starts() if b.id in reasons]
+        # WAL is kept from the oldest backup kept for itself: an ancestor kept only for
+        # the blocks a kept incremental reads from it needs none of its own WAL.
+        own = own_right(reasons)
+        kept = [b for b in catalog.pitr_starts() if b.id in own]
         wal_before = min((str(b.start_wal)[:24] for b in kept), key=_segno_key, default=None)
         # The WAL removed is older than every kept base backup: the kept ones alone
         # make the window that remains (the one window, chainlens_ops.restore.window).
@@ -159,12 +166,15 @@ def _claimed(
     if planning is not None:
         note(f"nothing pruned: {planning.describe()} is planning a restore from this repository")
         return {b.id for b in valid}
-    ids = {b.id for b in valid}
+    by_id = {b.id: b for b in valid}
     used: set[str] = set()
     for claim in claims:
-        if claim.backup_id in ids and claim.backup_id not in used:
-            used.add(str(claim.backup_id))
-            note(f"kept backup {claim.backup_id} and its WAL: {claim.describe()} is restoring it")
+        claimed = by_id.get(str(claim.backup_id))
+        if claimed is not None and claimed.id not in used:
+            used.add(claimed.id)
+            chain = " (with the chain it builds on)" if claimed.parent else ""
+            note(f"kept backup {claimed.id} and its WAL{chain}: {claim.describe()} is "
+                 "restoring it")  # fmt: skip
     return used
 
 

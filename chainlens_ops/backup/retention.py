@@ -1,10 +1,11 @@
 """Which backups retention keeps, and why: pure selection, no repository in sight.
 
-Rules, applied to each target database's valid backups, and to each kind on its own
-(base and logical backups are counted apart, so a few ad-hoc logical dumps never push
-the nightly base backup out of `--keep-last`):
+Rules, applied to each target database's valid backups, and to physical and logical
+backups apart (full and incremental backups are counted together, as either starts a
+point-in-time restore; a few ad-hoc logical dumps never push the nightly base backup out
+of `--keep-last`):
 
-- `keep_last N`: the newest N of the kind.
+- `keep_last N`: the newest N physical, and the newest N logical.
 - `keep_days D`: every backup started within the last D days.
 - `keep_daily N` / `keep_weekly N` / `keep_monthly N`: the newest backup of each of the
   N most recent UTC days / ISO weeks / months that hold a backup of the kind.
@@ -12,7 +13,9 @@ the nightly base backup out of `--keep-last`):
 - Whatever the policy: each target's newest valid backup, and its newest backup a
   point-in-time restore can start from, are kept.
 - A backup that a kept backup depends on (an incremental's parent, and so up its chain)
-  is kept.
+  is kept. Kept only for that, its data stays but not its WAL: an incremental restores
+  from its own start segment, so the WAL between its full and it serves no kept backup
+  (`own_right`).
 
 Order is by backup time (`started_at`, then id), never by name or timeline.
 """
@@ -82,6 +85,18 @@ def _order(backup: BackupManifest) -> tuple[str, str]:
     return (backup.started_at, backup.id)
 
 
+def _family(backup: BackupManifest) -> str:
+    """What the count-based rules count together: full and incremental backups are both
+    physical (each is a point-in-time start), logical dumps apart."""
+    return "physical" if backup.physical else str(backup.kind)
+
+
+def own_right(reasons: Mapping[str, list[str]]) -> set[str]:
+    """The kept ids kept for themselves, not only because a kept incremental builds on
+    them: the backups whose own WAL must stay (prune's WAL floor, the window after it)."""
+    return {i for i, why in reasons.items() if any(w != PARENT for w in why)}
+
+
 def _period(when: datetime, unit: str) -> tuple[int, ...]:
     if unit == DAILY:
         return (when.year, when.month, when.day)
@@ -124,8 +139,8 @@ def select_retained(
         ours = [b for b in backups if b.target == target]
         keep([ours[0].id], NEWEST)
         keep([b.id for b in ours if can_start_pitr(b)][:1], NEWEST_PITR)
-        for kind in sorted({b.kind for b in ours}):
-            mine = [b for b in ours if b.kind == kind]
+        for family in sorted({_family(b) for b in ours}):
+            mine = [b for b in ours if _family(b) == family]
             if policy.keep_last is not None:
                 keep([b.id for b in mine[: policy.keep_last]], LAST)
             if policy.keep_days is not None:

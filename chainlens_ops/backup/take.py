@@ -26,11 +26,13 @@ from typing import Any
 
 from chainlens_ops import __version__
 from chainlens_ops.backup.blockcopy import (
+    DataFolder,
     choose_parent,
     copy_data_folder,
     files_full_notice,
     open_data_folder,
 )
+from chainlens_ops.backup.choice import choose_physical
 from chainlens_ops.backup.leftovers import remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BASE,
@@ -70,7 +72,12 @@ from chainlens_ops.repository.datacodec import (
 )
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.repository.walcodec import decode
-from chainlens_ops.settings.config import DEFAULT_SPOOL_RESERVE, DEFAULT_ZSTD_LEVEL, DatabaseTarget
+from chainlens_ops.settings.config import (
+    DEFAULT_FULL_EVERY_S,
+    DEFAULT_SPOOL_RESERVE,
+    DEFAULT_ZSTD_LEVEL,
+    DatabaseTarget,
+)
 from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import NotFound
 
@@ -96,6 +103,7 @@ class BackupOptions:
     spool_reserve: int = DEFAULT_SPOOL_RESERVE  # free space it must leave on that disk
     stage: Callable[[str], None] | None = None  # "dump", "store": what progress counts
     parent: str | None = None  # incr: `--from ID`, the backup to build on
+    full_every_s: float = DEFAULT_FULL_EVERY_S  # auto: a new full once the chain's is this old
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,22 @@ def take_backup(
                 prev, target=target.name, database=cluster.database, reason=line,
                 covered_by=prev.id, size_bytes=0, raw_bytes=0, seconds=0.0, notices=notices,
             )  # fmt: skip
-    if options.kind == "auto":
+    # auto on a cluster that archives here: read the data folder itself where it is on
+    # this host (a full or an incremental, chosen under the lock), else pg_basebackup.
+    auto_files = False
+    local: DataFolder | None = None
+    if kind == INCR:  # refused before anything is written unless the data folder is here
+        local = open_data_folder(target, cluster.system_identifier)
+    elif options.kind == "auto" and kind == BASE:
+        try:
+            local = open_data_folder(target, cluster.system_identifier)
+        except OperationFailed as exc:
+            reason = choose_physical(
+                not_local=exc.message, chain=None, full_every_s=options.full_every_s, now=utc_now()
+            ).reason
+        else:
+            auto_files, kind = True, INCR  # the files layout: full or incremental, below
+    if options.kind == "auto" and not auto_files:
         notify(f"{target.name}: {reason}")
     # What killed commands left: their spools first, as they take the room checked below.
     cleaned = remove_dead_spools(spool_root(options.spool_dir))
@@ -189,8 +212,6 @@ def take_backup(
         repo.storage, f"backup --kind {kind} --db {target.name}",
         wait_s=options.lock_wait_s, notify=notify,
     )  # fmt: skip
-    # incr: refused before anything is written unless the data folder is here
-    local = open_data_folder(target, cluster.system_identifier) if kind == INCR else None
     started = utc_now()
     clock = time.monotonic()
     with closing(local.session) if local else nullcontext(), lock.hold():
@@ -201,10 +222,21 @@ def take_backup(
             repo.ensure_marker(
                 cluster.system_identifier, cluster.seg_size, major_of(cluster.version)
             )
-        parent = choose_parent(read_catalog(repo), local, options.parent) if local else None
-        if local is not None and parent is None:
-            kind = BASE
-            notify(files_full_notice(target.name))
+        parent: BackupManifest | None = None
+        if local is not None:
+            catalog = read_catalog(repo)
+            parent = choose_parent(catalog, local, options.parent)
+            if auto_files:
+                choice = choose_physical(
+                    not_local=None, chain=catalog.chain(parent) if parent else None,
+                    full_every_s=options.full_every_s, now=started,
+                )  # fmt: skip
+                parent, reason = choice.parent, choice.reason
+                notify(f"{target.name}: {reason}")
+            elif parent is None:
+                notify(files_full_notice(target.name))
+            if parent is None:
+                kind = BASE
         backup_id = new_backup_id(repo, started, kind, target.name)
         wal: dict[str, Any] = {}  # a physical backup's WAL fields of the manifest
         if local is not None:

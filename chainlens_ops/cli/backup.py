@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Annotated, Any
 
 import typer
@@ -18,7 +19,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
+from chainlens_ops.backup.manifest import (
+    FILES_LAYOUT,
+    Catalog,
+    parse_time,
+    read_catalog,
+    utc_now,
+)
 from chainlens_ops.backup.pins import Pin, read_pins, set_pin
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.backup.prune import prune_backups
@@ -119,7 +126,7 @@ def backup_command(
             "--kind",
             parser=_kind,
             metavar="|".join(KINDS),
-            help="auto: base when WAL is archived here, else logical.",
+            help="auto: base or incr when WAL is archived here (see full_every), else logical.",
         ),
     ] = "auto",
     db: Annotated[
@@ -173,6 +180,7 @@ def backup_command(
                     progress=bar.advance if bar else None, stage=bar.stage if bar else None,
                     zstd_level=settings.backup.zstd_level, spool_dir=settings.spool_dir,
                     spool_reserve=settings.backup.spool_reserve, parent=parent,
+                    full_every_s=settings.backup.full_every_s,
                 )  # fmt: skip
                 results.append(take_backup(target, repository, options, earlier=results))
         if json_output or len(results) == done:  # printed as it goes; failures at the end
@@ -217,19 +225,23 @@ def list_command(
     else:
         table = Table()
         # The id (time-kind-target) is never cut; the rest folds on a narrow terminal.
+        # `chain` only where there are files-layout backups (80 columns are tight).
+        chains = _chain_texts(catalog)
+        chained = any(text != "-" for text in chains.values())
         table.add_column("id", no_wrap=True)
-        for heading in ("took", "size", "proven"):
+        for heading in ("took", "size", *(["chain"] if chained else []), "proven"):
             table.add_column(heading, overflow="fold")
         rows = [(b.id, b) for b in valid] + [(i, None) for i in catalog.damaged]
         for backup_id, b in sorted(rows, key=lambda row: row[0], reverse=True):
             if b is None:
-                table.add_row(backup_id, "-", "-", "DAMAGED manifest")
+                table.add_row(backup_id, "-", "-", *(["-"] if chained else []),
+                              "DAMAGED manifest")  # fmt: skip
                 continue
             took = _seconds(b.started_at, b.finished_at)
             mark = " *" if b.id in pins else ""
-            table.add_row(
-                b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes), _proofs_text(proofs[b.id])
-            )
+            chain = [chains[b.id]] if chained else []
+            table.add_row(b.id + mark, f"{took:.0f}s", format_bytes(b.size_bytes), *chain,
+                          _proofs_text(proofs[b.id]))  # fmt: skip
         console.print(table)
         for b in valid:
             if b.id in pins:
@@ -246,7 +258,11 @@ def list_command(
             )
     for backup_id in catalog.damaged:
         err_console.print(f"chainlens-ops: error: {catalog.problems[backup_id]}", markup=False)
-    if catalog.damaged:
+    # An incremental whose chain cannot be read restores nothing: said like damage.
+    broken = [problem for b in valid if (problem := catalog.chain_problem(b)) is not None]
+    for problem in broken:
+        err_console.print(f"chainlens-ops: error: {problem}", markup=False)
+    if catalog.damaged or broken:
         raise typer.Exit(1)
 
 
@@ -291,7 +307,7 @@ def prune_command(
     ctx: typer.Context,
     keep_last: Annotated[
         int | None,
-        typer.Option("--keep-last", metavar="N", help="Keep the newest N of each kind."),
+        typer.Option("--keep-last", metavar="N", help="Keep the newest N physical and N logical."),
     ] = None,
     keep_days: Annotated[
         float | None,
@@ -435,6 +451,26 @@ def _proofs_text(proofs: dict[str, Proof]) -> str:
             verdict = "ok" if proof.ok else "FAILED"
             parts.append(f"{kind} {verdict} {proof.at:%m-%d}")
     return "; ".join(parts) or "-"
+
+
+def _chain_texts(catalog: Catalog) -> dict[str, str]:
+    """The `chain` column: `full` for the full backup a chain starts from, `+N` for an
+    incremental N deep whose parent is the files-layout backup listed right below it,
+    `+N on <parent>` otherwise, `+N BROKEN` when its chain cannot be read; `-` for the
+    others (tar base and logical backups)."""
+    valid = catalog.valid  # newest first
+    files = [b for b in valid if b.layout == FILES_LAYOUT and b.physical]
+    below = {b.id: older.id for b, older in pairwise(files)}
+    texts = {b.id: "-" for b in valid}
+    for b in files:
+        if b.parent is None:
+            texts[b.id] = "full"
+        elif catalog.chain_problem(b) is not None:
+            texts[b.id] = f"+{b.chain_depth} BROKEN"
+        else:
+            texts[b.id] = f"+{b.chain_depth}" + ("" if below.get(b.id) == b.parent
+                                                 else f" on {b.parent}")  # fmt: skip
+    return texts
 
 
 def _seconds(start: str, end: str) -> float:

@@ -34,7 +34,7 @@ def newest_backup_age_s(settings: Settings) -> dict[tuple[str, str], float]:
     """Seconds since the newest valid backup finished, per (database, kind), read from
     each configured repository's catalog. A repository that cannot be read is logged and
     left out (an absent series, never a made-up value)."""
-    from chainlens_ops.backup.manifest import parse_time, read_catalog, utc_now
+    from chainlens_ops.backup.manifest import BackupKind, parse_time, read_catalog, utc_now
     from chainlens_ops.repository import repository_for
 
     ages: dict[tuple[str, str], float] = {}
@@ -49,7 +49,8 @@ def newest_backup_age_s(settings: Settings) -> dict[tuple[str, str], float]:
             log.warning("metrics: no backup figures for %s: %s", db, exc.one_line())
             continue
         for backup in catalog.valid:  # newest first
-            key = (backup.target, backup.kind)
+            # An incremental is a base backup a restore starts from, as `status` counts it.
+            key = (backup.target, BackupKind.BASE.value if backup.physical else backup.kind)
             if key not in ages:
                 ages[key] = (now - parse_time(backup.finished_at)).total_seconds()
     return ages

@@ -34,7 +34,14 @@ from typing import Any
 
 import psycopg
 
-from chainlens_ops.backup.manifest import BASE, LOGICAL, BackupManifest, Catalog, read_catalog
+from chainlens_ops.backup.manifest import (
+    BASE,
+    INCR,
+    LOGICAL,
+    BackupManifest,
+    Catalog,
+    read_catalog,
+)
 from chainlens_ops.backup.proofs import DRILL, VERIFY, Proof, latest_proofs
 from chainlens_ops.core.errors import ChainlensError
 from chainlens_ops.core.outcome import failed_exit
@@ -384,7 +391,7 @@ def _backup_detail(n: NewestBackup) -> str:
     minutes = n.age_s / 60
     age = f"{minutes:.0f} min ago" if minutes < 120 else f"{minutes / 60:.1f} h ago"
     proofs = [proof(n.verified, "verified", "not verified")]
-    if n.kind == BASE:
+    if n.kind in (BASE, INCR):  # a physical backup: a drill restores it
         proofs.append(proof(n.drilled, "drilled", "never drilled"))
     return f"{n.kind} {n.id} ({age}, {', '.join(proofs)})"
 

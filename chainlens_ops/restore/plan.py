@@ -151,6 +151,9 @@ def make_plan(repo: Repository, target: Target, backup_id: str | None = None) ->
     catalog = read_catalog(repo)
     if backup_id is not None and backup_id in catalog.problems:
         raise OperationFailed(catalog.problems[backup_id])
+    named = next((b for b in catalog.valid if b.id == backup_id), None)
+    if named is not None and (broken := catalog.chain_problem(named)) is not None:
+        raise OperationFailed(broken)  # an incremental whose chain cannot be read
     bases = catalog.pitr_starts()  # newest first; damaged manifests are passed over
     if marker is None or not bases:
         raise OperationFailed(

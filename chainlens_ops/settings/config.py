@@ -102,6 +102,10 @@ class DatabaseTarget:
 # `pg_dump -Z9`'s time and under 200 MB of memory (bench/README.md, "Backups").
 DEFAULT_ZSTD_LEVEL = 10
 DEFAULT_SPOOL_RESERVE = 1024**3
+# `backup --kind auto` on a local cluster: a full backup once the newest full is this old,
+# an incremental on top of the chain otherwise.
+DEFAULT_FULL_EVERY = "7d"
+DEFAULT_FULL_EVERY_S = 7 * 86_400.0
 
 
 @record
@@ -117,6 +121,7 @@ class BackupSettings:
     keep_daily: int | None = None
     keep_weekly: int | None = None
     keep_monthly: int | None = None
+    full_every_s: float = DEFAULT_FULL_EVERY_S
 
 
 _DEFAULT_BACKUP = BackupSettings()
@@ -271,6 +276,8 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         keep_daily=backup_table.get("keep_daily"),
         keep_weekly=backup_table.get("keep_weekly"),
         keep_monthly=backup_table.get("keep_monthly"),
+        full_every_s=duration_ms(backup_table.get("full_every", DEFAULT_FULL_EVERY),
+                                 "backup.full_every") / 1000,
     )  # fmt: skip
     status_table = data.get("status", {})
     status = StatusSettings(
@@ -413,6 +420,7 @@ def _backup(value: object, what: str) -> None:
         "keep_daily": count,
         "keep_weekly": count,
         "keep_monthly": count,
+        "full_every": duration_ms,
     }
     check(table(value, what), {key: checks[key] for key in BACKUP_KEYS}, f"{what}.")
 

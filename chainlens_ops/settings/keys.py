@@ -55,6 +55,7 @@ BACKUP_KEYS = (
     "keep_daily",
     "keep_weekly",
     "keep_monthly",
+    "full_every",
 )
 STATUS_KEYS = (
     "backlog_warn_segments",

@@ -72,12 +72,12 @@ def test_local_base_and_logical_backups_list_verify_restore_and_detect_damage(
     switch_and_wait(cluster)
     dsn = cluster.conninfo("shop")
 
-    # Bare `backup`: archive_mode on and the newest segment is here, so a base backup.
-    base = backup(repo, dsn)
+    # A pg_basebackup base backup (bare `backup` on this host would read the data folder
+    # itself: test_incremental.py).
+    base = backup(repo, dsn, "--kind", "base")
     assert base.returncode == 0, base.stderr
     base_id = base.stdout.strip()
     assert base_id.endswith("-base-microservices"), base.stdout
-    assert "base backup: the cluster archives its WAL into this repository" in base.stderr
 
     logical = backup(repo, dsn, "--kind", "logical", "--quiet")
     assert logical.returncode == 0 and logical.stderr == "", logical.stderr
@@ -244,8 +244,8 @@ def test_s3_base_and_logical_backups(
     env = {**setup.env,
            "CHAINLENS_MICROSERVICES_DSN": cluster.conninfo("shop", user=SCRAM_USER,
                                                           password=SCRAM_PASSWORD)}  # fmt: skip
-    base = run_cli("--config", str(setup.config), "backup", "--repo", repo, env=env,
-                   user="postgres")  # fmt: skip
+    base = run_cli("--config", str(setup.config), "backup", "--repo", repo, "--kind", "base",
+                   env=env, user="postgres")  # fmt: skip
     assert base.returncode == 0, base.stderr
     logical = run_cli("--config", str(setup.config), "backup", "--repo", repo, "--kind", "logical",
                       env=env, user="postgres")  # fmt: skip

@@ -211,6 +211,12 @@ CASES |= {
         r"backup\.spool_reserve must be a size",
         config='[backup]\nspool_reserve = "lots"',
     ),
+    "backup: config bad full_every": Case(
+        ("backup", "--repo", "/r"),
+        3,
+        r"backup\.full_every must be a duration",
+        config='[backup]\nfull_every = "weekly"',
+    ),
     "backup: config unknown [backup] key": Case(
         ("backup", "--repo", "/r"),
         3,
