@@ -131,14 +131,37 @@ def verify_backup(
 
 def _check_own_wal(repo: Repository, manifest: BackupManifest) -> ObjectCheck:
     """The WAL from the backup's start to its stop segment: without it the backup can
-    never be restored, however good its tar is."""
+    never be restored, however good its tar is. A backup that prune keeps only as the
+    base of a later incremental has no WAL of its own any more, by design: it is
+    restored through that incremental, and says so."""
     own = f"{manifest.start_wal} .. {manifest.stop_wal or manifest.start_wal}"
     missing = missing_own_wal(repo, manifest)
     if missing is not None:
+        child = _restored_through(repo, manifest)
+        if child is not None:
+            return ObjectCheck(manifest.id, True, f"its own WAL ({own}) was pruned: it is "
+                               f"kept as the base of {child}, which restores")  # fmt: skip
         return ObjectCheck(manifest.id, False, f"WAL segment {missing} is missing from the "
                            f"archive: backup {manifest.id} needs its own WAL ({own}) to be "
                            "restorable at all")  # fmt: skip
     return ObjectCheck(manifest.id, True, f"its own WAL ({own}) is archived")
+
+
+def _restored_through(repo: Repository, manifest: BackupManifest) -> str | None:
+    """The newest valid backup whose chain holds `manifest` and whose own WAL is
+    archived, if any (None: `manifest` is no one's base, or none of its descendants can
+    be restored either)."""
+    catalog = read_catalog(repo)
+    for later in catalog.valid:
+        if later.id == manifest.id or later.parent is None:
+            continue
+        try:
+            chain = [b.id for b in catalog.chain(later)]
+        except OperationFailed:
+            continue
+        if manifest.id in chain and missing_own_wal(repo, later) is None:
+            return later.id
+    return None
 
 
 def _check_object(

@@ -319,6 +319,12 @@ def damage_in_the_full_fails_verify_of_the_newest_and_prune_keeps_the_chain(
     assert set(chain.ids) <= set(result["kept"]) and result["removed"] == []
     assert "needed by a kept incremental" in result["reasons"][full]
     assert chain.cli("backup", "verify", "--repo", chain.repo, newest).returncode == 0
+    # The full kept only as the newest's base lost its own WAL by design: its verify
+    # passes and says it restores through the newest.
+    base = chain.cli("backup", "verify", "--repo", chain.repo, full, "--json")
+    assert base.returncode == 0, base.stdout + base.stderr
+    details = [c["detail"] for c in json.loads(base.stdout)["checks"]]
+    assert any(f"kept as the base of {newest}, which restores" in d for d in details), details
     listed = {b["id"]: b for b in chain.listing()}
     assert result["wal_before"] == listed[newest]["start_wal"]
     # The WAL before the newest's start is gone, and a restore from it is still planned
