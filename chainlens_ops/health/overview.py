@@ -278,7 +278,7 @@ def _archive(settings: Settings, repos: _Repos, db: str, now: datetime) -> Check
     if in_repo is False:
         fixes.append(f"chainlens-ops check --db {db} (the server archives {last} elsewhere)")
     if repo is not None and check is not None and _gaps_after_newest_base(repos, repo, check):
-        fixes.append(f"chainlens-ops backup --kind base --db {db} (WAL gaps since the newest "
+        fixes.append(f"chainlens-ops backup --db {db} (WAL gaps since the newest "
                      f"base backup: `chainlens-ops wal check --db {db}` names them)")  # fmt: skip
     facts = ArchiveFacts(
         str(mode), last, last_at, (now - last_at).total_seconds() if last_at else None,
@@ -354,12 +354,16 @@ def _backups(repos: _Repos, db: str, now: datetime) -> Check:
              next((b for b in valid if b.kind == LOGICAL and b.target == db), None)]  # fmt: skip
     newest = [_newest(repo, b, now) for b in picks if b is not None]
     fixes: list[str] = []
-    if not newest:
+    # `backup` (auto) takes a physical backup on a cluster that archives here: a full or
+    # an incremental read from the data folder on the database host, pg_basebackup
+    # elsewhere; where it cannot, its one line says why.
+    no_base = picks[0] is None and repos.wal_check(repo).last is not None
+    if no_base:
+        fixes.append(f"chainlens-ops backup --db {db} (WAL but no base backup)")
+    elif not newest:
         fixes.append(f"chainlens-ops backup --db {db}")
     elif min(n.age_s for n in newest) > BACKUP_MAX_AGE.total_seconds():
         fixes.append(f"chainlens-ops backup --db {db} (the newest is over 26 h old)")
-    if picks[0] is None and repos.wal_check(repo).last is not None:
-        fixes.append(f"chainlens-ops backup --kind base --db {db} (WAL but no base backup)")
     for n in newest:
         if n.verified is not None and not n.verified.ok:
             fixes.append(f"chainlens-ops backup verify {n.id}")

@@ -181,7 +181,7 @@ def test_wal_gaps_and_a_failing_archiver_are_flagged_and_the_window_shows_them(o
     wal_check = json.loads(ops.cli("wal", "check", "--json").stdout)
     assert archive["facts"]["gaps"] == wal_check["gaps"]  # wal check's own walk
     assert [g["first"] for g in archive["facts"]["gaps"]] == [segments[1]]
-    assert "backup --kind base --db microservices" in archive["fixes"][0]
+    assert "chainlens-ops backup --db microservices (WAL gaps" in archive["fixes"][0]
     window = ops.status()[1]["windows"][0]["window"]
     assert len(window["wal"]) == 2 and len(window["recoverable"]) == 1
 
@@ -228,8 +228,7 @@ def test_backups_none_stale_drilled_and_failed_proofs(ops: Ops) -> None:
     switch_and_wait(ops.cluster)
     backups = ops.check("backups")
     assert not backups["ok"] and backups["fixes"] == [
-        "chainlens-ops backup --db microservices",
-        "chainlens-ops backup --kind base --db microservices (WAL but no base backup)",
+        "chainlens-ops backup --db microservices (WAL but no base backup)",
     ]
     ops.fix(backups["fixes"][0])  # auto: this cluster archives here, so a base backup
     backups = ops.check("backups")
