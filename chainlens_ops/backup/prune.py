@@ -48,7 +48,7 @@ from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
 from chainlens_ops.repository.claim import Claim, live_claims
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.restore.window import RecoverableWindow, recoverable_window, span_lines
-from chainlens_ops.wal.inventory import DEFAULT_SEG_SIZE
+from chainlens_ops.wal.inventory import DEFAULT_SEG_SIZE, check_wal
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,11 @@ def prune_backups(
         wal_before = min((str(b.start_wal)[:24] for b in kept), key=_segno_key, default=None)
         # The WAL removed is older than every kept base backup: the kept ones alone
         # make the window that remains (the one window, chainlens_ops.restore.window).
-        before = recoverable_window(repo, catalog=catalog)
-        after = recoverable_window(repo, catalog=catalog, bases=kept)
+        # One walk of the archive and one scan of each run of WAL serve both windows.
+        check = check_wal(repo, clean_stale=False)
+        scans: dict[tuple[str, ...], datetime | None] = {}
+        before = recoverable_window(repo, check, catalog=catalog, scans=scans)
+        after = recoverable_window(repo, check, catalog=catalog, bases=kept, scans=scans)
         if _restorable(before) and not _restorable(after):
             raise OperationFailed(
                 "this prune would leave no base backup a point-in-time restore can start "

@@ -198,10 +198,13 @@ def recoverable_window(
     *,
     catalog: Catalog | None = None,
     bases: Sequence[BackupManifest] | None = None,
+    scans: dict[tuple[str, ...], datetime | None] | None = None,
 ) -> RecoverableWindow:
     """The window of `repo`. `check`: a `check_wal` of it already made (else made here,
     removing nothing); `catalog`: its catalog already read; `bases`: the base backups
-    to count (default: every valid one; `prune --dry-run` passes those it keeps).
+    to count (default: every valid one; `prune --dry-run` passes those it keeps);
+    `scans`: the newest transaction times already read from runs of WAL (a caller
+    drawing two windows of one archive reads each run once: archived WAL never changes).
     Reads only (WAL is decoded into a private temporary folder for pg_waldump)."""
     from chainlens_ops.restore.walscan import newest_transaction_time
 
@@ -239,9 +242,13 @@ def recoverable_window(
 
     reached: dict[tuple[int, int], datetime | None] = {}
 
+    known = scans if scans is not None else {}
+
     def reach(run: tuple[int, int]) -> datetime | None:
-        newest_first = [name(s) for s in range(run[1], run[0] - 1, -1)]
-        reached[run] = newest_transaction_time(repo, newest_first)
+        newest_first = tuple(name(s) for s in range(run[1], run[0] - 1, -1))
+        if newest_first not in known:
+            known[newest_first] = newest_transaction_time(repo, list(newest_first))
+        reached[run] = known[newest_first]
         return reached[run]
 
     on_axis = [BaseOnAxis(b.id, _finished(b), _segno(b.start_wal, seg_size),
