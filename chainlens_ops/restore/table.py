@@ -171,9 +171,12 @@ def restore_tables(
                 "into an existing schema",
                 hint="name another with --into-schema",
             )
-        kept = keep_databases(conn, [database])
-        all_dbs = [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
-        live_sysid = _system_identifier(conn)
+        facts = _LiveFacts(
+            database=database,
+            kept=keep_databases(conn, [database]),
+            all_dbs=[r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY 1")],
+            system_identifier=_system_identifier(conn),
+        )
     # A running table restore holds a claim, as every restore does: prune keeps its backup
     # and WAL until the scratch cluster is gone (chainlens_ops.repository.claim).
     claim = RestoreClaim(repo.storage, "restore table") if not options.dry_run else None
@@ -181,8 +184,17 @@ def restore_tables(
         plan = make_plan(repo, options.target, options.backup_id)
         if held is not None:
             held.scope(plan.backup.id)
-        return _restore_planned(repo, live, options, plan, database, kept, all_dbs, names,
-                                schema, live_sysid, began, report)  # fmt: skip
+        return _restore_planned(repo, live, options, plan, facts, names, schema, began, report)
+
+
+@dataclass(frozen=True)
+class _LiveFacts:
+    """What the live cluster says before anything is planned."""
+
+    database: str  # the live database the tables come back into
+    kept: dict[str, int]  # databases the scratch copy keeps readable, by name -> oid
+    all_dbs: list[str]
+    system_identifier: str | None
 
 
 def _restore_planned(
@@ -190,22 +202,20 @@ def _restore_planned(
     live: DatabaseTarget,
     options: TableRestoreOptions,
     plan: RestorePlan,
-    database: str,
-    kept: dict[str, int],
-    all_dbs: list[str],
+    facts: _LiveFacts,
     names: list[tuple[str, str]],
     schema: str,
-    live_sysid: str | None,
     began: float,
     report: Say,
 ) -> TableRestoreResult:
+    database, kept, live_sysid = facts.database, facts.kept, facts.system_identifier
     if live_sysid and plan.backup.system_identifier and live_sysid != plan.backup.system_identifier:
         # Database oids (which databases to keep) mean something only in the same cluster.
         raise UsageError(
             f"the live database belongs to cluster {live_sysid}, backup {plan.backup.id} to "
             f"cluster {plan.backup.system_identifier}: restore from that cluster's repository"
         )
-    table_plan = _plan(plan, database, kept, all_dbs, names, schema, options.scratch_root)
+    table_plan = _plan(plan, database, kept, facts.all_dbs, names, schema, options.scratch_root)
     if plan.backup.layout == FILES_LAYOUT:  # at most: every backup of its chain, whole
         chain = read_catalog(repo).chain(plan.backup)
         table_plan = replace(table_plan, bytes_to_extract=sum(b.raw_bytes for b in chain))
