@@ -23,13 +23,12 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import ClusterFactory, MotoServer
-from pgharness import CLI, PgCluster, cli_env, free_port, run_cli
+from pgharness import CLI, Fingerprint, PgCluster, cli_env, fingerprint, free_port, run_cli
 from test_backup import flip_local
 from test_wal import PUSH, switch_and_wait
 from test_wal_s3 import S3Setup, client
 
 Proc = subprocess.CompletedProcess[str]
-Fingerprint = dict[tuple[str, str], tuple[int, str]]
 
 SOURCE_SQL = """
 CREATE TABLE events (id bigint, at date NOT NULL, payload text) PARTITION BY RANGE (at);
@@ -69,29 +68,6 @@ CHANGES: list[tuple[str, list[tuple[str, str]]]] = [
                 "FROM generate_series(70001, 71000) g"),
     ]),
 ]  # fmt: skip
-
-
-def fingerprint(cluster: PgCluster) -> Fingerprint:
-    """Row count and an md5 over the ordered rows of every table of every database."""
-    prints: Fingerprint = {}
-    databases = cluster.execute(
-        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate"
-    )
-    for (db,) in databases:
-        tables = cluster.execute(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN "
-            "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
-            dbname=db,
-        )
-        for (table,) in tables:
-            row = cluster.execute(
-                f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) "
-                f"FROM {table} t",
-                dbname=db,
-            )[0]
-            prints[(str(db), str(table))] = (int(row[0]), str(row[1]))
-    return prints
 
 
 _NEW_IDS = itertools.count(100_000)  # accounts opened by the writers, across nights

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ClusterFactory
-from pgharness import PgCluster, free_port, run_cli
+from pgharness import PgCluster, fingerprint, free_port, run_cli
 from test_backup import backup
-from test_incremental_core import Source, fingerprint, listed, manifest, take
+from test_incremental_core import Source, listed, manifest, take
 from test_wal import PUSH, switch_and_wait
 
 from chainlens_ops.backup.blockcopy import CURRENT_TIMELINE
@@ -162,11 +162,11 @@ def test_a_restore_of_every_incremental_equals_its_source(source: Source) -> Non
     assert manifest(source.repo, first_id)["parent"] == full_id
     switch_and_wait(pg)
     want = fingerprint(pg)
-    assert want["postgres.public.regrow"][0] == 9000
+    assert want[("postgres", "public.regrow")][0] == 9000
 
     restored = restore(source, "restore")
     got = fingerprint(restored)
-    for table in ("postgres.public.unl", "postgres.public.tounl"):  # reset from the init fork
+    for table in (("postgres", "public.unl"), ("postgres", "public.tounl")):  # init fork
         assert got.pop(table)[0] == 0
         want.pop(table)
     assert got == want
@@ -235,10 +235,10 @@ def test_a_promoted_restore_starts_a_new_chain_on_its_new_timeline(source: Sourc
     assert (incr["kind"], incr["timeline"], incr["parent"]) == ("incr", 2, full["id"])
     switch_and_wait(promoted)
     want = fingerprint(promoted)
-    assert want["postgres.public.after_promotion"][0] == 700
+    assert want[("postgres", "public.after_promotion")][0] == 700
     again = restore(source, "again")
     got = fingerprint(again)
-    for table in [t for t in want if t.endswith((".unl", ".tounl"))]:
+    for table in [t for t in want if t[1].endswith((".unl", ".tounl"))]:
         assert got.pop(table)[0] == 0
         want.pop(table)
     assert got == want
