@@ -12,7 +12,7 @@ backend per scheme: chainlens_ops.storage). The package is the only door to its 
     datacodec.py  its compression stage for backup data (zstd stream, manifest checks)
     crypto.py   envelope encryption: the data key and its key-encryption key (file or KMS)
     admin.py    `repo init`, `repo info`, `repo rotate-key`, `repo encrypt`
-    stores.py   typed stores over `storage` (`Repository.points`): operations code asks
+    stores.py   typed stores over `storage` (`Repository.points`, `.proofs`): operations code asks
                 them instead of building keys
 
 `Repository.storage` is the codec's door (RepositoryStorage); `Repository.backend` the
@@ -48,7 +48,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import Sealer
-    from chainlens_ops.repository.stores import PointStore
+    from chainlens_ops.repository.stores import PointStore, ProofStore
     from chainlens_ops.settings.config import Settings
     from chainlens_ops.storage.protocol import Storage
 
@@ -124,6 +124,13 @@ class Repository:
         from chainlens_ops.repository.stores import PointStore
 
         return PointStore(self.storage)
+
+    @property
+    def proofs(self) -> ProofStore:
+        """Backups' proofs and pins (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import ProofStore
+
+        return ProofStore(self.storage)
 
     @property
     def display(self) -> str:

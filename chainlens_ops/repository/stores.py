@@ -1,9 +1,10 @@
 """Typed stores: the repository's objects by what they are, not by key.
 
-Operations code asks `repo.points` (and, as callers migrate, the other stores) instead
-of building keys from layout.py and calling `repo.storage`. Each store builds its keys
-with layout.py (the one place) and reads and writes through RepositoryStorage (the
-codec), so behaviour, keys and errors are those of the storage door underneath.
+Operations code asks `repo.points` and `repo.proofs` (and, as callers migrate, the
+other stores) instead of building keys from layout.py and calling `repo.storage`. Each
+store builds its keys with layout.py (the one place) and reads and writes through
+RepositoryStorage (the codec), so behaviour, keys and errors are those of the storage
+door underneath.
 
 Standard library only: on the `wal push` path (imported by chainlens_ops.repository).
 """
@@ -13,8 +14,13 @@ from __future__ import annotations
 import io
 
 from chainlens_ops.repository.layout import (
+    BACKUPS_PREFIX,
+    PIN_NAME,
     RESTORE_POINTS_PREFIX,
     SCANNED_PREFIX,
+    backup_prefix,
+    pin_key,
+    proof_key,
     restore_point_key,
     scan_state_key,
 )
@@ -80,3 +86,59 @@ class PointStore:
 
     def put_scanned(self, segment: str, data: bytes) -> ObjectInfo:
         return self._storage.put(self.scanned_key(segment), io.BytesIO(data))
+
+
+class ProofStore:
+    """What is kept beside a backup to say it is good or kept: its proofs
+    (`backups/<id>/<kind>-<stamp>Z.json`, see chainlens_ops.backup.proofs) and its pin
+    (`backups/<id>/pin.json`, chainlens_ops.backup.pins)."""
+
+    def __init__(self, storage: RepositoryStorage) -> None:
+        self._storage = storage
+
+    # -- proofs -------------------------------------------------------------------------
+
+    @staticmethod
+    def key(backup_id: str, kind: str, stamp: str) -> str:
+        """`stamp`: YYYYmmddTHHMMSS (UTC)."""
+        return proof_key(backup_id, kind, stamp)
+
+    def put(self, backup_id: str, kind: str, stamp: str, data: bytes) -> str:
+        """Store a proof; its key."""
+        key = self.key(backup_id, kind, stamp)
+        self._storage.put(key, io.BytesIO(data))
+        return key
+
+    def objects(self, backup_id: str) -> Iterator[tuple[str, str]]:
+        """(name inside the backup's folder, key) of every object of `backup_id`: the
+        caller picks the proofs by name."""
+        prefix = backup_prefix(backup_id)
+        for info in self._storage.list(prefix):
+            yield info.key[len(prefix) :], info.key
+
+    def open(self, key: str) -> BinaryIO:
+        """A proof by the key `key` or `objects` gave; NotFound when it is gone."""
+        return self._storage.open(key)
+
+    # -- pins ---------------------------------------------------------------------------
+
+    @staticmethod
+    def pin_key(backup_id: str) -> str:
+        return pin_key(backup_id)
+
+    def pinned(self) -> Iterator[str]:
+        """The id of every backup holding a pin record."""
+        for info in self._storage.list(BACKUPS_PREFIX):
+            backup_id, _, name = info.key[len(BACKUPS_PREFIX) :].partition("/")
+            if name == PIN_NAME:
+                yield backup_id
+
+    def open_pin(self, backup_id: str) -> BinaryIO:
+        """NotFound when `backup_id` has no pin."""
+        return self._storage.open(self.pin_key(backup_id))
+
+    def put_pin(self, backup_id: str, data: bytes) -> None:
+        self._storage.put(self.pin_key(backup_id), io.BytesIO(data))
+
+    def delete_pin(self, backup_id: str) -> None:
+        self._storage.delete(self.pin_key(backup_id))
