@@ -1,6 +1,6 @@
 """Typed stores: the repository's objects by what they are, not by key.
 
-Operations code asks `repo.points` and `repo.proofs` (and, as callers migrate, the
+Operations code asks `repo.wal`, `repo.points` and `repo.proofs` (and, as callers migrate, the
 other stores) instead of building keys from layout.py and calling `repo.storage`. Each
 store builds its keys with layout.py (the one place) and reads and writes through
 RepositoryStorage (the codec), so behaviour, keys and errors are those of the storage
@@ -18,11 +18,13 @@ from chainlens_ops.repository.layout import (
     PIN_NAME,
     RESTORE_POINTS_PREFIX,
     SCANNED_PREFIX,
+    WAL_PREFIX,
     backup_prefix,
     pin_key,
     proof_key,
     restore_point_key,
     scan_state_key,
+    wal_key,
 )
 
 TYPE_CHECKING = False
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import BinaryIO
 
+    from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import RepositoryStorage
     from chainlens_ops.storage import ObjectInfo
 
@@ -142,3 +145,38 @@ class ProofStore:
 
     def delete_pin(self, backup_id: str) -> None:
         self._storage.delete(self.pin_key(backup_id))
+
+
+class WalStore:
+    """The WAL archive: segments, `.partial` and `.backup` files under
+    `wal/<TTTTTTTTXXXXXXXX>/`, timeline histories under `wal/history/`."""
+
+    def __init__(self, storage: RepositoryStorage) -> None:
+        self._storage = storage
+
+    @staticmethod
+    def key(name: WalName) -> str:
+        return wal_key(name)
+
+    def put(self, name: WalName, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        """AlreadyExists with `if_absent` when `name` is stored already."""
+        return self._storage.put(self.key(name), stream, if_absent=if_absent)
+
+    def open(self, name: WalName) -> BinaryIO:
+        """NotFound when `name` is not archived."""
+        return self._storage.open(self.key(name))
+
+    def stat(self, name: WalName) -> ObjectInfo:
+        """NotFound when `name` is not archived."""
+        return self._storage.stat(self.key(name))
+
+    def list(self, timeline: int | None = None) -> Iterator[ObjectInfo]:
+        """Every object of the archive (histories included), or only the folders of
+        `timeline`, in key order; callers parse the names and skip what does not parse."""
+        prefix = WAL_PREFIX if timeline is None else f"{WAL_PREFIX}{timeline:08X}"
+        return self._storage.list(prefix)
+
+    def delete(self, key: str) -> None:
+        """Remove the object at `key`, as `list` gave it (a listed object is removed
+        where it lies, even one whose folder does not match its name)."""
+        self._storage.delete(key)

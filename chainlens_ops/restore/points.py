@@ -43,7 +43,7 @@ from chainlens_ops.core.metadata import MAX_RECORD, DamagedMetadata, Fields, loa
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.waldump import scan
 from chainlens_ops.pg.walnames import SEGMENT, parse_lsn, parse_wal_name, segment_name
-from chainlens_ops.repository import Repository
+from chainlens_ops.repository import HISTORY_PREFIX, Repository
 from chainlens_ops.repository.stores import PointStore
 from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.settings.config import DatabaseTarget
@@ -156,11 +156,11 @@ def _create(
 
 
 def _wait_archived(repo: Repository, segment: str, timeout_s: float, name: str) -> None:
-    wal_key = repo.wal_key(parse_wal_name(segment))
+    wal = parse_wal_name(segment)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            repo.storage.stat(wal_key)
+            repo.wal.stat(wal)
             return
         except NotFound:
             pass
@@ -298,8 +298,8 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
     seg_size = marker.wal_segment_size
     segments = sorted(
         info.key.rsplit("/", 1)[1]
-        for info in repo.storage.list("wal/")
-        if not info.key.startswith("wal/history/")
+        for info in repo.wal.list()
+        if not info.key.startswith(HISTORY_PREFIX)
         and parse_wal_name(info.key.rsplit("/", 1)[1]).kind == SEGMENT
     )
     present = set(segments)
@@ -347,7 +347,7 @@ def _scanned(point: RestorePoint) -> dict[str, Any]:
 
 def _decode_to(repo: Repository, name: str, folder: str) -> None:
     key = repo.wal_key(parse_wal_name(name))
-    with repo.storage.open(key) as src, open(os.path.join(folder, name), "wb") as out:
+    with repo.wal.open(parse_wal_name(name)) as src, open(os.path.join(folder, name), "wb") as out:
         decode(src, out, name=name, where=f"{repo.url}: {key}")
 
 

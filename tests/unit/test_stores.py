@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import layout
 from chainlens_ops.storage import AlreadyExists, NotFound
 
-from .support import make_repo
+from .support import make_repo, store_wal
 
 
 def test_points_use_layout_keys_and_list_only_catalog_entries(tmp_path: Path) -> None:
@@ -49,3 +50,19 @@ def test_proofs_and_pins_use_layout_keys(tmp_path: Path) -> None:
     assert list(proofs.pinned()) == []
     with pytest.raises(NotFound):
         proofs.open_pin("b1")
+
+
+def test_wal_uses_layout_keys_and_lists_a_timeline_or_everything(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    store_wal(repo, "000000010000000000000003")
+    store_wal(repo, "000000020000000000000004")
+    store_wal(repo, "00000002.history")
+    seg = parse_wal_name("000000020000000000000004")
+    assert repo.wal.stat(seg).key == layout.wal_key(seg)
+    assert [i.key.rsplit("/", 1)[1] for i in repo.wal.list(2)] == ["000000020000000000000004"]
+    assert len(list(repo.wal.list())) == 3  # histories included
+    with pytest.raises(NotFound):
+        repo.wal.open(parse_wal_name("000000010000000000000009"))
+    repo.wal.delete(layout.wal_key(seg))
+    with pytest.raises(NotFound):
+        repo.wal.stat(seg)
