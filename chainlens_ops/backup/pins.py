@@ -9,7 +9,6 @@ backups in the catalog can be pinned: a mistyped id writes nothing.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from chainlens_ops.backup.manifest import (
     utc_now,
 )
 from chainlens_ops.core.errors import UsageError
-from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.repository import Repository
 from chainlens_ops.repository.layout import PIN_NAME as PIN_NAME
 from chainlens_ops.repository.layout import pin_key as pin_key
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
@@ -51,14 +50,11 @@ def read_pins(repo: Repository) -> dict[str, Pin]:
     """Every pin of the repository, by backup id. An unreadable record still pins (the
     safe reading of damage here is "keep"), with no note."""
     pins: dict[str, Pin] = {}
-    for info in repo.storage.list(BACKUPS_PREFIX):
-        backup_id, _, name = info.key[len(BACKUPS_PREFIX) :].partition("/")
-        if name != PIN_NAME:
-            continue
+    for backup_id in repo.proofs.pinned():
         note: str | None = None
         at: str | None = None
         try:
-            with repo.storage.open(info.key) as fh:
+            with repo.proofs.open_pin(backup_id) as fh:
                 data = json.loads(fh.read(_MAX_RECORD))
             note = data.get("note") if isinstance(data.get("note"), str) else None
             at = data.get("at") if isinstance(data.get("at"), str) else None
@@ -94,12 +90,11 @@ def set_pin(
     )  # fmt: skip
     with lock.hold():
         _catalog_entry(repo, backup_id)
-        key = pin_key(backup_id)
         was = backup_id in read_pins(repo)
         if pinned:
             body = {"note": note, "at": format_time(utc_now())}
-            repo.storage.put(key, io.BytesIO(json.dumps(body, indent=2).encode() + b"\n"))
+            repo.proofs.put_pin(backup_id, json.dumps(body, indent=2).encode() + b"\n")
         elif was:
-            repo.storage.delete(key)
+            repo.proofs.delete_pin(backup_id)
     changed = pinned or was
     return PinResult(repo.url, backup_id, pinned, changed, note if pinned else None)

@@ -12,16 +12,15 @@ that cannot be read counts as a failed proof (it says so), never as a pass.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chainlens_ops.backup.manifest import backup_prefix
 from chainlens_ops.core.metadata import MAX_RECORD, DamagedMetadata, load_json
 from chainlens_ops.repository import Repository
+from chainlens_ops.repository.stores import ProofStore
 from chainlens_ops.storage import NotFound
 
 DRILL = "drill"
@@ -42,34 +41,35 @@ class Proof:
 
 def proof_key(backup_id: str, kind: str, when: datetime) -> str:
     """Where a record of `kind` made at `when` goes."""
-    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{backup_prefix(backup_id)}{kind}-{stamp}Z.json"
+    return ProofStore.key(backup_id, kind, _stamp(when))
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
 
 
 def record_proof(
     repo: Repository, backup_id: str, kind: str, when: datetime, body: dict[str, Any]
 ) -> str:
     """Store a record (`body` must hold `ok`, and `error` when it failed); its key."""
-    key = proof_key(backup_id, kind, when)
-    repo.storage.put(key, io.BytesIO(json.dumps(body, indent=2).encode() + b"\n"))
-    return key
+    data = json.dumps(body, indent=2).encode() + b"\n"
+    return repo.proofs.put(backup_id, kind, _stamp(when), data)
 
 
 def proof_keys(repo: Repository, backup_id: str) -> list[tuple[str, datetime, str]]:
     """(kind, time, key) of every record of `backup_id`, oldest first."""
     found = []
-    prefix = backup_prefix(backup_id)
-    for info in repo.storage.list(prefix):
-        match = _NAME.fullmatch(info.key[len(prefix) :])
+    for name, key in repo.proofs.objects(backup_id):
+        match = _NAME.fullmatch(name)
         if match:
             when = datetime.strptime(match.group(2), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-            found.append((match.group(1), when, info.key))
+            found.append((match.group(1), when, key))
     return sorted(found, key=lambda k: (k[1], k[2]))
 
 
 def read_proof(repo: Repository, backup_id: str, kind: str, when: datetime, key: str) -> Proof:
     try:
-        with repo.storage.open(key) as fh:
+        with repo.proofs.open(key) as fh:
             fields = load_json(fh.read(MAX_RECORD), f"{repo.url}: {key}")
         ok = fields.flag("ok")
         error = fields.opt_text("error")

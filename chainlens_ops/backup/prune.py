@@ -44,7 +44,7 @@ from chainlens_ops.backup.retention import RetentionPolicy, own_right, select_re
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
-from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
+from chainlens_ops.repository import HISTORY_PREFIX, Repository
 from chainlens_ops.repository.claim import Claim, live_claims
 from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 from chainlens_ops.restore.window import RecoverableWindow, recoverable_window, span_lines
@@ -126,7 +126,7 @@ def prune_backups(
                 _delete_backup(repo, backup_id)
             for key, _size in wal:
                 lock.check()
-                repo.storage.delete(key)
+                repo.wal.delete(key)
     # A drill killed with SIGKILL left its scratch server and copy on this host.
     swept = [] if dry_run else [leftover.describe() for leftover in sweep_scratch()]
     return PruneResult(
@@ -199,7 +199,7 @@ def _old_wal(repo: Repository, before: str) -> list[tuple[str, int]]:
     seg_size = marker.wal_segment_size if marker else DEFAULT_SEG_SIZE
     limit = parse_wal_name(before).segno(seg_size)
     old = []
-    for info in repo.storage.list(WAL_PREFIX):
+    for info in repo.wal.list():
         if info.key.startswith(HISTORY_PREFIX):
             continue
         try:

@@ -344,7 +344,7 @@ def _why_no_base(cluster: _Cluster, repo: Repository) -> str | None:
         )
     try:
         wal = parse_wal_name(cluster.last_archived)
-        repo.storage.stat(repo.wal_key(wal))
+        repo.wal.stat(wal)
     except (NotFound, UsageError):
         return (
             f"its newest archived WAL {cluster.last_archived} is not in repository "
@@ -500,7 +500,7 @@ def _wait_for_wal(
         missing = []
         for name in needed:
             try:
-                repo.storage.stat(repo.wal_key(parse_wal_name(name)))
+                repo.wal.stat(parse_wal_name(name))
             except NotFound:
                 missing.append(name)
         if not missing:
@@ -515,6 +515,6 @@ def _wait_for_wal(
         time.sleep(_POLL_S)
     key = repo.wal_key(parse_wal_name(history))
     out = io.BytesIO()
-    with repo.storage.open(key) as src:
+    with repo.wal.open(parse_wal_name(history)) as src:
         decode(src, out, name=history, where=f"{repo.url}: {key}")
     return out.getvalue().decode("utf-8", "replace")

@@ -210,12 +210,11 @@ def _archived_step(
     conn: Connection, repo: Repository, state: dict[str, Any], timeout_s: float
 ) -> str:
     segment = state["segment"]
-    key = repo.wal_key(parse_wal_name(segment))
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
     while True:
         try:
-            repo.storage.stat(key)
+            repo.wal.stat(parse_wal_name(segment))
             return f"{segment} archived after {time.monotonic() - started:.1f}s"
         except NotFound:
             pass
@@ -227,7 +226,7 @@ def _archived_step(
 def _restorable_step(conn: Connection, repo: Repository, state: dict[str, Any], _t: float) -> str:
     segment = state["segment"]
     key = repo.wal_key(parse_wal_name(segment))
-    with repo.storage.open(key) as src:
+    with repo.wal.open(parse_wal_name(segment)) as src:
         digest = decode(src, None, name=segment, where=f"{repo.url}: {key}")
     return f"{segment} reads back intact ({digest.size} bytes, sha256 {digest.sha256[:12]}...)"
 

@@ -338,7 +338,7 @@ def _archive_detail(f: ArchiveFacts, now: datetime) -> str:
 
 def _holds(repo: Repository, name: str) -> bool | None:
     try:
-        repo.storage.stat(repo.wal_key(parse_wal_name(name)))
+        repo.wal.stat(parse_wal_name(name))
     except NotFound:
         return False
     except ChainlensError:

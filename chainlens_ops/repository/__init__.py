@@ -12,6 +12,9 @@ backend per scheme: chainlens_ops.storage). The package is the only door to its 
     datacodec.py  its compression stage for backup data (zstd stream, manifest checks)
     crypto.py   envelope encryption: the data key and its key-encryption key (file or KMS)
     admin.py    `repo init`, `repo info`, `repo rotate-key`, `repo encrypt`
+    stores.py   typed stores over `storage` (`Repository.wal`, `.points`,
+                `.proofs`): operations code asks
+                them instead of building keys
 
 `Repository.storage` is the codec's door (RepositoryStorage); `Repository.backend` the
 raw backend, for the marker alone. A marker with a higher `format` than this tool knows
@@ -46,6 +49,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import Sealer
+    from chainlens_ops.repository.stores import PointStore, ProofStore, WalStore
     from chainlens_ops.settings.config import Settings
     from chainlens_ops.storage.protocol import Storage
 
@@ -114,6 +118,27 @@ class Repository:
         if self._storage is None:
             self._storage = RepositoryStorage(self.backend, self.sealer)
         return self._storage
+
+    @property
+    def wal(self) -> WalStore:
+        """The WAL archive (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import WalStore
+
+        return WalStore(self.storage)
+
+    @property
+    def points(self) -> PointStore:
+        """Restore points and their WAL scan state (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import PointStore
+
+        return PointStore(self.storage)
+
+    @property
+    def proofs(self) -> ProofStore:
+        """Backups' proofs and pins (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import ProofStore
+
+        return ProofStore(self.storage)
 
     @property
     def display(self) -> str:

@@ -25,7 +25,6 @@ until an operator removes the object; it never silently names a point that is ab
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -44,8 +43,8 @@ from chainlens_ops.core.metadata import MAX_RECORD, DamagedMetadata, Fields, loa
 from chainlens_ops.pg.connection import Connection, connect
 from chainlens_ops.pg.waldump import scan
 from chainlens_ops.pg.walnames import SEGMENT, parse_lsn, parse_wal_name, segment_name
-from chainlens_ops.repository import RESTORE_POINTS_PREFIX, Repository
-from chainlens_ops.repository.layout import SCANNED_PREFIX, restore_point_key
+from chainlens_ops.repository import HISTORY_PREFIX, Repository
+from chainlens_ops.repository.stores import PointStore
 from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.settings.config import DatabaseTarget
 from chainlens_ops.storage import AlreadyExists, NotFound
@@ -90,7 +89,7 @@ def validate_name(name: str) -> str:
 
 
 def catalog_key(name: str) -> str:
-    return restore_point_key(name)
+    return PointStore.key(name)
 
 
 def create_restore_point(
@@ -121,9 +120,8 @@ def _create(
     pending = RestorePoint(
         name, "", 0, None, CATALOG, target.name, sysid, state=PENDING, archived=False
     )
-    key = catalog_key(name)
     try:
-        repo.storage.put(key, io.BytesIO(_entry_bytes(pending)), if_absent=True)
+        repo.points.put(name, _entry_bytes(pending), if_absent=True)
     except AlreadyExists:
         raise DuplicateRestorePoint(
             f"restore point {name!r} already exists in {repo.url}",
@@ -140,7 +138,7 @@ def _create(
     except BaseException:
         # The server has no such point: free the name again (see the module docstring).
         try:  # noqa: SIM105 - keep the original error
-            repo.storage.delete(key)
+            repo.points.delete(name)
         except Exception:
             pass
         raise
@@ -149,20 +147,20 @@ def _create(
         name, lsn, int(segment[:8], 16), when, CATALOG, target.name, sysid, segment, COMPLETE,
         archived=False,
     )  # fmt: skip
-    repo.storage.put(key, io.BytesIO(_entry_bytes(point)))
+    repo.points.put(name, _entry_bytes(point))
     conn.execute("SELECT pg_switch_wal()")
     _wait_archived(repo, segment, timeout_s, name)
     point = RestorePoint(**{**asdict(point), "archived": True})
-    repo.storage.put(key, io.BytesIO(_entry_bytes(point)))
+    repo.points.put(name, _entry_bytes(point))
     return point
 
 
 def _wait_archived(repo: Repository, segment: str, timeout_s: float, name: str) -> None:
-    wal_key = repo.wal_key(parse_wal_name(segment))
+    wal = parse_wal_name(segment)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            repo.storage.stat(wal_key)
+            repo.wal.stat(wal)
             return
         except NotFound:
             pass
@@ -220,15 +218,11 @@ def _same_point(cat: RestorePoint, wal: RestorePoint) -> bool:
 def _catalog(repo: Repository) -> Iterator[RestorePoint]:
     """Every catalog entry; one that cannot be read is yielded as DAMAGED (with its
     problem), so the others still list and a restore to them still works."""
-    for info in repo.storage.list(RESTORE_POINTS_PREFIX):
-        rest = info.key[len(RESTORE_POINTS_PREFIX) :]
-        if "/" in rest or not rest.endswith(".json"):
-            continue
-        name = rest.removesuffix(".json")
+    for name in repo.points.names():
         try:
-            with repo.storage.open(info.key) as fh:
+            with repo.points.open(name) as fh:
                 raw = fh.read(MAX_RECORD)
-            yield parse_entry(raw, f"{repo.url}: {info.key}", name)
+            yield parse_entry(raw, f"{repo.url}: {catalog_key(name)}", name)
         except NotFound:
             continue  # removed since the listing
         except DamagedMetadata as exc:
@@ -239,13 +233,12 @@ def _catalog(repo: Repository) -> Iterator[RestorePoint]:
 def catalog_entry(repo: Repository, name: str) -> RestorePoint | None:
     """The catalog entry of `name`, None when there is none; DamagedMetadata when it
     cannot be read."""
-    key = catalog_key(name)
     try:
-        with repo.storage.open(key) as fh:
+        with repo.points.open(name) as fh:
             raw = fh.read(MAX_RECORD)
     except NotFound:
         return None
-    return parse_entry(raw, f"{repo.url}: {key}", name)
+    return parse_entry(raw, f"{repo.url}: {catalog_key(name)}", name)
 
 
 _ENTRY_FIELDS = ("name", "lsn", "timeline", "time", "database", "system_identifier",
@@ -305,21 +298,18 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
     seg_size = marker.wal_segment_size
     segments = sorted(
         info.key.rsplit("/", 1)[1]
-        for info in repo.storage.list("wal/")
-        if not info.key.startswith("wal/history/")
+        for info in repo.wal.list()
+        if not info.key.startswith(HISTORY_PREFIX)
         and parse_wal_name(info.key.rsplit("/", 1)[1]).kind == SEGMENT
     )
     present = set(segments)
-    cached = {
-        info.key[len(SCANNED_PREFIX) :].removesuffix(".json")
-        for info in repo.storage.list(SCANNED_PREFIX)
-    }
+    cached = repo.points.scanned()
     todo: list[str] = []
     for segment in segments:
         if segment in cached:
-            key = SCANNED_PREFIX + segment + ".json"
+            key = repo.points.scanned_key(segment)
             try:
-                with repo.storage.open(key) as fh:
+                with repo.points.open_scanned(segment) as fh:
                     yield from parse_scanned(fh.read(MAX_RECORD), f"{repo.url}: {key}")
                 continue
             except (NotFound, DamagedMetadata):
@@ -345,9 +335,7 @@ def _scan_archive(repo: Repository) -> Iterator[RestorePoint]:
             yield from points
             if following in present:  # a record crossing into it was read whole: final
                 body = {"format": SCAN_FORMAT, "points": [_scanned(p) for p in points]}
-                repo.storage.put(
-                    SCANNED_PREFIX + segment + ".json", io.BytesIO(json.dumps(body).encode())
-                )
+                repo.points.put_scanned(segment, json.dumps(body).encode())
             _unlink(os.path.join(tmp, segment))
 
 
@@ -359,7 +347,7 @@ def _scanned(point: RestorePoint) -> dict[str, Any]:
 
 def _decode_to(repo: Repository, name: str, folder: str) -> None:
     key = repo.wal_key(parse_wal_name(name))
-    with repo.storage.open(key) as src, open(os.path.join(folder, name), "wb") as out:
+    with repo.wal.open(parse_wal_name(name)) as src, open(os.path.join(folder, name), "wb") as out:
         decode(src, out, name=name, where=f"{repo.url}: {key}")
 
 

@@ -42,7 +42,7 @@ def _records(repo: Repository, segment: str, folder: Path, rmgr: str) -> Iterato
     wal = parse_wal_name(segment)
     path = folder / segment
     try:
-        with repo.storage.open(repo.wal_key(wal)) as src, open(path, "wb") as dst:
+        with repo.wal.open(wal) as src, open(path, "wb") as dst:
             decode(src, dst, name=segment, where=f"{repo.url}: {segment}")
     except NotFound:
         return

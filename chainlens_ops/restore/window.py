@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from chainlens_ops.backup.manifest import BackupManifest, Catalog, parse_time, read_catalog
 from chainlens_ops.core.errors import UsageError
 from chainlens_ops.pg.walnames import SEGMENT, parse_wal_name, segment_name
-from chainlens_ops.repository import WAL_PREFIX, Repository
+from chainlens_ops.repository import Repository
 from chainlens_ops.restore.points import COMPLETE, list_restore_points
 from chainlens_ops.wal.inventory import WalCheck, WalGap, check_wal, needed_timeline
 
@@ -306,7 +306,7 @@ def _point_time(text: str | None) -> datetime | None:
 
 def _segment_times(repo: Repository, seg_size: int) -> dict[tuple[int, int], datetime]:
     times = {}
-    for info in repo.storage.list(WAL_PREFIX):
+    for info in repo.wal.list():
         try:
             wal = parse_wal_name(info.key.rsplit("/", 1)[-1])
         except UsageError:

@@ -154,7 +154,7 @@ def _fetch_direct(
     key = repo.wal_key(wal)
     pause_point("wal-fetch-segment" if wal.kind == SEGMENT else "wal-fetch-other")
     try:
-        with repo.storage.open(key) as src:
+        with repo.wal.open(wal) as src:
             size = write_verified(src, dest, wal.name, where=f"{repo.url}: {key}")
     except NotFound:
         if is_required(wal, required):
@@ -195,7 +195,7 @@ def _download(repo: Repository, spool: Spool, name: str) -> bool:
                 view = view[os.write(fd, view) :]
 
     try:
-        with repo.storage.open(repo.wal_key(parse_wal_name(name))) as src:
+        with repo.wal.open(parse_wal_name(name)) as src:
             write_atomic(final, fill, durable=False)
     except Exception:
         return False

@@ -33,7 +33,7 @@ from chainlens_ops.pg.walnames import (
     parse_wal_name,
     segment_name,
 )
-from chainlens_ops.repository import HISTORY_PREFIX, WAL_PREFIX, Repository
+from chainlens_ops.repository import HISTORY_PREFIX, Repository
 from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.storage import NotFound, StorageError
 
@@ -244,7 +244,7 @@ def timeline_path(
         return [TimelineSpan(1, None, None)]
     name = f"{newest:08X}.history"
     try:
-        with repo.storage.open(HISTORY_PREFIX + name) as src:
+        with repo.wal.open(parse_wal_name(name)) as src:
             out = io.BytesIO()
             decode(src, out, name=name, where=f"{repo.url}: {name}")
     except NotFound:
@@ -279,7 +279,7 @@ def parse_history(text: str) -> list[tuple[int, int]]:
 
 def _scan(repo: Repository, seg_size: int) -> _Scan:
     scan = _Scan(seg_size)
-    for info in repo.storage.list(WAL_PREFIX):
+    for info in repo.wal.list():
         scan.objects += 1
         scan.stored_bytes += info.size
         base = info.key.rsplit("/", 1)[-1]

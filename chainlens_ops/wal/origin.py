@@ -59,7 +59,7 @@ def _check_history(repo: Repository, path: str, name: WalName) -> None:
     if not switches or marker is None:
         raise _foreign(repo, name, "no parent timeline this repository knows")
     parent, lsn = switches[-1]
-    first = next(iter(repo.storage.list(f"wal/{parent:08X}")), None)
+    first = next(iter(repo.wal.list(parent)), None)
     if first is None:
         raise _foreign(repo, name, f"its parent timeline {parent} has no WAL here")
     first_segno = parse_wal_name(first.key.rsplit("/", 1)[-1]).segno(marker.wal_segment_size)
@@ -70,6 +70,6 @@ def _check_history(repo: Repository, path: str, name: WalName) -> None:
 def _check_backup(repo: Repository, name: WalName) -> None:
     start = name.name[:24]
     try:
-        repo.storage.stat(repo.wal_key(parse_wal_name(start)))
+        repo.wal.stat(parse_wal_name(start))
     except NotFound:
         raise _foreign(repo, name, f"its start segment {start} is not in the repository") from None

@@ -154,7 +154,7 @@ def push_file(
         # An encrypted repository's key is prepared while the segment is compressed.
         reader = EncodingReader(fh, name.name, size, level=level, beside=repo.prepare_key)
         try:
-            info = repo.storage.put(key, reader, if_absent=True)  # type: ignore[arg-type]
+            info = repo.wal.put(name, reader, if_absent=True)  # type: ignore[arg-type]
         except AlreadyExists:
             local = file_digest(path)
             _check_same_as_stored(repo, key, name, local)
@@ -271,7 +271,7 @@ def _same_repository(repo: Repository, spool: Spool, identity: str) -> bool:
 
 def _check_same_as_stored(repo: Repository, key: str, name: WalName, local: Digest) -> None:
     try:
-        with repo.storage.open(key) as src:
+        with repo.wal.open(name) as src:
             stored = decode(src, None, name=name.name, where=f"{repo.url}: {key}")
     except NotFound:
         raise OperationFailed(
