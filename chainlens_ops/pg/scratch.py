@@ -128,7 +128,7 @@ class ScratchCluster:
             self.socket_dir = Path(tempfile.mkdtemp(prefix="clo-", dir=SHORT_ROOT))
         self._entry = _register(self.folder, self.purpose, self.major, self.socket_dir)
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+            self._previous_handler = signal.signal(signal.SIGTERM, self._terminated)
             self._handling = True
         return self
 
@@ -137,6 +137,16 @@ class ScratchCluster:
         self.major = self.cluster.major = major
         if self._entry is not None:
             _write_entry(self._entry, self.folder, self.purpose, major, self.socket_dir)
+
+    def _terminated(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM: the server first, at once (SIGQUIT, PostgreSQL's immediate shutdown,
+        sent from here: no pg_ctl to start), so a supervisor's SIGKILL after a short
+        grace cannot leave it running; then the usual unwinding removes the folder."""
+        pid = self.cluster.postmaster_pid()
+        if pid is not None and process_start(pid) is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGQUIT)
+        _raise_terminated(signum, frame)
 
     def give_to_server_user(self) -> None:
         """Before a start as root: the server's user must own the copy."""

@@ -23,8 +23,9 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import ClusterFactory, MotoServer
-from pgharness import CLI, Fingerprint, PgCluster, cli_env, fingerprint, free_port, run_cli
+from pgharness import CLI, Fingerprint, PgCluster, fingerprint, free_port, run_cli
 from test_backup import flip_local
+from test_incremental_core import backup_seeing_another_cluster
 from test_wal import PUSH, switch_and_wait
 from test_wal_s3 import S3Setup, client
 
@@ -343,14 +344,7 @@ def auto_starts_a_new_chain_after_full_every_and_runs_pg_basebackup_elsewhere(
 
     # Where the data folder seen from here is not the server's (a tmpfs over it with a
     # foreign pg_control, in a private mount namespace): pg_basebackup, said in one line.
-    data = chain.source.data
-    script = (
-        f"mount -t tmpfs -o mode=0755 none {data} && mkdir {data}/global && "
-        f"head -c 8192 /dev/urandom > {data}/global/pg_control && exec runuser -u postgres -- "
-        f"{CLI} backup --repo {chain.repo} --dsn '{chain.source.conninfo('app')}'"
-    )
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=cli_env(None),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = backup_seeing_another_cluster(chain.source, chain.repo, dbname="app")
     assert proc.returncode == 0, proc.stderr
     assert (
         "base backup (pg_basebackup): the cluster archives its WAL into this repository, "
