@@ -182,19 +182,26 @@ def restore_command(
             _print_plan(plan_lines(plan, options))
 
     show = not quiet and not json_output and not dry_run and sys.stderr.isatty()
+    with _recovery_failures(), _progress(show) as progress:
+        result = planned_restore(repository, target, backup_id, options,
+                                 on_plan=show_plan, progress=progress)  # fmt: skip
+    if json_output:
+        print_json(result)
+        return
+    _print_result(result)
+
+
+@contextmanager
+def _recovery_failures() -> Iterator[None]:
+    """A restored server that did not reach its target: the error line, then the tail of
+    its log (why), and the error's exit code."""
     try:
-        with _progress(show) as progress:
-            result = planned_restore(repository, target, backup_id, options,
-                                     on_plan=show_plan, progress=progress)  # fmt: skip
+        yield
     except RecoveryFailed as exc:
         err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
         for line in exc.log_tail:
             err_console.print(f"  log: {line}", markup=False)
         raise typer.Exit(exc.exit_code) from None
-    if json_output:
-        print_json(result)
-        return
-    _print_result(result)
 
 
 @contextmanager
@@ -392,13 +399,8 @@ def table_command(
         if show:
             err_console.print(f"chainlens-ops: {line}", markup=False)
 
-    try:
+    with _recovery_failures():
         result = restore_tables(repository, live, options, say)
-    except RecoveryFailed as exc:
-        err_console.print(f"chainlens-ops: error: {exc.one_line()}", markup=False)
-        for line in exc.log_tail:
-            err_console.print(f"  log: {line}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
     if json_output:
         print_json(result)
         return
