@@ -164,6 +164,20 @@ class Claim:
         with _db_errors(f"cannot record the end of the run in {TABLE}"), connect(target) as conn:
             conn.execute(_FINISH, params)
 
+    def release(self) -> None:
+        """Give the slot back unrun (the daemon began stopping after claiming it): its
+        row goes, so history does not show a run that never started as a failure."""
+        try:
+            self.conn.execute(
+                f"DELETE FROM {TABLE} WHERE job_name = %s AND scheduled_for = %s "
+                "AND status = 'running'",
+                (self.job_name, self.scheduled_for),
+            )
+        except psycopg.Error:
+            pass  # the lease runs out and the next claim marks it abandoned
+        finally:
+            self.close()
+
     def renew(self, target: DatabaseTarget) -> None:
         """Extend the run's lease; on a fresh connection if the claiming one broke. A
         failure is left for the next renewal (the database may be restarting)."""

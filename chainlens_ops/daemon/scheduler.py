@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
-from chainlens_ops.core.crashpoints import crash_point
+from chainlens_ops.core.crashpoints import crash_point, pause_point
 from chainlens_ops.core.errors import ChainlensError, ConfigError
 from chainlens_ops.daemon import history
 from chainlens_ops.daemon.jobs import DaemonConfig, JobSpec
@@ -115,6 +115,8 @@ class Daemon:
         thread.start()
 
     def _run_slot(self, job: JobSpec, slot: datetime) -> None:
+        if self.stop.is_set():
+            return
         try:
             claim = history.claim_slot(self.target, job.name, slot)
         except ChainlensError as exc:
@@ -133,6 +135,11 @@ class Daemon:
             )
             return
         crash_point("daemon-after-claim")
+        pause_point("daemon-after-claim")
+        if self.stop.is_set():
+            claim.release()  # stopping: the slot was not started, so it is not a run
+            log.info("job %s: slot %s not started: the daemon is stopping", job.name, slot.isoformat())
+            return
         outcome: RunOutcome | None = None
         try:
             outcome = self._execute(job, slot, claim)
@@ -153,8 +160,6 @@ class Daemon:
         self._after_run()
 
     def _execute(self, job: JobSpec, slot: datetime, claim: history.Claim) -> RunOutcome:
-        if self.stop.is_set():
-            return RunOutcome(False, None, 0.0, "daemon stopping; not started")
         log.info(
             "job %s: slot %s started on %s: %s",
             job.name,

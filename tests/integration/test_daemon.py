@@ -348,6 +348,38 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
     )
 
 
+def test_a_slot_claimed_as_the_daemon_stops_is_given_back_not_failed(
+    module_pg: PgCluster, micro: dict[str, str], folder: Path, daemons: list[DaemonProc]
+) -> None:
+    """SIGTERM lands between claiming a slot and starting its job: the job is not
+    started and the slot's row goes, so history shows no failed run (`daemon status`
+    would report one as the job's last run, failed)."""
+    db = micro["micro"]
+    config = write_config(
+        folder,
+        micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
+    )
+    pause = folder / "pause"
+    pause.mkdir()
+    env = {"CHAINLENS_PAUSE_AT": "daemon-after-claim", "CHAINLENS_PAUSE_DIR": str(pause)}
+    daemon = DaemonProc(config, name="stops", env=env)
+    daemons.append(daemon)
+    wait_for((pause / "daemon-after-claim.reached").exists, timeout=20)
+    (claimed,) = module_pg.execute(RUNS, db)
+    assert claimed[2] == "running"
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "no new runs" in daemon.text(), timeout=10)
+    (pause / "daemon-after-claim.go").touch()
+    assert daemon.proc.wait(timeout=15) == 0, daemon.text()
+    daemon.out.close()
+    assert " started on " not in daemon.text()
+    assert "not started: the daemon is stopping" in daemon.text()
+    assert module_pg.execute(RUNS, db) == []
+    (job,) = json.loads(run_cli("--config", str(config), "daemon", "status", "--json").stdout)
+    assert job["last_run"] is None and job["last_status"] is None, job
+
+
 def test_old_history_is_pruned_and_recent_kept(module_pg: PgCluster) -> None:
     name = f"prune_{uuid.uuid4().hex[:8]}"
     module_pg.createdb(name)
