@@ -138,7 +138,9 @@ class Daemon:
         pause_point("daemon-after-claim")
         if self.stop.is_set():
             claim.release()  # stopping: the slot was not started, so it is not a run
-            log.info("job %s: slot %s not started: the daemon is stopping", job.name, slot.isoformat())
+            log.info(
+                "job %s: slot %s not started: the daemon is stopping", job.name, slot.isoformat()
+            )
             return
         outcome: RunOutcome | None = None
         try:
