@@ -31,7 +31,7 @@ import io
 import struct
 
 from chainlens_ops.core.errors import OperationFailed
-from chainlens_ops.core.streams import read_full
+from chainlens_ops.core.streams import read_full, readinto_full
 from chainlens_ops.repository.crypto import is_invalid_tag
 from chainlens_ops.repository.layout import is_plaintext
 from chainlens_ops.storage import NotFound, ObjectInfo
@@ -161,13 +161,18 @@ class Sealer:
             "chainlens-ops, or tampered with)"
         )
 
-    def decrypt(self, nonce: bytes | memoryview, body: bytes | memoryview, aad: bytes) -> bytes:
-        data: bytes = self.ready().decrypt(nonce, body, aad)
-        return data
+    def seal_chunk(self, buffer: bytearray, size: int, aad: bytes) -> memoryview:
+        """`buffer` holds `size` bytes of plaintext after NONCE bytes of room; sealed
+        there under a fresh random nonce: `nonce | ciphertext | tag`, a view of it."""
+        import os
 
-    def encrypt(self, nonce: bytes, body: bytes, aad: bytes) -> bytes:
-        data: bytes = self.ready().encrypt(nonce, body, aad)
-        return data
+        sealed: int = self.ready().seal_in_place(os.urandom(NONCE), buffer, size, aad)
+        return memoryview(buffer)[:sealed]
+
+    def open_chunk(self, sealed: memoryview, aad: bytes) -> bytes:
+        """The plaintext of a sealed chunk; the AEAD's InvalidTag if it fails."""
+        plain: bytes = self.ready().open(sealed, aad)
+        return plain
 
 
 def is_sealed(head: bytes) -> bool:
@@ -179,13 +184,15 @@ class _Chunked(io.RawIOBase):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pending = b""
+        self._pending: bytes | memoryview = b""
         self._offset = 0
 
     def readable(self) -> bool:
         return True
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_chunk(self) -> bytes | memoryview | None:
+        """The next chunk, or None at the end. A view is copied out, never kept: its
+        buffer may be the next chunk's (asked for only once this one is read)."""
         raise NotImplementedError
 
     def read(self, size: int | None = -1) -> bytes:
@@ -201,28 +208,40 @@ class _Chunked(io.RawIOBase):
                     break
                 self._pending, self._offset = chunk, 0
                 if self._offset == 0 and len(chunk) <= size and not parts:
-                    # A whole chunk asked for: hand it over without a copy.
+                    # A whole chunk asked for: hand it over (bytes: without a copy).
                     self._pending = b""
                     size -= len(chunk)
-                    parts.append(chunk)
+                    parts.append(bytes(chunk))
                     continue
-            data = self._pending[self._offset : self._offset + size]
+            data = bytes(self._pending[self._offset : self._offset + size])
             self._offset += len(data)
             size -= len(data)
             parts.append(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
+        """Fills `buffer` (fewer bytes only at the end), copying from the chunks where
+        they lie: a 1 MiB sealed chunk read into a 1 MiB buffer is never sliced into
+        a new bytes object first."""
         view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        got = 0
+        while got < len(view):
+            if self._offset >= len(self._pending):
+                chunk = self._next_chunk()
+                if chunk is None:
+                    break
+                self._pending, self._offset = chunk, 0
+            n = min(len(view) - got, len(self._pending) - self._offset)
+            view[got : got + n] = memoryview(self._pending)[self._offset : self._offset + n]
+            self._offset += n
+            got += n
+        return got
 
     def readall(self) -> bytes:
-        parts = [self._pending[self._offset :]]
+        parts = [bytes(self._pending[self._offset :])]
         self._pending, self._offset = b"", 0
         while (chunk := self._next_chunk()) is not None:
-            parts.append(chunk)
+            parts.append(bytes(chunk))  # a view's buffer is reused by the next chunk
         return b"".join(parts)
 
 
@@ -237,24 +256,26 @@ class SealingReader(_Chunked):
         self._aad = self._header + key.encode()
         self._index = -1  # the header comes first
         self._done = False
+        self._buffer = bytearray(NONCE + CHUNK + TAG)
         self.plain_size = 0
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_chunk(self) -> bytes | memoryview | None:
         if self._done:
             return None
         if self._index < 0:
             self._index = 0
             return self._header
-        import os
-
-        plain = read_full(self._src, CHUNK)
-        last = len(plain) < CHUNK
-        self.plain_size += len(plain)
-        nonce = os.urandom(NONCE)
-        sealed = self._sealer.encrypt(nonce, plain, self._aad + _AAD_TAIL.pack(self._index, last))
+        # Read into the middle of the buffer and sealed there, no copy; one buffer for
+        # every chunk (each new MiB would cost 256 page faults).
+        buffer = self._buffer
+        size = readinto_full(self._src, memoryview(buffer)[NONCE : NONCE + CHUNK])
+        last = size < CHUNK
+        self.plain_size += size
+        aad = self._aad + _AAD_TAIL.pack(self._index, last)
+        sealed = self._sealer.seal_chunk(buffer, size, aad)
         self._index += 1
         self._done = last
-        return nonce + sealed
+        return sealed
 
 
 class UnsealingReader(_Chunked):
@@ -272,6 +293,7 @@ class UnsealingReader(_Chunked):
         if version != VERSION or not 12 <= chunk_log <= 26:
             raise CorruptObject(f"{where}: unsupported encrypted format {version}/{chunk_log}")
         self._sealed_chunk = NONCE + (1 << chunk_log) + TAG
+        self._buffer = bytearray(self._sealed_chunk)  # each sealed chunk is read into it
         self._aad = head + key.encode()
         self._index = 0
         self._done = False
@@ -279,14 +301,13 @@ class UnsealingReader(_Chunked):
     def _next_chunk(self) -> bytes | None:
         if self._done:
             return None
-        sealed = read_full(self._src, self._sealed_chunk)
-        last = len(sealed) < self._sealed_chunk
-        if len(sealed) < NONCE + TAG:
+        size = readinto_full(self._src, self._buffer)
+        last = size < self._sealed_chunk
+        if size < NONCE + TAG:
             raise CorruptObject(f"{self._where}: object is truncated (its last chunk is missing)")
         aad = self._aad + _AAD_TAIL.pack(self._index, last)
-        view = memoryview(sealed)  # slices of a view: no copy of the chunk
         try:
-            plain = self._sealer.decrypt(view[:NONCE], view[NONCE:], aad)
+            plain = self._sealer.open_chunk(memoryview(self._buffer)[:size], aad)
         except Exception as exc:
             if not is_invalid_tag(exc):
                 raise

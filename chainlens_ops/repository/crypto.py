@@ -13,9 +13,10 @@ context's `chainlens-marker = authenticated`, for format 3): a key wrapped for a
 authenticated marker does not unwrap under an untagged format-2 one, so the marker's
 tag (marker.py) cannot be dropped by rewriting the marker as the older format.
 
-All cryptography is `cryptography`'s (OpenSSL's AES-GCM). It is imported only when a
-repository is encrypted: its public package costs ~20 ms of a `wal push`, its Rust
-binding alone ~3 ms and OpenSSL's first cipher ~1 ms (the same class, see `aesgcm`).
+The cipher is OpenSSL's AES-256-GCM everywhere: called through its EVP interface
+(aead.py) where libcrypto 3 loads, through `cryptography` otherwise; KMS is boto3's.
+Neither is loaded unless a repository is encrypted: cryptography's public package costs
+~20 ms of a `wal push`, its Rust binding alone ~7 ms, libcrypto through ctypes ~3 ms.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ class KeyUnavailable(ConfigError):
 
 
 def aesgcm(key: bytes) -> Any:
-    """cryptography's AESGCM for `key`, from its Rust binding loaded without the Python
-    packages around it (chainlens_ops.core.native): the same class, ~1 ms sooner."""
+    """AES-256-GCM under `key`: OpenSSL's through its EVP interface (aead.py: ~4 ms
+    less of every `wal push`/`wal fetch` than loading cryptography's binding), or
+    cryptography's AESGCM, from its Rust binding loaded without the Python packages
+    around it (chainlens_ops.core.native), where libcrypto 3 cannot be loaded."""
+    try:
+        from chainlens_ops.repository.aead import AESGCM as OpenSSLAESGCM
+
+        return OpenSSLAESGCM(key)
+    except ImportError:
+        pass
     try:
         from chainlens_ops.core.native import load_extension
 
@@ -60,12 +69,37 @@ def aesgcm(key: bytes) -> Any:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         cls = AESGCM
-    return cls(key)
+    return _WithChunks(cls(key))
+
+
+class _WithChunks:
+    """cryptography's AESGCM with aead.py's chunk forms (`seal_in_place`, `open`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.encrypt = inner.encrypt
+        self.decrypt = inner.decrypt
+
+    def seal_in_place(self, nonce: bytes, buffer: Any, size: int, aad: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        sealed = self.inner.encrypt(nonce, bytes(view[NONCE_SIZE : NONCE_SIZE + size]), aad)
+        view[:NONCE_SIZE] = nonce
+        view[NONCE_SIZE : NONCE_SIZE + len(sealed)] = sealed
+        return NONCE_SIZE + len(sealed)
+
+    def open(self, sealed: Any, aad: Any) -> bytes:
+        view = memoryview(sealed).cast("B")
+        return self.inner.decrypt(bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE:]), aad)  # type: ignore[no-any-return]
 
 
 def is_invalid_tag(exc: Exception) -> bool:
-    """Whether `exc` is AES-GCM's authentication failure. Asked only on a failure:
-    `cryptography.exceptions` imports `typing` (~10 ms of every `wal fetch`)."""
+    """Whether `exc` is AES-GCM's authentication failure, from either implementation.
+    `cryptography.exceptions` is asked only on a failure that is not aead.py's: it
+    imports `typing` (~10 ms of every `wal fetch`)."""
+    from chainlens_ops.repository.aead import InvalidTag as OpenSSLInvalidTag
+
+    if isinstance(exc, OpenSSLInvalidTag):
+        return True
     from cryptography.exceptions import InvalidTag
 
     return isinstance(exc, InvalidTag)

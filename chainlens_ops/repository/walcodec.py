@@ -125,7 +125,7 @@ class EncodingReader(io.RawIOBase):
                 return 0
             self._pending, self._offset = chunk, 0
         n = min(len(view), len(self._pending) - self._offset)
-        view[:n] = self._pending[self._offset : self._offset + n]
+        view[:n] = memoryview(self._pending)[self._offset : self._offset + n]  # no slice copy
         self._offset += n
         return n
 

@@ -86,10 +86,10 @@ def test_local_push_and_its_fast_paths_import_nothing_heavy(
         # The duplicate check reads the stored object back: hashlib is allowed there.
         allowed = {"hashlib"} if "again" in attempt else set()
         assert imported & (HEAVY_FOR_PUSH - allowed) == set(), attempt
-        # An encrypted repository loads cryptography's Rust binding alone, without its
-        # Python packages (chainlens_ops.core.native), whose import importtime shows.
-        assert "cryptography" not in imported, attempt
-        assert ("_cffi_backend" in imported) == encrypted, attempt  # the binding loaded
+        # An encrypted repository calls OpenSSL's AES-GCM through `_ctypes` alone
+        # (repository/aead.py): neither cryptography nor the `ctypes` package loads.
+        assert imported & {"cryptography", "_cffi_backend", "ctypes"} == set(), attempt
+        assert ("_ctypes" in imported) == encrypted, attempt
     stored = next((tmp_path / "repo" / "wal").glob("*/*")).read_bytes()
     assert (stored[:8] == b"CLOPSENC") == encrypted
 
@@ -122,6 +122,8 @@ def test_local_fetch_imports_nothing_heavy(tmp_path: Path, encrypted: bool) -> N
         }
         assert "chainlens_ops" in imported
         assert imported & (HEAVY_FOR_PUSH - {"hashlib"}) == set(), wanted
+        assert imported & {"cryptography", "_cffi_backend", "ctypes"} == set(), wanted
+        assert ("_ctypes" in imported) == encrypted, wanted  # the marker is authenticated
 
     # The listing at 80 columns, piped: segment names whole, every column shown.
     listing = subprocess.run(

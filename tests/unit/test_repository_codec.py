@@ -202,27 +202,6 @@ def test_the_key_is_prepared_once_whoever_asks_first() -> None:
         assert unseal(Sealer(lambda: data_key, plain_allowed=False), stored) == b"wal"
 
 
-def test_cryptography_binding_loads_without_its_python_layers() -> None:
-    """`wal push`/`wal fetch` load cryptography's Rust binding alone
-    (chainlens_ops.core.native); a later normal import finds that very module."""
-    import subprocess
-    import sys
-
-    script = (
-        "import sys\n"
-        "from chainlens_ops.repository.crypto import aesgcm\n"
-        "aead = aesgcm(bytes(32))\n"
-        "assert not any(m == 'cryptography' or m.startswith('cryptography.') and "
-        "not m.endswith('._rust') for m in sys.modules), sorted(sys.modules)\n"
-        "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
-        "assert type(aead) is AESGCM, (type(aead), AESGCM)\n"
-        "assert AESGCM(bytes(32)).decrypt(bytes(12), aead.encrypt(bytes(12), b'x', None), None)"
-        " == b'x'\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
 def encrypted_repo(tmp_path: Path) -> tuple[Repository, str]:
     """`repo init --encrypt --key-file`, then a first push's binding and one object."""
     key = str(tmp_path / "repo.key")
