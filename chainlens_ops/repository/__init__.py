@@ -19,8 +19,8 @@ backend per scheme: chainlens_ops.storage). The package is the only door to its 
 
 `Repository.storage` is the codec's door (RepositoryStorage), for the stores;
 `Repository.backend` the raw backend, for the marker and housekeeping (the methods
-below) alone. A marker with a higher `format` than this tool knows
-is refused, so an old tool never writes into a repository laid out by a newer one.
+below) alone. A marker with a higher `format` than this tool knows is refused, so an
+old tool never writes into a repository laid out by a newer one.
 
 This module is on the `wal push` hot path: it imports no boto3, psycopg, Typer or
 cryptography (the last only when the repository is encrypted).
