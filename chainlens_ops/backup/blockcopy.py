@@ -44,7 +44,6 @@ from chainlens_ops.backup.manifest import (
     BackupObject,
     Catalog,
     UnknownBackup,
-    backup_prefix,
     parse_time,
 )
 from chainlens_ops.core.crashpoints import crash_point, pause_point
@@ -249,8 +248,8 @@ def copy_data_folder(
     )  # fmt: skip
     objects.append(
         store_compressed(
-            repo.storage,
-            backup_prefix(backup_id) + MAP_NAME,
+            repo.backups,
+            repo.backups.object_key(backup_id, MAP_NAME),
             io.BytesIO(fmap.to_bytes()),
             level=ZSTD_LEVEL_BASE,
         )
@@ -308,8 +307,8 @@ class Copier:
             pending = Pending(self.records(groups[group]))
             part = 0
             while pending.has_more():
-                key = backup_prefix(self.backup_id) + bundle_name(group, part)
-                objects.append(store_bundle(repo.storage, key, pending))
+                key = repo.backups.object_key(self.backup_id, bundle_name(group, part))
+                objects.append(store_bundle(repo.backups, key, pending))
                 crash_point("incr-mid-copy")
                 pause_point("incr-mid-copy")  # files listed, one bundle stored
                 part += 1

@@ -53,12 +53,12 @@ def check_chain(repo: Repository, manifest: BackupManifest) -> list[Check]:
                         newest = fmap
                     detail = f"file map of {len(fmap.files)} files"
                 elif bundle_group(obj.key) is not None:
-                    with CheckedReader(repo.storage, obj, decompress=False) as reader:
+                    with CheckedReader(repo.backups, obj, decompress=False) as reader:
                         count = read_bundle(reader, where, _collect(spans, backup.id))  # type: ignore[arg-type]
                         reader.drain()
                     detail = f"bundle of {count} records"
                 else:
-                    with CheckedReader(repo.storage, obj) as reader:
+                    with CheckedReader(repo.backups, obj) as reader:
                         reader.drain()
                     detail = "not part of the files layout"
             except CorruptBackupObject as exc:

@@ -41,12 +41,13 @@ from chainlens_ops.core.streams import read_full
 from chainlens_ops.pg.datadir import BLOCK_SIZE as BLOCK_SIZE
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.datacodec import ZSTD_LEVEL_BASE, CheckedReader, store_encoded
+from chainlens_ops.repository.layout import DATA_FOLDER as DATA_FOLDER
+from chainlens_ops.repository.layout import FILE_MAP_NAME
+from chainlens_ops.repository.stores import BackupStore
 from chainlens_ops.restore.selective import KEPT_IN_SKIPPED
-from chainlens_ops.storage.protocol import Storage
 
-MAP_NAME = "files.json.zst"
+MAP_NAME = FILE_MAP_NAME  # backups/<id>/files.json.zst (repository.layout)
 MAP_FORMAT = 1
-DATA_FOLDER = "data/"
 BUNDLE_MAGIC = b"CLBUNDLE2\n"
 BUNDLE_SUFFIX = ".blk.zst"
 PART_BYTES = 256 * 1024 * 1024  # raw bytes of a bundle part (parallel restore, bounded objects)
@@ -254,7 +255,7 @@ def bundle_group(key: str) -> str | None:
 def read_file_map(repo: Repository, backup: BackupManifest) -> FileMap:
     """The file map of a files-layout backup, checked against its manifest."""
     obj = map_object(backup)
-    with CheckedReader(repo.storage, obj) as reader:
+    with CheckedReader(repo.backups, obj) as reader:
         raw = bytearray()
         while chunk := reader.read(CHUNK):
             raw += chunk
@@ -418,11 +419,11 @@ class BundleStream(io.RawIOBase):
         return 0
 
 
-def store_bundle(storage: Storage, key: str, pending: Pending) -> BackupObject:
+def store_bundle(store: BackupStore, key: str, pending: Pending) -> BackupObject:
     """One bundle part of `pending`'s records stored under `key` (frames compressed as
     they are made, so the codec door stores them as they are)."""
     stream = BundleStream(pending)
-    obj = store_encoded(storage, key, stream)  # type: ignore[arg-type]
+    obj = store_encoded(store, key, stream)  # type: ignore[arg-type]
     return dataclasses.replace(obj, raw_size=stream.raw_size)
 
 

@@ -22,9 +22,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from chainlens_ops.backup.manifest import MANIFEST_NAME
 from chainlens_ops.backup.parallel import OWNER_FILE, SPOOL_PREFIX, process_identity
-from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.repository import Repository
 from chainlens_ops.settings.keys import format_bytes
 from chainlens_ops.storage import ObjectInfo
 
@@ -93,29 +92,26 @@ def remove_dead_backups(repo: Repository, *, dry_run: bool = False) -> Cleanup:
     repository lock."""
     sizes: dict[str, int] = {}
     has_manifest: set[str] = set()
-    for info in repo.storage.list(BACKUPS_PREFIX):
-        backup_id, _, name = info.key[len(BACKUPS_PREFIX) :].partition("/")
+    for backup_id, name, info in repo.backups.contents():
         sizes[backup_id] = sizes.get(backup_id, 0) + info.size
-        if name == MANIFEST_NAME:
+        if repo.backups.is_manifest(name):
             has_manifest.add(backup_id)
     dead = {i for i in sizes if i not in has_manifest}
     if not dry_run:
         for backup_id in sorted(dead):
-            for info in list(repo.storage.list(f"{BACKUPS_PREFIX}{backup_id}/")):
-                repo.storage.delete(info.key)
+            repo.backups.delete(backup_id)
     cutoff = time.time() - STALE_S
 
     def unpublished(found: ObjectInfo) -> bool:
         folder = found.key.endswith("/")  # local: a folder left empty
-        if found.key.startswith(BACKUPS_PREFIX):
-            backup_id = found.key[len(BACKUPS_PREFIX) :].partition("/")[0]
-            if backup_id and backup_id not in has_manifest:
-                if not folder:
-                    dead.add(backup_id)
-                return True
+        backup_id = repo.backups.backup_of(found.key)  # None: outside backups/
+        if backup_id and backup_id not in has_manifest:
+            if not folder:
+                dead.add(backup_id)
+            return True
         return not folder and found.mtime < cutoff
 
-    incomplete = repo.storage.remove_incomplete("", unpublished, dry_run=dry_run)
+    incomplete = repo.remove_incomplete(unpublished, dry_run=dry_run)
     files = [f for f in incomplete if not f.key.endswith("/")]
     freed = sum(sizes.get(i, 0) for i in dead) + sum(f.size for f in files)
     return Cleanup(backups=sorted(dead), unpublished=len(files), bytes_freed=freed)

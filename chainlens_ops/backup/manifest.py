@@ -15,7 +15,6 @@ never shows and `prune` removes.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from typing import Any
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.core.metadata import MAX_RECORD, Fields, load_json
 from chainlens_ops.pg.walnames import parse_lsn, parse_wal_name
-from chainlens_ops.repository import BACKUPS_PREFIX, Repository
+from chainlens_ops.repository import Repository
 from chainlens_ops.repository.layout import MANIFEST_NAME as MANIFEST_NAME
 from chainlens_ops.repository.layout import backup_prefix as backup_prefix
 from chainlens_ops.repository.layout import manifest_key as manifest_key
@@ -135,13 +134,13 @@ def new_backup_id(repo: Repository, when: datetime, kind: BackupKind, target: st
     base = f"{when.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{kind.value}-{target}"
     for n in range(1, 1000):
         candidate = base if n == 1 else f"{base}-{n}"
-        if next(iter(repo.storage.list(backup_prefix(candidate))), None) is None:
+        if not repo.backups.holds_anything(candidate):
             return candidate
     raise OperationFailed(f"cannot find a free backup id near {base}")
 
 
 def write_manifest(repo: Repository, manifest: BackupManifest) -> None:
-    repo.storage.put(manifest_key(manifest.id), io.BytesIO(manifest.to_bytes()), if_absent=True)
+    repo.backups.put_manifest(manifest.id, manifest.to_bytes())
 
 
 class UnknownBackup(UsageError):
@@ -153,7 +152,7 @@ def require_backup(repo: Repository, backup_id: str) -> None:
     """UnknownBackup unless `backup_id` has a manifest (valid or not); a repository that
     is not there says so instead."""
     try:
-        repo.storage.stat(manifest_key(backup_id))
+        repo.backups.stat_manifest(backup_id)
     except NotFound:
         raise _unknown(repo, backup_id) from None
 
@@ -167,9 +166,9 @@ def _unknown(repo: Repository, backup_id: str) -> UnknownBackup:
 
 
 def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
-    key = manifest_key(backup_id)
+    key = repo.backups.manifest_key(backup_id)
     try:
-        with repo.storage.open(key) as fh:
+        with repo.backups.open_manifest(backup_id) as fh:
             raw = fh.read(MAX_RECORD)
     except NotFound:
         raise _unknown(repo, backup_id) from None
@@ -306,9 +305,7 @@ class Catalog:
 
 def read_catalog(repo: Repository) -> Catalog:
     folders: dict[str, bool] = {}
-    for info in repo.storage.list(BACKUPS_PREFIX):
-        rest = info.key[len(BACKUPS_PREFIX) :]
-        backup_id, _, name = rest.partition("/")
+    for backup_id, name, _info in repo.backups.contents():
         if name:
             folders[backup_id] = folders.get(backup_id, False) or name == MANIFEST_NAME
     backups: list[BackupManifest] = []

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from chainlens_ops.backup.manifest import BackupManifest, BackupObject, backup_prefix
+from chainlens_ops.backup.manifest import BackupManifest, BackupObject
 from chainlens_ops.core.crashpoints import crash_point
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.pg.process import PgStream
@@ -41,10 +41,10 @@ from chainlens_ops.repository.datacodec import (
     Progress,
     store_compressed,
 )
+from chainlens_ops.repository.layout import DUMP_FOLDER as DIRECTORY
+from chainlens_ops.repository.stores import BackupStore
 from chainlens_ops.settings.keys import format_bytes
-from chainlens_ops.storage.protocol import Storage
 
-DIRECTORY = "dump.d/"  # under backups/<id>/
 TOC = "toc.dat"
 _POLL_S = 0.5
 
@@ -124,7 +124,7 @@ class DirectoryDump:
     stage: Callable[[str], None] | None = None
 
 
-def dump_and_store(run: DirectoryDump, folder: str, storage: Storage, backup_id: str) -> list[
+def dump_and_store(run: DirectoryDump, folder: str, store: BackupStore, backup_id: str) -> list[
     BackupObject
 ]:  # fmt: skip
     """pg_dump into `folder`/dump, then every file into the repository (each removed
@@ -147,7 +147,7 @@ def dump_and_store(run: DirectoryDump, folder: str, storage: Storage, backup_id:
         path = os.path.join(dump, name)
         with open(path, "rb") as fh:
             objects.append(store_compressed(
-                storage, f"{backup_prefix(backup_id)}{DIRECTORY}{name}.zst", fh,
+                store, store.object_key(backup_id, f"{DIRECTORY}{name}.zst"), fh,
                 level=run.level, window_log=LOGICAL_WINDOW_LOG, progress=run.progress,
             ))  # fmt: skip
         os.unlink(path)
@@ -168,14 +168,14 @@ def member_name(manifest: BackupManifest, obj: BackupObject) -> str:
 
 
 def fetch_directory(
-    storage: Storage, manifest: BackupManifest, objects: Iterable[BackupObject], folder: str
+    store: BackupStore, manifest: BackupManifest, objects: Iterable[BackupObject], folder: str
 ) -> int:
     """Write `objects` (decompressed, checked against the manifest) into `folder`; the
     bytes written. Raises CorruptBackupObject naming the first bad object."""
     written = 0
     for obj in objects:
         path = os.path.join(folder, member_name(manifest, obj))
-        with CheckedReader(storage, obj) as reader, open(path, "xb") as out:
+        with CheckedReader(store, obj) as reader, open(path, "xb") as out:
             while chunk := reader.read(READ_SIZE):
                 out.write(chunk)
             written += reader.raw_size
@@ -183,7 +183,7 @@ def fetch_directory(
 
 
 def _member(manifest: BackupManifest, obj: BackupObject) -> str | None:
-    prefix = backup_prefix(manifest.id) + DIRECTORY
+    prefix = BackupStore.object_key(manifest.id, DIRECTORY)
     if not (obj.key.startswith(prefix) and obj.key.endswith(".zst")):
         return None
     name = obj.key[len(prefix) : -len(".zst")]

@@ -23,7 +23,7 @@ from chainlens_ops.core.errors import UsageError
 from chainlens_ops.repository import Repository
 from chainlens_ops.repository.layout import PIN_NAME as PIN_NAME
 from chainlens_ops.repository.layout import pin_key as pin_key
-from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S
 from chainlens_ops.storage import NotFound
 
 _MAX_NOTE = 500
@@ -84,10 +84,9 @@ def set_pin(
     if note is not None and len(note) > _MAX_NOTE:
         raise UsageError(f"--note is {len(note)} characters; at most {_MAX_NOTE}")
     repo.require_present()
-    lock = RepositoryLock(
-        repo.storage, "backup pin" if pinned else "backup unpin", wait_s=lock_wait_s,
-        notify=notify,
-    )  # fmt: skip
+    lock = repo.locks.lock(
+        "backup pin" if pinned else "backup unpin", wait_s=lock_wait_s, notify=notify
+    )
     with lock.hold():
         _catalog_entry(repo, backup_id)
         was = backup_id in read_pins(repo)

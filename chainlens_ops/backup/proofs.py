@@ -59,7 +59,7 @@ def record_proof(
 def proof_keys(repo: Repository, backup_id: str) -> list[tuple[str, datetime, str]]:
     """(kind, time, key) of every record of `backup_id`, oldest first."""
     found = []
-    for name, key in repo.proofs.objects(backup_id):
+    for name, key in repo.backups.objects(backup_id):
         match = _NAME.fullmatch(name)
         if match:
             when = datetime.strptime(match.group(2), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)

@@ -33,8 +33,6 @@ from datetime import datetime
 from chainlens_ops.backup.leftovers import Cleanup, remove_dead_backups, remove_dead_spools
 from chainlens_ops.backup.manifest import (
     BackupManifest,
-    backup_prefix,
-    manifest_key,
     read_catalog,
     utc_now,
 )
@@ -45,8 +43,8 @@ from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.scratch import sweep_scratch
 from chainlens_ops.pg.walnames import HISTORY, parse_wal_name
 from chainlens_ops.repository import HISTORY_PREFIX, Repository
-from chainlens_ops.repository.claim import Claim, live_claims
-from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.repository.claim import Claim
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S
 from chainlens_ops.restore.window import RecoverableWindow, recoverable_window, span_lines
 from chainlens_ops.wal.inventory import DEFAULT_SEG_SIZE, check_wal
 
@@ -90,12 +88,12 @@ def prune_backups(
         if notify:
             notify(line)
 
-    lock = RepositoryLock(repo.storage, "backup prune", wait_s=lock_wait_s, notify=note)
+    lock = repo.locks.lock("backup prune", wait_s=lock_wait_s, notify=note)
     with lock.hold():
         cleanup = remove_leftovers(repo, spool_dir, dry_run=dry_run)
         catalog = read_catalog(repo)
         pins = read_pins(repo)
-        claims = live_claims(repo.storage, remove_stale=not dry_run)
+        claims = repo.locks.live_claims(remove_stale=not dry_run)
         reasons = select_retained(catalog.valid, policy, now or utc_now(), pinned=pins,
                                   in_use=_claimed(catalog.valid, claims, note))  # fmt: skip
         removed = [b for b in catalog.valid if b.id not in reasons]
@@ -121,9 +119,9 @@ def prune_backups(
         if not dry_run:
             for backup in removed:
                 lock.check()
-                _delete_backup(repo, backup.id)
+                repo.backups.delete(backup.id)
             for backup_id in catalog.without_manifest:
-                _delete_backup(repo, backup_id)
+                repo.backups.delete(backup_id)
             for key, _size in wal:
                 lock.check()
                 repo.wal.delete(key)
@@ -179,13 +177,6 @@ def _claimed(
             note(f"kept backup {claimed.id} and its WAL{chain}: {claim.describe()} is "
                  "restoring it")  # fmt: skip
     return used
-
-
-def _delete_backup(repo: Repository, backup_id: str) -> None:
-    manifest = manifest_key(backup_id)
-    repo.storage.delete(manifest)
-    for info in list(repo.storage.list(backup_prefix(backup_id))):
-        repo.storage.delete(info.key)
 
 
 def _segno_key(name: str) -> tuple[int, int]:

@@ -41,7 +41,6 @@ from chainlens_ops.backup.manifest import (
     BackupKind,
     BackupManifest,
     BackupObject,
-    backup_prefix,
     format_time,
     new_backup_id,
     read_catalog,
@@ -70,7 +69,8 @@ from chainlens_ops.repository.datacodec import (
     Progress,
     store_compressed,
 )
-from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.repository.layout import BASE_TAR_NAME, DUMP_NAME
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S
 from chainlens_ops.repository.walcodec import decode
 from chainlens_ops.settings.config import (
     DEFAULT_FULL_EVERY_S,
@@ -208,10 +208,9 @@ def take_backup(
             f"the --jobs {options.jobs} dump of {cluster.database}",
         )  # fmt: skip
 
-    lock = RepositoryLock(
-        repo.storage, f"backup --kind {kind} --db {target.name}",
-        wait_s=options.lock_wait_s, notify=notify,
-    )  # fmt: skip
+    lock = repo.locks.lock(
+        f"backup --kind {kind} --db {target.name}", wait_s=options.lock_wait_s, notify=notify
+    )
     started = utc_now()
     clock = time.monotonic()
     with closing(local.session) if local else nullcontext(), lock.hold():
@@ -404,7 +403,7 @@ def _logical(
     argv = [find_binary("pg_dump", major_of(cluster.version)), "-Fc", "-Z0", "-w", "-d", dsn]
     with PgStream(argv, env=env, cancel=options.cancel) as stream:
         return store_compressed(
-            repo.storage, backup_prefix(backup_id) + "dump.pgc.zst", stream,  # type: ignore[arg-type]
+            repo.backups, repo.backups.object_key(backup_id, DUMP_NAME), stream,  # type: ignore[arg-type]
             level=options.zstd_level, window_log=LOGICAL_WINDOW_LOG, progress=options.progress,
         )  # fmt: skip
 
@@ -427,7 +426,7 @@ def _logical_parallel(
             f"{format_bytes(cluster.database_size)}, "
             f"{format_bytes(free)} free), removed once stored"
         )
-        return dump_and_store(run, folder, repo.storage, backup_id)
+        return dump_and_store(run, folder, repo.backups, backup_id)
 
 
 def _base(
@@ -443,7 +442,7 @@ def _base(
     ]  # fmt: skip
     with PgStream(argv, env=env, cancel=options.cancel, idle_timeout=ARCHIVE_STALL_S) as stream:
         obj = store_compressed(
-            repo.storage, backup_prefix(backup_id) + "base.tar.zst", stream,  # type: ignore[arg-type]
+            repo.backups, repo.backups.object_key(backup_id, BASE_TAR_NAME), stream,  # type: ignore[arg-type]
             progress=options.progress, tap=sniffer.feed, level=ZSTD_LEVEL_BASE,
         )  # fmt: skip
     start_lsn, tli, stop_lsn = _positions(sniffer.files)

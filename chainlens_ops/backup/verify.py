@@ -168,7 +168,7 @@ def _check_object(
     repo: Repository, manifest: BackupManifest, obj: BackupObject, extract_to: str | None
 ) -> ObjectCheck:
     try:
-        with CheckedReader(repo.storage, obj) as reader:
+        with CheckedReader(repo.backups, obj) as reader:
             if manifest.kind == BASE and extract_to:
                 detail = _check_extracted(reader, manifest, extract_to)
             elif manifest.kind == BASE:
@@ -216,7 +216,7 @@ def _check_directory(repo: Repository, manifest: BackupManifest, root: str) -> l
             toc = obj
             continue
         try:
-            with CheckedReader(repo.storage, obj) as reader:
+            with CheckedReader(repo.backups, obj) as reader:
                 reader.drain()
         except CorruptBackupObject as exc:
             checks.append(ObjectCheck(obj.key, False, exc.one_line()))
@@ -227,7 +227,7 @@ def _check_directory(repo: Repository, manifest: BackupManifest, root: str) -> l
         return checks
     try:
         with spool_folder(root, f"verify-{manifest.id}") as folder:
-            fetch_directory(repo.storage, manifest, [toc], folder)
+            fetch_directory(repo.backups, manifest, [toc], folder)
             detail = _list_directory(folder, members, manifest)
     except CorruptBackupObject as exc:
         checks.insert(0, ObjectCheck(toc.key, False, exc.one_line()))

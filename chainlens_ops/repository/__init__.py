@@ -12,13 +12,15 @@ backend per scheme: chainlens_ops.storage). The package is the only door to its 
     datacodec.py  its compression stage for backup data (zstd stream, manifest checks)
     crypto.py   envelope encryption: the data key and its key-encryption key (file or KMS)
     admin.py    `repo init`, `repo info`, `repo rotate-key`, `repo encrypt`
-    stores.py   typed stores over `storage` (`Repository.wal`, `.points`,
-                `.proofs`): operations code asks
-                them instead of building keys
+    stores.py   typed stores over `storage` (`Repository.wal`, `.points`, `.proofs`,
+                `.backups`, `.locks`): operations code asks them instead of building
+                keys, and never holds a Storage (tests/unit/test_layers.py)
+    lock.py, claim.py   the repository lock and restores' claims (via `.locks`)
 
-`Repository.storage` is the codec's door (RepositoryStorage); `Repository.backend` the
-raw backend, for the marker alone. A marker with a higher `format` than this tool knows
-is refused, so an old tool never writes into a repository laid out by a newer one.
+`Repository.storage` is the codec's door (RepositoryStorage), for the stores;
+`Repository.backend` the raw backend, for the marker and housekeeping (the methods
+below) alone. A marker with a higher `format` than this tool knows is refused, so an
+old tool never writes into a repository laid out by a newer one.
 
 This module is on the `wal push` hot path: it imports no boto3, psycopg, Typer or
 cryptography (the last only when the repository is encrypted).
@@ -47,10 +49,19 @@ from chainlens_ops.storage import AlreadyExists, NotFound, open_storage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chainlens_ops.pg.walnames import WalName
     from chainlens_ops.repository.codec import Sealer
-    from chainlens_ops.repository.stores import PointStore, ProofStore, WalStore
+    from chainlens_ops.repository.stores import (
+        BackupStore,
+        LockStore,
+        PointStore,
+        ProofStore,
+        WalStore,
+    )
     from chainlens_ops.settings.config import Settings
+    from chainlens_ops.storage import ObjectInfo
     from chainlens_ops.storage.protocol import Storage
 
 __all__ = [
@@ -141,6 +152,20 @@ class Repository:
         return ProofStore(self.storage)
 
     @property
+    def backups(self) -> BackupStore:
+        """Backups: manifests and data objects (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import BackupStore
+
+        return BackupStore(self.storage)
+
+    @property
+    def locks(self) -> LockStore:
+        """The repository lock and restores' claims (chainlens_ops.repository.stores)."""
+        from chainlens_ops.repository.stores import LockStore
+
+        return LockStore(self.storage)
+
+    @property
     def display(self) -> str:
         return self.url
 
@@ -151,6 +176,27 @@ class Repository:
             raise OperationFailed(
                 f"repository {self.url} does not exist", hint="check the path (--repo, repo =)"
             )
+
+    # -- housekeeping: what killed writers left (the backend finds it) ------------------
+
+    def stale_leftovers(self) -> tuple[str, ...]:
+        """Temp files and uploads of killed writers, by age (`wal check` reports them)."""
+        return self.backend.stale_leftovers()
+
+    def remove_stale_leftovers(self) -> int:
+        """Remove what `stale_leftovers` finds; how many were removed."""
+        return self.backend.remove_stale_leftovers()
+
+    def housekeep_now_and_then(self, stamp: str | None) -> None:
+        """`wal push`'s cheap, rate-limited sweep (`stamp`: a file noting the last run)."""
+        self.backend.housekeep_now_and_then(stamp)
+
+    def remove_incomplete(
+        self, select: Callable[[ObjectInfo], bool], *, dry_run: bool = False
+    ) -> list[ObjectInfo]:
+        """Writes anywhere in the repository that killed writers never published and
+        `select` picks, removed unless `dry_run` (see Storage.remove_incomplete)."""
+        return self.backend.remove_incomplete("", select, dry_run=dry_run)
 
     # -- the marker -------------------------------------------------------------------
 

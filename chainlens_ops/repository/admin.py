@@ -36,7 +36,7 @@ from chainlens_ops.repository.layout import (
     WAL_PREFIX,
     is_plaintext,
 )
-from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+from chainlens_ops.repository.lock import DEFAULT_WAIT_S
 from chainlens_ops.repository.marker import AES_256_GCM, FORMAT_AUTHENTICATED, RepoMarker
 from chainlens_ops.storage import AlreadyExists
 
@@ -197,7 +197,7 @@ def rotate_key(
 ) -> KeyChange:
     """Re-wrap the data key under `new`; the current key (configured key file or the
     marker's KMS key) must open it first."""
-    with RepositoryLock(repo.storage, "repo rotate-key", wait_s=lock_wait_s).hold():
+    with repo.locks.lock("repo rotate-key", wait_s=lock_wait_s).hold():
         marker = _require_marker(repo)
         if not marker.encrypted:
             raise UsageError(
@@ -224,7 +224,7 @@ def encrypt_repository(
     rewrite: bool,
     lock_wait_s: float = DEFAULT_WAIT_S,
 ) -> KeyChange:
-    with RepositoryLock(repo.storage, "repo encrypt", wait_s=lock_wait_s).hold():
+    with repo.locks.lock("repo encrypt", wait_s=lock_wait_s).hold():
         marker = repo.stored_marker(fresh=True)
         created = None
         if marker is None or not marker.encrypted:

@@ -198,7 +198,3 @@ def live_claims(
             with suppress(StorageError):
                 storage.delete(info.key)
     return live
-
-
-def restore_claim(storage: Storage, command: str) -> RestoreClaim:
-    return RestoreClaim(storage, command)

@@ -1,7 +1,7 @@
 """Streaming a backup object into the repository, and reading it back checked.
 
     PgStream (pg_dump / pg_basebackup stdout)  ->  zstd (as it streams)  ->  sha256+size
-        ->  storage.put
+        ->  BackupStore.put (repo.backups: the codec door underneath)
 
 One chunk at a time end to end: memory stays flat whatever the database's size (S3
 holds one multipart part). If the process fails, even after its last byte, PgStream
@@ -22,7 +22,10 @@ from chainlens_ops.backup.manifest import BackupObject
 from chainlens_ops.core.crashpoints import crash_point
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.storage import NotFound
-from chainlens_ops.storage.protocol import Storage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from chainlens_ops.repository.stores import BackupStore
 
 # Logical dumps (their level is `[backup] zstd_level`, default config.DEFAULT_ZSTD_LEVEL)
 # are compressed with a 32 MB window instead of the 4-8 MB of zstd's levels: a database
@@ -97,7 +100,7 @@ class _Counting(io.RawIOBase):
 
 
 def store_compressed(
-    storage: Storage,
+    store: BackupStore,
     key: str,
     source: BinaryIO,
     *,
@@ -114,18 +117,18 @@ def store_compressed(
     reader = compressor.stream_reader(raw, read_size=READ_SIZE, closefd=False)  # type: ignore[arg-type]
     with reader as compressed:
         stored = _Counting(compressed)
-        info = storage.put(key, stored, if_absent=True)  # type: ignore[arg-type]
+        info = store.put(key, stored, if_absent=True)  # type: ignore[arg-type]
     if info.size != stored.size:
         raise OperationFailed(f"{key}: stored {info.size} bytes, sent {stored.size}")
     return BackupObject(key=key, size=stored.size, sha256=stored.digest.hexdigest(),
                         raw_size=raw.size)  # fmt: skip
 
 
-def store_encoded(storage: Storage, key: str, source: BinaryIO) -> BackupObject:
+def store_encoded(store: BackupStore, key: str, source: BinaryIO) -> BackupObject:
     """Store `source`, already zstd frames (a bundle's, backup.files), as it is: the
     object's size and sha256 as stored (raw_size is the caller's to fill in)."""
     stored = _Counting(source)
-    info = storage.put(key, stored, if_absent=True)  # type: ignore[arg-type]
+    info = store.put(key, stored, if_absent=True)  # type: ignore[arg-type]
     if info.size != stored.size:
         raise OperationFailed(f"{key}: stored {info.size} bytes, sent {stored.size}")
     return BackupObject(key=key, size=stored.size, sha256=stored.digest.hexdigest())
@@ -150,11 +153,11 @@ class CheckedReader(io.RawIOBase):
     frames it needs); the final read raises CorruptBackupObject if the stored bytes do
     not match the manifest's size and sha256 (or zstd finds the frame damaged)."""
 
-    def __init__(self, storage: Storage, obj: BackupObject, *, decompress: bool = True) -> None:
+    def __init__(self, store: BackupStore, obj: BackupObject, *, decompress: bool = True) -> None:
         super().__init__()
         self.obj = obj
         try:
-            self._stored = storage.open(obj.key)
+            self._stored = store.open(obj.key)
         except NotFound:
             raise CorruptBackupObject(f"{obj.key} is missing from the repository") from None
         self._counting = _Counting(self._stored)

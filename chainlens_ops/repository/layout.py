@@ -16,7 +16,11 @@ every backend):
     wal/history/<TTTTTTTT>.history      timeline history files (never overwritten)
     backups/<id>/manifest.json          a backup's manifest (written last: it publishes
                                         the backup)
-    backups/<id>/<object>               a backup's data objects (dump, base.tar, ...)
+    backups/<id>/<object>               a backup's data objects, by layout:
+        dump.pgc.zst                      logical: one custom-format dump
+        dump.d/<file>.zst                 logical `--jobs`: pg_dump's directory format
+        base.tar.zst                      base (tar layout): pg_basebackup's tar stream
+        files.json.zst, data/<bundle>     files layout: the file map and block bundles
     backups/<id>/<kind>-<stamp>Z.json   proofs: verify and drill records
     backups/<id>/pin.json               a pin: retention never removes the backup
     restore-points/<name>.json          the restore-point catalog, one entry per point
@@ -43,6 +47,12 @@ HISTORY_PREFIX = "wal/history/"
 BACKUPS_PREFIX = "backups/"
 MANIFEST_NAME = "manifest.json"
 PIN_NAME = "pin.json"
+# A backup's data objects (backups/<id>/<name>), by layout.
+DUMP_NAME = "dump.pgc.zst"
+DUMP_FOLDER = "dump.d/"
+BASE_TAR_NAME = "base.tar.zst"
+FILE_MAP_NAME = "files.json.zst"
+DATA_FOLDER = "data/"
 RESTORE_POINTS_PREFIX = "restore-points/"
 SCANNED_PREFIX = RESTORE_POINTS_PREFIX + "scanned/"
 
@@ -67,6 +77,12 @@ def backup_prefix(backup_id: str) -> str:
 
 def manifest_key(backup_id: str) -> str:
     return backup_prefix(backup_id) + MANIFEST_NAME
+
+
+def backup_object_key(backup_id: str, name: str) -> str:
+    """A data object of a backup: `name` is one of the names above (`dump.pgc.zst`,
+    `dump.d/toc.dat.zst`, `data/<bundle>`)."""
+    return backup_prefix(backup_id) + name
 
 
 def pin_key(backup_id: str) -> str:

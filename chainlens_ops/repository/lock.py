@@ -357,13 +357,3 @@ def own_owner(command: str, ttl_s: float) -> LockOwner:
         expires_at=now + ttl_s,
         process=_own_identity(),
     )
-
-
-def repository_lock(
-    storage: Storage,
-    command: str,
-    *,
-    wait_s: float = DEFAULT_WAIT_S,
-    notify: Callable[[str], None] | None = None,
-) -> RepositoryLock:
-    return RepositoryLock(storage, command, wait_s=wait_s, notify=notify)

@@ -1,12 +1,13 @@
 """Typed stores: the repository's objects by what they are, not by key.
 
-Operations code asks `repo.wal`, `repo.points` and `repo.proofs` (and, as callers migrate, the
-other stores) instead of building keys from layout.py and calling `repo.storage`. Each
-store builds its keys with layout.py (the one place) and reads and writes through
-RepositoryStorage (the codec), so behaviour, keys and errors are those of the storage
-door underneath.
+Operations code asks `repo.wal`, `repo.points`, `repo.proofs`, `repo.backups` and
+`repo.locks` instead of building keys from layout.py and calling `repo.storage`; it never
+holds a Storage (tests/unit/test_layers.py checks). Each store builds its keys with
+layout.py (the one place) and reads and writes through RepositoryStorage (the codec), so
+behaviour, keys and errors are those of the storage door underneath.
 
 Standard library only: on the `wal push` path (imported by chainlens_ops.repository).
+The lock and claim machinery (threads, sockets) is imported when a LockStore is used.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import io
 
 from chainlens_ops.repository.layout import (
     BACKUPS_PREFIX,
+    MANIFEST_NAME,
     PIN_NAME,
     RESTORE_POINTS_PREFIX,
     SCANNED_PREFIX,
     WAL_PREFIX,
+    backup_object_key,
     backup_prefix,
+    manifest_key,
     pin_key,
     proof_key,
     restore_point_key,
@@ -29,11 +33,13 @@ from chainlens_ops.repository.layout import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import BinaryIO
 
     from chainlens_ops.pg.walnames import WalName
+    from chainlens_ops.repository.claim import Claim, RestoreClaim
     from chainlens_ops.repository.codec import RepositoryStorage
+    from chainlens_ops.repository.lock import RepositoryLock
     from chainlens_ops.storage import ObjectInfo
 
 
@@ -112,15 +118,9 @@ class ProofStore:
         self._storage.put(key, io.BytesIO(data))
         return key
 
-    def objects(self, backup_id: str) -> Iterator[tuple[str, str]]:
-        """(name inside the backup's folder, key) of every object of `backup_id`: the
-        caller picks the proofs by name."""
-        prefix = backup_prefix(backup_id)
-        for info in self._storage.list(prefix):
-            yield info.key[len(prefix) :], info.key
-
     def open(self, key: str) -> BinaryIO:
-        """A proof by the key `key` or `objects` gave; NotFound when it is gone."""
+        """A proof by the key `key` or BackupStore.objects gave (the caller picks the
+        proofs by name among a backup's objects); NotFound when it is gone."""
         return self._storage.open(key)
 
     # -- pins ---------------------------------------------------------------------------
@@ -131,8 +131,7 @@ class ProofStore:
 
     def pinned(self) -> Iterator[str]:
         """The id of every backup holding a pin record."""
-        for info in self._storage.list(BACKUPS_PREFIX):
-            backup_id, _, name = info.key[len(BACKUPS_PREFIX) :].partition("/")
+        for backup_id, name, _info in BackupStore(self._storage).contents():
             if name == PIN_NAME:
                 yield backup_id
 
@@ -180,3 +179,130 @@ class WalStore:
         """Remove the object at `key`, as `list` gave it (a listed object is removed
         where it lies, even one whose folder does not match its name)."""
         self._storage.delete(key)
+
+
+class BackupStore:
+    """Backups: each one's folder `backups/<id>/`, holding its manifest (`manifest.json`,
+    written last: it publishes the backup) and its data objects (names in layout.py).
+    The proofs and the pin beside them are ProofStore's; the listings here see them too."""
+
+    def __init__(self, storage: RepositoryStorage) -> None:
+        self._storage = storage
+
+    # -- manifests ----------------------------------------------------------------------
+
+    @staticmethod
+    def manifest_key(backup_id: str) -> str:
+        """The manifest's key (for messages: `<url>: <key>`)."""
+        return manifest_key(backup_id)
+
+    def put_manifest(self, backup_id: str, data: bytes) -> ObjectInfo:
+        """Publish the backup: a conditional put, AlreadyExists when `backup_id` has a
+        manifest already."""
+        return self._storage.put(self.manifest_key(backup_id), io.BytesIO(data), if_absent=True)
+
+    def open_manifest(self, backup_id: str) -> BinaryIO:
+        """NotFound when `backup_id` has no manifest."""
+        return self._storage.open(self.manifest_key(backup_id))
+
+    def stat_manifest(self, backup_id: str) -> ObjectInfo:
+        """NotFound when `backup_id` has no manifest."""
+        return self._storage.stat(self.manifest_key(backup_id))
+
+    # -- data objects -------------------------------------------------------------------
+
+    @staticmethod
+    def object_key(backup_id: str, name: str) -> str:
+        """The key of the data object `name` of `backup_id` (layout.py's names)."""
+        return backup_object_key(backup_id, name)
+
+    def put(self, key: str, stream: BinaryIO, *, if_absent: bool = False) -> ObjectInfo:
+        """Store a data object under `key` (from `object_key`); AlreadyExists with
+        `if_absent` when it is stored already."""
+        return self._storage.put(key, stream, if_absent=if_absent)
+
+    def open(self, key: str) -> BinaryIO:
+        """A data object by its key, as the manifest records it; NotFound when absent."""
+        return self._storage.open(key)
+
+    # -- folders ------------------------------------------------------------------------
+
+    def contents(self) -> Iterator[tuple[str, str, ObjectInfo]]:
+        """(backup id, name inside its folder, object) of every object under
+        `backups/`, in key order: manifests, data objects, proofs and pins alike ('' as
+        the name of an object lying directly under `backups/`)."""
+        for info in self._storage.list(BACKUPS_PREFIX):
+            backup_id, _, name = info.key[len(BACKUPS_PREFIX) :].partition("/")
+            yield backup_id, name, info
+
+    def objects(self, backup_id: str) -> Iterator[tuple[str, str]]:
+        """(name inside the backup's folder, key) of every object of `backup_id`."""
+        prefix = backup_prefix(backup_id)
+        for info in self._storage.list(prefix):
+            yield info.key[len(prefix) :], info.key
+
+    def holds_anything(self, backup_id: str) -> bool:
+        """Whether `backup_id`'s folder holds any object (published or not)."""
+        return next(iter(self._storage.list(backup_prefix(backup_id))), None) is not None
+
+    def delete(self, backup_id: str) -> None:
+        """Remove a whole backup: its manifest first, so it leaves the catalog at once (a
+        delete cut short leaves a backup without a manifest, which the next backup or
+        prune removes as a leftover), then every object of its folder."""
+        self._storage.delete(self.manifest_key(backup_id))
+        for _name, key in list(self.objects(backup_id)):
+            self._storage.delete(key)
+
+    @staticmethod
+    def backup_of(key: str) -> str | None:
+        """The id of the backup whose folder holds `key` ('' for `backups/` itself, as
+        Repository.remove_incomplete reports a folder left empty), None for a key
+        outside `backups/`."""
+        if not key.startswith(BACKUPS_PREFIX):
+            return None
+        return key[len(BACKUPS_PREFIX) :].partition("/")[0]
+
+    @staticmethod
+    def is_manifest(name: str) -> bool:
+        """Whether `name` (inside a backup's folder) is its manifest."""
+        return name == MANIFEST_NAME
+
+
+class LockStore:
+    """The repository lock (`locks/repository.lock`, its takeover markers) and the
+    claims of running restores (`locks/claims/`): plaintext, see
+    chainlens_ops.repository.lock and .claim, which implement them over this door."""
+
+    def __init__(self, storage: RepositoryStorage) -> None:
+        self._storage = storage
+
+    def lock(
+        self,
+        command: str,
+        *,
+        wait_s: float | None = None,
+        notify: Callable[[str], None] | None = None,
+        ttl_s: float | None = None,
+    ) -> RepositoryLock:
+        """The lock for `command` (not taken yet: `hold()` it); `wait_s` for a holder to
+        finish (default: lock.DEFAULT_WAIT_S)."""
+        from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
+
+        wait = DEFAULT_WAIT_S if wait_s is None else wait_s
+        return RepositoryLock(self._storage, command, ttl_s=ttl_s, wait_s=wait, notify=notify)
+
+    def claim(
+        self, command: str, *, wait_s: float | None = None, ttl_s: float | None = None
+    ) -> RestoreClaim:
+        """A restore's claim for `command` (not taken yet: `hold()` it)."""
+        from chainlens_ops.repository.claim import RestoreClaim
+        from chainlens_ops.repository.lock import DEFAULT_WAIT_S
+
+        wait = DEFAULT_WAIT_S if wait_s is None else wait_s
+        return RestoreClaim(self._storage, command, ttl_s=ttl_s, wait_s=wait)
+
+    def live_claims(self, *, remove_stale: bool = False, ttl_s: float | None = None) -> list[Claim]:
+        """The claims of running restores (see claim.live_claims)."""
+        from chainlens_ops.repository.claim import live_claims
+
+        return live_claims(self._storage, remove_stale=remove_stale, ttl_s=ttl_s)

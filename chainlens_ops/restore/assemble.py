@@ -121,7 +121,7 @@ def assemble(
             return False
 
         try:
-            with CheckedReader(repo.storage, obj, decompress=False) as reader:
+            with CheckedReader(repo.backups, obj, decompress=False) as reader:
                 read_bundle(reader, f"{repo.url}: {obj.key}", write, wanted)  # type: ignore[arg-type]
                 reader.drain()
                 return writer.written, obj.raw_size

@@ -46,11 +46,9 @@ from chainlens_ops.pg.binaries import connection_for_binary, find_binary, major_
 from chainlens_ops.pg.connection import connect, server_version_num
 from chainlens_ops.pg.process import PgStream
 from chainlens_ops.repository import Repository
-from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.repository.layout import DUMP_NAME as DUMP_OBJECT
 from chainlens_ops.settings.config import DatabaseTarget
-
-DUMP_OBJECT = "dump.pgc.zst"
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def restore_logical(
     """Under a claim on the backup, as every restore: a prune that lands meanwhile keeps
     it (repository/claim.py). A mistyped id is refused before the claim is written."""
     require_backup(repo, backup_id)
-    with RestoreClaim(repo.storage, "restore --dbname").hold() as claim:
+    with repo.locks.claim("restore --dbname").hold() as claim:
         claim.scope(backup_id)
         return _restore_logical(repo, target, backup_id, dbname, jobs=jobs, clean=clean,
                                 spool_dir=spool_dir, spool_reserve=spool_reserve)  # fmt: skip
@@ -145,7 +143,7 @@ def _restore_logical(
         else:
             assert obj is not None
             with (
-                CheckedReader(repo.storage, obj) as reader,
+                CheckedReader(repo.backups, obj) as reader,
                 PgStream(argv, env=env, stdin=reader) as proc,  # type: ignore[arg-type]
             ):
                 pause_point("logical-restoring")  # pg_restore reading the dump
@@ -165,9 +163,9 @@ def _spool(
     if obj is None:
         path = os.path.join(folder, "dump")
         os.mkdir(path, 0o700)
-        return path, fetch_directory(repo.storage, manifest, manifest.objects, path)
+        return path, fetch_directory(repo.backups, manifest, manifest.objects, path)
     path = os.path.join(folder, "dump.pgc")
-    with CheckedReader(repo.storage, obj) as reader, open(path, "xb") as fh:
+    with CheckedReader(repo.backups, obj) as reader, open(path, "xb") as fh:
         shutil.copyfileobj(reader, fh, 1024 * 1024)
         return path, reader.raw_size
 

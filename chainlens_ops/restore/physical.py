@@ -42,8 +42,8 @@ from chainlens_ops.pg.recovery import RecoverySettings, write_recovery_settings
 from chainlens_ops.pg.scratch import ScratchCluster
 from chainlens_ops.pg.walnames import lsn_text, parse_lsn, parse_wal_name
 from chainlens_ops.repository import Repository
-from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.repository.datacodec import CheckedReader
+from chainlens_ops.repository.layout import BASE_TAR_NAME as BASE_OBJECT
 from chainlens_ops.restore.assemble import assemble
 from chainlens_ops.restore.plan import LATEST, LSN, NAME, TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.replay import ReplayWatch
@@ -53,7 +53,6 @@ from chainlens_ops.storage.local import user_name
 
 ACTIONS = ("promote", "pause", "shutdown")
 ARCHIVE_MODES = ("off", "preserve")
-BASE_OBJECT = "base.tar.zst"
 TAR_BLOCK = 1024 * 1024
 
 
@@ -236,7 +235,7 @@ def planned_restore(
         if on_plan is not None:
             on_plan(plan)
         return restore(repo, plan, options, progress)
-    with RestoreClaim(repo.storage, command).hold() as claim:
+    with repo.locks.claim(command).hold() as claim:
         plan = make_plan(repo, target, backup_id)
         claim.scope(plan.backup.id)
         if on_plan is not None:
@@ -388,7 +387,7 @@ def _extract(
         raise OperationFailed(f"backup {plan.backup.id} has no {BASE_OBJECT}")
     skipped = 0
     progress.extracting(obj.raw_size)
-    with CheckedReader(repo.storage, obj) as reader:
+    with CheckedReader(repo.backups, obj) as reader:
         pause_point("restore-extracting")
         buffered = io.BufferedReader(_Reporting(reader, progress.extracted), 1024 * 1024)
         try:

@@ -38,7 +38,6 @@ from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
-from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.restore.physical import refuse_root
 from chainlens_ops.restore.plan import TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.scratch import ScratchServer, scratch_free_bytes, scratch_server
@@ -179,7 +178,7 @@ def restore_tables(
         )
     # A running table restore holds a claim, as every restore does: prune keeps its backup
     # and WAL until the scratch cluster is gone (chainlens_ops.repository.claim).
-    claim = RestoreClaim(repo.storage, "restore table") if not options.dry_run else None
+    claim = repo.locks.claim("restore table") if not options.dry_run else None
     with claim.hold() if claim else contextlib.nullcontext() as held:
         plan = make_plan(repo, options.target, options.backup_id)
         if held is not None:

@@ -217,12 +217,11 @@ def check_wal(repo: Repository, *, start: str | None = None, clean_stale: bool =
 def _clean_stale_temp(repo: Repository, *, remove: bool = True) -> tuple[int, int]:
     """(found, removed) temp files of killed writers; removal is best effort (a check
     run by a user who may not write the repository still reports them)."""
-    backend = repo.backend
-    found = len(backend.stale_leftovers())
+    found = len(repo.stale_leftovers())
     if not remove:
         return found, 0
     try:
-        return found, backend.remove_stale_leftovers() if found else 0
+        return found, repo.remove_stale_leftovers() if found else 0
     except StorageError:
         return found, 0
 

@@ -165,7 +165,7 @@ def push_file(
 def _sweep(repo: Repository, spool: Spool | None) -> None:
     """Now and then, remove temp files killed pushes left (local repositories)."""
     ready = spool is not None and spool.ready(spool.base)
-    repo.backend.housekeep_now_and_then(
+    repo.housekeep_now_and_then(
         os.path.join(spool.base, "temp-sweep") if spool is not None and ready else None
     )
 

@@ -35,7 +35,6 @@ from chainlens_ops.backup.retention import (
 from chainlens_ops.cli.backup import _chain_texts
 from chainlens_ops.core.errors import ConfigError, OperationFailed
 from chainlens_ops.repository import Repository
-from chainlens_ops.repository.claim import RestoreClaim
 from chainlens_ops.restore.plan import LATEST, Target, make_plan
 from chainlens_ops.settings.config import load_settings
 
@@ -155,7 +154,7 @@ def test_a_claimed_incremental_keeps_its_chain_and_its_wal(tmp_path: Path) -> No
     repo, (_f, i1, _i2) = _chain_repo(tmp_path)
     store_segments(repo, 1, range(13, 16))
     write_backup(repo, full("f2", 0.5, 14))
-    with RestoreClaim(repo.storage, "restore", wait_s=1).hold() as claim:
+    with repo.locks.claim("restore", wait_s=1).hold() as claim:
         claim.scope("i1")
         lines: list[str] = []
         done = prune_backups(repo, policy=RetentionPolicy(keep_last=1), now=T0,

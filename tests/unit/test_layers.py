@@ -181,3 +181,55 @@ def test_the_binary_check_can_fail() -> None:
     assert names_a_server_binary("/usr/lib/postgresql/15/bin/initdb")
     assert not names_a_server_binary("start it with: pg_ctl -D /x start")
     assert not names_a_server_binary("pg_dump")
+
+
+# The repository's own packages: the only modules that may hold a raw Storage.
+STORAGE_OWNERS = ("chainlens_ops.repository", "chainlens_ops.storage")
+RAW_DOORS = ("storage", "backend")  # Repository.storage (the codec), Repository.backend
+PROTOCOL_MODULES = ("chainlens_ops.storage", "chainlens_ops.storage.protocol")
+
+
+def raw_storage_uses(path: Path) -> Iterator[tuple[int, str]]:
+    """Where `path` reaches past the typed stores: an attribute `storage` or `backend`
+    read on anything (`repo.storage`, `self.backend`), or the Storage protocol imported
+    (the error types and ObjectInfo from chainlens_ops.storage are fine)."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and node.attr in RAW_DOORS:
+            yield node.lineno, f".{node.attr}"
+        elif isinstance(node, ast.ImportFrom) and node.module in PROTOCOL_MODULES:
+            for alias in node.names:
+                if alias.name == "Storage":
+                    yield node.lineno, f"from {node.module} import Storage"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "chainlens_ops.storage.protocol":
+                    yield node.lineno, "import chainlens_ops.storage.protocol"
+
+
+def test_operations_code_reaches_the_repository_only_through_its_stores() -> None:
+    """Outside repository/ and storage/, every stored byte goes through a typed store
+    (`repo.wal`, `.points`, `.proofs`, `.backups`, `.locks`): no module holds the
+    codec door (`repo.storage`), the raw backend (`repo.backend`) or a `Storage`."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {what}"
+        for module, path in sorted(module_files().items())
+        if not any(module == o or module.startswith(o + ".") for o in STORAGE_OWNERS)
+        for line, what in raw_storage_uses(path)
+    ]
+    assert offenders == []
+
+
+def test_the_raw_storage_check_can_fail(tmp_path: Path) -> None:
+    source = tmp_path / "offender.py"
+    source.write_text(
+        "from chainlens_ops.storage import NotFound, ObjectInfo\n"
+        "from chainlens_ops.storage.protocol import Storage\n"
+        "def f(repo):\n"
+        "    repo.storage.put('x', None)\n"
+        "    return repo.backend\n"
+    )
+    assert sorted(raw_storage_uses(source)) == [
+        (2, "from chainlens_ops.storage.protocol import Storage"),
+        (4, ".storage"),
+        (5, ".backend"),
+    ]
