@@ -23,7 +23,7 @@ below) alone. A marker with a higher `format` than this tool knows is refused, s
 old tool never writes into a repository laid out by a newer one.
 
 This module is on the `wal push` hot path: it imports no boto3, psycopg, Typer or
-cryptography (the last only when the repository is encrypted).
+cipher (OpenSSL through aead.py, only when the repository is encrypted).
 """
 
 from __future__ import annotations

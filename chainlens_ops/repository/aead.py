@@ -9,14 +9,14 @@ Why not cryptography's AESGCM, which every other path may use (crypto.aesgcm fal
 to it when libcrypto 3 cannot be loaded): PostgreSQL starts `wal push` and `wal fetch`
 once per 16 MB segment, and loading cryptography's binding (a 15 MB shared object,
 ~100 Python types made at init) costs such a process ~7 ms, a fifth of a plain push.
-`ctypes` plus a libcrypto that is already on disk and shared with every other process
-cost ~3 ms, and the load and every call run without the GIL (beside the push's
-compression). tests/unit/test_aead.py checks this class against NIST's GCM vectors and
-against cryptography's AESGCM, both ways, byte for byte.
+`_ctypes` plus libcrypto (already on disk and in the page cache, shared with every other
+process) cost ~3 ms, and every call into it runs without the GIL (a push prepares the
+key beside compressing its segment). tests/unit/test_aead.py checks this class against NIST's GCM
+vectors and against cryptography's AESGCM, both ways, byte for byte.
 
 Same interface as cryptography's AESGCM: `encrypt(nonce, data, aad)` gives ciphertext
 then the 16-byte tag, `decrypt(nonce, sealed, aad)` the plaintext or InvalidTag. Nonces
-are 12 bytes, keys 32 (all this repository uses). Standard library only; `ctypes` and
+are 12 bytes, keys 32 (all this repository uses). Standard library only; `_ctypes` and
 libcrypto are loaded on the first key, never at import.
 """
 
@@ -158,7 +158,7 @@ def _openssl() -> _OpenSSL:
 class AESGCM:
     """AES-256-GCM under one key; safe to share between threads (a context per call).
 
-    `seal_in_place` and `open` are the codec's chunk forms (`nonce | ciphertext | tag`
+    `seal_in_place` and `open_in_place` are the codec's chunk forms (`nonce | ciphertext | tag`
     in one buffer): a chunk is encrypted where it was read and decrypted from where it
     was read, where `nonce + encrypt(...)` would allocate and copy a 1 MiB chunk three
     more times (each new MiB also costs 256 page faults)."""
@@ -183,19 +183,25 @@ class AESGCM:
         self._run(True, bytes(nonce), plain, size, aad, view, NONCE_SIZE, None)
         return NONCE_SIZE + size + TAG_SIZE
 
-    def open(self, sealed: Any, aad: Any) -> bytes:
-        """The plaintext of a `seal` (any buffer); InvalidTag if it does not
-        authenticate."""
-        view = memoryview(sealed).cast("B")
-        if len(view) < NONCE_SIZE + TAG_SIZE:
+    def open_in_place(self, buffer: Any, size: int, aad: Any) -> memoryview:
+        """The plaintext of the `nonce | ciphertext | tag` in `buffer[:size]`, decrypted
+        where it lies (a view of `buffer`); InvalidTag, and nothing to read, if it does
+        not authenticate."""
+        view = memoryview(buffer).cast("B")[:size]
+        if view.readonly:
+            raise ValueError("open_in_place needs a writable buffer")
+        if size < NONCE_SIZE + TAG_SIZE:
             raise InvalidTag()
-        size = len(view) - NONCE_SIZE - TAG_SIZE
-        ssl = self._ssl
-        out = ssl.buffer(size or 1)
-        tag = bytes(view[NONCE_SIZE + size :])
-        self._run(False, bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], size, aad, out, 0, tag)
-        plain: bytes = out.raw
-        return plain if size else b""
+        plain = size - NONCE_SIZE - TAG_SIZE
+        nonce, tag = bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE + plain :])
+        self._run(False, nonce, view[NONCE_SIZE:], plain, aad, view, NONCE_SIZE, tag)
+        return view[NONCE_SIZE : NONCE_SIZE + plain]
+
+    def open(self, sealed: Any, aad: Any) -> bytes:
+        """The plaintext of a `seal_in_place`d chunk (any buffer); InvalidTag if it
+        does not authenticate."""
+        buffer = bytearray(sealed)
+        return bytes(self.open_in_place(buffer, len(buffer), aad))
 
     def encrypt(self, nonce: Any, data: Any, aad: Any) -> bytes:
         """cryptography's form: ciphertext then tag."""

@@ -60,7 +60,7 @@ class CorruptObject(OperationFailed):
 
 
 # Locks of sealers whose key is being prepared in the background. The process waits for
-# them at exit: a thread still inside `cryptography`'s native code when the interpreter
+# them at exit: a thread still inside the cipher's native code when the interpreter
 # finalizes is torn down mid-call, which aborts the whole process (SIGABRT, exit 134)
 # after the command's work was done.
 _PREPARING: list[Any] = []
@@ -75,10 +75,10 @@ def _wait_for_preparing() -> None:
 class Sealer:
     """The data key of one encrypted repository, ready to seal and open objects.
 
-    `data_key` (reading the key file or asking KMS) runs, with loading `cryptography`,
-    when the key is first needed, or in a background thread from
+    `data_key` (reading the key file or asking KMS) runs, with loading the cipher
+    (aead.py), when the key is first needed, or in a background thread from
     `prepare_in_background` on. The thread pays only beside work that releases the GIL
-    for long stretches (loading the Rust binding holds it for ~3 ms at a time): `wal
+    for long stretches (the loading holds it for ~1-2 ms at a time): `wal
     push` compresses its segment meanwhile; `wal fetch` needs the key for its first
     bytes and takes it at once. KeyUnavailable is raised by every call that needs it.
     `_thread`, not `threading`: the hot path avoids importing `threading`."""
@@ -169,9 +169,10 @@ class Sealer:
         sealed: int = self.ready().seal_in_place(os.urandom(NONCE), buffer, size, aad)
         return memoryview(buffer)[:sealed]
 
-    def open_chunk(self, sealed: memoryview, aad: bytes) -> bytes:
-        """The plaintext of a sealed chunk; the AEAD's InvalidTag if it fails."""
-        plain: bytes = self.ready().open(sealed, aad)
+    def open_chunk(self, buffer: bytearray, size: int, aad: bytes) -> memoryview:
+        """The plaintext of the sealed chunk in `buffer[:size]`, decrypted there (a view);
+        the AEAD's InvalidTag if it fails."""
+        plain: memoryview = self.ready().open_in_place(buffer, size, aad)
         return plain
 
 
@@ -298,7 +299,7 @@ class UnsealingReader(_Chunked):
         self._index = 0
         self._done = False
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_chunk(self) -> bytes | memoryview | None:
         if self._done:
             return None
         size = readinto_full(self._src, self._buffer)
@@ -307,7 +308,7 @@ class UnsealingReader(_Chunked):
             raise CorruptObject(f"{self._where}: object is truncated (its last chunk is missing)")
         aad = self._aad + _AAD_TAIL.pack(self._index, last)
         try:
-            plain = self._sealer.open_chunk(memoryview(self._buffer)[:size], aad)
+            plain = self._sealer.open_chunk(self._buffer, size, aad)
         except Exception as exc:
             if not is_invalid_tag(exc):
                 raise

@@ -73,7 +73,7 @@ def aesgcm(key: bytes) -> Any:
 
 
 class _WithChunks:
-    """cryptography's AESGCM with aead.py's chunk forms (`seal_in_place`, `open`)."""
+    """cryptography's AESGCM with aead.py's chunk forms (`seal_in_place`, `open_in_place`)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -87,9 +87,12 @@ class _WithChunks:
         view[NONCE_SIZE : NONCE_SIZE + len(sealed)] = sealed
         return NONCE_SIZE + len(sealed)
 
-    def open(self, sealed: Any, aad: Any) -> bytes:
-        view = memoryview(sealed).cast("B")
-        return self.inner.decrypt(bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE:]), aad)  # type: ignore[no-any-return]
+    def open_in_place(self, buffer: Any, size: int, aad: Any) -> memoryview:
+        view = memoryview(buffer).cast("B")
+        nonce, sealed = bytes(view[:NONCE_SIZE]), bytes(view[NONCE_SIZE:size])
+        plain = self.inner.decrypt(nonce, sealed, aad)
+        view[NONCE_SIZE : NONCE_SIZE + len(plain)] = plain
+        return view[NONCE_SIZE : NONCE_SIZE + len(plain)]
 
 
 def is_invalid_tag(exc: Exception) -> bool:

@@ -78,8 +78,9 @@ _ZSTD_CHECKSUM_FLAG = 0x04  # Frame_Header_Descriptor bit 2: Content_Checksum_fl
 TRAILER_SIZE = _TRAILER.size
 CHUNK = 1024 * 1024
 # A WAL file is compressed from its mapping in slices of MAPPED_SLICE, the first of
-# BESIDE_SLICE when work runs beside it (`beside`): ~5 ms without the GIL, as long as
-# loading cryptography's binding holds it. Each slice's pages leave the process after it.
+# BESIDE_SLICE when work runs beside it (`beside`): ~5 ms without the GIL, beside which
+# an encrypted repository's cipher is loaded and its key unwrapped. Each slice's pages
+# leave the process after it.
 MAPPED_SLICE = CHUNK  # both whole pages (madvise)
 BESIDE_SLICE = 8 * CHUNK
 DEFAULT_LEVEL = 1  # measured: level 1 is ~as small as 3 on WAL and the fastest
@@ -107,8 +108,8 @@ class EncodingReader(io.RawIOBase):
     ) -> None:
         """`beside`: called right before the first compress call, to start work in a
         thread that runs while zstd holds no GIL (`wal push`: an encrypted repository's
-        key, ~4 ms of loading cryptography that holds the GIL throughout); it says
-        whether it started any (then the first compress call is a long one)."""
+        key, ~3 ms of loading OpenSSL and unwrapping it); it says whether it started
+        any (then the first compress call is a long one)."""
         super().__init__()
         self._chunks = _encode(src, name, size, level, beside)
         self._pending = b""
