@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 
 from chainlens_ops.repository.layout import CLAIMS_PREFIX as CLAIM_PREFIX
-from chainlens_ops.repository.layout import LOCK_KEY
 from chainlens_ops.repository.lock import (
     DEFAULT_WAIT_S,
+    Heartbeat,
     LockOwner,
     RepositoryLocked,
     default_ttl,
     own_owner,
     owner_is_dead_here,
     parse_owner,
+    read_lock,
     utc_text,
 )
 from chainlens_ops.storage import NotFound, StorageError
@@ -81,8 +81,7 @@ class RestoreClaim:
         self.ttl_s = ttl_s if ttl_s is not None else default_ttl()
         self.wait_s = wait_s
         self.claim: Claim | None = None
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
 
     @contextmanager
     def hold(self) -> Iterator[RestoreClaim]:
@@ -96,9 +95,7 @@ class RestoreClaim:
         owner = own_owner(self.command, self.ttl_s)
         self.claim = Claim(owner, None)
         self._write()
-        self._stop.clear()
-        self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="repo-claim")
-        self._heartbeat.start()
+        self._heartbeat = Heartbeat(self._beat, self.ttl_s, "repo-claim")
         try:
             self._wait_for_prune()
         except BaseException:
@@ -113,9 +110,8 @@ class RestoreClaim:
         self._write()
 
     def release(self) -> None:
-        self._stop.set()
         if self._heartbeat is not None:
-            self._heartbeat.join()
+            self._heartbeat.stop()
             self._heartbeat = None
         claim, self.claim = self.claim, None
         if claim is not None:
@@ -131,7 +127,7 @@ class RestoreClaim:
     def _wait_for_prune(self) -> None:
         deadline = time.monotonic() + self.wait_s
         while True:
-            holder = _lock_holder(self.storage)
+            holder, _ = read_lock(self.storage)
             if holder is None or not holder.command.startswith(PRUNE_COMMAND):
                 return
             if holder.expires_at < time.time() or owner_is_dead_here(holder):
@@ -143,21 +139,11 @@ class RestoreClaim:
                 )
             time.sleep(_POLL_S)
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                if self.claim is not None:
-                    self._write()
-            except StorageError:
-                continue  # transient: the next beat tries again before expiry
-
-
-def _lock_holder(storage: Storage) -> LockOwner | None:
-    try:
-        with storage.open(LOCK_KEY) as fh:
-            return parse_owner(fh.read(64 * 1024))
-    except NotFound:
-        return None
+    def _beat(self) -> bool:
+        if self.claim is None:
+            return False
+        self._write()
+        return True
 
 
 def _parse_claim(raw: bytes) -> Claim | None:

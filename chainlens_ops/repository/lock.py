@@ -144,6 +144,44 @@ def default_ttl() -> float:
         return DEFAULT_TTL_S
 
 
+class Heartbeat:
+    """Renews a record every `ttl_s / 3` in a daemon thread, for the lock and for a
+    restore's claim alike: `beat()` returns False when there is nothing left to renew
+    (the lock was lost); a StorageError is transient and the next beat tries again
+    before expiry."""
+
+    def __init__(self, beat: Callable[[], bool], ttl_s: float, name: str) -> None:
+        self._beat = beat
+        self._interval = ttl_s / 3
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                if not self._beat():
+                    return
+            except StorageError:
+                continue
+
+    def stop(self) -> None:
+        """No more renewals (again: a no-op); the record then expires unless removed."""
+        self._stopping.set()
+        self._thread.join()
+
+
+def read_lock(storage: Storage) -> tuple[LockOwner | None, float | None]:
+    """The lock's owner (None if unreadable) and its mtime (None if there is no lock)."""
+    try:
+        info = storage.stat(LOCK_KEY)
+        with storage.open(LOCK_KEY) as fh:
+            raw = fh.read(64 * 1024)
+    except NotFound:
+        return None, None
+    return parse_owner(raw), info.mtime
+
+
 class RepositoryLock:
     """The lock of one repository, for one command. Use `hold()` or acquire/release."""
 
@@ -164,8 +202,7 @@ class RepositoryLock:
         self.owner: LockOwner | None = None
         self.takeover_notice: str | None = None
         self._lost: str | None = None
-        self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
 
     # -- taking and giving back --------------------------------------------------------
 
@@ -203,9 +240,8 @@ class RepositoryLock:
             time.sleep(_POLL_S)
 
     def release(self) -> None:
-        self._stop.set()
         if self._heartbeat is not None:
-            self._heartbeat.join()
+            self._heartbeat.stop()
             self._heartbeat = None
         owner, self.owner = self.owner, None
         if owner is None or self._lost:
@@ -246,22 +282,13 @@ class RepositoryLock:
 
     def _held(self, owner: LockOwner) -> LockOwner:
         self.owner = owner
-        self._stop.clear()
         self._lost = None
-        self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="repo-lock")
-        self._heartbeat.start()
+        self._heartbeat = Heartbeat(self._beat, self.ttl_s, "repo-lock")
         crash_point("repo-lock-acquired")
         return owner
 
     def _read(self) -> tuple[LockOwner | None, float | None]:
-        """The lock's owner (None if unreadable) and its mtime (None if absent)."""
-        try:
-            info = self.storage.stat(LOCK_KEY)
-            with self.storage.open(LOCK_KEY) as fh:
-                raw = fh.read(64 * 1024)
-        except NotFound:
-            return None, None
-        return parse_owner(raw), info.mtime
+        return read_lock(self.storage)
 
     def _take_over(self, dead: LockOwner | None) -> LockOwner | None:
         token = dead.token if dead is not None else "unreadable"
@@ -303,26 +330,22 @@ class RepositoryLock:
             self.notify(notice)
         return self._held(mine)
 
-    def _beat(self) -> None:
-        interval = self.ttl_s / 3
-        while not self._stop.wait(interval):
-            owner = self.owner
-            if owner is None:
-                return
-            try:
-                current, _ = self._read()
-                if current is None or current.token != owner.token:
-                    who = current.describe() if current else "nobody"
-                    self._lost = (
-                        f"lost the lock of repository {self.storage.url}: it expired and is "
-                        f"now held by {who}"
-                    )
-                    return
-                renewed = LockOwner(**{**owner.__dict__, "expires_at": time.time() + self.ttl_s})
-                self.storage.put(LOCK_KEY, io.BytesIO(renewed.to_bytes()))
-                self.owner = renewed
-            except StorageError:
-                continue  # a transient failure: the next beat tries again before expiry
+    def _beat(self) -> bool:
+        owner = self.owner
+        if owner is None:
+            return False
+        current, _ = self._read()
+        if current is None or current.token != owner.token:
+            who = current.describe() if current else "nobody"
+            self._lost = (
+                f"lost the lock of repository {self.storage.url}: it expired and is "
+                f"now held by {who}"
+            )
+            return False
+        renewed = LockOwner(**{**owner.__dict__, "expires_at": time.time() + self.ttl_s})
+        self.storage.put(LOCK_KEY, io.BytesIO(renewed.to_bytes()))
+        self.owner = renewed
+        return True
 
     def _clean_takeover_markers(self) -> None:
         cutoff = time.time() - max(_TAKEOVER_MARKER_AGE_S, 10 * self.ttl_s)
