@@ -96,14 +96,22 @@ class Repository:
     `settings`: its backend's parsed settings (`repository_for` picks them), or None.
 
     `key_file`: the key-encryption key of an encrypted repository whose marker says
-    `key_source = "file"` (CHAINLENS_REPO_KEY_FILE or `[repository] key_file`)."""
+    `key_source = "file"` (CHAINLENS_REPO_KEY_FILE or `[repository] key_file`).
+    `lock_ttl_s`: the life of its lock and restores' claims after their last heartbeat
+    (`[repository] lock_ttl`; None: its default)."""
 
     def __init__(
-        self, url: str, settings: object | None = None, *, key_file: str | None = None
+        self,
+        url: str,
+        settings: object | None = None,
+        *,
+        key_file: str | None = None,
+        lock_ttl_s: float | None = None,
     ) -> None:
         self.url = url
         self._settings = settings  # its backend's, opaque here (chainlens_ops.storage)
         self.key_file = key_file
+        self.lock_ttl_s = lock_ttl_s
         self._backend: Storage | None = None
         self._storage: RepositoryStorage | None = None
         # Look-ahead and prefetch threads share one repository: one backend (one boto3
@@ -163,7 +171,7 @@ class Repository:
         """The repository lock and restores' claims (chainlens_ops.repository.stores)."""
         from chainlens_ops.repository.stores import LockStore
 
-        return LockStore(self.storage)
+        return LockStore(self.storage, ttl_s=self.lock_ttl_s)
 
     @property
     def display(self) -> str:
@@ -388,7 +396,12 @@ def repository_for(settings: Settings, url: str) -> Repository:
     from chainlens_ops.storage import backend_for
 
     backend = backend_for(url)
-    return Repository(url, backend.settings_from(settings.storage), key_file=settings.repo_key_file)
+    return Repository(
+        url,
+        backend.settings_from(settings.storage),
+        key_file=settings.repo_key_file,
+        lock_ttl_s=settings.repo_lock_ttl_s,
+    )
 
 
 def open_repository(

@@ -48,9 +48,7 @@ from chainlens_ops.repository.layout import LOCK_KEY, TAKEOVER_PREFIX
 from chainlens_ops.storage import AlreadyExists, NotFound, StorageError
 from chainlens_ops.storage.protocol import Storage
 
-DEFAULT_TTL_S = 120.0
 DEFAULT_WAIT_S = 60.0
-TTL_ENV = "CHAINLENS_REPO_LOCK_TTL"  # seconds; tests shorten it
 _POLL_S = 0.25
 _TAKEOVER_MARKER_AGE_S = 86400.0
 
@@ -137,11 +135,11 @@ def owner_is_dead_here(owner: LockOwner) -> bool:
 
 
 def default_ttl() -> float:
-    value = os.environ.get(TTL_ENV)
-    try:
-        return max(1.0, float(value)) if value else DEFAULT_TTL_S
-    except ValueError:
-        return DEFAULT_TTL_S
+    """For a lock or claim made without the repository's `[repository] lock_ttl`: the
+    setting's default (one number, in chainlens_ops.settings.config)."""
+    from chainlens_ops.settings.config import DEFAULT_LOCK_TTL_S
+
+    return DEFAULT_LOCK_TTL_S
 
 
 class Heartbeat:

@@ -273,8 +273,9 @@ class LockStore:
     claims of running restores (`locks/claims/`): plaintext, see
     chainlens_ops.repository.lock and .claim, which implement them over this door."""
 
-    def __init__(self, storage: RepositoryStorage) -> None:
+    def __init__(self, storage: RepositoryStorage, *, ttl_s: float | None = None) -> None:
         self._storage = storage
+        self._ttl_s = ttl_s  # the repository's (`[repository] lock_ttl`); None: the default
 
     def lock(
         self,
@@ -289,7 +290,8 @@ class LockStore:
         from chainlens_ops.repository.lock import DEFAULT_WAIT_S, RepositoryLock
 
         wait = DEFAULT_WAIT_S if wait_s is None else wait_s
-        return RepositoryLock(self._storage, command, ttl_s=ttl_s, wait_s=wait, notify=notify)
+        ttl = self._ttl_s if ttl_s is None else ttl_s
+        return RepositoryLock(self._storage, command, ttl_s=ttl, wait_s=wait, notify=notify)
 
     def claim(
         self, command: str, *, wait_s: float | None = None, ttl_s: float | None = None
@@ -299,10 +301,12 @@ class LockStore:
         from chainlens_ops.repository.lock import DEFAULT_WAIT_S
 
         wait = DEFAULT_WAIT_S if wait_s is None else wait_s
-        return RestoreClaim(self._storage, command, ttl_s=ttl_s, wait_s=wait)
+        ttl = self._ttl_s if ttl_s is None else ttl_s
+        return RestoreClaim(self._storage, command, ttl_s=ttl, wait_s=wait)
 
     def live_claims(self, *, remove_stale: bool = False, ttl_s: float | None = None) -> list[Claim]:
         """The claims of running restores (see claim.live_claims)."""
         from chainlens_ops.repository.claim import live_claims
 
-        return live_claims(self._storage, remove_stale=remove_stale, ttl_s=ttl_s)
+        ttl = self._ttl_s if ttl_s is None else ttl_s
+        return live_claims(self._storage, remove_stale=remove_stale, ttl_s=ttl)

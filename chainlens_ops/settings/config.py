@@ -106,6 +106,10 @@ DEFAULT_SPOOL_RESERVE = 1024**3
 # an incremental on top of the chain otherwise.
 DEFAULT_FULL_EVERY = "7d"
 DEFAULT_FULL_EVERY_S = 7 * 86_400.0
+# The repository lock's and restores' claims' life after their last heartbeat (renewed
+# every third of it): a killed holder on another host blocks others this long at most.
+DEFAULT_LOCK_TTL = "2m"
+DEFAULT_LOCK_TTL_S = 120.0
 
 
 @record
@@ -194,6 +198,9 @@ class Settings:
     # `[repository] key_file` / CHAINLENS_REPO_KEY_FILE: the key-encryption key of an
     # encrypted repository (the path is no secret; the file is, and stays on the server).
     repo_key_file: str | None = None
+    # `[repository] lock_ttl` / CHAINLENS_REPO_LOCK_TTL: how long the repository lock
+    # and restores' claims live after their last heartbeat (chainlens_ops.repository.lock)
+    repo_lock_ttl_s: float = DEFAULT_LOCK_TTL_S
 
     def target(self, name: str | None = None, *, dsn: str | None = None) -> DatabaseTarget:
         """The target called `name` (default: `default_db`), with a one-off `--dsn` applied."""
@@ -309,7 +316,15 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         jobs=tuple(_job_settings(raw, i) for i, raw in enumerate(data.get("jobs", []), 1)),
         repo_key_file=env.get("CHAINLENS_REPO_KEY_FILE")
         or data.get("repository", {}).get("key_file"),
+        repo_lock_ttl_s=_lock_ttl_s(data.get("repository", {}), env),
     )
+
+
+def _lock_ttl_s(repository: Mapping[str, Any], env: Mapping[str, str]) -> float:
+    """The environment over the file; a bare number is seconds, as before the key."""
+    if env_ttl := env.get("CHAINLENS_REPO_LOCK_TTL"):
+        return duration_ms(env_ttl, "CHAINLENS_REPO_LOCK_TTL") / 1000
+    return duration_ms(repository.get("lock_ttl", DEFAULT_LOCK_TTL), "repository.lock_ttl") / 1000
 
 
 def _daemon_settings(data: Mapping[str, Any]) -> DaemonSettings:
@@ -474,7 +489,10 @@ def _jobs(value: object, what: str) -> None:
 
 
 def _repository(value: object, what: str) -> None:
-    checks: dict[str, Callable[[object, str], object]] = {"key_file": text}
+    checks: dict[str, Callable[[object, str], object]] = {
+        "key_file": text,
+        "lock_ttl": duration_ms,
+    }
     check(table(value, what), {key: checks[key] for key in REPOSITORY_KEYS}, f"{what}.")
 
 

@@ -63,7 +63,7 @@ STATUS_KEYS = (
     "backlog_warn_age",
     "backlog_critical_age",
 )
-REPOSITORY_KEYS = ("key_file",)
+REPOSITORY_KEYS = ("key_file", "lock_ttl")
 
 
 SECTIONS = ("databases", "jobs", "daemon", "backup", "status", "repository")

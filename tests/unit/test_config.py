@@ -194,6 +194,34 @@ def test_backup_section_is_checked_at_load_time(tmp_path: Path) -> None:
             load_settings(path, env={})
 
 
+def test_the_repository_lock_ttl_is_a_checked_setting_that_reaches_the_lock(
+    tmp_path: Path,
+) -> None:
+    """`[repository] lock_ttl` and CHAINLENS_REPO_LOCK_TTL (a bare number is seconds, as
+    the variable always took) are checked at load like every other duration, and a
+    repository made from the settings gives its lock and its claims that life."""
+    from chainlens_ops.repository import repository_for
+
+    path = tmp_path / "c.toml"
+    assert load_settings(None, env={}).repo_lock_ttl_s == 120
+    path.write_text('[repository]\nlock_ttl = "5m"\n')
+    assert load_settings(path, env={}).repo_lock_ttl_s == 300
+    for value, seconds in (("3", 3), ("2m", 120), ("1.5", 1.5)):
+        settings = load_settings(path, env={"CHAINLENS_REPO_LOCK_TTL": value})
+        assert settings.repo_lock_ttl_s == seconds
+    repo = repository_for(load_settings(path, env={}), f"file://{tmp_path}/repo")
+    assert repo.locks.lock("backup").ttl_s == 300
+    assert repo.locks.claim("restore").ttl_s == 300
+    for env, body, named in (
+        ({"CHAINLENS_REPO_LOCK_TTL": "soon"}, "", "CHAINLENS_REPO_LOCK_TTL must be"),
+        ({"CHAINLENS_REPO_LOCK_TTL": "0"}, "", "CHAINLENS_REPO_LOCK_TTL must be"),
+        ({}, '[repository]\nlock_ttl = "forever"\n', "repository.lock_ttl must be"),
+    ):
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            load_settings(path, env=env)
+
+
 # Every key the file may hold, with a value of the right type.
 GOOD = {
     "default_db": "supabase", "repo": "/srv/repo", "lock_timeout": "2s", "lock_retries": 3,
@@ -207,6 +235,7 @@ GOOD = {
     "s3.sse_kms_key_id": "k", "s3.connect_timeout": "5s", "s3.read_timeout": 30,
     "s3.max_attempts": 4,
     "backup.zstd_level": 10, "backup.spool_reserve": "1GB",
+    "repository.key_file": "/k", "repository.lock_ttl": "2m",
 }  # fmt: skip
 
 toml_values = st.recursive(
