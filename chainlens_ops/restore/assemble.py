@@ -74,6 +74,12 @@ def needed_objects(
     ]
 
 
+def written_bytes(fmap: FileMap, selection: Selection | None) -> int:
+    """What a restore of the map writes into the data folder: every file but those of
+    skipped databases (sparse placeholders, which take no room)."""
+    return sum(e.size for e in fmap.files if not _skipped(group_of(e.path), selection))
+
+
 def _skipped(group: str, selection: Selection | None) -> bool:
     oid = group_oid(group)
     return selection is not None and oid is not None and oid not in selection.keep_oids

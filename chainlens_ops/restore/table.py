@@ -33,11 +33,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from chainlens_ops.backup.manifest import FILES_LAYOUT, read_catalog
+from chainlens_ops.backup.files import read_file_map
+from chainlens_ops.backup.manifest import FILES_LAYOUT
 from chainlens_ops.core.errors import OperationFailed, UsageError
 from chainlens_ops.pg.connection import connect, first_line
 from chainlens_ops.pg.walnames import parse_wal_name
 from chainlens_ops.repository import Repository
+from chainlens_ops.restore.assemble import written_bytes
 from chainlens_ops.restore.physical import refuse_root
 from chainlens_ops.restore.plan import TIME, RestorePlan, Target, make_plan
 from chainlens_ops.restore.scratch import ScratchServer, scratch_free_bytes, scratch_server
@@ -73,7 +75,9 @@ class TablePlan:
     skipped_databases: list[str]
     tables: list[str]
     schema: str
-    bytes_to_extract: int  # at most: the backup's size from its manifest
+    # At most: a files-layout backup's files of the kept databases (its file map), a
+    # tar's whole size (its manifest)
+    bytes_to_extract: int
     wal_first: str
     wal_last: str
     wal_segments: int
@@ -215,20 +219,20 @@ def _restore_planned(
             f"cluster {plan.backup.system_identifier}: restore from that cluster's repository"
         )
     table_plan = _plan(plan, database, kept, facts.all_dbs, names, schema, options.scratch_root)
-    if plan.backup.layout == FILES_LAYOUT:  # at most: every backup of its chain, whole
-        chain = read_catalog(repo).chain(plan.backup)
-        table_plan = replace(table_plan, bytes_to_extract=sum(b.raw_bytes for b in chain))
+    selection = Selection(frozenset(kept.values()))
+    if plan.backup.layout == FILES_LAYOUT:  # exactly: the files of its map the restore writes
+        fmap = read_file_map(repo, plan.backup)
+        table_plan = replace(table_plan, bytes_to_extract=written_bytes(fmap, selection))
     if table_plan.scratch_free < table_plan.bytes_to_extract + 4 * plan.seg_size:
         raise UsageError(
             f"too little free space in {table_plan.scratch_root}: "
             f"{format_bytes(table_plan.scratch_free)} free, the scratch copy needs up to "
             f"{format_bytes(table_plan.bytes_to_extract + 4 * plan.seg_size)} (the backup's "
-            "size from its manifest)",
+            "data, and room for WAL)",
             hint="point --scratch at a bigger disk",
         )
     if options.dry_run:
         return TableRestoreResult(plan=table_plan, dry_run=True)
-    selection = Selection(frozenset(kept.values()))
     with scratch_server(repo, plan, selection, root=options.scratch_root, timeout=options.timeout,
                         config_file=options.config_file, say=report) as scratch:  # fmt: skip
         shapes = _describe(scratch, database, kept[database], names)
