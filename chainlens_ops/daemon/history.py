@@ -14,9 +14,11 @@ dies, so a crash never wedges a job; and the job's process dies with its daemon
 
 The lock also goes when only the connection does (the database restarted during a long
 run) while the job runs on. So a running row carries a lease (`alive_until`), renewed
-every RENEW_S by the daemon running it: a replica holding the lock still skips the job
-while a row of it is `running` with a lease not yet expired, and marks it abandoned
-only once the lease has run out (LEASE_S after its daemon stopped renewing it).
+every tenth of the lease (`[daemon] run_lease`, 30 s) by the daemon running it: a
+replica holding the lock still skips the job while a row of it is `running` with a
+lease not yet expired, and marks it abandoned only once the lease has run out (a lease
+after its daemon stopped renewing it). The lease leaves room for a database restart
+between two renewals.
 """
 
 from __future__ import annotations
@@ -61,8 +63,7 @@ CREATE INDEX IF NOT EXISTS job_runs_scheduled_for ON {TABLE} (scheduled_for);
 """
 # Added to tables made by earlier versions (only when missing: ALTER needs ownership).
 _LEASE_COLUMN = f"ALTER TABLE {TABLE} ADD COLUMN alive_until timestamptz"
-LEASE_S = 30  # a running row whose lease ran out has no daemon renewing it
-RENEW_S = 3.0  # LEASE_S leaves room for a database restart between two renewals
+RENEWALS_PER_LEASE = 10
 
 
 _FINISH = f"""
@@ -147,10 +148,17 @@ def ensure_table(target: DatabaseTarget) -> None:
 class Claim:
     """A claimed slot: the row exists, and the job's advisory lock is held until close()."""
 
-    def __init__(self, conn: Connection, job_name: str, scheduled_for: datetime) -> None:
+    def __init__(
+        self, conn: Connection, job_name: str, scheduled_for: datetime, lease_s: float
+    ) -> None:
         self.conn = conn
         self.job_name = job_name
         self.scheduled_for = scheduled_for
+        self.lease_s = lease_s
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_s / RENEWALS_PER_LEASE
 
     def finish(self, target: DatabaseTarget, succeeded: bool, error: str | None) -> None:
         """Record the end of the run; on a fresh connection if the claiming one broke
@@ -181,7 +189,7 @@ class Claim:
     def renew(self, target: DatabaseTarget) -> None:
         """Extend the run's lease; on a fresh connection if the claiming one broke. A
         failure is left for the next renewal (the database may be restarting)."""
-        params = (LEASE_S, self.job_name, self.scheduled_for)
+        params = (self.lease_s, self.job_name, self.scheduled_for)
         try:
             self.conn.execute(_RENEW, params)
             return
@@ -199,8 +207,11 @@ class Claim:
         self.conn.close()  # ends the session: the advisory lock goes with it
 
 
-def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -> Claim | None:
-    """Claim (job, slot) for this host, or None if another run has it or the job is busy."""
+def claim_slot(
+    target: DatabaseTarget, job_name: str, scheduled_for: datetime, lease_s: float
+) -> Claim | None:
+    """Claim (job, slot) for this host, or None if another run has it or the job is busy.
+    `lease_s`: `[daemon] run_lease`."""
     conn = connect(target)
     try:
         with _db_errors(f"cannot claim the slot in {TABLE}"):
@@ -222,7 +233,7 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
                 f"INSERT INTO {TABLE} (job_name, scheduled_for, host, alive_until) "
                 "VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
                 "ON CONFLICT (job_name, scheduled_for) DO NOTHING RETURNING id",
-                (job_name, scheduled_for, host_name(), LEASE_S),
+                (job_name, scheduled_for, host_name(), lease_s),
             ).fetchone()
     except BaseException:
         conn.close()
@@ -230,7 +241,7 @@ def claim_slot(target: DatabaseTarget, job_name: str, scheduled_for: datetime) -
     if inserted is None:
         conn.close()
         return None
-    return Claim(conn, job_name, scheduled_for)
+    return Claim(conn, job_name, scheduled_for, lease_s)
 
 
 def prune(target: DatabaseTarget, history_days: int) -> int:

@@ -4,6 +4,7 @@
     job_timeout = "1h"             # default timeout of a job run
     stop_timeout = "10s"           # on SIGTERM, how long a running job may finish
     history_days = 30              # job_runs rows older than this are pruned
+    run_lease = "30s"              # a dead daemon's run is marked abandoned this long after
     metrics_file = "/var/lib/node_exporter/textfile/chainlens_ops.prom"
 
     [[jobs]]
@@ -82,6 +83,7 @@ class DaemonConfig:
     history_days: int
     metrics_file: str | None
     config_file: str | None
+    run_lease_s: int = 30  # [daemon] run_lease (chainlens_ops.daemon.history)
 
 
 def display_command(argv: tuple[str, ...] | list[str]) -> str:
@@ -137,8 +139,9 @@ def read_daemon_config(settings: Settings, check_command: CommandCheck) -> Daemo
         seen.add(job.name)
         jobs.append(job)
     return DaemonConfig(
-        tuple(jobs), daemon.stop_timeout_s, daemon.history_days, daemon.metrics_file, path
-    )
+        tuple(jobs), daemon.stop_timeout_s, daemon.history_days, daemon.metrics_file, path,
+        run_lease_s=daemon.run_lease_s,
+    )  # fmt: skip
 
 
 def parse_daemon_config(

@@ -118,7 +118,7 @@ class Daemon:
         if self.stop.is_set():
             return
         try:
-            claim = history.claim_slot(self.target, job.name, slot)
+            claim = history.claim_slot(self.target, job.name, slot, self.config.run_lease_s)
         except ChainlensError as exc:
             log.error(
                 "job %s: slot %s not run: cannot claim it: %s",
@@ -179,7 +179,7 @@ class Daemon:
             self._runs_started += 1
         try:
             return proc.wait(
-                job.timeout_s, tick=lambda: claim.renew(self.target), tick_s=history.RENEW_S
+                job.timeout_s, tick=lambda: claim.renew(self.target), tick_s=claim.renew_every_s
             )
         finally:
             with self._lock:

@@ -154,6 +154,9 @@ class DaemonSettings:
     stop_timeout_s: int = 10  # on SIGTERM, how long a running job may finish
     history_days: int = 30  # job_runs rows older than this are pruned
     metrics_file: str | None = None
+    # A running job's row is renewed every tenth of this; a run whose daemon stopped
+    # renewing it (died, or lost its database) is marked abandoned this long after.
+    run_lease_s: int = 30
 
 
 _DEFAULT_DAEMON = DaemonSettings()
@@ -336,6 +339,7 @@ def _daemon_settings(data: Mapping[str, Any]) -> DaemonSettings:
         ),
         history_days=data.get("history_days", d.history_days),
         metrics_file=data.get("metrics_file"),
+        run_lease_s=duration_s(data.get("run_lease", d.run_lease_s), "daemon.run_lease"),
     )
 
 
@@ -462,6 +466,7 @@ def _daemon(value: object, what: str) -> None:
         "stop_timeout": duration_ms,
         "history_days": lambda v, w: whole_number(v, w, 1, 3650),
         "metrics_file": text,
+        "run_lease": duration_ms,
     }
     check(table(value, what), {key: checks[key] for key in DAEMON_KEYS}, f"{what}.")
 

@@ -45,7 +45,7 @@ DATABASE_KEYS = (
     "ssl",
     "repo",
 )
-DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file")
+DAEMON_KEYS = ("job_timeout", "stop_timeout", "history_days", "metrics_file", "run_lease")
 JOB_KEYS = ("name", "command", "cron", "every", "timezone", "timeout")
 BACKUP_KEYS = (
     "zstd_level",

@@ -330,6 +330,8 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
     config = write_config(
         folder,
         micro["CHAINLENS_MICROSERVICES_DSN"],
+        # A short lease: the run its daemon left is abandoned 6 s on, not 30.
+        '[daemon]\nrun_lease = "6s"\n\n'
         '[[jobs]]\nname = "tick"\ncommand = "cache cleanup"\nevery = "1s"\n',
     )
     first = DaemonProc(config, name="dies", env={"CHAINLENS_CRASH_AT": "daemon-after-claim"})
@@ -339,7 +341,7 @@ def test_a_run_left_by_a_dead_daemon_is_marked_abandoned_by_the_next_one(
     assert left[2] == "running"  # claimed, never finished: its daemon died
 
     daemons.append(DaemonProc(config, name="next"))
-    # once the dead run's lease (history.LEASE_S) has run out
+    # once the dead run's lease ([daemon] run_lease) has run out
     wait_for(lambda: any(r[2] == "succeeded" for r in module_pg.execute(RUNS, db)), timeout=60)
     rows = {r[1]: r for r in module_pg.execute(RUNS, db)}
     assert rows[left[1]][2:4] == (
@@ -464,6 +466,7 @@ def test_a_killed_replicas_job_dies_with_it_and_never_overlaps_the_next_run(
     config = write_config(
         folder,
         micro["CHAINLENS_MICROSERVICES_DSN"],
+        '[daemon]\nrun_lease = "6s"\n\n'  # the killed run's lease runs out 6 s on
         f'[[jobs]]\nname = "dump"\ncommand = "backup --kind logical --repo {repo} --quiet"\n'
         'every = "1s"\n',
     )

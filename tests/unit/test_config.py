@@ -169,9 +169,12 @@ def test_daemon_and_jobs_sections_are_checked_at_load_time_like_the_rest(
     path.write_text('[[jobs]]\nname = "x"\n[daemon]\nany = 1\n')
     with pytest.raises(ConfigError, match=r"unknown key 'any' in \[daemon\]"):
         load_settings(path, env={})
-    path.write_text('[daemon]\nhistory_days = 7\nstop_timeout = "1m"\n[[jobs]]\nname = "x"\n')
+    path.write_text(
+        '[daemon]\nhistory_days = 7\nstop_timeout = "1m"\nrun_lease = "1m"\n[[jobs]]\nname = "x"\n'
+    )
     s = load_settings(path, env={})
     assert (s.daemon.history_days, s.daemon.stop_timeout_s, s.daemon.job_timeout_s) == (7, 60, 3600)
+    assert s.daemon.run_lease_s == 60
     assert [j.name for j in s.jobs] == ["x"]
 
 
@@ -236,6 +239,8 @@ GOOD = {
     "s3.max_attempts": 4,
     "backup.zstd_level": 10, "backup.spool_reserve": "1GB",
     "repository.key_file": "/k", "repository.lock_ttl": "2m",
+    "daemon.job_timeout": "1h", "daemon.stop_timeout": "10s", "daemon.history_days": 30,
+    "daemon.metrics_file": "/m", "daemon.run_lease": "30s",
 }  # fmt: skip
 
 toml_values = st.recursive(
