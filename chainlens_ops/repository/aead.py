@@ -234,6 +234,12 @@ class AESGCM:
         aad = bytes(aad) if aad else b""
         if size > _MAX_LEN or len(aad) > _MAX_LEN:
             raise OverflowError("AES-256-GCM input longer than OpenSSL's EVP takes at once")
+        # OpenSSL reads and writes where it is told: the bounds are checked here, once.
+        room = at + size + (TAG_SIZE if encrypting else 0)
+        if size < 0 or memoryview(data).nbytes < size or memoryview(out).nbytes < room:
+            raise ValueError("AES-256-GCM: a buffer is shorter than the data")
+        if tag is not None and len(tag) != TAG_SIZE:
+            raise ValueError(f"AES-256-GCM tags here are {TAG_SIZE} bytes")
         source, keep = ssl.address(data)
         target, kept = ssl.address(out)
         target += at

@@ -126,6 +126,8 @@ def test_wrong_sizes_are_refused() -> None:
         AESGCM(bytes(32)).encrypt(bytes(8), b"x", b"")
     with pytest.raises(ValueError):  # no room for the tag
         AESGCM(bytes(32)).seal_in_place(bytes(12), bytearray(12 + 4 + 15), 4, b"")
+    with pytest.raises(ValueError):  # more plaintext claimed than the buffer holds
+        AESGCM(bytes(32)).seal_in_place(bytes(12), bytearray(12 + 4 + 16), 5, b"")
     with pytest.raises(ValueError):  # not writable
         AESGCM(bytes(32)).seal_in_place(bytes(12), bytes(12 + 4 + 16), 4, b"")
 
