@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -39,7 +38,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 sys.path.insert(0, str(HERE))
 
-from bench_wal import _wait_http, base_env, init_cluster, run_as_postgres  # noqa: E402
+from bench_wal import (  # noqa: E402
+    _wait_http,
+    base_env,
+    init_cluster,
+    need_root,
+    run_as_postgres,
+    scratch_folder,
+)
 from pgharness import (  # noqa: E402
     CLI,
     PG_BIN,
@@ -135,10 +141,9 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=500.0, help="dataset size (COPY text MB)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-bk-", dir="/var/tmp")))
+    base = scratch_folder("bk")
     rows: list[Row] = []
     skipped: list[str] = []
     env = base_env()

@@ -23,18 +23,23 @@ is bench/bench_backup.py's.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from bench_wal import _wait_http, base_env, make_cluster, run_as_postgres
+from bench_wal import (
+    _wait_http,
+    base_env,
+    make_cluster,
+    need_root,
+    run_as_postgres,
+    scratch_folder,
+)
 from pgharness import CLI, PG_BIN, VENV, PgCluster, free_port, make_shared_dir
 
 MB = 1024 * 1024
@@ -45,10 +50,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=3_500_000)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-mem-", dir="/var/tmp")))
+    base = scratch_folder("mem")
     made: list[PgCluster] = []
     moto: subprocess.Popen[bytes] | None = None
     rows: list[tuple[str, float, int, int, str]] = []

@@ -27,7 +27,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 
-from bench_wal import base_env, make_cluster, run_as_postgres
+from bench_wal import base_env, make_cluster, need_root, run_as_postgres, scratch_folder
 from pgharness import CLI, PgCluster, make_shared_dir
 
 GOAL = 1.1
@@ -120,10 +119,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--wal-only", action="store_true", help="skip backup and restore")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-enc-", dir="/var/tmp")))
+    base = scratch_folder("enc")
     made: list[PgCluster] = []
     results: list[tuple[str, float, float, float, float]] = []  # walls, then CPU times
     floor = (0.0, 0.0)

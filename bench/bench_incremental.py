@@ -64,7 +64,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_backup import cluster_with_pgbackrest, du  # noqa: E402
 from bench_restore import wait_promoted  # noqa: E402
-from bench_wal import base_env  # noqa: E402
+from bench_wal import base_env, need_root, print_medians, scratch_folder  # noqa: E402
 from pgharness import CLI, VENV, PgCluster, free_port, make_shared_dir  # noqa: E402
 
 MONTHS = 12  # 2026-01 .. 2026-12; December is the current month
@@ -258,13 +258,12 @@ def main() -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
     if not shutil.which("pgbackrest"):
         print("pgBackRest is not installed (make bench-deps)", file=sys.stderr)
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-in-", dir="/var/tmp")))
+    base = scratch_folder("in")
     env = base_env()
     cluster: PgCluster | None = None
     days: list[dict[str, Run]] = []
@@ -530,13 +529,10 @@ def _report(
     print("time ratio per day: " + ", ".join(f"{r:.2f}x" for r in per_day_t))
     ours_peak = max(max(d[OURS].peak_kb for d in days), fulls[OURS][0].peak_kb, restore_peak)
     if restores:
-        anchor = statistics.median(restores["full"])
-        print(f"\n{'restore to promoted':22} {'median s':>9} {'runs':>20}  ratio")
-        for label, runs in restores.items():
-            med = statistics.median(runs)
-            shown = ", ".join(f"{t:.2f}" for t in runs)
-            ratio = "anchor (ours, kind base)" if label == "full" else f"{med / anchor:.2f}x"
-            print(f"{'from ' + label:22} {med:9.2f} {shown:>20}  {ratio}")
+        anchor = print_medians(
+            "restore to promoted", restores, "full", width=22,
+            anchor_says="anchor (ours, kind base)", ratio_says="x", label=lambda n: "from " + n,
+        )  # fmt: skip
         chain_ratio = statistics.median(restores["chain end"]) / anchor
         ok = ok and chain_ratio <= 1.2
     print(f"\npeak RSS of our backups and restores: {ours_peak / 1024:.0f} MB (target < 200 MB)")

@@ -19,11 +19,8 @@ The restored copies run with archive_mode off, so they never push into the repos
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +30,13 @@ sys.path.insert(0, str(HERE))
 
 import psycopg  # noqa: E402
 from bench_backup import cluster_with_pgbackrest  # noqa: E402
-from bench_wal import base_env, run_as_postgres  # noqa: E402
+from bench_wal import (  # noqa: E402
+    base_env,
+    need_root,
+    print_medians,
+    run_as_postgres,
+    scratch_folder,
+)
 from pgharness import CLI, PG_BIN, PgCluster, free_port, make_shared_dir  # noqa: E402
 from test_wal import switch_and_wait  # noqa: E402
 
@@ -82,14 +85,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
     if not shutil.which("pgbackrest"):
         print("pgBackRest is not installed (scripts/install-system-deps.sh --bench)",
               file=sys.stderr)  # fmt: skip
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-rs-", dir="/var/tmp")))
+    base = scratch_folder("rs")
     env = base_env()
     cluster: PgCluster | None = None
     times: dict[str, list[float]] = {"pgBackRest": [], "chainlens-ops": []}
@@ -157,13 +159,8 @@ def main() -> int:
     if rows.get("pgBackRest") != rows.get("chainlens-ops"):
         print(f"restored rows differ: {rows}", file=sys.stderr)
         return 1
-    anchor = statistics.median(times["pgBackRest"])
-    print(f"\n{'tool':16} {'median s':>9} {'runs':>20}  ratio (rows at T: {rows['pgBackRest']:,})")
-    for tool, runs in times.items():
-        med = statistics.median(runs)
-        shown = ", ".join(f"{t:.2f}" for t in runs)
-        ratio = "anchor" if tool == "pgBackRest" else f"{med / anchor:.2f}x the time"
-        print(f"{tool:16} {med:9.2f} {shown:>20}  {ratio}")
+    print_medians("tool", times, "pgBackRest", width=16,
+                  ratio_title=f"ratio (rows at T: {rows['pgBackRest']:,})")  # fmt: skip
     print("target: chainlens-ops no slower than pgBackRest restore --type=time + recovery")
     return 0
 

@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pwd
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,13 @@ sys.path.insert(0, str(HERE))
 import psycopg  # noqa: E402
 from bench_incremental import profile_top, profiled_cli  # noqa: E402
 from bench_restore import run, wait_promoted  # noqa: E402
-from bench_wal import base_env, init_cluster  # noqa: E402
+from bench_wal import (  # noqa: E402
+    base_env,
+    init_cluster,
+    need_root,
+    print_medians,
+    scratch_folder,
+)
 from pgharness import CLI, PG_BIN, PgCluster, free_port, make_shared_dir  # noqa: E402
 from test_wal import switch_and_wait  # noqa: E402
 
@@ -141,10 +145,9 @@ def main() -> int:
                         help="one more restore table under cProfile")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-tr-", dir="/var/tmp")))
+    base = scratch_folder("tr")
     env = base_env()
     repo = make_shared_dir(base / "repo", mode=0o700)
     scratch = make_shared_dir(base / "scratch")
@@ -258,14 +261,10 @@ def main() -> int:
     if not (seen.get(FULL) == seen.get(TABLE_TOOL) == at_t):
         print(f"rows at T differ: {seen} vs live at T {at_t}", file=sys.stderr)
         return 1
-    anchor = statistics.median(times[FULL])
-    print(f"\n{'':14} {'median s':>9} {'runs':>22}  ratio ({TABLE} at T: {at_t[0]:,} rows)")
-    for tool, runs in times.items():
-        med = statistics.median(runs)
-        shown = ", ".join(f"{t:.2f}" for t in runs)
-        ratio = "anchor" if tool == FULL else f"{med / anchor:.2f}x the time"
-        print(f"{tool:14} {med:9.2f} {shown:>22}  {ratio}; CPU median "
-              f"{statistics.median(cpu[tool]):.2f} s")  # fmt: skip
+    anchor = print_medians(
+        "", times, FULL, width=14, ratio_title=f"ratio ({TABLE} at T: {at_t[0]:,} rows)",
+        extra=lambda tool: f"; CPU median {statistics.median(cpu[tool]):.2f} s",
+    )  # fmt: skip
     exit_med = statistics.median(to_exit)
     print(f"{'(to its exit)':14} {exit_med:9.2f} {', '.join(f'{t:.2f}' for t in to_exit):>22}  "
           f"{exit_med / anchor:.2f}x the time")  # fmt: skip

@@ -28,11 +28,13 @@ import os
 import pwd
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,47 @@ def interleaved(
             row.peak_kb = max(row.peak_kb, peak)
 
 
+def need_root() -> bool:
+    """Whether this runs as root; says why not (every benchmark runs its clusters and
+    the tools as postgres)."""
+    if os.geteuid() != 0:
+        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+        return False
+    return True
+
+
+def scratch_folder(name: str) -> Path:
+    """A new folder for one benchmark run, `/var/tmp/chainlens-bench-<name>-*`, that
+    the postgres user can reach."""
+    return make_shared_dir(
+        Path(tempfile.mkdtemp(prefix=f"chainlens-bench-{name}-", dir="/var/tmp"))
+    )
+
+
+def print_medians(
+    title: str,
+    times: dict[str, list[float]],
+    anchor: str,
+    *,
+    width: int,
+    ratio_title: str = "ratio",
+    anchor_says: str = "anchor",
+    ratio_says: str = "x the time",
+    label: Callable[[str], str] = lambda name: name,
+    extra: Callable[[str], str] = lambda name: "",
+) -> float:
+    """One line per entry of `times`: its median, its runs, its ratio to `anchor`'s
+    median (which it returns)."""
+    base = statistics.median(times[anchor])
+    print(f"\n{title:{width}} {'median s':>9} {'runs':>22}  {ratio_title}")
+    for name, runs in times.items():
+        med = statistics.median(runs)
+        shown = ", ".join(f"{t:.2f}" for t in runs)
+        ratio = anchor_says if name == anchor else f"{med / base:.2f}{ratio_says}"
+        print(f"{label(name):{width}} {med:9.2f} {shown:>22}  {ratio}{extra(name)}")
+    return base
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAINLENS_", "AWS_", "PG"))}
     env["HOME"] = "/tmp"
@@ -168,11 +211,10 @@ def main() -> int:
     parser.add_argument("--segments", type=int, default=64)
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (the cluster and the tools run as postgres)", file=sys.stderr)
+    if not need_root():
         return 2
 
-    base = make_shared_dir(Path(tempfile.mkdtemp(prefix="chainlens-bench-wal-", dir="/var/tmp")))
+    base = scratch_folder("wal")
     rows: list[Row] = []
     skipped: list[str] = []
     moto: subprocess.Popen[bytes] | None = None
