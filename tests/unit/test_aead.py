@@ -182,3 +182,30 @@ def test_a_library_that_cannot_load_is_an_import_error_every_time(
     for _ in range(2):
         with pytest.raises(ImportError, match="libcrypto-missing"):
             AESGCM(bytes(32))
+
+
+@pytest.mark.parametrize("size", [0, 5, (1 << 20) - 1, (1 << 20) + 17, 3 << 20])
+def test_objects_sealed_by_either_implementation_open_with_the_other(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose libcrypto 3 cannot be loaded (cryptography's AESGCM) and one that
+    loads it (aead.py) read each other's objects through the codec, across chunk
+    boundaries, read whole or in small reads."""
+    import io
+
+    from chainlens_ops.repository.codec import Sealer
+
+    data_key, plain = os.urandom(32), os.urandom(size)
+    key = "backups/x/data/cluster-001.blk.zst"
+    ours = Sealer(lambda: data_key, plain_allowed=False)
+    sealed_ours = ours.seal(io.BytesIO(plain), key).read()
+    monkeypatch.setattr(aead, "_loaded", None)
+    monkeypatch.setattr(aead, "_failed", ImportError("no libcrypto here"))
+    theirs = Sealer(lambda: data_key, plain_allowed=False)
+    assert not isinstance(theirs.ready(), AESGCM)  # cryptography's
+    sealed_theirs = theirs.seal(io.BytesIO(plain), key).read()
+    assert theirs.open(io.BytesIO(sealed_ours), key, key).read() == plain
+    monkeypatch.undo()
+    reader = ours.open(io.BytesIO(sealed_theirs), key, key)
+    pieces = iter(lambda: reader.read(4093), b"")
+    assert b"".join(pieces) == plain
