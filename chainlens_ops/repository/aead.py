@@ -122,10 +122,6 @@ class _OpenSSL:
         array = (self.char * view.nbytes).from_buffer(view)
         return self.addressof(array), array
 
-    def buffer(self, size: int) -> Any:
-        """`size` zeroed bytes owned by Python (ctypes.create_string_buffer)."""
-        return (self.char * size)()
-
     def context(self) -> Any:
         ctx = self.ctx_new()
         if not ctx:

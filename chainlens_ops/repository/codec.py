@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import os
 import struct
 
 from chainlens_ops.core.errors import OperationFailed
@@ -164,8 +165,6 @@ class Sealer:
     def seal_chunk(self, buffer: bytearray, size: int, aad: bytes) -> memoryview:
         """`buffer` holds `size` bytes of plaintext after NONCE bytes of room; sealed
         there under a fresh random nonce: `nonce | ciphertext | tag`, a view of it."""
-        import os
-
         sealed: int = self.ready().seal_in_place(os.urandom(NONCE), buffer, size, aad)
         return memoryview(buffer)[:sealed]
 

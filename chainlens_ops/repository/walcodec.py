@@ -35,7 +35,7 @@ import sys
 from chainlens_ops.core.errors import OperationFailed
 from chainlens_ops.core.native import load_extension
 from chainlens_ops.core.record import record
-from chainlens_ops.core.streams import read_full
+from chainlens_ops.core.streams import read_full, readinto_full
 from chainlens_ops.repository.codec import CorruptObject as CorruptObject
 
 TYPE_CHECKING = False
@@ -217,17 +217,10 @@ def _compress_read(src: BinaryIO, stream: Any) -> Generator[bytes, None, int]:
     object per chunk costs ~3 ms per 16 MB segment); returns how many bytes it read."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
-    readinto = getattr(src, "readinto", None)
     total = 0
-    while True:
-        if readinto is not None:
-            chunk = view[: readinto(buffer) or 0]
-        else:
-            chunk = memoryview(src.read(CHUNK))
-        if not chunk:
-            break
-        total += len(chunk)
-        out = stream.compress(chunk)
+    while n := readinto_full(src, buffer):
+        total += n
+        out = stream.compress(view[:n])
         if out:
             yield out
     return total
