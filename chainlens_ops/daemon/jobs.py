@@ -83,7 +83,7 @@ class DaemonConfig:
     history_days: int
     metrics_file: str | None
     config_file: str | None
-    run_lease_s: int = 30  # [daemon] run_lease (chainlens_ops.daemon.history)
+    run_lease_s: int  # [daemon] run_lease (chainlens_ops.daemon.history)
 
 
 def display_command(argv: tuple[str, ...] | list[str]) -> str:

@@ -104,12 +104,10 @@ DEFAULT_ZSTD_LEVEL = 10
 DEFAULT_SPOOL_RESERVE = 1024**3
 # `backup --kind auto` on a local cluster: a full backup once the newest full is this old,
 # an incremental on top of the chain otherwise.
-DEFAULT_FULL_EVERY = "7d"
-DEFAULT_FULL_EVERY_S = 7 * 86_400.0
+DEFAULT_FULL_EVERY_S = 7 * 86_400.0  # 7d
 # The repository lock's and restores' claims' life after their last heartbeat (renewed
 # every third of it): a killed holder on another host blocks others this long at most.
-DEFAULT_LOCK_TTL = "2m"
-DEFAULT_LOCK_TTL_S = 120.0
+DEFAULT_LOCK_TTL_S = 120.0  # 2m
 
 
 @record
@@ -286,7 +284,7 @@ def build_settings(data: Mapping[str, Any], env: Mapping[str, str], path: str | 
         keep_daily=backup_table.get("keep_daily"),
         keep_weekly=backup_table.get("keep_weekly"),
         keep_monthly=backup_table.get("keep_monthly"),
-        full_every_s=duration_ms(backup_table.get("full_every", DEFAULT_FULL_EVERY),
+        full_every_s=duration_ms(backup_table.get("full_every", DEFAULT_FULL_EVERY_S),
                                  "backup.full_every") / 1000,
     )  # fmt: skip
     status_table = data.get("status", {})
@@ -327,7 +325,7 @@ def _lock_ttl_s(repository: Mapping[str, Any], env: Mapping[str, str]) -> float:
     """The environment over the file; a bare number is seconds, as before the key."""
     if env_ttl := env.get("CHAINLENS_REPO_LOCK_TTL"):
         return duration_ms(env_ttl, "CHAINLENS_REPO_LOCK_TTL") / 1000
-    return duration_ms(repository.get("lock_ttl", DEFAULT_LOCK_TTL), "repository.lock_ttl") / 1000
+    return duration_ms(repository.get("lock_ttl", DEFAULT_LOCK_TTL_S), "repository.lock_ttl") / 1000
 
 
 def _daemon_settings(data: Mapping[str, Any]) -> DaemonSettings:
@@ -364,9 +362,6 @@ def parse_duration_ms(value: object, what: str, *, flag: bool = False) -> int:
     A command-line flag (`flag=True`) with a bad value is a usage error (exit 2); a
     configuration value is a configuration error (exit 3)."""
     return duration_ms(value, what, error=UsageError if flag else ConfigError)
-
-
-_choice = choice
 
 
 def _database_table(value: object, what: str) -> None:
@@ -504,7 +499,7 @@ def _repository(value: object, what: str) -> None:
 def _validate(data: Mapping[str, Any]) -> None:
     checks: dict[str, Callable[[object, str], object]] = {}
     checks |= {
-        "default_db": _choice(DATABASES),
+        "default_db": choice(DATABASES),
         "repo": text,
         "lock_timeout": duration_ms,
         "lock_retries": lambda v, w: whole_number(v, w, 0, 100),
